@@ -1,0 +1,1 @@
+"""Cleanup passes: thin, named wrappers over onnx-ir / onnxscript passes."""
