@@ -15,6 +15,8 @@ _PASSES: dict[str, str] = {
     "fold-constants": "genzip.passes.cleanup.fold_constants:FoldConstantsPass",
     "infer-shapes": "genzip.passes.cleanup.infer_shapes:InferShapesPass",
     "canonicalize-attn": "genzip.passes.canonicalize_attn:CanonicalizeAttentionPass",
+    "window-attn": "genzip.passes.window_attn:WindowAttentionPass",
+    "span-attn": "genzip.passes.span_attn:SpanAttentionPass",
 }
 
 
