@@ -1,0 +1,123 @@
+"""Run a compiled artifact: input checking against the manifest, synthetic inputs, ORT sessions."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from genzip.backends.artifact import read_manifest
+from genzip.errors import GenzipError
+
+EXAMPLE_INPUTS = "inputs.npz"
+
+
+def _np_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def load_npz(path: str) -> dict[str, np.ndarray]:
+    """Read an .npz of plain arrays. Object arrays are refused: they would need pickle."""
+    if not os.path.isfile(path):
+        raise GenzipError(f"input file {path} does not exist", "pass an .npz written with numpy.savez")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise GenzipError(f"{path} is not a readable .npz of arrays ({e})", "write it with numpy.savez") from None
+
+
+def check_inputs(feeds: dict[str, np.ndarray], specs: list[dict[str, Any]]) -> None:
+    """Raise one GenzipError naming the first input whose name, rank, dims or dtype mismatch."""
+    names = [s["name"] for s in specs]
+    missing = [n for n in names if n not in feeds]
+    if missing:
+        raise GenzipError(f"missing input '{missing[0]}'", f"the model takes {', '.join(names)}")
+    extra = [n for n in feeds if n not in names]
+    if extra:
+        raise GenzipError(f"unknown input '{extra[0]}'", f"the model takes {', '.join(names)}")
+    bound: dict[str, int] = {}
+    for spec in specs:
+        arr = feeds[spec["name"]]
+        want = _np_dtype(spec["dtype"])
+        if arr.dtype != want:
+            raise GenzipError(f"input '{spec['name']}' has dtype {arr.dtype}, expected {want}", f"cast it to {want}")
+        shape = spec["shape"]
+        if shape is None:
+            continue
+        if arr.ndim != len(shape):
+            raise GenzipError(
+                f"input '{spec['name']}' has shape {list(arr.shape)}, expected rank {len(shape)} {shape}",
+                "reshape it to the manifest's shape",
+            )
+        for axis, (got, dim) in enumerate(zip(arr.shape, shape)):
+            if isinstance(dim, int) and got != dim:
+                raise GenzipError(
+                    f"input '{spec['name']}' has shape {list(arr.shape)}, expected {shape} (axis {axis})",
+                    "reshape it to the manifest's shape",
+                )
+            if isinstance(dim, str) and bound.setdefault(dim, got) != got:
+                raise GenzipError(
+                    f"input '{spec['name']}' sets {dim}={got} but an earlier input set {dim}={bound[dim]}",
+                    "make the shared dimensions agree",
+                )
+
+
+def synthetic_inputs(specs: list[dict[str, Any]], seed: int = 0, dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    dims = dims or {}
+    feeds = {}
+    for spec in specs:
+        shape = [d if isinstance(d, int) else dims.get(d, 1) for d in (spec["shape"] or [])]
+        dtype = _np_dtype(spec["dtype"])
+        if np.issubdtype(dtype, np.integer):
+            feeds[spec["name"]] = rng.integers(0, 16, size=shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[spec["name"]] = np.ones(shape, dtype=bool)
+        else:
+            feeds[spec["name"]] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+class CompiledModel:
+    """An artifact opened for inference. ``model(**feeds)`` or ``model.run(feeds)`` -> dict of outputs."""
+
+    def __init__(self, folder: str, threads: int | None = None):
+        from genzip.backends.ort_backend import make_session
+
+        self.folder = folder
+        self.manifest = read_manifest(folder)
+        self.backend = "onnxruntime"
+        path = os.path.join(folder, self.manifest["model"])
+        if not os.path.isfile(path):
+            raise GenzipError(f"{folder} lacks its model file {self.manifest['model']}", "recompile the artifact")
+        self.session = make_session(path, threads=threads)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def inputs(self) -> list[dict[str, Any]]:
+        return self.manifest["inputs"]
+
+    def example_inputs(self) -> dict[str, np.ndarray]:
+        path = os.path.join(self.folder, EXAMPLE_INPUTS)
+        if os.path.isfile(path):
+            return load_npz(path)
+        return synthetic_inputs(self.inputs)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_inputs(feeds, self.inputs)
+        outs = self.session.run(self.output_names, feeds)
+        return dict(zip(self.output_names, outs))
+
+    def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
+        return self.run(feeds)
+
+
+def load_artifact(folder: str, threads: int | None = None) -> CompiledModel:
+    return CompiledModel(folder, threads=threads)

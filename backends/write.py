@@ -1,0 +1,111 @@
+"""Assemble an artifact folder for the ``onnx`` and ``ort`` targets.
+
+Layout::
+
+    model.onnx          the compiled graph (model.onnx.data beside it past 2 GB)
+    model.ort.onnx      ORT-optimized graph (target ort)
+    inputs.npz          example inputs (the fidelity inputs; Polygraphy's loader reads them)
+    genzip.json         manifest: spec, io, file hashes, fidelity, pass stats, versions
+    report.md           human-readable summary
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from genzip.backends.artifact import MANIFEST, REPORT, hash_files, staged_folder, write_json
+from genzip.backends.onnx_files import save_model
+from genzip.backends.runner import EXAMPLE_INPUTS
+from genzip.errors import GenzipError
+
+MODEL_NAME = "model.onnx"
+# An export or pass pipeline below this cosine vs its reference is broken, not lossy.
+MIN_COSINE = 0.99
+
+
+def _report(manifest: dict[str, Any], records, histogram: dict[str, int]) -> str:
+    fid = manifest["fidelity"]
+    lines = [
+        f"# genzip artifact: {manifest['source']}",
+        "",
+        f"- target: `{manifest['target']}`",
+        f"- passes: `{manifest['passes'] or '(none)'}`",
+        f"- fidelity vs {fid['reference']}: cosine {fid['cosine']:.6f}, max abs err {fid['max_abs_err']:.3g}",
+    ]
+    if manifest.get("export_fidelity"):
+        ef = manifest["export_fidelity"]
+        lines.append(f"- export check vs {ef['reference']}: cosine {ef['cosine']:.6f}, max abs err {ef['max_abs_err']:.3g}")
+    lines += ["", "## Passes", "", "| pass | modified | seconds | stats |", "|---|---|---|---|"]
+    for r in records:
+        stats = ", ".join(f"{k}={v}" for k, v in r.stats.items())
+        lines.append(f"| `{r.spec}` | {r.modified} | {r.seconds:.3f} | {stats} |")
+    lines += ["", "## Inputs", ""]
+    lines += [f"- `{s['name']}`: {s['dtype']} {s['shape']}" for s in manifest["inputs"]]
+    lines += ["", "## Outputs", ""]
+    lines += [f"- `{s['name']}`: {s['dtype']} {s['shape']}" for s in manifest["outputs"]]
+    lines += ["", "## Operators", "", "| op | count |", "|---|---|"]
+    lines += [f"| {op} | {n} |" for op, n in histogram.items()]
+    lines += ["", "## Files", ""]
+    lines += [f"- `{name}` sha256 `{digest}`" for name, digest in manifest["files"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_artifact(
+    model: ir.Model,
+    out_dir: str,
+    *,
+    target: str,
+    force: bool,
+    source,
+    spec: str,
+    records,
+    reference: dict[str, np.ndarray],
+    reference_label: str,
+) -> dict[str, Any]:
+    from genzip.compile import measure_fidelity, run_ort
+    from genzip.describe import io_specs, op_histogram, versions
+
+    inputs, outputs = io_specs(model)
+    histogram = op_histogram(model)
+    with staged_folder(out_dir, force) as tmp:
+        names = save_model(model, tmp, MODEL_NAME)
+        np.savez(os.path.join(tmp, EXAMPLE_INPUTS), **source.example_inputs)
+        names.append(EXAMPLE_INPUTS)
+        if target == "ort":
+            from genzip.backends.ort_backend import OPTIMIZATION_LEVEL, write_optimized
+
+            names += write_optimized(tmp, MODEL_NAME)
+        fidelity = measure_fidelity(reference, run_ort(os.path.join(tmp, MODEL_NAME), source.example_inputs), reference_label)
+        if not fidelity["cosine"] >= MIN_COSINE:
+            raise GenzipError(
+                f"compiled model disagrees with its reference (cosine {fidelity['cosine']:.4f} < {MIN_COSINE})",
+                "rerun with --debug and --print-ir-after-change to find the pass that broke it",
+            )
+        manifest: dict[str, Any] = {
+            "genzip_version": versions()["genzip"],
+            "source": source.source,
+            "source_kind": source.kind,
+            "target": target,
+            "passes": spec,
+            "model": MODEL_NAME,
+            "inputs": inputs,
+            "outputs": outputs,
+            "files": hash_files(tmp, names),
+            "fidelity": fidelity,
+            "export_fidelity": source.fidelity,
+            "pass_stats": [{"pass": r.spec, "modified": r.modified, "stats": r.stats} for r in records],
+            "versions": versions(),
+        }
+        if target == "ort":
+            manifest["ort"] = {"optimized_model": "model.ort.onnx", "optimization_level": OPTIMIZATION_LEVEL}
+        for key in ("family", "preset", "dynamic"):
+            if key in source.info:
+                manifest.setdefault("source_info", {})[key] = source.info[key]
+        write_json(os.path.join(tmp, MANIFEST), manifest)
+        with open(os.path.join(tmp, REPORT), "w") as f:
+            f.write(_report(manifest, records, histogram))
+    return manifest

@@ -1,0 +1,68 @@
+"""Shared CLI plumbing: logging, progress lines, and the error boundary.
+
+User errors (``GenzipError``) print one line and exit 2. Anything else is a genzip
+bug: one line and exit 1, with the traceback only under ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable
+
+from genzip.errors import GenzipError
+
+
+class Progress:
+    """Prints ``genzip: <stage>`` lines with elapsed time to stderr."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.start = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            sys.stderr.write(f"genzip [{time.perf_counter() - self.start:6.1f}s] {message}\n")
+            sys.stderr.flush()
+
+
+def add_common_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def setup_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not debug:
+        # torch's exporter and diffusers are chatty at WARNING about things users can't act on.
+        for noisy in ("torch", "torch.onnx", "torch._dynamo", "diffusers", "transformers", "onnxscript"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+        import warnings
+
+        warnings.filterwarnings("ignore")
+
+
+def guarded(prog: str, body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    setup_logging(args.debug)
+    try:
+        return body(args)
+    except GenzipError as e:
+        if args.debug:
+            raise
+        sys.stderr.write(f"{prog}: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted\n")
+        return 130
+    except Exception as e:  # noqa: BLE001 - the CLI's outermost boundary: one line unless --debug
+        if args.debug:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        sys.stderr.write(f"{prog}: internal error: {type(e).__name__}: {first} (rerun with --debug for a traceback)\n")
+        return 1

@@ -1,0 +1,72 @@
+"""``genzip-compile MODEL --target {onnx,ort,trt} --out DIR [--passes SPEC]``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from genzip.compile import TARGETS, CompileOptions, compile_model
+from genzip.tools.cli_common import Progress, add_common_flags, guarded
+from genzip.tools.recipes import expand_recipe
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="genzip-compile",
+        description="Compile a model (ONNX file, Hugging Face folder, module:function, or preset) into an artifact folder.",
+    )
+    p.add_argument("model", help="path.onnx | HF folder | package.module:function | preset (tiny-pixart, tiny-llama, bench-dit, bench-dit-4k)")
+    p.add_argument("--target", default="ort", choices=TARGETS, help="artifact kind (default: ort)")
+    p.add_argument("--out", help="artifact folder (default: ./<model>.<target>)")
+    p.add_argument("--passes", default="", metavar="SPEC", help="pipeline, e.g. 'canonicalize-attn,dce'")
+    p.add_argument("--recipe", help="named pipeline (see `genzip recipes`); combined with --passes after it")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--seed", type=int, default=0, help="seed for preset weights and example inputs")
+    p.add_argument("--verify", default="full", choices=("full", "structure", "none"),
+                   help="checks after each pass that changed the graph (default: full)")
+    p.add_argument("--print-ir-after", action="append", default=[], metavar="PASS",
+                   help="print the IR after this pass (repeatable; 'all' for every pass)")
+    p.add_argument("--print-ir-after-change", action="store_true", help="print the IR after every pass that changed it")
+    p.add_argument("--pass-timing", action="store_true", help="print a per-pass timing and stats report")
+    p.add_argument("--reproducer-dir", default=None,
+                   help="where a failing pass leaves its reproducer (default: OUT.reproducer)")
+    add_common_flags(p)
+    return p
+
+
+def _default_out(model: str, target: str) -> str:
+    base = os.path.basename(os.path.normpath(model.split(":")[0]))
+    base = base[:-5] if base.endswith(".onnx") else base
+    return f"{base or 'model'}.{target}"
+
+
+def _run(args: argparse.Namespace) -> int:
+    out = args.out or _default_out(args.model, args.target)
+    spec = expand_recipe(args.recipe, args.passes) if args.recipe else args.passes
+    opts = CompileOptions(
+        target=args.target,
+        passes=spec,
+        force=args.force,
+        seed=args.seed,
+        verify=args.verify,
+        print_ir_after=frozenset(args.print_ir_after),
+        print_ir_after_change=args.print_ir_after_change,
+        pass_timing=args.pass_timing,
+        reproducer_dir=args.reproducer_dir or os.path.abspath(out.rstrip("/")) + ".reproducer",
+    )
+    manifest = compile_model(args.model, out, opts, progress=Progress(not args.quiet))
+    fid = manifest["fidelity"]
+    sys.stdout.write(
+        f"wrote {out} (target {manifest['target']}; cosine {fid['cosine']:.6f} vs {fid['reference']})\n"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return guarded("genzip-compile", _run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""``genzip SUBCOMMAND``: run, bench, inspect and list what genzip knows.
+
+Each subcommand lives in its own ``cmd_*`` module exposing ``add_arguments`` and ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from genzip.tools.cli_common import add_common_flags, guarded
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("genzip.tools.cmd_run", "run an artifact on its example inputs or an .npz and print output stats"),
+    "bench": ("genzip.tools.cmd_bench", "median latency of an artifact, optionally vs another (interleaved)"),
+    "inspect": ("genzip.tools.cmd_inspect", "manifest, operator histogram and pass stats of an artifact"),
+    "passes": ("genzip.tools.cmd_list", "list registered passes and their options"),
+    "recipes": ("genzip.tools.cmd_list", "list --recipe names and their specs"),
+    "presets": ("genzip.tools.cmd_list", "list built-in model presets"),
+    "bench-attention": ("genzip.tools.cmd_bench_attention", "dense vs genzip window attention latency in ORT"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genzip", description="Run, benchmark and inspect genzip artifacts.")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subs.required = True
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        sub = subs.add_parser(name, help=help_text, description=help_text)
+        mod = importlib.import_module(module)
+        if hasattr(mod, "add_arguments_for"):
+            mod.add_arguments_for(name, sub)
+        else:
+            mod.add_arguments(sub)
+        add_common_flags(sub)
+        sub.set_defaults(_module=mod, _name=name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    mod = args._module
+    body = (lambda a: mod.run_for(a._name, a)) if hasattr(mod, "run_for") else mod.run
+    return guarded(f"genzip {args._name}", body, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
