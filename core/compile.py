@@ -87,6 +87,9 @@ def compile_model(
     check_out_dir(out_dir, opts.force)
 
     from genzip.frontend import load_model
+    from genzip.frontend.loader import classify_ref
+
+    classify_ref(model_ref)
 
     _stage(progress, f"loading {model_ref}")
     source = load_model(model_ref, seed=opts.seed)

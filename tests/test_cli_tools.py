@@ -98,4 +98,4 @@ def test_console_scripts_exit_codes(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "unknown preset" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "unknown model reference" in proc.stderr

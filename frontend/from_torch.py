@@ -1,0 +1,129 @@
+"""Turn an eager nn.Module and one example call into a verified SourceModel.
+
+The batch axis (axis 0 of every input of rank >= 1, when they agree) is exported
+dynamic. torch.export specializes size-1 dims, so a batch-1 example is traced
+at batch 2. A dynamic export is verified at two batch sizes (the example's and
+another); if it cannot be exported or verified, the model is exported static
+and ``info["dynamic"]`` is False (a warning is logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from genzip.errors import GenzipError
+from genzip.frontend import torch_io
+from genzip.frontend.source import SourceModel
+from genzip.frontend.torch_export import EXPORT_ERRORS, Exported, export_onnx, export_or_fail, first_line
+from genzip.frontend.verify import fidelity, run_onnx
+
+logger = logging.getLogger(__name__)
+
+
+def _eager(module: torch.nn.Module, call: torch_io.Call, count: int | None) -> list[tuple[str, torch.Tensor]]:
+    args, kwargs = call
+    with torch.no_grad():
+        out = module(*args, **kwargs)
+    named = torch_io.named_tensor_leaves(out)
+    return named if count is None else named[:count]
+
+
+def _feeds(exported: Exported, call: torch_io.Call) -> dict[str, np.ndarray]:
+    feeds = {}
+    leaves = torch_io.input_leaves(call)
+    for name, value, (_, tensor) in zip(exported.input_names, exported.model.graph.inputs, leaves):
+        array = torch_io.to_numpy(tensor)
+        if value.dtype is not None:
+            array = array.astype(value.dtype.numpy(), copy=False)
+        feeds[name] = array
+    return feeds
+
+
+def _check(exported: Exported, module, call, names: Sequence[str], what: str):
+    """``(fidelity dict, eager outputs by ONNX output name)`` at ``call``."""
+    expected = [torch_io.to_numpy(t) for _, t in _eager(module, call, len(names))]
+    got = run_onnx(exported.model, _feeds(exported, call), what)
+    fid = fidelity(got, expected, names, what)
+    return fid, {v.name: e for v, e in zip(exported.model.graph.outputs, expected)}
+
+
+def _try_dynamic(module, call, batch: int, names: Sequence[str], what: str):
+    """Dynamic-batch export checked at two batch sizes, or None when that fails."""
+    trace_call = call if batch >= 2 else torch_io.double_batch(call)
+    other_call = torch_io.take_batch(call, 1) if batch >= 2 else trace_call
+    try:
+        exported = export_onnx(module, trace_call, dynamic=True, output_names=names, what=what)
+    except (torch.onnx.OnnxExporterError, *EXPORT_ERRORS) as e:
+        logger.warning("%s: dynamic-batch export failed (%s); exporting with a static batch", what, first_line(e))
+        return None
+    if not exported.dynamic_axes:
+        logger.warning("%s: the exporter kept the batch static", what)
+        return None
+    try:
+        _check(exported, module, other_call, names, f"{what} at batch {1 if batch >= 2 else 2 * batch}")
+        return exported, _check(exported, module, call, names, what)
+    except GenzipError as e:
+        logger.warning("%s: dynamic-batch export failed verification (%s); exporting with a static batch", what, e)
+        return None
+
+
+def source_from_torch(
+    module: torch.nn.Module,
+    call: torch_io.Call,
+    *,
+    source: str,
+    kind: str,
+    output_names: Sequence[str] | None = None,
+    info: dict[str, Any] | None = None,
+    dynamic: bool = True,
+) -> SourceModel:
+    """Export, verify and wrap ``module(*args, **kwargs)``.
+
+    ``output_names`` keeps and names the first outputs (``None``: keep all, named
+    after the output structure). Adds to ``info``: ``module`` (the eager module),
+    ``reference_outputs`` (eager outputs on ``example_inputs``, by ONNX output
+    name), ``dynamic`` (bool), ``dynamic_axes``, ``export_s``, ``removed_noops``.
+    """
+    module.eval()
+    what = f"'{source}'"
+    if output_names is None:
+        output_names = [n for n, _ in _eager(module, call, None)]
+    if not output_names:
+        raise GenzipError(f"{what} returns no tensor", "return a tensor (or a tuple/dict of tensors) from forward")
+    start = time.perf_counter()
+    batch = torch_io.common_batch(call)
+    if dynamic and not batch:
+        logger.info("%s: inputs share no batch axis 0; exporting with static shapes", what)
+    result = _try_dynamic(module, call, batch, output_names, what) if dynamic and batch else None
+    if result is None:
+        exported = export_or_fail(module, call, dynamic=False, output_names=output_names, what=what)
+        result = exported, _check(exported, module, call, output_names, what)
+    exported, (fid, reference) = result
+    elapsed = time.perf_counter() - start
+    logger.info(
+        "exported %s in %.1f s (dynamic batch: %s, cosine %.6f)",
+        what, elapsed, bool(exported.dynamic_axes), fid["cosine"],
+    )
+    info = dict(info or {})
+    info.update(
+        module=module,
+        reference_outputs=reference,
+        dynamic=bool(exported.dynamic_axes),
+        dynamic_axes=exported.dynamic_axes,
+        export_s=round(elapsed, 2),
+        removed_noops=exported.removed_noops,
+    )
+    return SourceModel(
+        model=exported.model,
+        source=source,
+        kind=kind,
+        example_inputs=_feeds(exported, call),
+        fidelity=fid,
+        info=info,
+    )

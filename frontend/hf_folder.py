@@ -1,0 +1,125 @@
+"""Load a local Hugging Face model folder (diffusers model or transformers causal LM).
+
+Never touches a hub (``local_files_only=True``), never unpickles
+(``use_safetensors=True``), never runs remote code. Weights load as float32 so
+the eager reference runs on CPU. A diffusers *pipeline* folder
+(``model_index.json``) resolves to its ``transformer`` or ``unet`` component.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from genzip.errors import GenzipError, did_you_mean
+from genzip.frontend.source import SourceModel
+
+logger = logging.getLogger(__name__)
+
+DIFFUSERS_BATCH = 2  # a classifier-free-guidance pair
+LLM_BATCH = 1
+_DENOISER_COMPONENTS = ("transformer", "unet")
+
+
+def _read_config(folder: Path) -> tuple[Path, dict[str, Any]]:
+    if not (folder / "config.json").is_file() and (folder / "model_index.json").is_file():
+        for component in _DENOISER_COMPONENTS:
+            if (folder / component / "config.json").is_file():
+                logger.info("%s is a diffusers pipeline; loading its '%s' component", folder, component)
+                folder = folder / component
+                break
+        else:
+            raise GenzipError(
+                f"'{folder}' is a diffusers pipeline without a transformer/unet component",
+                "pass the folder of the denoiser component itself",
+            )
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise GenzipError(
+            f"'{folder}' has no config.json, so it is not a Hugging Face model folder",
+            "pass a folder written by save_pretrained(), an .onnx file, or a preset",
+        )
+    try:
+        return folder, json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GenzipError(f"'{config_path}' is not valid JSON ({e})", "fix or re-create config.json") from e
+
+
+def _load_failed(folder: Path, e: BaseException) -> GenzipError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return GenzipError(
+        f"could not load '{folder}': {first}",
+        "genzip loads only local safetensors weights; re-save with "
+        "save_pretrained(path, safe_serialization=True)",
+    )
+
+
+def _load_diffusers(folder: Path, class_name: str):
+    import diffusers
+    import torch
+
+    cls = getattr(diffusers, class_name, None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        known = [n for n in dir(diffusers) if n.endswith("Model")]
+        raise GenzipError(
+            f"diffusers has no model class '{class_name}'{did_you_mean(class_name, known)}",
+            "check _class_name in config.json or upgrade diffusers",
+        )
+    try:
+        return cls.from_pretrained(folder, local_files_only=True, use_safetensors=True, torch_dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as e:
+        raise _load_failed(folder, e) from e
+
+
+def _load_causal_lm(folder: Path):
+    import torch
+    import transformers
+
+    try:
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            folder,
+            local_files_only=True,
+            use_safetensors=True,
+            trust_remote_code=False,
+            dtype=torch.float32,
+            attn_implementation="sdpa",
+        )
+    except ValueError as e:
+        if "Unrecognized configuration class" in str(e):
+            raise GenzipError(
+                f"'{folder}' is not a causal language model (architectures: "
+                f"{', '.join(json.loads((folder / 'config.json').read_text()).get('architectures') or [])})",
+                "genzip loads transformers causal LMs; wrap other models in a package.module:function ref",
+            ) from e
+        raise _load_failed(folder, e) from e
+    except (OSError, KeyError) as e:
+        raise _load_failed(folder, e) from e
+
+
+def load_hf_folder(folder: Path, *, seed: int, batch: int | None) -> SourceModel:
+    """Load, export and verify a local Hugging Face model folder."""
+    from genzip.frontend import hf_inputs
+    from genzip.frontend.from_torch import source_from_torch
+
+    folder, config = _read_config(folder)
+    if config.get("_class_name"):
+        class_name = config["_class_name"]
+        module = _load_diffusers(folder, class_name).eval()
+        batch = batch or DIFFUSERS_BATCH
+        call = hf_inputs.diffusers_call(module, batch=batch, seed=seed)
+        kind, family, outputs = "diffusers", hf_inputs.diffusers_family(class_name), hf_inputs.DIFFUSERS_OUTPUTS
+    elif config.get("architectures"):
+        module = _load_causal_lm(folder).eval()
+        class_name = type(module).__name__
+        batch = batch or LLM_BATCH
+        call = hf_inputs.causal_lm_call(module, batch=batch, seed=seed)
+        kind, family, outputs = "transformers", "llm", hf_inputs.CAUSAL_LM_OUTPUTS
+    else:
+        raise GenzipError(
+            f"'{folder / 'config.json'}' has neither _class_name (diffusers) nor architectures (transformers)",
+            "pass a folder written by a diffusers or transformers save_pretrained()",
+        )
+    info = {"family": family, "class": class_name, "path": str(folder), "batch": batch, "seed": seed}
+    return source_from_torch(module, call, source=str(folder), kind=kind, output_names=outputs, info=info)

@@ -1,0 +1,91 @@
+"""Synthesize seeded example inputs from an ONNX graph's input types.
+
+Dims:
+
+* a static dim is used as is;
+* a symbolic dim is *batch-like* when its name contains "batch" (or is ``N``,
+  ``B``, ``bs``), or it is axis 0 of some input of rank >= 2; batch-like dims
+  become ``batch`` (default 1), every other symbolic/unknown dim becomes
+  ``DEFAULT_DIM`` (16). A symbol takes one value across all inputs.
+
+Values: floats ~ N(0, 1); integers uniform in [0, ``DEFAULT_DIM``) (safe as
+token ids / indices for most models), except inputs named ``*mask*``, which
+are all ones; booleans are all True.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnx_ir as ir
+
+from genzip.errors import GenzipError
+
+DEFAULT_DIM = 16
+_BATCH_NAME = re.compile(r"batch|^(n|b|bs)$", re.IGNORECASE)
+
+
+def graph_feed_inputs(graph: ir.Graph) -> list[ir.Value]:
+    """Graph inputs that need a feed (inputs that are also initializers have defaults)."""
+    return [v for v in graph.inputs if not v.is_initializer()]
+
+
+def _batch_like_symbols(inputs: list[ir.Value]) -> set[str]:
+    names = set()
+    for value in inputs:
+        shape = value.shape or []
+        for axis, dim in enumerate(shape):
+            if isinstance(dim, ir.SymbolicDim) and dim.value is not None:
+                if _BATCH_NAME.search(dim.value) or (axis == 0 and len(shape) >= 2):
+                    names.add(dim.value)
+    return names
+
+
+def synthesize_inputs(
+    graph: ir.Graph, *, seed: int, batch: int | None
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Return ``(feeds, symbol -> chosen size)``."""
+    inputs = graph_feed_inputs(graph)
+    batch_like = _batch_like_symbols(inputs)
+    rng = np.random.default_rng(seed)
+    chosen: dict[str, int] = {}
+    feeds: dict[str, np.ndarray] = {}
+    for value in inputs:
+        if value.shape is None or value.dtype is None:
+            raise GenzipError(
+                f"ONNX input '{value.name}' has no declared shape or type",
+                "add shapes/types to the graph inputs (e.g. with onnx.shape_inference) and retry",
+            )
+        dims = []
+        for axis, dim in enumerate(value.shape):
+            if isinstance(dim, int):
+                dims.append(dim)
+                continue
+            sym = dim.value
+            is_batch = sym in batch_like if sym is not None else (axis == 0 and value.shape.rank() >= 2)
+            size = (batch or 1) if is_batch else DEFAULT_DIM
+            if sym is not None:
+                size = chosen.setdefault(sym, size)
+            dims.append(size)
+        feeds[value.name] = _random(value.name, value.dtype, tuple(dims), rng)
+    return feeds, chosen
+
+
+def _random(name: str, dtype: ir.DataType, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    try:
+        np_dtype = dtype.numpy()
+    except TypeError:
+        np_dtype = None
+    if np_dtype is None or dtype == ir.DataType.STRING:
+        raise GenzipError(
+            f"ONNX input '{name}' has type {dtype.name}, which genzip cannot synthesize",
+            "use a model whose inputs are numeric tensors",
+        )
+    if dtype == ir.DataType.BOOL:
+        return np.ones(shape, dtype=np.bool_)
+    if dtype.is_floating_point():
+        return rng.standard_normal(shape).astype(np_dtype)
+    if "mask" in name.lower():
+        return np.ones(shape, dtype=np_dtype)
+    return rng.integers(0, DEFAULT_DIM, size=shape).astype(np_dtype)

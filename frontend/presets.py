@@ -1,0 +1,112 @@
+"""Built-in presets: architectures with seeded random weights, no files needed.
+
+``PRESETS`` maps each name to a one-line description (for the CLI). The DiT
+presets are diffusers ``PixArtTransformer2DModel``; ``tiny-llama`` is a
+transformers ``LlamaForCausalLM`` with grouped-query attention. DiTs default to
+batch 2 (a classifier-free-guidance pair), the LLM to batch 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from typing import Any
+
+from genzip.errors import GenzipError, did_you_mean
+
+
+@dataclasses.dataclass(frozen=True)
+class _Preset:
+    description: str
+    family: str  # "dit" | "llm"
+    batch: int
+    config: dict[str, Any]
+    text_len: int = 0  # caption tokens (DiT)
+    seq_len: int = 0  # tokens (LLM)
+
+
+def _pixart(layers: int, heads: int, head_dim: int, patch: int, size: int, caption: int) -> dict[str, Any]:
+    return dict(
+        num_layers=layers,
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
+        in_channels=4,
+        out_channels=8,
+        patch_size=patch,
+        sample_size=size,
+        cross_attention_dim=heads * head_dim,
+        caption_channels=caption,
+        norm_type="ada_norm_single",
+        use_additional_conditions=False,
+    )
+
+
+_SPECS: dict[str, _Preset] = {
+    "tiny-pixart": _Preset(
+        "PixArt DiT, 2 layers, 4x16 heads, 256 image + 8 caption tokens (tests)",
+        "dit", 2, _pixart(2, 4, 16, 1, 16, 32), text_len=8,
+    ),
+    "tiny-llama": _Preset(
+        "Llama causal LM, 2 layers, hidden 64, 4 heads / 2 KV heads, vocab 256, 32 tokens (tests)",
+        "llm", 1,
+        dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
+        seq_len=32,
+    ),
+    "bench-dit": _Preset(
+        "PixArt DiT, 12 layers, hidden 384 (6x64), patch 2, latent 4x64x64 -> 1024 tokens, 32 caption tokens",
+        "dit", 2, _pixart(12, 6, 64, 2, 64, 384), text_len=32,
+    ),
+    "bench-dit-4k": _Preset(
+        "PixArt DiT, 12 layers, hidden 384 (6x64), patch 2, latent 4x128x128 -> 4096 tokens, 32 caption tokens",
+        "dit", 2, _pixart(12, 6, 64, 2, 128, 384), text_len=32,
+    ),
+}
+
+PRESETS: types.MappingProxyType[str, str] = types.MappingProxyType(
+    {name: spec.description for name, spec in _SPECS.items()}
+)
+
+
+def get_preset(name: str) -> _Preset:
+    try:
+        return _SPECS[name]
+    except KeyError:
+        hint = did_you_mean(name, _SPECS) or f" (did you mean one of: {', '.join(_SPECS)}?)"
+        raise GenzipError(
+            f"unknown model reference '{name}'{hint}",
+            "use a preset, an existing .onnx file or local Hugging Face folder, or package.module:function",
+        ) from None
+
+
+def _build_module(spec: _Preset) -> Any:
+    if spec.family == "dit":
+        import diffusers
+
+        return diffusers.PixArtTransformer2DModel(**spec.config)
+    import transformers
+
+    config = transformers.LlamaConfig(**spec.config, attn_implementation="sdpa")
+    return transformers.LlamaForCausalLM(config)
+
+
+def load_preset(name: str, *, seed: int, batch: int | None):
+    """Build, export and verify preset ``name``."""
+    import torch
+
+    from genzip.frontend import hf_inputs
+    from genzip.frontend.from_torch import source_from_torch
+
+    spec = get_preset(name)
+    batch = batch or spec.batch
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = _build_module(spec).eval()
+    if spec.family == "dit":
+        call = hf_inputs.diffusers_call(module, batch=batch, seed=seed, text_len=spec.text_len)
+        outputs = hf_inputs.DIFFUSERS_OUTPUTS
+    else:
+        call = hf_inputs.causal_lm_call(module, batch=batch, seed=seed, seq_len=spec.seq_len)
+        outputs = hf_inputs.CAUSAL_LM_OUTPUTS
+    info = {"family": spec.family, "preset": name, "class": type(module).__name__, "batch": batch, "seed": seed}
+    return source_from_torch(module, call, source=name, kind="preset", output_names=outputs, info=info)

@@ -1,0 +1,121 @@
+"""nn.Module + example call -> onnx_ir.Model via torch.export and the dynamo exporter.
+
+Pipeline: ``torch.export.export`` (batch axis dynamic when asked) -> FX no-op
+cleanup (:mod:`genzip.frontend.fx_cleanup`) -> ``torch.onnx.export(ep,
+dynamo=True, opset_version=23)``, whose ``.model`` is used as is (SDPA becomes
+one ONNX ``Attention`` node; node metadata ``pkg.torch.onnx.name_scopes`` /
+``namespace`` keep the torch module path). Graph inputs are named after the
+keyword inputs, outputs after ``output_names``, the batch dim ``batch``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import onnx_ir as ir
+import torch
+
+from genzip.errors import GenzipError
+from genzip.frontend import onnx_names
+from genzip.frontend.fx_cleanup import remove_noop_ops
+from genzip.frontend.torch_io import Call, batch_dynamic_shapes, input_leaves
+
+logger = logging.getLogger(__name__)
+
+OPSET = 23
+BATCH_DIM = "batch"
+
+# What torch.export / the ONNX exporter raise for a model they cannot handle.
+EXPORT_ERRORS = (RuntimeError, AssertionError, ValueError, TypeError, NotImplementedError)
+
+
+@dataclasses.dataclass
+class Exported:
+    model: ir.Model
+    input_names: list[str]  # ONNX graph input for each tensor leaf of the call, in order
+    dynamic_axes: dict[str, dict[int, str]]
+    removed_noops: dict[str, int]
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporter's per-export 'torchvision is not installed' warnings."""
+    log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    call: Call,
+    *,
+    dynamic: bool,
+    output_names: Sequence[str],
+    what: str,
+) -> Exported:
+    """Export ``module(*args, **kwargs)``; ``output_names`` name (and keep) the first outputs.
+
+    Raises the exporter's own error (one of ``EXPORT_ERRORS``) so the caller can
+    retry without dynamic shapes; see :func:`export_or_fail` for the user-facing one.
+    """
+    args, kwargs = call
+    dynamic_shapes = batch_dynamic_shapes(module, call, torch.export.Dim(BATCH_DIM, min=1)) if dynamic else None
+    with torch.no_grad(), _quiet_exporter():
+        ep = torch.export.export(module, args, kwargs, dynamic_shapes=dynamic_shapes, strict=False)
+        removed = remove_noop_ops(ep)
+        program = torch.onnx.export(ep, dynamo=True, opset_version=OPSET, verbose=False)
+    model = program.model
+    graph = model.graph
+
+    leaves = input_leaves(call)
+    if len(leaves) != len(graph.inputs):
+        raise RuntimeError(f"{what}: {len(leaves)} tensor inputs but the ONNX graph has {len(graph.inputs)}")
+    for (name, tensor), value in zip(leaves, graph.inputs):
+        if value.shape is not None and value.shape.rank() != tensor.dim():
+            raise RuntimeError(f"{what}: ONNX input '{value.name}' does not match the example inputs")
+        if name:
+            onnx_names.rename_value(graph, value, name)
+
+    onnx_names.keep_outputs(model, len(output_names))
+    onnx_names.name_outputs(graph, output_names)
+
+    dynamic_axes: dict[str, dict[int, str]] = {}
+    batch_syms = {v.shape[0].value for v in graph.inputs if v.shape and isinstance(v.shape[0], ir.SymbolicDim)}
+    for sym in batch_syms:
+        if sym:
+            onnx_names.name_symbolic_dim(graph, sym, BATCH_DIM)
+    for value in graph.inputs:
+        if value.shape and isinstance(value.shape[0], ir.SymbolicDim):
+            dynamic_axes[value.name] = {0: BATCH_DIM}
+    return Exported(model, [v.name for v in graph.inputs], dynamic_axes, removed)
+
+
+def export_or_fail(
+    module: torch.nn.Module, call: Call, *, dynamic: bool, output_names: Sequence[str], what: str
+) -> Exported:
+    """:func:`export_onnx`, turning exporter failures into a GenzipError."""
+    try:
+        return export_onnx(module, call, dynamic=dynamic, output_names=output_names, what=what)
+    except torch.onnx.OnnxExporterError as e:
+        raise GenzipError(
+            f"the ONNX exporter could not translate {what}: {first_line(e)}",
+            "export it to ONNX yourself and pass the .onnx file",
+        ) from e
+    except EXPORT_ERRORS as e:
+        raise GenzipError(
+            f"torch.export could not trace {what}: {first_line(e)}",
+            "make the model's forward torch.export-compatible, or export it to ONNX yourself "
+            "and pass the .onnx file",
+        ) from e
