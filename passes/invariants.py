@@ -30,7 +30,8 @@ def _check_graph(graph: ir.Graph | ir.Function, opsets: dict[str, int], where: s
                 continue
             if id(v) not in available:
                 producer = v.producer()
-                if producer is None and v.const_value is None:
+                # A producer removed from the graph (graph.remove(..., safe=False)) is dangling too.
+                if (producer is None or producer.graph is None) and v.const_value is None:
                     raise VerificationError(f"{where}: node '{node.name}' uses '{v.name}' which nothing defines")
                 raise VerificationError(
                     f"{where}: node '{node.name}' uses '{v.name}' before its producer "

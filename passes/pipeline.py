@@ -47,6 +47,12 @@ def _provider_of(fact: str) -> str | None:
     from genzip.passes.registry import pass_names
 
     for name in pass_names():
-        if fact in get_pass_class(name).ensures_facts:
+        try:
+            cls = get_pass_class(name)
+        except ImportError:
+            # Only a hint is being looked up: a registered pass whose module is missing or
+            # broken must not turn "put X before it" into an import crash.
+            continue
+        if fact in cls.ensures_facts:
             return name
     return None

@@ -62,12 +62,13 @@ def parse_pipeline(spec: str) -> list[PassSpec]:
             if "{" in body:
                 raise _malformed(spec, i + 1 + body.index("{"), "nested '{'")
             seen = set()
-            for token in body.split():
+            for tok in re.finditer(r"\S+", body):
+                token, at = tok.group(0), i + 1 + tok.start()  # column of the option itself
                 key, eq, value = token.partition("=")
                 if not eq or not _KEY.fullmatch(key) or not value:
-                    raise _malformed(spec, i, f"option '{token}' is not key=value")
+                    raise _malformed(spec, at, f"option '{token}' is not key=value")
                 if key in seen:
-                    raise _malformed(spec, i, f"option '{key}' given twice")
+                    raise _malformed(spec, at, f"option '{key}' given twice")
                 seen.add(key)
                 options.append((key, value))
             i = close + 1

@@ -1,0 +1,149 @@
+"""``canonicalize-attn``: after it, every attention the pass recognises is one ONNX
+``Attention`` node in a single canonical form, which later passes match on.
+
+Canonical form (fact ``attention-canonical``):
+
+* op ``Attention``, default domain, model opset >= 23;
+* inputs ``Q [B, Hq, Sq, D]``, ``K [B, Hkv, Skv, D]``, ``V [B, Hkv, Skv, Dv]``,
+  optional ``attn_mask`` (added to the scaled scores, broadcastable to
+  ``[B, Hq, Sq, Skv]``); no past key/value inputs;
+* exactly one output, ``Y [B, Hq, Sq, Dv]``;
+* attributes ``scale`` (float; left absent only when D is not static),
+  ``is_causal`` (0/1), ``softcap`` = 0.0, ``qk_matmul_output_mode`` = 0; no
+  ``q_num_heads``/``kv_num_heads``;
+* metadata ``genzip.attn.kind`` (``self``/``cross``, see ``attn_classify``),
+  ``genzip.attn.index`` (0, 1, ... in topological order over the main graph,
+  its subgraphs, then model functions) and ``genzip.attn.scope`` (torch module
+  path, when the exporter recorded one).
+
+Sources: opset-23 4D ``Attention`` (attributes and metadata only), 3D
+``Attention`` (``attn_normalize``), and decomposed MatMul/Softmax/MatMul chains
+(``attn_patterns``). A decomposed chain in a model below opset 23 makes the pass
+raise the model's default opset to 23 with onnxscript's version converter (which
+also inlines model functions and drops dead nodes; below opset 18 it falls back to
+the ONNX C converter) and the IR version to 11; when that fails the pass raises
+``GenzipError`` rather than leave a half-converted model.
+Models without a match keep their opset. Attention the pass cannot express
+canonically (KV cache, softcap, used QK output) is refused with ``GenzipError``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx.helper
+import onnx_ir as ir
+import onnxscript.optimizer
+from onnxscript.rewriter import pattern
+from onnxscript.version_converter import ConvertVersionPass
+from onnxscript.version_converter._version_converter import VersionConverterError
+
+from genzip.errors import GenzipError
+from genzip.passes import attn_normalize
+from genzip.passes.attn_classify import attention_kind, attention_scope
+from genzip.passes.attn_patterns import attention_rules
+from genzip.passes.base import GenzipPass, GenzipPassResult
+from genzip.passes.graph_utils import live_nodes, model_graphs, remove_orphans, restore_types, untyped_constants
+
+logger = logging.getLogger(__name__)
+
+ATTENTION_OPSET = 23
+KIND_KEY, INDEX_KEY, SCOPE_KEY = "genzip.attn.kind", "genzip.attn.index", "genzip.attn.scope"
+
+
+def _has_decomposed(model: ir.Model, rules: pattern.RewriteRuleSet) -> bool:
+    for graph in model_graphs(model):
+        # The rules read scale constants through const_value, which this fills in for Constant nodes.
+        onnxscript.optimizer.basic_constant_propagation(graph)
+        for node in graph:
+            if any(rule.match(model, graph, node) for rule in rules):
+                return True
+    return False
+
+
+def _raise_opset(model: ir.Model) -> None:
+    old = model.opset_imports.get("", 1)
+    try:
+        ConvertVersionPass(target_version=ATTENTION_OPSET, fallback=True)(model)
+    except VersionConverterError as e:
+        raise GenzipError(
+            f"canonicalize-attn needs opset {ATTENTION_OPSET} but converting from opset {old} failed: {e}",
+            f"re-export the model at opset {ATTENTION_OPSET} (torch.onnx.export(..., opset_version=23))",
+        ) from e
+    if model.opset_imports.get("") != ATTENTION_OPSET:
+        raise GenzipError(
+            f"canonicalize-attn needs opset {ATTENTION_OPSET} but the ONNX version converter "
+            f"could not convert this model from opset {old}",
+            f"re-export the model at opset {ATTENTION_OPSET} (torch.onnx.export(..., opset_version=23))",
+        )
+    # Opset 23 needs IR version 11; converters leave ir_version alone.
+    needed = onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", ATTENTION_OPSET)])
+    model.ir_version = max(model.ir_version or 0, needed)
+    logger.info("canonicalize-attn: raised the default opset from %d to %d", old, ATTENTION_OPSET)
+
+
+def _attention_nodes(model: ir.Model) -> list[ir.Node]:
+    return [n for g in model_graphs(model) for n in g if n.op_type == "Attention" and n.domain in ("", "ai.onnx")]
+
+
+def _set_metadata(node: ir.Node, wanted: dict[str, str]) -> bool:
+    changed = False
+    for key, value in wanted.items():
+        if node.metadata_props.get(key) != value:
+            node.metadata_props[key] = value
+            changed = True
+    return changed
+
+
+def _warn_unrecognised(model: ir.Model) -> None:
+    left = sum(
+        1 for g in model_graphs(model) for n in g
+        if n.op_type == "Softmax" and any(u.op_type == "MatMul" for u, _ in n.outputs[0].uses())
+    )
+    if left:
+        logger.warning(
+            "canonicalize-attn: %d Softmax->MatMul chain(s) were not recognised as attention "
+            "(untyped values? run infer-shapes first)", left,
+        )
+
+
+class CanonicalizeAttentionPass(GenzipPass):
+    name = "canonicalize-attn"
+    summary = "rewrite every attention into one canonical 4D opset-23 Attention node"
+    ensures_facts = frozenset({"attention-canonical"})
+
+    def run(self, model: ir.Model) -> GenzipPassResult:
+        # Refuse before touching anything, so a refused model is left as it came.
+        for node in _attention_nodes(model):
+            attn_normalize.check_supported(node)
+        rules = attention_rules()
+        untyped = untyped_constants(model)
+        raised = model.opset_imports.get("", ATTENTION_OPSET) < ATTENTION_OPSET and _has_decomposed(model, rules)
+        if raised:
+            _raise_opset(model)
+        live_before = live_nodes(model)
+        from_decomposed = rules.apply_to_model(model)
+        # Undo the rewriter's typing of Constant outputs, so a model without a match
+        # serializes exactly as it came.
+        restore_types(untyped)
+        if from_decomposed:
+            remove_orphans(live_before)  # scale constants, key transposes
+        modified = raised or from_decomposed > 0
+        stats = {"attention_nodes": 0, "from_decomposed": from_decomposed, "from_3d": 0, "self": 0, "cross": 0}
+        for node in _attention_nodes(model):
+            d = attn_normalize.head_dim(node)
+            if attn_normalize.needs_rebuild(node):
+                stats["from_3d"] += attn_normalize.is_3d(node)
+                node = attn_normalize.rebuild_4d(node)
+                modified = True
+            modified |= attn_normalize.normalize_attributes(node, d)
+            kind = attention_kind(node)
+            wanted = {KIND_KEY: kind, INDEX_KEY: str(stats["attention_nodes"])}
+            scope = attention_scope(node)
+            if scope:
+                wanted[SCOPE_KEY] = scope
+            modified |= _set_metadata(node, wanted)
+            stats[kind] += 1
+            stats["attention_nodes"] += 1
+        _warn_unrecognised(model)
+        return GenzipPassResult(model, modified, stats)
