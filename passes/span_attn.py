@@ -1,0 +1,173 @@
+"""``span-attn``: MoA (Mixture of Sparse Attention) per-head span substitution.
+
+Invariant after the pass: every canonical causal self-attention node without a
+mask (the "layers", numbered 0.. in attention-index order) whose spans do not all
+cover the sequence has been replaced by ``genzip.SpanAttention``: query i of head h
+sees keys j <= i with j < sinks or i - j < span_h, where
+``span_h = clamp(round(alpha_h + beta_h·N), max(sinks, 1), N)`` (MoA's elastic
+rule) for the node's static sequence length N (or ``seq=`` when N is symbolic).
+The new output keeps the old name, dtype and shape; everything else is untouched.
+
+``plan=FILE`` gives per-layer, per-head rules as JSON
+``{"alphas": [L][H], "betas": [L][H], "sinks": int}``; ``alpha=``/``beta=``/``sinks=``
+give one rule for every head.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import math
+
+import onnx_ir as ir
+
+from genzip.errors import GenzipError
+from genzip.passes import attn_flops as af
+from genzip.passes.base import GenzipPass, GenzipPassResult
+from genzip.plugins import span_attention
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SpanAttentionOptions:
+    plan: str | None = None  # JSON plan file; excludes alpha/beta/sinks
+    alpha: float | None = None  # span = alpha + beta·N for every head
+    beta: float | None = None
+    sinks: int | None = None  # always-visible first tokens (default 0)
+    seq: int | None = None  # N to resolve spans with when the model's is symbolic
+
+    def __post_init__(self):
+        uniform = self.alpha is not None or self.beta is not None
+        if self.plan is not None and (uniform or self.sinks is not None):
+            raise ValueError("give either plan=FILE or alpha=/beta=/sinks=, not both")
+        if self.plan is None and not uniform:
+            raise ValueError("give plan=FILE or a span rule alpha=A beta=B (span = A + B·N)")
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name}={value} must be finite")
+        if self.sinks is not None and self.sinks < 0:
+            raise ValueError(f"sinks={self.sinks} must be >= 0")
+        if self.seq is not None and self.seq < 1:
+            raise ValueError(f"seq={self.seq} must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class SpanPlan:
+    alphas: list[list[float]]
+    betas: list[list[float]]
+    sinks: int
+
+
+def load_plan(path: str) -> SpanPlan:
+    """Read and validate a plan file; any problem is a one-line GenzipError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except OSError as e:
+        raise GenzipError(f"span-attn: cannot read plan '{path}': {e.strerror}", "check the path") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f" (line {e.lineno}, column {e.colno}: {e.msg})" if isinstance(e, json.JSONDecodeError) else ""
+        raise GenzipError(f"span-attn: plan '{path}' is not valid JSON{where}",
+                          'write {"alphas": [[...]], "betas": [[...]], "sinks": N}') from None
+    if not isinstance(raw, dict) or not {"alphas", "betas", "sinks"} <= raw.keys():
+        raise GenzipError(f"span-attn: plan '{path}' must be an object with alphas, betas and sinks",
+                          'write {"alphas": [[...]], "betas": [[...]], "sinks": N}')
+    sinks = raw["sinks"]
+    if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
+        raise GenzipError(f"span-attn: plan '{path}': sinks must be an integer >= 0, got {sinks!r}")
+    table = {}
+    for key in ("alphas", "betas"):
+        rows = raw[key]
+        ok = isinstance(rows, list) and all(
+            isinstance(r, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                        and math.isfinite(x) for x in r) for r in rows)
+        if not ok:
+            raise GenzipError(f"span-attn: plan '{path}': {key} must be a list (layers) of lists (heads) of numbers")
+        table[key] = [[float(x) for x in r] for r in rows]
+    if [len(r) for r in table["alphas"]] != [len(r) for r in table["betas"]]:
+        raise GenzipError(f"span-attn: plan '{path}': alphas and betas have different layer/head counts")
+    return SpanPlan(table["alphas"], table["betas"], sinks)
+
+
+class SpanAttentionPass(GenzipPass):
+    name = "span-attn"
+    Options = SpanAttentionOptions
+    summary = "replace causal self-attention with per-head span genzip.SpanAttention (MoA)"
+    requires_facts = frozenset({"attention-canonical"})
+
+    def _rules(self, layers: list[af.AttentionSite]) -> tuple[list[list[tuple[float, float]]], int]:
+        """Per layer, per head (alpha, beta); and the sink count."""
+        heads = [s.node.inputs[0].shape[1] if s.node.inputs[0].shape is not None else None for s in layers]
+        for site, h in zip(layers, heads):
+            if not isinstance(h, int):
+                raise GenzipError(f"span-attn: causal attention {site.index} has no static head count",
+                                  "export with static head dims")
+        opts = self.options
+        if opts.plan is None:
+            rule = (opts.alpha or 0.0, opts.beta or 0.0)
+            return [[rule] * h for h in heads], opts.sinks or 0
+        plan = load_plan(opts.plan)
+        if len(plan.alphas) != len(layers):
+            raise GenzipError(f"span-attn: plan '{opts.plan}' has {len(plan.alphas)} layers but the model has "
+                              f"{len(layers)} causal self-attention layers", "use a plan made for this model")
+        for layer, (row, h) in enumerate(zip(plan.alphas, heads)):
+            if len(row) != h:
+                raise GenzipError(f"span-attn: plan '{opts.plan}' layer {layer} has {len(row)} heads but attention "
+                                  f"{layers[layer].index} has {h}", "use a plan made for this model")
+        return [list(zip(a, b)) for a, b in zip(plan.alphas, plan.betas)], plan.sinks
+
+    def run(self, model: ir.Model) -> GenzipPassResult:
+        sites = af.attention_sites(model)
+        layers = [s for s in sites if s.kind == "self" and s.node.attributes.get_int("is_causal", 0)]
+        flops = {id(s.node): af.canonical_attention_flops(s.node) for s in sites}
+        before = sum(f or 0 for f in flops.values())
+        rules, sinks = self._rules(layers)
+        skipped: collections.Counter[str] = collections.Counter()
+        replaced = 0
+        for site, rule in zip(layers, rules):
+            reason = af.unsupported_reason(site.node, causal=True)
+            if reason is None:
+                reason = self._replace(model, site, rule, sinks, flops)
+            if reason:
+                skipped[reason] += 1
+                logger.info("span-attn: attention %d (%s) left alone: %s", site.index, site.node.name, reason)
+            else:
+                replaced += 1
+        known = [f for f in flops.values() if f is not None]
+        stats = {
+            "nodes_replaced": replaced, "attn_flops_before": before, "attn_flops_after": sum(known),
+            "flops_unknown_nodes": len(flops) - len(known), "sinks": sinks,
+        }
+        stats.update({f"skipped_{k.replace('-', '_')}": c for k, c in sorted(skipped.items())})
+        return GenzipPassResult(model, replaced > 0, stats)
+
+    def _replace(self, model, site: af.AttentionSite, rule, sinks: int, flops: dict) -> str | None:
+        node = site.node
+        q, k, v = node.inputs[:3]
+        n_static = q.shape[2]
+        n = n_static if isinstance(n_static, int) else self.options.seq
+        if n is None:
+            raise GenzipError(f"span-attn: attention {site.index} has symbolic sequence length '{n_static}'",
+                              "give seq=N to resolve the spans, or export with a static length")
+        spans = [min(n, max(sinks, 1, round(a + b * n))) for a, b in rule]
+        if isinstance(n_static, int) and min(spans) >= n:
+            return "span-covers-sequence"
+        hq, hkv = q.shape[1], k.shape[1]
+        if not isinstance(hkv, int) or hkv < 1 or hq % hkv:
+            return "head-count"
+        scale = node.attributes.get("scale")
+        d = q.shape[3]
+        if scale is None and not isinstance(d, int):
+            return "unknown-scale"
+        scale = scale.as_float() if scale is not None else 1.0 / math.sqrt(d)
+        new = span_attention.make_node(model, [q, k, v], spans=spans, sinks=sinks, scale=scale, kv_heads=hkv,
+                                       name=f"{node.name or 'attention'}_span")
+        new.metadata_props.update(node.metadata_props)
+        ir.convenience.replace_nodes_and_values(node.graph, node, [node], [new], [node.outputs[0]], [new.outputs[0]])
+        flops[id(node)] = (af.restricted_flops(q, v, [af.span_pairs(n, s, sinks) for s in spans])
+                           if isinstance(n_static, int) else None)
+        return None
