@@ -17,6 +17,7 @@ _PASSES: dict[str, str] = {
     "canonicalize-attn": "genzip.passes.canonicalize_attn:CanonicalizeAttentionPass",
     "window-attn": "genzip.passes.window_attn:WindowAttentionPass",
     "span-attn": "genzip.passes.span_attn:SpanAttentionPass",
+    "legalize-trt": "genzip.passes.legalize_trt:LegalizeTrtPass",
 }
 
 

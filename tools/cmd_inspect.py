@@ -1,10 +1,13 @@
-"""``genzip inspect ARTIFACT [--json]``: manifest, operator histogram, pass stats."""
+"""``genzip inspect ARTIFACT [--json] [--polygraphy]``: manifest, operator histogram, pass stats;
+with ``--polygraphy``, the Polygraphy commands that inspect the artifact, run it in ONNX
+Runtime on its own example inputs, and compare TensorRT against ONNX Runtime."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import sys
 
 import onnx_ir as ir
@@ -12,16 +15,27 @@ import onnx_ir as ir
 from genzip.backends.artifact import read_manifest
 from genzip.describe import op_histogram
 
+# Tolerances for the TRT-vs-ORT comparison: TensorRT picks fp32 kernels with TF32
+# and reassociates reductions, so bit-exactness is not expected.
+_TRT_TOL = "--atol 1e-3 --rtol 1e-3"
+_REGISTER = ("python -c \"import sys; from genzip.plugins.trt_plugins import register; register(); "
+             "from polygraphy.tools import main; sys.argv[0] = 'polygraphy'; sys.exit(main())\"")
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifact")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--polygraphy", action="store_true",
+                   help="print Polygraphy commands for this artifact (inspect, run on ORT, compare TRT with ORT)")
 
 
 def run(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.artifact)
     model = ir.load(os.path.join(args.artifact, manifest["model"]))
     histogram = op_histogram(model)
+    if args.polygraphy:
+        sys.stdout.write(polygraphy_commands(args.artifact, manifest, model))
+        return 0
     if args.json:
         sys.stdout.write(json.dumps({"manifest": manifest, "ops": histogram}, indent=2) + "\n")
         return 0
@@ -39,3 +53,53 @@ def run(args: argparse.Namespace) -> int:
         w(f"  {rec['pass']}: modified={rec['modified']} {stats}\n")
     w("files:\n" + "".join(f"  {name} {digest[:16]}\n" for name, digest in manifest["files"].items()))
     return 0
+
+
+def _shape_flags(artifact: str, inputs) -> str:
+    """--trt-{min,opt,max}-shapes from the default optimization profile, when any dim is dynamic."""
+    from genzip.backends.runner import EXAMPLE_INPUTS, load_npz
+    from genzip.backends.trt_profiles import resolve_profiles
+
+    if all(s["shape"] is not None and all(isinstance(d, int) for d in s["shape"]) for s in inputs):
+        return ""
+    path = os.path.join(artifact, EXAMPLE_INPUTS)
+    examples = {k: v.shape for k, v in load_npz(path).items()} if os.path.isfile(path) else {}
+    (profile,) = resolve_profiles([], inputs, examples)
+    flags = []
+    for which in ("min", "opt", "max"):
+        # Quoted: '[' and ']' are glob characters in some shells.
+        entries = " ".join(shlex.quote(f"{name}:[{','.join(map(str, getattr(r, which)))}]")
+                           for name, r in profile.items())
+        flags.append(f"--trt-{which}-shapes {entries}")
+    return " " + " ".join(flags)
+
+
+def polygraphy_commands(artifact: str, manifest, model: ir.Model) -> str:
+    """The Polygraphy command lines a user runs on ``artifact`` (one per step, with a comment)."""
+    from genzip.backends.trt_support import PLUGIN_DOMAIN, PLUGIN_OPS
+    from genzip.tools import polygraphy_loader
+
+    onnx_path = shlex.quote(os.path.join(artifact, manifest["model"]))
+    loader = shlex.quote(f"{polygraphy_loader.__file__}:load_data")
+    feed = f"--data-loader-script {loader}"
+    plugins = sum(1 for n in ir.traversal.RecursiveGraphIterator(model.graph)
+                  if n.domain == PLUGIN_DOMAIN and n.op_type in PLUGIN_OPS)
+    trt_prefix = _REGISTER if plugins else "polygraphy"
+    lines = [
+        "# 1. the graph: inputs, outputs, layers and their attributes",
+        f"polygraphy inspect model {onnx_path} --show layers attrs",
+        "# 2. run it in ONNX Runtime on the artifact's example inputs (inputs.npz)",
+        f"polygraphy run {onnx_path} --onnxrt {feed}",
+        "# 3. on a machine with an NVIDIA GPU and `pip install genzip[trt]`: TensorRT vs ONNX Runtime",
+        f"{trt_prefix} run {onnx_path} --trt --onnxrt {feed} {_TRT_TOL}"
+        + _shape_flags(artifact, manifest["inputs"]),
+    ]
+    if plugins:
+        lines += [
+            f"# the model has {plugins} genzip plugin node(s) (domain '{PLUGIN_DOMAIN}'): the python -c wrapper",
+            "# registers genzip's TensorRT Python plugins in Polygraphy's process before it parses the model;",
+            "# TensorRT >= 10.10 maps those nodes to the plugins by domain, and ONNX Runtime runs their function",
+            "# bodies, so the comparison checks the plugins against the reference bodies",
+        ]
+    lines.append("# check TensorRT legality first, without a GPU: genzip lint --target trt " + shlex.quote(artifact))
+    return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("genzip.tools.cmd_run", "run an artifact on its example inputs or an .npz and print output stats"),
     "bench": ("genzip.tools.cmd_bench", "median latency of an artifact, optionally vs another (interleaved)"),
     "inspect": ("genzip.tools.cmd_inspect", "manifest, operator histogram and pass stats of an artifact"),
+    "lint": ("genzip.tools.cmd_lint", "check an artifact against a backend's rules (TensorRT) without that backend"),
     "passes": ("genzip.tools.cmd_list", "list registered passes and their options"),
     "recipes": ("genzip.tools.cmd_list", "list --recipe names and their specs"),
     "presets": ("genzip.tools.cmd_list", "list built-in model presets"),
