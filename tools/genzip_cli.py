@@ -23,12 +23,18 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """Only the chosen subcommand's module is imported, so one broken or slow
+    subcommand cannot take the others down."""
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = argparse.ArgumentParser(prog="genzip", description="Run, benchmark and inspect genzip artifacts.")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
     subs.required = True
     for name, (module, help_text) in SUBCOMMANDS.items():
         sub = subs.add_parser(name, help=help_text, description=help_text)
+        if name != chosen:
+            continue
         mod = importlib.import_module(module)
         if hasattr(mod, "add_arguments_for"):
             mod.add_arguments_for(name, sub)
@@ -40,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     mod = args._module
     body = (lambda a: mod.run_for(a._name, a)) if hasattr(mod, "run_for") else mod.run
     return guarded(f"genzip {args._name}", body, args)

@@ -1,0 +1,1 @@
+"""genzip.runtime: executing compiled diffusion artifacts step by step (samplers, caches, plans)."""
