@@ -23,6 +23,8 @@ from genzip.backends.runner import EXAMPLE_INPUTS
 from genzip.errors import GenzipError
 
 MODEL_NAME = "model.onnx"
+# Targets whose artifacts carry an engine built here (see trt_backend.require_tensorrt).
+ENGINE_TARGETS = ("trt",)
 # An export or pass pipeline below this cosine vs its reference is broken, not lossy.
 MIN_COSINE = 0.99
 
@@ -65,6 +67,7 @@ def write_artifact(
     records,
     reference: dict[str, np.ndarray],
     reference_label: str,
+    trt_options=None,
 ) -> dict[str, Any]:
     from genzip.compile import measure_fidelity, run_ort
     from genzip.describe import io_specs, op_histogram, versions
@@ -79,6 +82,12 @@ def write_artifact(
             from genzip.backends.ort_backend import OPTIMIZATION_LEVEL, write_optimized
 
             names += write_optimized(tmp, MODEL_NAME)
+        trt_section = None
+        if target == "trt":
+            from genzip.backends.trt_backend import write_engine
+
+            trt_names, trt_section = write_engine(tmp, MODEL_NAME, inputs, source.example_inputs, trt_options)
+            names += trt_names
         fidelity = measure_fidelity(reference, run_ort(os.path.join(tmp, MODEL_NAME), source.example_inputs), reference_label)
         if not fidelity["cosine"] >= MIN_COSINE:
             raise GenzipError(
@@ -100,6 +109,8 @@ def write_artifact(
             "pass_stats": [{"pass": r.spec, "modified": r.modified, "stats": r.stats} for r in records],
             "versions": versions(),
         }
+        if trt_section is not None:
+            manifest["trt"] = trt_section
         if target == "ort":
             manifest["ort"] = {"optimized_model": "model.ort.onnx", "optimization_level": OPTIMIZATION_LEVEL}
         for key in ("family", "preset", "dynamic"):

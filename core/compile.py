@@ -33,6 +33,7 @@ class CompileOptions:
     print_ir_after_change: bool = False
     pass_timing: bool = False
     reproducer_dir: str | None = None
+    trt: Any = None  # backends.trt_build.TrtBuildOptions for target trt
 
 
 def _stage(progress: Callable[[str], None] | None, message: str) -> None:
@@ -125,4 +126,5 @@ def compile_model(
         records=records,
         reference=reference,
         reference_label=reference_label,
+        trt_options=opts.trt,
     )

@@ -31,6 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pass-timing", action="store_true", help="print a per-pass timing and stats report")
     p.add_argument("--reproducer-dir", default=None,
                    help="where a failing pass leaves its reproducer (default: OUT.reproducer)")
+    trt = p.add_argument_group("TensorRT (--target trt)")
+    trt.add_argument("--shapes", action="append", default=[], metavar="NAME:MIN:OPT:MAX,...",
+                     help="one optimization profile per flag, trtexec shape syntax (e.g. hidden_states:1x4x64x64:2x4x64x64:4x4x64x64); "
+                          "default: from the manifest's symbolic dims")
+    trt.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "bf16"),
+                     help="builder precision when the graph has no Q/DQ (Q/DQ graphs build strongly typed)")
+    trt.add_argument("--workspace-gib", type=float, default=8.0, help="builder workspace limit")
+    trt.add_argument("--hardware-compatible", action="store_true", help="engine portable across Ampere+ GPUs")
+    trt.add_argument("--version-compatible", action="store_true", help="engine runs on later TensorRT 10.x runtimes")
+    trt.add_argument("--timing-cache", help="timing cache to read and update (default: kept in the artifact)")
     add_common_flags(p)
     return p
 
@@ -44,6 +54,18 @@ def _default_out(model: str, target: str) -> str:
 def _run(args: argparse.Namespace) -> int:
     out = args.out or _default_out(args.model, args.target)
     spec = expand_recipe(args.recipe, args.passes) if args.recipe else args.passes
+    trt_options = None
+    if args.target == "trt":
+        from genzip.backends.trt_build import TrtBuildOptions
+        from genzip.backends.trt_profiles import parse_shapes
+
+        for flag in args.shapes:
+            parse_shapes(flag)  # a malformed --shapes fails before the model loads
+        trt_options = TrtBuildOptions(
+            precision=args.precision, shapes=tuple(args.shapes), workspace_gib=args.workspace_gib,
+            hardware_compatible=args.hardware_compatible, version_compatible=args.version_compatible,
+            timing_cache=args.timing_cache,
+        )
     opts = CompileOptions(
         target=args.target,
         passes=spec,
@@ -54,6 +76,7 @@ def _run(args: argparse.Namespace) -> int:
         print_ir_after_change=args.print_ir_after_change,
         pass_timing=args.pass_timing,
         reproducer_dir=args.reproducer_dir or os.path.abspath(out.rstrip("/")) + ".reproducer",
+        trt=trt_options,
     )
     manifest = compile_model(args.model, out, opts, progress=Progress(not args.quiet))
     fid = manifest["fidelity"]
