@@ -134,3 +134,30 @@ def test_example_inputs_match_manifest(pixart_ort):
     folder, manifest = pixart_ort
     with np.load(os.path.join(folder, "inputs.npz")) as data:
         assert sorted(data.files) == sorted(s["name"] for s in manifest["inputs"])
+
+
+def test_failing_pass_leaves_a_reproducer_and_no_artifact(tmp_path, capsys, monkeypatch, pixart_ort):
+    from genzip.passes import registry
+
+    monkeypatch.setitem(registry._PASSES, "test-dangling-use", "broken_pass:DanglingUsePass")
+    folder, _ = pixart_ort
+    out = tmp_path / "o"
+    rc, _, err = compile_(capsys, os.path.join(folder, "model.onnx"), "--target", "onnx", "--out", str(out),
+                          "--passes", "dce,test-dangling-use")
+    assert rc == 1 and "reproducer" in err and "Traceback" not in err
+    assert not out.exists()
+    repro = tmp_path / "o.reproducer"
+    assert (repro / "spec.txt").read_text().strip() == "test-dangling-use"
+    before = ir.load(str(repro / "model.onnx"))  # the input of the failing pass, loadable as is
+    assert len(list(before.graph)) == len(list(ir.load(os.path.join(folder, "model.onnx")).graph))
+
+
+def test_models_over_2gb_get_external_data(tmp_path, capsys, monkeypatch):
+    from genzip.backends import onnx_files
+
+    monkeypatch.setattr(onnx_files, "PROTOBUF_LIMIT", 1024)  # stands in for 2 GB
+    rc, _, err = compile_(capsys, "tiny-pixart", "--target", "onnx", "--out", str(tmp_path / "big"))
+    assert rc == 0, err
+    manifest = json.load(open(tmp_path / "big" / "genzip.json"))
+    assert "model.onnx.data" in manifest["files"]
+    assert os.path.getsize(tmp_path / "big" / "model.onnx") < os.path.getsize(tmp_path / "big" / "model.onnx.data")
