@@ -152,9 +152,14 @@ def attention_sites(model: ir.Model) -> list[AttentionSite]:
     return sorted(sites, key=lambda s: s.index)
 
 
-def unsupported_reason(node: ir.Node, causal: bool) -> str | None:
-    """Why a canonical node cannot take a banded replacement, or None if it can."""
-    if len(node.inputs) > 3 and any(v is not None for v in node.inputs[3:]):
+def unsupported_reason(node: ir.Node, causal: bool, mask_ok: bool = False) -> str | None:
+    """Why a canonical node cannot take a banded replacement, or None if it can.
+
+    ``mask_ok``: the caller has proven the node's mask input redundant (e.g. a
+    causal mask, see ``moa_mask``) and will drop it.
+    """
+    mask = node.inputs[3] if len(node.inputs) > 3 else None
+    if any(v is not None for v in node.inputs[4:]) or (mask is not None and not mask_ok):
         return "has-mask"
     if len(node.outputs) != 1:
         return "extra-outputs"

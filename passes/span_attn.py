@@ -1,7 +1,9 @@
 """``span-attn``: MoA (Mixture of Sparse Attention) per-head span substitution.
 
-Invariant after the pass: every canonical causal self-attention node without a
-mask (the "layers", numbered 0.. in attention-index order) whose spans do not all
+Invariant after the pass: every canonical causal self-attention node (the
+"layers", numbered 0.. in attention-index order: ``is_causal=1`` without a mask,
+or an explicit mask that ``moa_mask`` proves is exactly causal, as torch LM
+exports produce; that mask is then dropped) whose spans do not all
 cover the sequence has been replaced by ``genzip.SpanAttention``: query i of head h
 sees keys j <= i with j < sinks or i - j < span_h, where
 ``span_h = clamp(round(alpha_h + beta_h·N), max(sinks, 1), N)`` (MoA's elastic
@@ -25,6 +27,7 @@ import onnx_ir as ir
 
 from genzip.errors import GenzipError
 from genzip.passes import attn_flops as af
+from genzip.passes import moa_mask
 from genzip.passes.base import GenzipPass, GenzipPassResult
 from genzip.plugins import span_attention
 
@@ -93,6 +96,27 @@ def load_plan(path: str) -> SpanPlan:
     return SpanPlan(table["alphas"], table["betas"], sinks)
 
 
+def _has_causal_mask(model: ir.Model, node: ir.Node, cache: dict) -> bool:
+    """A non-``is_causal`` node whose explicit mask provably is the causal mask (torch LM exports)."""
+    if node.attributes.get_int("is_causal", 0) or len(node.inputs) < 4 or node.inputs[3] is None:
+        return False
+    q, k = node.inputs[0], node.inputs[1]
+    if q.shape is None or k.shape is None or len(q.shape) != 4 or len(k.shape) != 4:
+        return False
+    n = q.shape[2]
+    if not isinstance(n, int) or k.shape[2] != n:
+        return False
+    return moa_mask.is_static_causal(model, node.inputs[3], n, cache)
+
+
+def resolve_span(alpha: float, beta: float, n: int, sinks: int) -> int:
+    """MoA's elastic rule ``round(alpha + beta·n)`` clamped to ``[max(sinks, 1), n]``.
+
+    The one place the rule lives: ``moa-search`` profiles exactly the spans this pass builds.
+    """
+    return min(n, max(sinks, 1, round(alpha + beta * n)))
+
+
 class SpanAttentionPass(GenzipPass):
     name = "span-attn"
     Options = SpanAttentionOptions
@@ -122,14 +146,20 @@ class SpanAttentionPass(GenzipPass):
 
     def run(self, model: ir.Model) -> GenzipPassResult:
         sites = af.attention_sites(model)
-        layers = [s for s in sites if s.kind == "self" and s.node.attributes.get_int("is_causal", 0)]
+        cache: dict = {}  # masks are shared by all layers: prove each once
+        masked = {id(s.node) for s in sites if s.kind == "self" and _has_causal_mask(model, s.node, cache)}
+        layers = [s for s in sites if s.kind == "self"
+                  and (s.node.attributes.get_int("is_causal", 0) or id(s.node) in masked)]
         flops = {id(s.node): af.canonical_attention_flops(s.node) for s in sites}
         before = sum(f or 0 for f in flops.values())
         rules, sinks = self._rules(layers)
         skipped: collections.Counter[str] = collections.Counter()
         replaced = 0
         for site, rule in zip(layers, rules):
-            reason = af.unsupported_reason(site.node, causal=True)
+            if id(site.node) in masked:
+                reason = af.unsupported_reason(site.node, causal=False, mask_ok=True)
+            else:
+                reason = af.unsupported_reason(site.node, causal=True)
             if reason is None:
                 reason = self._replace(model, site, rule, sinks, flops)
             if reason:
@@ -141,6 +171,7 @@ class SpanAttentionPass(GenzipPass):
         stats = {
             "nodes_replaced": replaced, "attn_flops_before": before, "attn_flops_after": sum(known),
             "flops_unknown_nodes": len(flops) - len(known), "sinks": sinks,
+            "causal_masks_recognized": len(masked),
         }
         stats.update({f"skipped_{k.replace('-', '_')}": c for k, c in sorted(skipped.items())})
         return GenzipPassResult(model, replaced > 0, stats)
@@ -153,7 +184,7 @@ class SpanAttentionPass(GenzipPass):
         if n is None:
             raise GenzipError(f"span-attn: attention {site.index} has symbolic sequence length '{n_static}'",
                               "give seq=N to resolve the spans, or export with a static length")
-        spans = [min(n, max(sinks, 1, round(a + b * n))) for a, b in rule]
+        spans = [resolve_span(a, b, n, sinks) for a, b in rule]
         if isinstance(n_static, int) and min(spans) >= n:
             return "span-covers-sequence"
         hq, hkv = q.shape[1], k.shape[1]
