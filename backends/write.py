@@ -41,6 +41,9 @@ def _report(manifest: dict[str, Any], records, histogram: dict[str, int]) -> str
     if manifest.get("export_fidelity"):
         ef = manifest["export_fidelity"]
         lines.append(f"- export check vs {ef['reference']}: cosine {ef['cosine']:.6f}, max abs err {ef['max_abs_err']:.3g}")
+    if manifest.get("quant_fidelity"):
+        qf = manifest["quant_fidelity"]
+        lines.append(f"- quantized vs {qf['reference']} on held-out inputs: cosine {qf['cosine']:.6f}, max abs err {qf['max_abs_err']:.3g}")
     lines += ["", "## Passes", "", "| pass | modified | seconds | stats |", "|---|---|---|---|"]
     for r in records:
         stats = ", ".join(f"{k}={v}" for k, v in r.stats.items())
@@ -68,6 +71,7 @@ def write_artifact(
     reference: dict[str, np.ndarray],
     reference_label: str,
     trt_options=None,
+    fp32_outputs: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     from genzip.compile import measure_fidelity, run_ort
     from genzip.describe import io_specs, op_histogram, versions
@@ -88,7 +92,13 @@ def write_artifact(
 
             trt_names, trt_section = write_engine(tmp, MODEL_NAME, inputs, source.example_inputs, trt_options)
             names += trt_names
-        fidelity = measure_fidelity(reference, run_ort(os.path.join(tmp, MODEL_NAME), source.example_inputs), reference_label)
+        compiled_outputs = run_ort(os.path.join(tmp, MODEL_NAME), source.example_inputs)
+        fidelity = measure_fidelity(reference, compiled_outputs, reference_label)
+        quant_fidelity = None
+        if fp32_outputs is not None:
+            # Example inputs are seeded apart from the calibration set: a held-out check.
+            quant_fidelity = measure_fidelity(fp32_outputs, compiled_outputs, "fp32-export")
+            quant_fidelity["inputs"] = "example inputs (held out: not the calibration set)"
         if not fidelity["cosine"] >= MIN_COSINE:
             raise GenzipError(
                 f"compiled model disagrees with its reference (cosine {fidelity['cosine']:.4f} < {MIN_COSINE})",
@@ -109,6 +119,8 @@ def write_artifact(
             "pass_stats": [{"pass": r.spec, "modified": r.modified, "stats": r.stats} for r in records],
             "versions": versions(),
         }
+        if quant_fidelity is not None:
+            manifest["quant_fidelity"] = quant_fidelity
         if trt_section is not None:
             manifest["trt"] = trt_section
         if target == "ort":

@@ -111,7 +111,13 @@ def compile_model(
         reproducer_dir=opts.reproducer_dir,
         progress=(lambda i, n, name: _stage(progress, f"pass {i + 1}/{n}: {name}")) if progress else None,
     )
-    records = run_pipeline(model, pipeline, inst)
+    # Quantized artifacts also record fidelity vs the FP32 export (before any pass).
+    fp32_outputs = run_ort(model, feeds) if any(p.name == "quant" for p in pipeline.passes) else None
+    from genzip.passes.quant_calib_data import calibration_source
+
+    # calibrate reads the model's calibration inputs from here (see passes/quant_calib_data.py).
+    with calibration_source(source.info.get("calibration")):
+        records = run_pipeline(model, pipeline, inst)
 
     from genzip.backends.write import write_artifact
 
@@ -127,4 +133,5 @@ def compile_model(
         reference=reference,
         reference_label=reference_label,
         trt_options=opts.trt,
+        fp32_outputs=fp32_outputs,
     )

@@ -109,4 +109,12 @@ def load_preset(name: str, *, seed: int, batch: int | None):
         call = hf_inputs.causal_lm_call(module, batch=batch, seed=seed, seq_len=spec.seq_len)
         outputs = hf_inputs.CAUSAL_LM_OUTPUTS
     info = {"family": spec.family, "preset": name, "class": type(module).__name__, "batch": batch, "seed": seed}
-    return source_from_torch(module, call, source=name, kind="preset", output_names=outputs, info=info)
+    source = source_from_torch(module, call, source=name, kind="preset", output_names=outputs, info=info)
+    # Seeded calibration inputs that are not the example (fidelity) inputs; sampled lazily.
+    from genzip.frontend.calibration import preset_calibration
+
+    source.info["calibration"] = preset_calibration(
+        module, spec.family, batch=batch, seed=seed, like=source.example_inputs,
+        text_len=spec.text_len, seq_len=spec.seq_len,
+    )
+    return source

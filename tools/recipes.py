@@ -8,6 +8,16 @@ RECIPES: dict[str, tuple[str, str]] = {
     "cleanup": ("dce,cse,fold-constants", "remove dead code, merge duplicates, fold constants"),
     "attn": ("canonicalize-attn,dce", "bring every attention into the canonical ONNX Attention form"),
     "window": ("canonicalize-attn,window-attn{window=0.125},dce", "DiTFastAttn window attention on every self-attention"),
+    "w8a8": ("annotate-precision,calibrate,quant{scheme=w8a8}",
+             "int8 per-channel weights, static per-tensor int8 activations (TensorRT explicit Q/DQ)"),
+    "w8a8-dynamic": ("annotate-precision{scheme=w8a8-dynamic},quant{scheme=w8a8-dynamic}",
+                     "int8 per-channel weights, per-token dynamic int8 activations (ORT CPU MatMulInteger)"),
+    "w8a8-smooth": ("annotate-precision,smooth{alpha=0.5},calibrate,quant{scheme=w8a8}",
+                    "w8a8 after SmoothQuant channel balancing (ViDiT-Q static-dynamic balancing)"),
+    "w4a16": ("annotate-precision{scheme=w4a16 keep-defaults=false},quant{scheme=w4a16}",
+              "int4 block-32 weights (DequantizeLinear block_size), fp32 activations, every GEMM"),
+    "fp8": ("annotate-precision{scheme=fp8},calibrate,quant{scheme=fp8}",
+            "float8 E4M3 per-channel weights and static per-tensor activations (Hopper)"),
 }
 
 

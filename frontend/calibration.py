@@ -1,0 +1,76 @@
+"""Default calibration inputs of presets: seeded, and never the example inputs.
+
+The example (fidelity) inputs use ``seed``; calibration uses ``seed + CALIB_SEED_OFFSET``
+and onward, so the fidelity recorded in an artifact is measured on held-out data.
+
+* DiT presets: ``trajectories`` short DDIM runs of the preset's own model under a
+  linear-beta DDPM schedule (1000 steps, betas 1e-4 .. 2e-2). Each run draws a
+  latent x_T and a caption embedding, then records ``(x_t, t, caption)`` at
+  ``steps`` timesteps spread evenly from 999 down to 0, stepping x_t with the
+  model's own epsilon prediction (the first ``in_channels`` output channels).
+* LLM presets: ``samples`` seeded random token sequences.
+
+:func:`preset_calibration` returns a zero-argument callable (sampling only happens
+when a pipeline calibrates), which ``load_preset`` stores in ``info["calibration"]``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from genzip.frontend import hf_inputs, torch_io
+
+CALIB_SEED_OFFSET = 1000
+Feeds = dict[str, np.ndarray]
+
+
+def _to_feeds(call, like: Feeds) -> Feeds:
+    """Name the call's tensors like the example inputs (same order, same dtypes)."""
+    leaves = torch_io.input_leaves(call)
+    return {name: torch_io.to_numpy(t).astype(like[name].dtype, copy=False) for name, (_, t) in zip(like, leaves)}
+
+
+def ddpm_alpha_bar(steps: int = 1000) -> np.ndarray:
+    betas = np.linspace(1e-4, 2e-2, steps, dtype=np.float64)
+    return np.cumprod(1.0 - betas)
+
+
+def dit_trajectory(module, *, batch: int, seed: int, text_len: int, like: Feeds, trajectories: int = 2,
+                   steps: int = 4) -> list[Feeds]:
+    alpha_bar = ddpm_alpha_bar()
+    times = np.linspace(999, 0, steps).round().astype(int)
+    in_ch = int(module.config.in_channels)
+    out: list[Feeds] = []
+    for r in range(trajectories):
+        args, kwargs = hf_inputs.diffusers_call(module, batch=batch, seed=seed + CALIB_SEED_OFFSET + r, text_len=text_len)
+        x = kwargs["hidden_states"]
+        for i, t in enumerate(times):
+            kwargs["hidden_states"] = x
+            kwargs["timestep"] = torch.full((batch,), float(t))
+            out.append(_to_feeds((args, dict(kwargs)), like))
+            with torch.no_grad():
+                eps = module(*args, **kwargs)[0][:, :in_ch]
+            ab = alpha_bar[t]
+            ab_prev = alpha_bar[times[i + 1]] if i + 1 < len(times) else 1.0
+            x0 = ((x - (1 - ab) ** 0.5 * eps) / ab**0.5).clamp(-4, 4)
+            x = (ab_prev**0.5 * x0 + (1 - ab_prev) ** 0.5 * eps).float()
+    return out
+
+
+def llm_tokens(module, *, batch: int, seed: int, seq_len: int, like: Feeds, samples: int = 8) -> list[Feeds]:
+    out = []
+    for i in range(samples):
+        call = hf_inputs.causal_lm_call(module, batch=batch, seed=seed + CALIB_SEED_OFFSET + i, seq_len=seq_len)
+        out.append(_to_feeds(call, like))
+    return out
+
+
+def preset_calibration(module, family: str, *, batch: int, seed: int, like: Feeds, text_len: int = 0,
+                       seq_len: int = 0) -> Callable[[], list[Feeds]]:
+    if family == "dit":
+        return functools.partial(dit_trajectory, module, batch=batch, seed=seed, text_len=text_len, like=like)
+    return functools.partial(llm_tokens, module, batch=batch, seed=seed, seq_len=seq_len, like=like)

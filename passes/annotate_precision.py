@@ -1,0 +1,135 @@
+"""``annotate-precision``: write a frozen quantization spec on every quantizable node.
+
+Invariant after the pass (fact ``quant-annotated``): every MatMul/Gemm/Conv of the
+main graph whose weight (input 1) is a constant initializer (rank 2 for
+MatMul/Gemm, >= 3 for Conv; Gemm without transA) and whose op is selected by
+``ops`` carries ``metadata_props["genzip.quant"]``, a :class:`QuantSpec` JSON (schema
+in ``quant_spec``). A node held in high precision carries a spec too, with
+``keep`` naming the reason and fp32 weight/activation, so ``quant`` can check that
+nothing was forgotten. Nothing else in the graph changes.
+
+Selection, in order: ``ops``; ``include`` (regex over the torch module path from
+``pkg.torch.onnx.name_scopes``, else the node name) limits quantization to
+matching layers; with ``keep-defaults`` the first and last quantizable layers and
+layers matching ``DEFAULT_KEEP`` (timestep/caption embedders, norms and their
+modulation linears, patch/position embedders, token embeddings, LM head) stay
+high precision; ``keep`` adds regexes. ``bos=true`` (MixDQ) marks layers matching
+``bos-layers`` (default: cross-attention K/V projections, whose input is the text
+embedding) so token 0 of their activation stays fp32. Attention BMMs (no constant
+weight) are never annotated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Literal
+
+import onnx_ir as ir
+
+from genzip.frontend.module_paths import module_path
+from genzip.passes.base import GenzipPass, GenzipPassResult
+from genzip.passes.quant_spec import META_KEY, QuantSpec, TensorSpec, weight_axes, weight_value
+
+Scheme = Literal["w8a8", "w8a8-dynamic", "w4a16", "fp8"]
+DEFAULT_KEEP = (
+    r"(^|\.)(time_proj|timestep\w*|time_\w*embed\w*|t_embedder|adaln_single|emb)(\.|$)",
+    r"(^|\.)(caption_projection|context_embedder|text_embedder|y_embedder)(\.|$)",
+    r"(^|\.)(pos_embed|patch_embed|x_embedder|embed_tokens|lm_head)(\.|$)",
+    r"(^|\.)norm\w*(\.|$)",
+)
+DEFAULT_BOS = r"attn2\.(to_k|to_v)$"
+FP32 = TensorSpec(input=1, dtype="fp32", granularity="per-tensor")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Options:
+    scheme: Scheme = "w8a8"
+    ops: tuple[Literal["MatMul", "Gemm", "Conv"], ...] = ("MatMul", "Gemm", "Conv")
+    include: str | None = None
+    keep: tuple[str, ...] = ()
+    keep_defaults: bool = True
+    block: int = 32
+    bos: bool = False
+    bos_layers: str = DEFAULT_BOS
+
+    def __post_init__(self):
+        if self.block not in (16, 32, 64, 128, 256):
+            raise ValueError(f"block={self.block} must be one of 16, 32, 64, 128, 256")
+        for pattern in (self.include, self.bos_layers, *self.keep):
+            if pattern is None:
+                continue
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"bad regex '{pattern}': {e}") from None
+
+
+def _weight_spec(op: str, node: ir.Node, opts: Options) -> TensorSpec:
+    out_axis, red_axis = weight_axes(node)
+    if opts.scheme == "w4a16":
+        return TensorSpec(input=1, dtype="int4", granularity="per-block", axis=red_axis, block_size=opts.block)
+    dtype = "float8e4m3fn" if opts.scheme == "fp8" else "int8"
+    return TensorSpec(input=1, dtype=dtype, granularity="per-channel", axis=out_axis)
+
+
+def _activation_spec(opts: Options) -> TensorSpec | None:
+    if opts.scheme == "w4a16":
+        return None
+    if opts.scheme == "w8a8-dynamic":
+        return TensorSpec(input=0, dtype="int8", granularity="per-token", dynamic=True)
+    dtype = "float8e4m3fn" if opts.scheme == "fp8" else "int8"
+    return TensorSpec(input=0, dtype=dtype, granularity="per-tensor")
+
+
+def _unsupported(node: ir.Node, opts: Options) -> str | None:
+    if node.op_type == "Conv" and opts.scheme in ("w8a8-dynamic", "w4a16"):
+        return f"{opts.scheme} covers MatMul/Gemm only"
+    if opts.scheme == "w8a8-dynamic" and node.op_type == "MatMul":
+        x = node.inputs[0]
+        if x is not None and x.shape is not None and len(x.shape) < 2:
+            return "per-token needs a rank >= 2 activation"
+    return None
+
+
+class AnnotatePrecisionPass(GenzipPass):
+    name = "annotate-precision"
+    summary = "write a frozen per-node quantization spec (genzip.quant) on MatMul/Gemm/Conv"
+    Options = Options
+    ensures_facts = frozenset({"quant-annotated"})
+
+    def run(self, model: ir.Model) -> GenzipPassResult:
+        opts: Options = self.options
+        keep_res = [re.compile(p) for p in (*(DEFAULT_KEEP if opts.keep_defaults else ()), *opts.keep)]
+        include = re.compile(opts.include) if opts.include else None
+        bos_re = re.compile(opts.bos_layers)
+        candidates = [n for n in model.graph if n.op_type in opts.ops and weight_value(n) is not None]
+        modified, quantized, bos_nodes = False, 0, 0
+        for index, node in enumerate(candidates):
+            path = module_path(node) or node.name or ""
+            keep = _unsupported(node, opts)
+            if keep is None and include is not None and not include.search(path):
+                keep = "not matched by include"
+            if keep is None and opts.keep_defaults and index in (0, len(candidates) - 1):
+                keep = "first layer" if index == 0 else "last layer"
+            if keep is None:
+                hit = next((r.pattern for r in keep_res if r.search(path)), None)
+                keep = f"keep {hit}" if hit else None
+            if keep is not None:
+                spec = QuantSpec(scheme=opts.scheme, op=node.op_type, module=path, keep=keep, weight=FP32, activation=None)
+            else:
+                bos = opts.bos and bool(bos_re.search(path)) and node.op_type == "MatMul"
+                spec = QuantSpec(
+                    scheme=opts.scheme, op=node.op_type, module=path, keep=None,
+                    weight=_weight_spec(node.op_type, node, opts), activation=_activation_spec(opts), bos=bos,
+                )
+                quantized += 1
+                bos_nodes += bos
+            raw = spec.to_json()
+            if node.metadata_props.get(META_KEY) != raw:
+                node.metadata_props[META_KEY] = raw
+                modified = True
+        stats = {"annotated": len(candidates), "quantized": quantized, "kept": len(candidates) - quantized}
+        if opts.bos:
+            stats["bos"] = bos_nodes
+        return GenzipPassResult(model, modified, stats)
