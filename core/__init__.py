@@ -14,8 +14,24 @@ from genzip.errors import GenzipError
 __all__ = ["GenzipError", "__version__", "load"]
 
 
-def load(artifact: str):
-    """Open a compiled artifact folder for inference (ONNX Runtime session)."""
+def load(artifact: str, plan=None, threads: int | None = None):
+    """Open a compiled artifact folder for inference (ONNX Runtime session).
+
+    ``model(**feeds)`` returns a dict of outputs. A text-conditioned DiT artifact
+    (inputs ``hidden_states``, ``timestep``, ``encoder_hidden_states``) comes back as
+    ``genzip.runtime.diffusers_adapter.DiffusersTransformer``, which also works as a
+    diffusers pipeline's ``transformer``; ``plan`` (a path or ``runtime.plan.Plan``)
+    applies an attention-sharing plan to a share-attn artifact.
+    """
+    from genzip.backends.artifact import read_manifest
     from genzip.backends.runner import load_artifact
 
-    return load_artifact(artifact)
+    names = {s.get("name") for s in read_manifest(artifact).get("inputs", [])}
+    if {"hidden_states", "timestep", "encoder_hidden_states"} <= names:
+        from genzip.runtime.diffusers_adapter import DiffusersTransformer
+        from genzip.runtime.plan import load_plan
+
+        return DiffusersTransformer(artifact, load_plan(plan) if isinstance(plan, str) else plan, threads=threads)
+    if plan is not None:
+        raise GenzipError(f"artifact {artifact} is not a DiT artifact, so a plan cannot apply", "drop the plan")
+    return load_artifact(artifact, threads=threads)

@@ -18,6 +18,11 @@ _PASSES: dict[str, str] = {
     "window-attn": "genzip.passes.window_attn:WindowAttentionPass",
     "span-attn": "genzip.passes.span_attn:SpanAttentionPass",
     "legalize-trt": "genzip.passes.legalize_trt:LegalizeTrtPass",
+    "share-attn": "genzip.passes.share_attn:ShareAttentionPass",
+    "annotate-precision": "genzip.passes.annotate_precision:AnnotatePrecisionPass",
+    "calibrate": "genzip.passes.calibrate:CalibratePass",
+    "quant": "genzip.passes.quant:QuantPass",
+    "smooth": "genzip.passes.smooth:SmoothPass",
 }
 
 

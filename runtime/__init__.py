@@ -1,1 +1,9 @@
-"""genzip.runtime: executing compiled diffusion artifacts step by step (samplers, caches, plans)."""
+"""genzip.runtime: executing compiled diffusion artifacts step by step (samplers, caches, plans).
+
+* ``plan``: the attention-sharing plan schema (JSON, validated on load);
+* ``model``: ``PlannedModel``, one ORT session of a share-attn artifact driven by a plan;
+* ``caches``: cache slots keyed by call identity, and the step clock;
+* ``sampler``: CFG sampling through a diffusers scheduler;
+* ``diffusers_adapter``: ``pipe.transformer = genzip.load(artifact)``;
+* ``search``: DiTFastAttn's greedy plan search.
+"""

@@ -1,0 +1,114 @@
+"""Drop-in transformer for diffusers pipelines: ``pipe.transformer = genzip.load(artifact)``.
+
+``DiffusersTransformer`` answers the call the PixArt pipeline's denoising loop
+makes (``transformer(latents, encoder_hidden_states=, encoder_attention_mask=,
+timestep=, added_cond_kwargs=, return_dict=False)[0]``) with torch tensors in and
+out, and carries ``config`` (``in_channels``, ``out_channels``, ``sample_size``,
+…) and ``dtype``. It still accepts ``model(**numpy_feeds)`` / ``run`` like any
+``genzip.load`` result (a dict of outputs).
+
+With a plan (``set_plan``), steps are counted by ``StepClock`` (a new timestep is a
+new step; a timestep larger than the previous one starts a new sampling run and
+clears the caches) and caches are keyed by call identity (``caches``), so the
+number of transformer calls per step does not matter. A call is a CFG pair, for
+ASC, when its batch is even and its two halves of latents are identical (the
+pipeline duplicates the latents); otherwise share-cfg methods run unshared.
+
+The exported graph has no attention-mask input: a mask with zeros (padded
+prompt embeddings) is ignored with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from genzip.backends.runner import check_inputs
+from genzip.runtime import plan as plans
+from genzip.runtime.caches import StepClock
+from genzip.runtime.model import PlannedModel
+
+logger = logging.getLogger(__name__)
+
+
+def _config(model: PlannedModel) -> dict[str, Any]:
+    info = model.manifest.get("source_info", {})
+    config: dict[str, Any] = {}
+    if info.get("preset"):
+        from genzip.frontend.presets import get_preset
+
+        config.update(get_preset(info["preset"]).config)
+    spec = {s["name"]: s["shape"] for s in model.inputs}
+    out = model.manifest["outputs"][0]["shape"]
+    config.setdefault("in_channels", spec["hidden_states"][1])
+    config.setdefault("sample_size", spec["hidden_states"][2])
+    config.setdefault("out_channels", out[1])
+    return config
+
+
+class DiffusersTransformer:
+    """A compiled DiT artifact behaving like a diffusers transformer (see module docstring)."""
+
+    def __init__(self, artifact: str, plan: plans.Plan | None = None, threads: int | None = None):
+        import torch
+        from diffusers.configuration_utils import FrozenDict
+
+        self.model = PlannedModel(artifact, plan, threads=threads)
+        self.config = FrozenDict(_config(self.model))
+        self.dtype = torch.float32
+        self.device = torch.device("cpu")
+        self.clock = StepClock()
+        self._last_t: float | None = None
+
+    # --- genzip.load compatibility -------------------------------------------------
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.model.manifest
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_inputs(feeds, self.model.inputs)
+        names = self.model.output_names
+        return dict(zip(names, self.model.session.run(names, feeds)))
+
+    # --- diffusers ----------------------------------------------------------------
+    def set_plan(self, plan: plans.Plan | None) -> None:
+        self.model.set_plan(plan)
+        self.reset()
+
+    def reset(self) -> None:
+        self.clock.reset()
+        self.model.caches.clear()
+        self._last_t = None
+
+    def __call__(self, *args, **kwargs):
+        if args or "return_dict" in kwargs or any(hasattr(v, "detach") for v in kwargs.values()):
+            return self.forward(*args, **kwargs)
+        return self.run(kwargs)
+
+    def forward(self, hidden_states, encoder_hidden_states=None, timestep=None, added_cond_kwargs=None,
+                cross_attention_kwargs=None, attention_mask=None, encoder_attention_mask=None,
+                return_dict: bool = True, **unused):
+        import torch
+
+        latents = hidden_states.detach().cpu().float().numpy()
+        batch = latents.shape[0]
+        t = np.broadcast_to(np.asarray(timestep.detach().cpu() if hasattr(timestep, "detach") else timestep,
+                                       dtype=np.float32).reshape(-1), (batch,)).copy()
+        text = encoder_hidden_states.detach().cpu().float().numpy()
+        if encoder_attention_mask is not None and not bool(torch.all(encoder_attention_mask != 0)):
+            logger.warning("genzip transformer: encoder_attention_mask has zeros; the compiled graph ignores it")
+        if self._last_t is not None and float(t.max()) > self._last_t:
+            self.reset()  # timesteps went up: a new sampling run
+        self._last_t = float(t.max())
+        step = self.clock.observe(t)
+        half = batch // 2
+        cfg_pair = batch % 2 == 0 and np.array_equal(latents[:half], latents[half:])
+        feeds = {"hidden_states": latents, "timestep": t, "encoder_hidden_states": text}
+        out = torch.from_numpy(self.model.call(feeds, step, cfg_pair=cfg_pair))
+        if not return_dict:
+            return (out,)
+        from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+        return Transformer2DModelOutput(sample=out)

@@ -1,0 +1,154 @@
+"""Attention-sharing plans (DiTFastAttn): which method each layer uses at each step.
+
+Schema (JSON, version 1)::
+
+    {"schema": 1, "steps": S, "layers": L, "window": w,
+     "methods": [[method of step 0, ..., method of step S-1] for each of L layers]}
+
+Methods: ``full``, ``window-residual`` (WA-RS), ``share-step`` (AST),
+``share-cfg`` (ASC: full attention on the conditional half, reused for the
+unconditional half; same as ``full+share-cfg``), ``window-residual+share-cfg``,
+``full+share-cfg``.
+
+Invariant of a ``Plan`` (checked by ``validate`` on construction and load):
+step 0 is ``full`` in every layer, and every ``window-residual*`` step of a
+layer comes after a ``full`` step of that layer, the only method that produces
+the residual (``full - window``) it reuses. ``window`` is the window in tokens the
+plan was made for (informational; the artifact's window is what runs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from genzip.errors import GenzipError
+
+SCHEMA = 1
+FULL, WINDOW, SHARE_STEP = "full", "window-residual", "share-step"
+SHARE_CFG, WINDOW_CFG, FULL_CFG = "share-cfg", "window-residual+share-cfg", "full+share-cfg"
+METHODS = (FULL, WINDOW, SHARE_STEP, SHARE_CFG, WINDOW_CFG, FULL_CFG)
+
+# Integer mode per layer fed to a share-attn artifact's ``attn_modes`` input (see
+# passes/share_attn.py). FULL_RESIDUAL is ``full`` that also refreshes the residual
+# cache; the runtime picks it only when a later WA-RS step of the layer needs it.
+MODE_FULL, MODE_FULL_RESIDUAL, MODE_WINDOW, MODE_SHARE_STEP, MODE_FULL_CFG, MODE_WINDOW_CFG = range(6)
+MODE_OF = {FULL: MODE_FULL, WINDOW: MODE_WINDOW, SHARE_STEP: MODE_SHARE_STEP,
+           SHARE_CFG: MODE_FULL_CFG, FULL_CFG: MODE_FULL_CFG, WINDOW_CFG: MODE_WINDOW_CFG}
+
+# One- or two-letter codes for progress lines.
+SHORT = {FULL: "F", WINDOW: "W", SHARE_STEP: "S", SHARE_CFG: "C", FULL_CFG: "C", WINDOW_CFG: "WC"}
+
+
+def uses_residual(method: str) -> bool:
+    return method in (WINDOW, WINDOW_CFG)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    steps: int
+    layers: int
+    window: int
+    methods: tuple[tuple[str, ...], ...]  # [layer][step]
+
+    def __post_init__(self):
+        validate(self)
+
+    @classmethod
+    def all_full(cls, steps: int, layers: int, window: int = 0) -> Plan:
+        return cls(steps, layers, window, tuple((FULL,) * steps for _ in range(layers)))
+
+    def method(self, layer: int, step: int) -> str:
+        if not 0 <= step < self.steps:
+            raise GenzipError(
+                f"step {step} is beyond the plan's {self.steps} steps",
+                f"sample with --steps {self.steps} or make a plan for more steps (genzip plan --steps N)",
+            )
+        return self.methods[layer][step]
+
+    def modes(self, step: int) -> list[int]:
+        """The ``attn_modes`` vector of one step (one int per layer)."""
+        out = []
+        for layer in range(self.layers):
+            mode = MODE_OF[self.method(layer, step)]
+            if mode == MODE_FULL and self._residual_needed(layer, step):
+                mode = MODE_FULL_RESIDUAL
+            out.append(mode)
+        return out
+
+    def _residual_needed(self, layer: int, step: int) -> bool:
+        """Whether a WA-RS step of ``layer`` after ``step`` reads the residual made here."""
+        for later in self.methods[layer][step + 1:]:
+            if later == FULL:
+                return False
+            if uses_residual(later):
+                return True
+        return False
+
+    def to_json(self) -> dict:
+        return {"schema": SCHEMA, "steps": self.steps, "layers": self.layers, "window": self.window,
+                "methods": [list(row) for row in self.methods]}
+
+    def save(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_json(), f, indent=1)
+            f.write("\n")
+
+    def counts(self) -> dict[str, int]:
+        found = {m: 0 for m in METHODS}
+        for row in self.methods:
+            for m in row:
+                found[m] += 1
+        return found
+
+
+def _bad(problem: str) -> GenzipError:
+    return GenzipError(f"invalid plan: {problem}", "fix the plan file or regenerate it with `genzip plan`")
+
+
+def validate(plan: Plan) -> None:
+    for name in ("steps", "layers", "window"):
+        value = getattr(plan, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < (1 if name != "window" else 0):
+            raise _bad(f"'{name}' must be an integer >= {1 if name != 'window' else 0}, got {value!r}")
+    if len(plan.methods) != plan.layers:
+        raise _bad(f"'methods' has {len(plan.methods)} layer rows but 'layers' is {plan.layers}")
+    for layer, row in enumerate(plan.methods):
+        if len(row) != plan.steps:
+            raise _bad(f"layer {layer} has {len(row)} steps but 'steps' is {plan.steps}")
+        have_residual = False
+        for step, method in enumerate(row):
+            if method not in METHODS:
+                raise _bad(f"layer {layer} step {step}: unknown method {method!r} (methods: {', '.join(METHODS)})")
+            if step == 0 and method != FULL:
+                raise _bad(f"layer {layer} step 0 is '{method}' but step 0 must be 'full'")
+            if uses_residual(method) and not have_residual:
+                raise _bad(f"layer {layer} step {step} is '{method}' but no earlier 'full' step of that "
+                           f"layer produced the residual it needs")
+            have_residual |= method == FULL
+
+
+def from_json(data: object, where: str = "plan") -> Plan:
+    if not isinstance(data, dict):
+        raise _bad(f"{where} is not a JSON object")
+    if data.get("schema") != SCHEMA:
+        raise _bad(f"{where} has schema {data.get('schema')!r}; this genzip reads schema {SCHEMA}")
+    missing = [k for k in ("steps", "layers", "window", "methods") if k not in data]
+    if missing:
+        raise _bad(f"{where} lacks '{missing[0]}'")
+    methods = data["methods"]
+    if not isinstance(methods, list) or not all(isinstance(r, list) for r in methods):
+        raise _bad(f"{where}: 'methods' must be a list of per-layer lists")
+    return Plan(data["steps"], data["layers"], data["window"], tuple(tuple(r) for r in methods))
+
+
+def load_plan(path: str) -> Plan:
+    if not os.path.isfile(path):
+        raise GenzipError(f"plan file {path} does not exist", "pass a plan written by `genzip plan`")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GenzipError(f"plan file {path} is not valid JSON ({e})", "regenerate it with `genzip plan`") from None
+    return from_json(data, where=path)

@@ -1,0 +1,66 @@
+"""Plan schema (runtime/plan.py): validation on load, residual bookkeeping, modes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from genzip.errors import GenzipError
+from genzip.runtime import plan as P
+
+
+def _plan(rows, steps=None, window=8):
+    return {"schema": 1, "steps": steps or len(rows[0]), "layers": len(rows), "window": window, "methods": rows}
+
+
+def test_round_trip(tmp_path):
+    plan = P.from_json(_plan([["full", "share-step", "window-residual"], ["full", "share-cfg", "full+share-cfg"]]))
+    path = tmp_path / "p.json"
+    plan.save(str(path))
+    assert P.load_plan(str(path)) == plan
+    assert plan.counts()["share-step"] == 1
+
+
+@pytest.mark.parametrize("rows, words", [
+    ([["share-step", "full"]], "layer 0 step 0"),
+    ([["full", "full"], ["full", "bogus"]], "layer 1 step 1"),
+    ([["full", "full"], ["full"]], "layer 1 has 1 steps"),
+])
+def test_invalid_plans_name_layer_and_step(rows, words):
+    with pytest.raises(GenzipError, match=words):
+        P.from_json(_plan(rows, steps=2 if len(rows[0]) == 2 else None))
+
+
+def test_residual_needs_earlier_full():
+    # Step 0 is full in a valid plan, so a residual is always there by step 1; a plan
+    # starting with WA-RS is refused naming the layer and step.
+    with pytest.raises(GenzipError, match="layer 1 step 0"):
+        P.from_json(_plan([["full", "full"], ["window-residual", "full"]]))
+    P.from_json(_plan([["full", "full+share-cfg", "window-residual"]]))  # step 0's full counts
+
+
+def test_bad_files(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    with pytest.raises(GenzipError, match="not valid JSON") as e:
+        P.load_plan(str(bad))
+    assert "\n" not in str(e.value)
+    bad.write_text(json.dumps({"schema": 2}))
+    with pytest.raises(GenzipError, match="schema 2"):
+        P.load_plan(str(bad))
+    with pytest.raises(GenzipError, match="does not exist"):
+        P.load_plan(str(tmp_path / "missing.json"))
+
+
+def test_modes_refresh_residual_only_when_needed():
+    plan = P.from_json(_plan([
+        ["full", "window-residual", "full", "share-step"],
+        ["full", "share-step", "share-cfg", "window-residual+share-cfg"],
+    ]))
+    assert plan.modes(0) == [P.MODE_FULL_RESIDUAL, P.MODE_FULL_RESIDUAL]
+    assert plan.modes(1) == [P.MODE_WINDOW, P.MODE_SHARE_STEP]
+    assert plan.modes(2) == [P.MODE_FULL, P.MODE_FULL_CFG]
+    assert plan.modes(3) == [P.MODE_SHARE_STEP, P.MODE_WINDOW_CFG]
+    with pytest.raises(GenzipError, match="step 4 is beyond"):
+        plan.modes(4)

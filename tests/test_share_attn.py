@@ -1,0 +1,152 @@
+"""share-attn: structure, exactness of every mode in ORT, negatives, spec handling."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from share_artifacts import compiled
+
+from genzip.errors import GenzipError
+from genzip.passes import build_pipeline, run_pipeline
+from genzip.passes.base import FACTS_KEY
+from genzip.plugins import attention_bench as ab
+from genzip.runtime import plan as P
+
+
+@pytest.fixture(scope="module")
+def arts(tmp_path_factory, pixart_ort):
+    return compiled(tmp_path_factory), pixart_ort[0]
+
+
+def _session(folder):
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(os.path.join(folder, "model.onnx"), opts, providers=["CPUExecutionProvider"])
+
+
+def _run(sess, feeds):
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds)))
+
+
+def _layout(folder):
+    with open(os.path.join(folder, "genzip.json")) as f:
+        manifest = json.load(f)
+    (rec,) = [r for r in manifest["pass_stats"] if r["pass"].startswith("share-attn")]
+    return manifest, rec["stats"]
+
+
+def test_structure_and_manifest(arts):
+    share, _ = arts
+    manifest, stats = _layout(share)
+    assert stats["layers"] == 2 and stats["window"] == 32
+    assert stats["attn_flops_window"] < stats["attn_flops_full"]
+    lay = stats["layout"]
+    assert lay["cfg_order"] == ["uncond", "cond"] and lay["modes_input"] == "attn_modes"
+    assert [entry["attn_index"] for entry in lay["layers"]] == [0, 2]  # self-attention only
+    # The plain inputs are unchanged (the cache inputs have defaults); cache outputs were added.
+    assert [s["name"] for s in manifest["inputs"]] == ["hidden_states", "timestep", "encoder_hidden_states"]
+    assert {s["name"] for s in manifest["outputs"]} >= {"attn_block_out.0", "attn_residual_out.1"}
+    model = ir.load(os.path.join(share, "model.onnx"))
+    top = [n.op_type for n in model.graph]
+    assert top.count("If") == 2 and top.count("Attention") == 2  # the two cross-attentions stay outside
+    # No weight copies: branches hold no initializers and refer to the outer graph's.
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                assert not attr.value.initializers
+    assert json.loads(model.metadata_props["genzip.share_attn"])["window"] == 32
+
+
+def test_all_full_equals_artifact_without_share_attn(arts):
+    share, base = arts
+    feeds = dict(np.load(os.path.join(base, "inputs.npz")))
+    ref = _run(_session(base), feeds)["output"]
+    out = _run(_session(share), feeds)
+    np.testing.assert_array_equal(out["output"], ref)
+    full = _run(_session(share), {**feeds, "attn_modes": np.array([1, 1])})  # full + residual refresh
+    np.testing.assert_array_equal(full["output"], ref)
+    assert full["attn_residual_out.0"].shape == (2, 4, 256, 16)
+
+
+def test_share_step_returns_previous_output_bit_exactly(arts):
+    share, _ = arts
+    sess = _session(share)
+    feeds = dict(np.load(os.path.join(share, "inputs.npz")))
+    prev = _run(sess, feeds)
+    later = {**feeds, "hidden_states": feeds["hidden_states"] * 0.5, "timestep": feeds["timestep"] + 3}
+    cached = {"attn_modes": np.array([3, 3]),
+              "attn_block_in.0": prev["attn_block_out.0"], "attn_block_in.1": prev["attn_block_out.1"]}
+    out = _run(sess, {**later, **cached})
+    for i in (0, 1):
+        np.testing.assert_array_equal(out[f"attn_block_out.{i}"], prev[f"attn_block_out.{i}"])
+    # Only layer 1 shared: layer 0 computes afresh on the new input.
+    out1 = _run(sess, {**later, **cached, "attn_modes": np.array([0, 3])})
+    assert not np.array_equal(out1["attn_block_out.0"], prev["attn_block_out.0"])
+    np.testing.assert_array_equal(out1["attn_block_out.1"], prev["attn_block_out.1"])
+
+
+def test_share_cfg_with_identical_halves_equals_full(arts):
+    share, _ = arts
+    sess = _session(share)
+    feeds = dict(np.load(os.path.join(share, "inputs.npz")))
+    same = {k: np.concatenate([v[1:], v[1:]]) for k, v in feeds.items()}  # uncond half = cond half
+    full = _run(sess, same)
+    asc = _run(sess, {**same, "attn_modes": np.array([4, 4])})
+    np.testing.assert_array_equal(asc["output"], full["output"])
+    # WA-RS + ASC with the residual of the same inputs also reproduces full attention.
+    refresh = _run(sess, {**same, "attn_modes": np.array([1, 1])})
+    res = {f"attn_residual_in.{i}": refresh[f"attn_residual_out.{i}"] for i in (0, 1)}
+    wcfg = _run(sess, {**same, **res, "attn_modes": np.array([5, 5])})
+    np.testing.assert_allclose(wcfg["output"], full["output"], rtol=0, atol=1e-5)
+
+
+def test_window_residual_with_unchanged_qkv_equals_full(arts):
+    share, _ = arts
+    sess = _session(share)
+    feeds = dict(np.load(os.path.join(share, "inputs.npz")))
+    refresh = _run(sess, {**feeds, "attn_modes": np.array([1, 1])})
+    res = {f"attn_residual_in.{i}": refresh[f"attn_residual_out.{i}"] for i in (0, 1)}
+    wars = _run(sess, {**feeds, **res, "attn_modes": np.array([2, 2])})
+    # window + (full - window) = full up to one float rounding per element
+    np.testing.assert_allclose(wars["output"], refresh["output"], rtol=0, atol=1e-5)
+    for i in (0, 1):
+        np.testing.assert_allclose(wars[f"attn_block_out.{i}"], refresh[f"attn_block_out.{i}"], rtol=0, atol=1e-5)
+
+
+def test_modes_match_plan_constants():
+    assert (P.MODE_FULL, P.MODE_FULL_RESIDUAL, P.MODE_WINDOW, P.MODE_SHARE_STEP,
+            P.MODE_FULL_CFG, P.MODE_WINDOW_CFG) == (0, 1, 2, 3, 4, 5)
+
+
+def _bare_attention_model():
+    """Canonical self-attention without projections: no block to share."""
+    x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([1, 2, 16, 8]))
+    node = ab.canonical_attention_node(x, x, x, scale=8**-0.5, index=0)
+    node.outputs[0].name = "y"
+    graph = ir.Graph([x], [node.outputs[0]], nodes=[node], opset_imports={"": 23}, name="g")
+    model = ir.Model(graph, ir_version=10)
+    model.metadata_props[FACTS_KEY] = "attention-canonical"
+    return model
+
+
+def test_negative_no_block_is_unmodified():
+    model = _bare_attention_model()
+    before = ir.to_proto(model).SerializeToString()
+    (record,) = run_pipeline(model, build_pipeline("share-attn", initial_facts=frozenset({"attention-canonical"})))
+    assert record.modified is False
+    assert ir.to_proto(model).SerializeToString() == before
+
+
+def test_spec_round_trip_and_precondition():
+    spec = "canonicalize-attn,share-attn{tokens=32 layers=0,2}"
+    assert str(build_pipeline(spec)) == spec
+    with pytest.raises(GenzipError, match="canonicalize-attn"):
+        build_pipeline("share-attn")
+    with pytest.raises(GenzipError, match="exactly one"):
+        build_pipeline("canonicalize-attn,share-attn{tokens=4 window=0.5}")

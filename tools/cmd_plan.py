@@ -1,0 +1,75 @@
+"""``genzip plan ARTIFACT --delta D --steps S --cfg G [--calib FILE] --out plan.json``.
+
+DiTFastAttn greedy search (``genzip.runtime.search``) on calibration conditions:
+``--calib`` is an ``.npz`` with ``prompt_embeds`` (and ``negative_prompt_embeds``),
+else seeded random prompt embeddings of the artifact's text shape. Writes the plan,
+a layer x step heatmap PNG (``--heatmap``, default: the plan path with ``.png``),
+and prints the method counts, attention FLOPs saved and the search cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from genzip.errors import GenzipError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifact", help="a share-attn artifact")
+    p.add_argument("--delta", type=float, default=0.05, help="loss threshold δ (layer i accepts loss < δ(i+1)/L)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=4.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scheduler", default="dpm", help="dpm or flow-euler")
+    p.add_argument("--calib", help=".npz of calibration prompt_embeds [B,T,C] (and negative_prompt_embeds)")
+    p.add_argument("--loss", default="dfa", help="dfa (DiTFastAttn relative error, default) or rel-l1")
+    p.add_argument("--out", required=True, help="plan JSON to write")
+    p.add_argument("--heatmap", help="PNG path (default: OUT with .png)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from genzip.runtime.model import PlannedModel
+    from genzip.runtime.plan import SHORT
+    from genzip.runtime.search import attention_flops, greedy_search, heatmap
+    from genzip.tools.cli_common import Progress
+    from genzip.tools.cmd_sample import conditioning
+
+    if args.steps < 1:
+        raise GenzipError(f"--steps {args.steps} must be >= 1", "pass a positive step count")
+    model = PlannedModel(args.artifact, threads=args.threads)
+    cond, uncond = conditioning(model, args.calib, 1, args.seed)
+    say = Progress(not args.quiet)
+    bound = 1 + (args.steps - 1) * (4 * max(model.layers, 1) + 2)
+    say(f"searching {args.steps} steps x {model.layers} layers, delta {args.delta}, at most {bound} calls")
+
+    def progress(t, steps, methods, calls):
+        say(f"step {t + 1}/{steps}: {calls} calls; methods " + " ".join(SHORT[m] for m in methods))
+
+    result = greedy_search(model, cond, uncond, delta=args.delta, steps=args.steps, cfg=args.cfg,
+                           seed=args.seed, scheduler=args.scheduler, loss=args.loss, progress=progress)
+    result.plan.save(args.out)
+    png = args.heatmap or os.path.splitext(args.out)[0] + ".png"
+    heatmap(result.plan, png, f"{os.path.basename(args.artifact)} delta={args.delta}")
+    stats = next(r["stats"] for r in model.manifest["pass_stats"] if r["pass"].startswith("share-attn"))
+    full, window = stats["attn_flops_full"] / model.layers, stats["attn_flops_window"] / model.layers
+    baseline = args.steps * model.layers * full
+    used = attention_flops(result.plan, full, window)
+    summary = {
+        "plan": args.out, "heatmap": png, "delta": args.delta, "loss": args.loss, "steps": args.steps, "layers": model.layers,
+        "methods": result.plan.counts(), "calls": result.calls, "max_calls": result.max_calls,
+        "attn_flops_full": baseline, "attn_flops_plan": used,
+        "attn_flops_saved": 1.0 - used / baseline if baseline else 0.0,
+    }
+    if args.json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        counts = ", ".join(f"{k} {v}" for k, v in summary["methods"].items() if v)
+        sys.stdout.write(f"plan -> {args.out} ({counts}); attention FLOPs saved "
+                         f"{100 * summary['attn_flops_saved']:.1f}%; {result.calls} calls "
+                         f"(bound {result.max_calls}); heatmap -> {png}\n")
+    return 0

@@ -1,0 +1,126 @@
+"""``genzip sample ARTIFACT [--plan plan.json]``: CFG sampling of a compiled DiT, with timing.
+
+Conditioning: ``--embeds FILE.npz`` with ``prompt_embeds`` (and optionally
+``negative_prompt_embeds``, default zeros), else seeded random prompt embeddings
+of the artifact's text shape, so a preset artifact needs no extra files. Writes
+``--out`` (``latents`` array) and prints a timing summary (``--json``: at least
+``total_ms``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+import numpy as np
+
+from genzip.errors import GenzipError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifact")
+    p.add_argument("--plan", help="attention-sharing plan JSON (genzip plan); needs a share-attn artifact")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=4.5, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=1, help="images per run (the model sees 2x for CFG)")
+    p.add_argument("--scheduler", default="dpm", help="dpm (DPM-Solver++ multistep) or flow-euler")
+    p.add_argument("--embeds", help=".npz with prompt_embeds [B,T,C] (and negative_prompt_embeds)")
+    p.add_argument("--out", help="write the final latents here (.npz, key 'latents')")
+    p.add_argument("--vs-full", action="store_true",
+                   help="also sample with the all-full plan, interleaved in this run: speedup, PSNR, FLOPs saved")
+    p.add_argument("--repeat", type=int, default=1, help="with --vs-full: (full, plan) pairs timed")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+
+
+def psnr(reference: np.ndarray, other: np.ndarray) -> float:
+    """PSNR in dB with the reference's data range as peak: 10·log10(range² / MSE)."""
+    mse = float(np.mean((reference.astype(np.float64) - other) ** 2))
+    peak = float(reference.max() - reference.min())
+    return float("inf") if mse == 0 else 10.0 * np.log10(peak**2 / mse)
+
+
+def compare_full(model, plan, cond, uncond, args) -> dict:
+    """All-full vs ``plan`` latency (medians of interleaved runs), PSNR and attention FLOPs saved."""
+    from genzip.runtime.plan import Plan
+    from genzip.runtime.sampler import sample
+    from genzip.runtime.search import attention_flops
+
+    if plan is None:
+        raise GenzipError("--vs-full compares a plan with all-full", "pass --plan plan.json")
+    full_plan = Plan.all_full(plan.steps, plan.layers, plan.window)
+    times: dict[str, list[float]] = {"full": [], "plan": []}
+    latents = {}
+    for _ in range(max(1, args.repeat)):
+        for name, which in (("full", full_plan), ("plan", plan)):
+            model.set_plan(which)
+            res = sample(model, cond, uncond, steps=args.steps, cfg=args.cfg, seed=args.seed,
+                         scheduler=args.scheduler)
+            times[name].append(res.total_ms)
+            latents[name] = res.latents
+    model.set_plan(plan)
+    stats = next(r["stats"] for r in model.manifest["pass_stats"] if r["pass"].startswith("share-attn"))
+    full, window = stats["attn_flops_full"] / model.layers, stats["attn_flops_window"] / model.layers
+    full_ms, plan_ms = statistics.median(times["full"]), statistics.median(times["plan"])
+    return {"full_ms": full_ms, "plan_ms": plan_ms, "speedup": full_ms / plan_ms,
+            # identical latents: PSNR is infinite, written as null (JSON has no Infinity)
+            "psnr_db": None if np.isinf(db := psnr(latents["full"], latents["plan"])) else db,
+            "attn_flops_saved": 1.0 - attention_flops(plan, full, window) / attention_flops(full_plan, full, window),
+            "latents": latents["plan"], "total_ms": plan_ms}
+
+
+def conditioning(model, path: str | None, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from genzip.backends.runner import load_npz
+    from genzip.runtime.sampler import default_conditioning
+
+    if path is None:
+        return default_conditioning(model, batch, seed)
+    data = load_npz(path)
+    if "prompt_embeds" not in data:
+        raise GenzipError(f"{path} has no 'prompt_embeds' array", "save prompt_embeds [B, T, C] with numpy.savez")
+    cond = data["prompt_embeds"].astype(np.float32)
+    if cond.ndim != 3:
+        raise GenzipError(f"{path}: prompt_embeds has shape {list(cond.shape)}", "give [batch, tokens, channels]")
+    uncond = data.get("negative_prompt_embeds", np.zeros_like(cond)).astype(np.float32)
+    return cond, uncond
+
+
+def run(args: argparse.Namespace) -> int:
+    from genzip.runtime.model import PlannedModel
+    from genzip.runtime.plan import load_plan
+    from genzip.runtime.sampler import sample
+
+    if args.batch < 1:
+        raise GenzipError(f"--batch {args.batch} must be >= 1", "pass a positive batch")
+    plan = load_plan(args.plan) if args.plan else None
+    model = PlannedModel(args.artifact, plan, threads=args.threads)
+    cond, uncond = conditioning(model, args.embeds, args.batch, args.seed)
+    summary = {
+        "artifact": args.artifact, "plan": args.plan, "steps": args.steps, "cfg": args.cfg, "seed": args.seed,
+        "batch": int(cond.shape[0]), "scheduler": args.scheduler, "out": args.out,
+        "methods": plan.counts() if plan else None,
+    }
+    if args.vs_full:
+        compared = compare_full(model, plan, cond, uncond, args)
+        latents = compared.pop("latents")
+        summary.update(compared)
+    else:
+        result = sample(model, cond, uncond, steps=args.steps, cfg=args.cfg, seed=args.seed,
+                        scheduler=args.scheduler)
+        latents = result.latents
+        summary.update(total_ms=result.total_ms, step_ms_median=statistics.median(result.step_ms))
+    if args.out:
+        np.savez(args.out, latents=latents)
+    if args.json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        saved = f", latents -> {args.out}" if args.out else ""
+        sys.stdout.write(f"{args.steps} steps in {summary['total_ms']:.1f} ms{saved}\n")
+        if args.vs_full:
+            sys.stdout.write(f"vs all-full: {summary['full_ms']:.1f} ms -> {summary['plan_ms']:.1f} ms, speedup "
+                             f"{summary['speedup']:.2f}x, PSNR {summary['psnr_db'] or float('inf'):.1f} dB, attention FLOPs saved "
+                             f"{100 * summary['attn_flops_saved']:.1f}%\n")
+    return 0
