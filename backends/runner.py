@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import zipfile
 from typing import Any
@@ -10,6 +11,8 @@ import numpy as np
 
 from genzip.backends.artifact import read_manifest
 from genzip.errors import GenzipError
+
+logger = logging.getLogger(__name__)
 
 EXAMPLE_INPUTS = "inputs.npz"
 
@@ -86,14 +89,31 @@ def synthetic_inputs(specs: list[dict[str, Any]], seed: int = 0, dims: dict[str,
 
 
 class CompiledModel:
-    """An artifact opened for inference. ``model(**feeds)`` or ``model.run(feeds)`` -> dict of outputs."""
+    """An artifact opened for inference. ``model(**feeds)`` or ``model.run(feeds)`` -> dict of outputs.
 
-    def __init__(self, folder: str, threads: int | None = None):
-        from genzip.backends.ort_backend import make_session
+    ``backend`` is ``"tensorrt"`` when the artifact's engine can run here (see
+    ``trt_runner.choose_backend``), else ``"onnxruntime"``; ``backend_reason`` says why.
+    ``prefer="onnxruntime"`` skips the engine.
+    """
+
+    def __init__(self, folder: str, threads: int | None = None, prefer: str = "auto"):
+        from genzip.backends.trt_runner import choose_backend
 
         self.folder = folder
         self.manifest = read_manifest(folder)
-        self.backend = "onnxruntime"
+        self.backend, self.backend_reason = choose_backend(folder, self.manifest)
+        if prefer == "onnxruntime" and self.backend != "onnxruntime":
+            self.backend, self.backend_reason = "onnxruntime", "ONNX Runtime was asked for"
+        logger.info("genzip: %s runs on %s: %s", folder, self.backend, self.backend_reason)
+        self._trt = None
+        if self.backend == "tensorrt":
+            from genzip.backends.trt_runner import TrtModel
+
+            self._trt = TrtModel(folder, self.manifest)
+            self.output_names = list(self._trt.output_names)
+            return
+        from genzip.backends.ort_backend import make_session
+
         path = os.path.join(folder, self.manifest["model"])
         if not os.path.isfile(path):
             raise GenzipError(f"{folder} lacks its model file {self.manifest['model']}", "recompile the artifact")
@@ -112,6 +132,8 @@ class CompiledModel:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_inputs(feeds, self.inputs)
+        if self._trt is not None:
+            return self._trt.run(feeds)
         outs = self.session.run(self.output_names, feeds)
         return dict(zip(self.output_names, outs))
 
@@ -119,5 +141,5 @@ class CompiledModel:
         return self.run(feeds)
 
 
-def load_artifact(folder: str, threads: int | None = None) -> CompiledModel:
-    return CompiledModel(folder, threads=threads)
+def load_artifact(folder: str, threads: int | None = None, prefer: str = "auto") -> CompiledModel:
+    return CompiledModel(folder, threads=threads, prefer=prefer)

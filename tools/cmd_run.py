@@ -31,11 +31,11 @@ def run(args: argparse.Namespace) -> int:
     model = load_artifact(args.artifact)
     feeds = load_npz(args.inputs) if args.inputs else model.example_inputs()
     outputs = model.run(feeds)
-    result = {"backend": model.backend, "outputs": {k: _stats(v) for k, v in outputs.items()}}
+    result = {"backend": model.backend, "backend_reason": model.backend_reason, "outputs": {k: _stats(v) for k, v in outputs.items()}}
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return 0
-    sys.stdout.write(f"backend: {model.backend}\n")
+    sys.stdout.write(f"backend: {model.backend} ({model.backend_reason})\n")
     for name, s in result["outputs"].items():
         sys.stdout.write(
             f"{name}: {s['dtype']}{s['shape']} mean={s['mean']:.5g} std={s['std']:.5g} "
