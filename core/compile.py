@@ -34,6 +34,7 @@ class CompileOptions:
     pass_timing: bool = False
     reproducer_dir: str | None = None
     trt: Any = None  # backends.trt_build.TrtBuildOptions for target trt
+    min_cosine: float = 0.99  # fidelity gate vs the reference; lossy passes may need less
 
 
 def _stage(progress: Callable[[str], None] | None, message: str) -> None:
@@ -134,4 +135,5 @@ def compile_model(
         reference_label=reference_label,
         trt_options=opts.trt,
         fp32_outputs=fp32_outputs,
+        min_cosine=opts.min_cosine,
     )

@@ -161,3 +161,18 @@ def test_models_over_2gb_get_external_data(tmp_path, capsys, monkeypatch):
     manifest = json.load(open(tmp_path / "big" / "genzip.json"))
     assert "model.onnx.data" in manifest["files"]
     assert os.path.getsize(tmp_path / "big" / "model.onnx") < os.path.getsize(tmp_path / "big" / "model.onnx.data")
+
+
+def test_min_cosine_gates_lossy_passes(tmp_path, capsys, pixart_ort):
+    """The fidelity gate is the user's: a window of 1 token passes 0.99 but not 0.99999."""
+    from genzip.tools import compile_cli
+
+    src = os.path.join(pixart_ort[0], "model.onnx")
+    argv = [src, "--target", "onnx", "--passes", "canonicalize-attn,window-attn{tokens=1}", "--quiet"]
+    assert compile_cli.main(argv + ["--out", str(tmp_path / "strict"), "--min-cosine", "0.99999"]) == 2
+    err = capsys.readouterr().err
+    assert "< 0.99999" in err and "lower --min-cosine" in err
+    assert not (tmp_path / "strict").exists()
+    assert compile_cli.main(argv + ["--out", str(tmp_path / "ok")]) == 0
+    with open(tmp_path / "ok" / "genzip.json") as f:
+        assert 0.99 <= json.load(f)["fidelity"]["cosine"] < 0.99999

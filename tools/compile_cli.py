@@ -7,6 +7,7 @@ import os
 import sys
 
 from genzip.compile import TARGETS, CompileOptions, compile_model
+from genzip.errors import GenzipError
 from genzip.tools.cli_common import Progress, add_common_flags, guarded
 from genzip.tools.recipes import expand_recipe
 
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the IR after this pass (repeatable; 'all' for every pass)")
     p.add_argument("--print-ir-after-change", action="store_true", help="print the IR after every pass that changed it")
     p.add_argument("--pass-timing", action="store_true", help="print a per-pass timing and stats report")
+    p.add_argument("--min-cosine", type=float, default=0.99,
+                   help="refuse an artifact whose cosine vs its reference is below this (default 0.99)")
     p.add_argument("--reproducer-dir", default=None,
                    help="where a failing pass leaves its reproducer (default: OUT.reproducer)")
     trt = p.add_argument_group("TensorRT (--target trt)")
@@ -55,6 +58,8 @@ def _run(args: argparse.Namespace) -> int:
     out = args.out or _default_out(args.model, args.target)
     spec = expand_recipe(args.recipe, args.passes) if args.recipe else args.passes
     trt_options = None
+    if not 0.0 <= args.min_cosine <= 1.0:
+        raise GenzipError(f"--min-cosine {args.min_cosine} is outside [0, 1]", "pass a cosine such as 0.99 or 0.9")
     if args.target == "trt":
         from genzip.backends.trt_build import TrtBuildOptions
         from genzip.backends.trt_profiles import parse_shapes
@@ -77,6 +82,7 @@ def _run(args: argparse.Namespace) -> int:
         pass_timing=args.pass_timing,
         reproducer_dir=args.reproducer_dir or os.path.abspath(out.rstrip("/")) + ".reproducer",
         trt=trt_options,
+        min_cosine=args.min_cosine,
     )
     manifest = compile_model(args.model, out, opts, progress=Progress(not args.quiet))
     fid = manifest["fidelity"]
