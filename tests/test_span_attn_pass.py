@@ -157,3 +157,22 @@ def test_pair_counts_match_brute_force():
         assert af.span_pairs(n, span, sinks) == int(span_masks([span], sinks, n).sum())
     assert af.window_pairs(4096, 512) == 4096 * 1025 - 512 * 513
     assert af.dense_pairs(5, 7, causal=True) == 15
+
+
+def test_polygraphy_runs_the_result(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    venv_tool = Path(sys.executable).parent / "polygraphy"
+    polygraphy = str(venv_tool) if venv_tool.exists() else shutil.which("polygraphy")
+    if polygraphy is None:
+        pytest.skip("polygraphy is not installed")
+    m = model()
+    apply(m, "span-attn{alpha=3 beta=0.25 sinks=2}")
+    path = tmp_path / "model.onnx"
+    ir.save(m, path)
+    result = subprocess.run([polygraphy, "run", str(path), "--onnxrt"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "PASSED" in result.stdout + result.stderr
