@@ -56,8 +56,22 @@ class TrtBuildOptions:
     hardware_compatible: bool = False  # Ampere+ portable engine
     version_compatible: bool = False  # runs on later TensorRT 10.x runtimes
     timing_cache: str | None = None  # read before and written after; default: ARTIFACT/timing.cache
-    aot_plugins: bool = False
+    plugin_form: Literal["auto", "aot", "jit"] = "auto"  # auto: AOT where TensorRT and triton allow
     optimization_level: int = 3
+
+
+def resolve_plugin_form(form: str, version: sup.Version) -> str:
+    """``aot`` (engine runs without Python) where this TensorRT has AOT Python plugins and
+    triton can compile the kernels, else ``jit``; an explicit ``aot`` that cannot work is an error."""
+    import importlib.util
+
+    possible = version >= sup.AOT_PLUGINS_FROM and importlib.util.find_spec("triton") is not None
+    if form == "aot" and not possible:
+        raise GenzipError(f"--plugin-form aot needs TensorRT >= {'.'.join(map(str, sup.AOT_PLUGINS_FROM))} "
+                          "and the triton package", "pip install genzip[gpu] or use --plugin-form jit")
+    if form == "auto":
+        return "aot" if possible else "jit"
+    return form
 
 
 def prepare_parser_model(model: ir.Model, version: sup.Version, aot: bool = False) -> dict[str, int]:
@@ -127,7 +141,8 @@ def build_engine(folder: str, model_name: str, inputs: Sequence[Mapping[str, Any
     version = sup.parse_version(trt.__version__)
     profiles = resolve_profiles(opts.shapes, inputs, example_shapes)
     model = ir.load(os.path.join(folder, model_name))
-    stats = prepare_parser_model(model, version, opts.aot_plugins)
+    form = resolve_plugin_form(opts.plugin_form, version)
+    stats = prepare_parser_model(model, version, form == "aot")
     plugins: list[str] = []
     if stats["plugin_nodes"]:
         from genzip.plugins.trt_plugins import register
@@ -181,6 +196,7 @@ def build_engine(folder: str, model_name: str, inputs: Sequence[Mapping[str, Any
         "profiles": [{name: r.as_json() for name, r in p.items()} for p in profiles],
         "timing_cache": TIMING_CACHE_NAME if TIMING_CACHE_NAME in names else cache_path,
         "plugins": plugins,
+        "plugin_form": form if plugins else None,
         "parser_copy": stats,
     }
     logger.info("built TensorRT %s engine with %d profile(s)", trt.__version__, len(profiles))

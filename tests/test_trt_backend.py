@@ -180,3 +180,19 @@ def test_engine_builds_for_a_tiny_artifact(tmp_path):
                                   TrtBuildOptions(precision="fp32", workspace_gib=1))
     assert "model.engine" in names and (tmp_path / "model.engine").stat().st_size > 0
     assert section["profiles"][0]["q"]["max"] == [4, 4, 8, 16]
+
+
+def test_plugin_form_is_aot_where_tensorrt_and_triton_allow(monkeypatch):
+    import importlib.util
+
+    from genzip.backends.trt_build import resolve_plugin_form
+
+    real = importlib.util.find_spec
+    has_triton = real("triton") is not None
+    assert resolve_plugin_form("auto", (10, 15)) == ("aot" if has_triton else "jit")
+    assert resolve_plugin_form("auto", (10, 8)) == "jit"  # before AOT Python plugins
+    assert resolve_plugin_form("jit", (10, 15)) == "jit"
+    with pytest.raises(GenzipError, match="--plugin-form aot needs TensorRT >= 10.9"):
+        resolve_plugin_form("aot", (10, 8))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real(name, *a))
+    assert resolve_plugin_form("auto", (10, 15)) == "jit"

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     trt.add_argument("--workspace-gib", type=float, default=8.0, help="builder workspace limit")
     trt.add_argument("--hardware-compatible", action="store_true", help="engine portable across Ampere+ GPUs")
     trt.add_argument("--version-compatible", action="store_true", help="engine runs on later TensorRT 10.x runtimes")
+    trt.add_argument("--plugin-form", default="auto", choices=("auto", "aot", "jit"),
+                     help="genzip plugins as AOT Triton kernels in the engine (no Python at run time) or JIT "
+                          "Python callbacks; auto: AOT where TensorRT >= 10.9 and triton allow")
     trt.add_argument("--timing-cache", help="timing cache to read and update (default: kept in the artifact)")
     add_common_flags(p)
     return p
@@ -69,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
         trt_options = TrtBuildOptions(
             precision=args.precision, shapes=tuple(args.shapes), workspace_gib=args.workspace_gib,
             hardware_compatible=args.hardware_compatible, version_compatible=args.version_compatible,
-            timing_cache=args.timing_cache,
+            timing_cache=args.timing_cache, plugin_form=args.plugin_form,
         )
     opts = CompileOptions(
         target=args.target,
