@@ -107,3 +107,12 @@ def test_bench_quant_rejects_unknown_variant(capsys):
 
     assert genzip_cli.main(["bench-quant", "tiny-pixart", "--variants", "fp32,int3"]) == 2
     assert "int3" in capsys.readouterr().err
+
+
+def test_tiny_pixart_w8a8_artifact_lints_clean_for_tensorrt(pixart_w8a8, capsys):
+    from genzip.tools import genzip_cli
+
+    folder, _ = pixart_w8a8
+    assert genzip_cli.main(["lint", "--target", "trt", str(folder), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["findings"] == []
