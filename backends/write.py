@@ -106,6 +106,11 @@ def write_artifact(
                 "if the passes are meant to approximate (window, span, low bits) lower --min-cosine; "
                 "else rerun with --debug and --print-ir-after-change to find the pass that broke it",
             )
+        from genzip.passes.mixed_precision_report import artifact_section
+
+        # Plan JSON + bits plot + sensitivity table when sensitivity/mixed-precision ran.
+        mixed, mixed_lines, mixed_files = artifact_section(model, tmp)
+        names += mixed_files
         manifest: dict[str, Any] = {
             "genzip_version": versions()["genzip"],
             "source": source.source,
@@ -123,6 +128,8 @@ def write_artifact(
         }
         if quant_fidelity is not None:
             manifest["quant_fidelity"] = quant_fidelity
+        if mixed is not None:
+            manifest["mixed_precision"] = mixed
         if trt_section is not None:
             manifest["trt"] = trt_section
         if target == "ort":
@@ -132,5 +139,5 @@ def write_artifact(
                 manifest.setdefault("source_info", {})[key] = source.info[key]
         write_json(os.path.join(tmp, MANIFEST), manifest)
         with open(os.path.join(tmp, REPORT), "w") as f:
-            f.write(_report(manifest, records, histogram))
+            f.write(_report(manifest, records, histogram) + "".join(line + "\n" for line in mixed_lines))
     return manifest

@@ -69,8 +69,20 @@ def llm_tokens(module, *, batch: int, seed: int, seq_len: int, like: Feeds, samp
     return out
 
 
+class _Once(functools.partial):
+    """A partial computed on its first call only: calibrate and sensitivity both read the
+    preset's trajectory, which costs a sampling run of the model each time."""
+
+    def __call__(self, /, *args, **kwargs):
+        if args or kwargs:
+            return super().__call__(*args, **kwargs)
+        if "result" not in self.__dict__:
+            self.__dict__["result"] = super().__call__()
+        return self.__dict__["result"]
+
+
 def preset_calibration(module, family: str, *, batch: int, seed: int, like: Feeds, text_len: int = 0,
                        seq_len: int = 0) -> Callable[[], list[Feeds]]:
     if family == "dit":
-        return functools.partial(dit_trajectory, module, batch=batch, seed=seed, text_len=text_len, like=like)
-    return functools.partial(llm_tokens, module, batch=batch, seed=seed, seq_len=seq_len, like=like)
+        return _Once(dit_trajectory, module, batch=batch, seed=seed, text_len=text_len, like=like)
+    return _Once(llm_tokens, module, batch=batch, seed=seed, seq_len=seq_len, like=like)

@@ -17,6 +17,11 @@ high precision; ``keep`` adds regexes. ``bos=true`` (MixDQ) marks layers matchin
 ``bos-layers`` (default: cross-attention K/V projections, whose input is the text
 embedding) so token 0 of their activation stays fp32. Attention BMMs (no constant
 weight) are never annotated.
+
+``plan=FILE`` (mixed precision, ``mixed_precision_plan``): every layer the plan lists
+gets its plan format (``fp16`` = kept, reason ``plan fp16``), overriding ``scheme``
+and the keep rules; the others are annotated as above. A plan key that names no
+quantizable node, an unknown format or a malformed file is a one-line error.
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ from typing import Literal
 
 import onnx_ir as ir
 
+from genzip.errors import GenzipError
 from genzip.frontend.module_paths import module_path
 from genzip.passes.base import GenzipPass, GenzipPassResult
 from genzip.passes.quant_spec import META_KEY, QuantSpec, TensorSpec, weight_axes, weight_value
 
-Scheme = Literal["w8a8", "w8a8-dynamic", "w4a16", "fp8"]
+Scheme = Literal["w8a8", "w8a8-dynamic", "w4a16", "w4a8", "fp8"]
 DEFAULT_KEEP = (
     r"(^|\.)(time_proj|timestep\w*|time_\w*embed\w*|t_embedder|adaln_single|emb)(\.|$)",
     r"(^|\.)(caption_projection|context_embedder|text_embedder|y_embedder)(\.|$)",
@@ -52,6 +58,9 @@ class Options:
     block: int = 32
     bos: bool = False
     bos_layers: str = DEFAULT_BOS
+    # Mixed precision: JSON layer -> format (mixed_precision_plan); listed layers take
+    # their plan format (fp16 = kept), unlisted ones follow scheme and the keep rules.
+    plan: str | None = None
 
     def __post_init__(self):
         if self.block not in (16, 32, 64, 128, 256):
@@ -67,7 +76,7 @@ class Options:
 
 def _weight_spec(op: str, node: ir.Node, opts: Options) -> TensorSpec:
     out_axis, red_axis = weight_axes(node)
-    if opts.scheme == "w4a16":
+    if opts.scheme in ("w4a16", "w4a8"):
         return TensorSpec(input=1, dtype="int4", granularity="per-block", axis=red_axis, block_size=opts.block)
     dtype = "float8e4m3fn" if opts.scheme == "fp8" else "int8"
     return TensorSpec(input=1, dtype=dtype, granularity="per-channel", axis=out_axis)
@@ -83,13 +92,49 @@ def _activation_spec(opts: Options) -> TensorSpec | None:
 
 
 def _unsupported(node: ir.Node, opts: Options) -> str | None:
-    if node.op_type == "Conv" and opts.scheme in ("w8a8-dynamic", "w4a16"):
+    if node.op_type == "Conv" and opts.scheme in ("w8a8-dynamic", "w4a16", "w4a8"):
         return f"{opts.scheme} covers MatMul/Gemm only"
     if opts.scheme == "w8a8-dynamic" and node.op_type == "MatMul":
         x = node.inputs[0]
         if x is not None and x.shape is not None and len(x.shape) < 2:
             return "per-token needs a rank >= 2 activation"
     return None
+
+
+def _load_plan(path: str, candidates: list[ir.Node]) -> dict[int, str]:
+    """id(node) -> plan format; every key must name one of ``candidates``."""
+    from genzip.passes.mixed_precision_plan import check_keys, layer_keys, read_plan
+
+    plan = read_plan(path)
+    keys = layer_keys(candidates)
+    check_keys(plan, keys, path)
+    return {id(keys[k]): fmt for k, fmt in plan.items()}
+
+
+def _plan_options(opts: Options, fmt: str | None, node: ir.Node) -> tuple[Options | None, str | None]:
+    """(options to annotate ``node`` with, keep reason) for a planned node; (None, None) if unplanned."""
+    if fmt is None:
+        return None, None
+    from genzip.passes.sensitivity_formats import FORMATS
+
+    scheme = FORMATS[fmt].scheme
+    if scheme is None:
+        return opts, f"plan {fmt}"
+    node_opts = dataclasses.replace(opts, scheme=scheme)
+    why = _unsupported(node, node_opts)
+    if why is not None:
+        raise GenzipError(f"plan '{opts.plan}' gives {node.name} ({node.op_type}) format {fmt}, but {why}",
+                          "pick another format for that layer in the plan")
+    return node_opts, None
+
+
+def spec_for(node: ir.Node, path: str, opts: Options, keep: str | None, bos: bool) -> QuantSpec:
+    """The spec of ``node`` under ``opts.scheme`` (``keep``: held high precision); also
+    used by mixed-precision, so a uniform plan gives byte-identical annotations."""
+    if keep is not None:
+        return QuantSpec(scheme=opts.scheme, op=node.op_type, module=path, keep=keep, weight=FP32, activation=None)
+    return QuantSpec(scheme=opts.scheme, op=node.op_type, module=path, keep=None,
+                     weight=_weight_spec(node.op_type, node, opts), activation=_activation_spec(opts), bos=bos)
 
 
 class AnnotatePrecisionPass(GenzipPass):
@@ -104,32 +149,31 @@ class AnnotatePrecisionPass(GenzipPass):
         include = re.compile(opts.include) if opts.include else None
         bos_re = re.compile(opts.bos_layers)
         candidates = [n for n in model.graph if n.op_type in opts.ops and weight_value(n) is not None]
+        plan = _load_plan(opts.plan, candidates) if opts.plan else {}
         modified, quantized, bos_nodes = False, 0, 0
         for index, node in enumerate(candidates):
             path = module_path(node) or node.name or ""
-            keep = _unsupported(node, opts)
-            if keep is None and include is not None and not include.search(path):
-                keep = "not matched by include"
-            if keep is None and opts.keep_defaults and index in (0, len(candidates) - 1):
-                keep = "first layer" if index == 0 else "last layer"
-            if keep is None:
-                hit = next((r.pattern for r in keep_res if r.search(path)), None)
-                keep = f"keep {hit}" if hit else None
-            if keep is not None:
-                spec = QuantSpec(scheme=opts.scheme, op=node.op_type, module=path, keep=keep, weight=FP32, activation=None)
-            else:
-                bos = opts.bos and bool(bos_re.search(path)) and node.op_type == "MatMul"
-                spec = QuantSpec(
-                    scheme=opts.scheme, op=node.op_type, module=path, keep=None,
-                    weight=_weight_spec(node.op_type, node, opts), activation=_activation_spec(opts), bos=bos,
-                )
-                quantized += 1
-                bos_nodes += bos
+            node_opts, keep = _plan_options(opts, plan.get(id(node)), node)
+            if node_opts is None:  # unplanned: scheme and the keep rules (a plan entry overrides both)
+                node_opts, keep = opts, _unsupported(node, opts)
+                if keep is None and include is not None and not include.search(path):
+                    keep = "not matched by include"
+                if keep is None and opts.keep_defaults and index in (0, len(candidates) - 1):
+                    keep = "first layer" if index == 0 else "last layer"
+                if keep is None:
+                    hit = next((r.pattern for r in keep_res if r.search(path)), None)
+                    keep = f"keep {hit}" if hit else None
+            bos = node_opts.bos and bool(bos_re.search(path)) and node.op_type == "MatMul"
+            spec = spec_for(node, path, node_opts, keep, bos)
+            quantized += spec.keep is None
+            bos_nodes += spec.bos
             raw = spec.to_json()
             if node.metadata_props.get(META_KEY) != raw:
                 node.metadata_props[META_KEY] = raw
                 modified = True
         stats = {"annotated": len(candidates), "quantized": quantized, "kept": len(candidates) - quantized}
+        if opts.plan:
+            stats["plan_layers"] = len(plan)
         if opts.bos:
             stats["bos"] = bos_nodes
         return GenzipPassResult(model, modified, stats)

@@ -8,7 +8,7 @@ one format per layer:
     subject to  sum_f x[l,f] = 1                                   for every layer l
                 sum_{l,f} params[l] · bits[f] · x[l,f] <= B · sum_l params[l]   (avg-bits budget B)
                 sum_{l,f} latency[l,f] · x[l,f] <= R · sum_l latency[l, ref]     (optional latency budget)
-                x[l,f] in {0, 1}
+                x[l,f] in {0, 1};   x[l,f] = 0 where allowed[l,f] is False (e.g. int4 on a Conv)
 
 Invariant: the returned assignment satisfies every constraint, or ``GenzipError``
 says the budget is infeasible and what the minimum achievable value is.
@@ -52,18 +52,26 @@ def allocate(
     latency=None,
     latency_ratio: float | None = None,
     latency_ref: int = -1,
+    latency_base: float | None = None,
+    allowed=None,
 ) -> Allocation:
-    """Solve the allocation; ``latency[l, f]`` with ``latency_ratio`` adds the latency budget."""
+    """Solve the allocation; ``latency[l, f]`` with ``latency_ratio`` adds the latency budget;
+    ``latency_base`` replaces ``latency[:, latency_ref].sum()`` as the reference total;
+    ``allowed[l, f]`` (bool) limits each layer's formats (disallowed costs are ignored)."""
     params = np.asarray(params, dtype=np.float64)
     bits = np.asarray(bits, dtype=np.float64)
     cost = np.asarray(cost, dtype=np.float64)
+    mask = np.ones(cost.shape, bool) if allowed is None else np.asarray(allowed, bool)
+    if mask.shape != cost.shape or not mask.any(axis=1).all():
+        raise ValueError("allowed must match cost and allow at least one format per layer")
+    cost = np.where(mask, cost, 0.0)
     _check(params, bits, cost)
     n_layers, n_formats = cost.shape
-    floor = float(bits.min())
+    floor = float((params * np.where(mask, bits[None, :], np.inf).min(axis=1)).sum() / params.sum())
     if avg_bits < floor - 1e-9:
         raise GenzipError(
-            f"budget avg-bits:{avg_bits:g} is infeasible: the minimum achievable is {floor:g} bits",
-            f"raise the budget to at least {floor:g}",
+            f"budget avg-bits:{avg_bits:g} is infeasible: the minimum achievable is {floor:.4g} bits",
+            f"raise the budget to at least {floor:.4g}",
         )
     n = n_layers * n_formats
     one_per_layer = np.zeros((n_layers, n))
@@ -76,12 +84,13 @@ def allocate(
     ]
     if latency is not None and latency_ratio is not None:
         latency = np.asarray(latency, dtype=np.float64)
-        limit = latency_ratio * latency[:, latency_ref].sum()
-        floor_lat = latency.min(axis=1).sum()
+        base = float(latency[:, latency_ref].sum()) if latency_base is None else float(latency_base)
+        limit = latency_ratio * base
+        floor_lat = np.where(mask, latency, np.inf).min(axis=1).sum()
         if floor_lat > limit + 1e-9:
             raise GenzipError(
                 f"budget latency:{latency_ratio:g} is infeasible: the minimum achievable is "
-                f"{floor_lat / latency[:, latency_ref].sum():.3g}",
+                f"{floor_lat / base:.3g}",
                 "raise the latency ratio",
             )
         constraints.append(LinearConstraint(latency.reshape(1, n), -np.inf, limit + 1e-9))
@@ -89,7 +98,7 @@ def allocate(
         c=cost.reshape(n),
         constraints=constraints,
         integrality=np.ones(n),
-        bounds=Bounds(0, 1),
+        bounds=Bounds(0, mask.reshape(n).astype(np.float64)),
     )
     if res.status != 0 or res.x is None:
         raise GenzipError(f"no allocation meets the budget ({res.message})", "raise the budget")

@@ -14,6 +14,8 @@ carries ``genzip.quant`` or ``genzip.quant.calib``; every annotated node without
   ``fp8``; ``genzip lint`` flags the dynamic form;
 * ``w4a16``: weight-only int4 ``DequantizeLinear(block_size=B)`` (opset >= 21),
   which TensorRT accepts and ORT CPU fuses into ``MatMulNBits``;
+* ``w4a8`` (mixed precision): the ``w4a16`` int4 weight form plus the static int8
+  activation Q->DQ of ``w8a8`` (ORT runs it; TensorRT has no int4 x int8 GEMM);
 * ``bos`` nodes: token 0 runs through the original fp32 MatMul, tokens 1: through
   the quantized one, joined by Concat along axis -2.
 
@@ -39,12 +41,12 @@ from genzip.passes.quant_merge import rewrite_merged, sibling_groups
 from genzip.passes.quant_qdq import Builder, drop_if_unused, reroute
 from genzip.passes.quant_spec import CALIB_KEY, META_KEY, QuantSpec, annotated_nodes, calib_of
 
-MIN_OPSET = {"w8a8": 13, "w8a8-dynamic": 13, "fp8": 19, "w4a16": 21}
+MIN_OPSET = {"w8a8": 13, "w8a8-dynamic": 13, "fp8": 19, "w4a16": 21, "w4a8": 21}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Options:
-    scheme: Literal["w8a8", "w8a8-dynamic", "w4a16", "fp8"] | None = None
+    scheme: Literal["w8a8", "w8a8-dynamic", "w4a16", "w4a8", "fp8"] | None = None
     # w8a8-dynamic GEMM: "ort" = com.microsoft MatMulIntegerToFloat (fast on ORT CPU),
     # "onnx" = standard MatMulInteger -> Cast -> Mul.
     dynamic_form: Literal["ort", "onnx"] = "ort"
@@ -110,7 +112,7 @@ def _rewrite(graph: ir.Graph, node: ir.Node, spec: QuantSpec, amax: float | None
 
 class QuantPass(GenzipPass):
     name = "quant"
-    summary = "insert quantized weights and Q/DQ (w8a8, w8a8-dynamic, w4a16, fp8) per the annotations"
+    summary = "insert quantized weights and Q/DQ (w8a8, w8a8-dynamic, w4a16, w4a8, fp8) per the annotations"
     Options = Options
     requires_facts = frozenset({"quant-annotated"})
     ensures_facts = frozenset({"quantized"})

@@ -30,7 +30,7 @@ import onnx_ir as ir
 META_KEY = "genzip.quant"
 CALIB_KEY = "genzip.quant.calib"
 VERSION = 1
-SCHEMES = ("w8a8", "w8a8-dynamic", "w4a16", "fp8")
+SCHEMES = ("w8a8", "w8a8-dynamic", "w4a16", "w4a8", "fp8")
 QUANT_OPS = ("MatMul", "Gemm", "Conv")
 
 

@@ -23,6 +23,8 @@ _PASSES: dict[str, str] = {
     "calibrate": "genzip.passes.calibrate:CalibratePass",
     "quant": "genzip.passes.quant:QuantPass",
     "smooth": "genzip.passes.smooth:SmoothPass",
+    "sensitivity": "genzip.passes.sensitivity:SensitivityPass",
+    "mixed-precision": "genzip.passes.mixed_precision:MixedPrecisionPass",
 }
 
 

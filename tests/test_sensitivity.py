@@ -1,0 +1,160 @@
+"""sensitivity: metrics, the gated simulation vs the real quantized graph, the cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnx.numpy_helper as onh
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from quant_models import apply, feeds_for, mlp, run
+
+from genzip.errors import GenzipError
+from genzip.passes import build_pipeline
+from genzip.passes import sensitivity_metrics as sm
+from genzip.passes import sensitivity_probe as probe
+from genzip.passes.mixed_precision_plan import write_plan
+from genzip.passes.sensitivity import RESULT_KEY
+
+SENS = "annotate-precision{keep-defaults=false},sensitivity{candidates=w8a8,w4a16,w4a8,fp8,fp16 samples=2}"
+
+
+def _dit_like(seed: int = 0) -> ir.Model:
+    """x[2, 4, 8, 8] -> tokens -> 'blk.attn1.to_q' -> Relu -> 'blk.ff.net' -> image again.
+    Node names stand in for module paths (no exporter metadata)."""
+    rng = np.random.default_rng(seed)
+    inits = {"w0": (rng.standard_normal((4, 32)) / 2).astype(np.float32),
+             "w1": (rng.standard_normal((32, 4)) / 6).astype(np.float32),
+             "shape_t": np.array([2, 4, 64], np.int64), "shape_i": np.array([2, 4, 8, 8], np.int64)}
+    nodes = [
+        oh.make_node("Reshape", ["x", "shape_t"], ["xr"], name="flat"),
+        oh.make_node("Transpose", ["xr"], ["tok"], name="to_tokens", perm=[0, 2, 1]),
+        oh.make_node("MatMul", ["tok", "w0"], ["h"], name="blk.attn1.to_q"),
+        oh.make_node("Relu", ["h"], ["hr"], name="act"),
+        oh.make_node("MatMul", ["hr", "w1"], ["o"], name="blk.ff.net"),
+        oh.make_node("Transpose", ["o"], ["ot"], name="to_channels", perm=[0, 2, 1]),
+        oh.make_node("Reshape", ["ot", "shape_i"], ["output"], name="image"),
+    ]
+    F = onnx.TensorProto.FLOAT
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", F, [2, 4, 8, 8])],
+                          [oh.make_tensor_value_info("output", F, [2, 4, 8, 8])],
+                          [onh.from_array(a, n) for n, a in inits.items()])
+    return ir.from_proto(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 23)], ir_version=10))
+
+
+def test_metric_definitions():
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal((2, 4, 8, 8))
+    assert sm.nsr(y, 0.9 * y) == pytest.approx(0.01)
+    assert sm.sqnr_db(0.01) == pytest.approx(20.0)
+    checker = np.indices((8, 8)).sum(0) % 2 * 2.0 - 1.0  # averages to 0 in every 4x4 window
+    assert sm.content(y, y + 0.5 * checker) == pytest.approx(0.0, abs=1e-12)
+    assert sm.content(y, y + 0.5) > 1e-3 and sm.nsr(y, y + 0.5 * checker) > 0.2
+    logits = rng.standard_normal((1, 5, 16))
+    assert sm.kl(logits, logits) == pytest.approx(0.0, abs=1e-12) and sm.kl(logits, logits * 2) > 0
+
+
+def test_gated_simulation_matches_the_real_quantized_graph(tmp_path):
+    """Setting an allocation's gates reproduces quant's arithmetic (w4a8 included)."""
+    model = mlp(dims=(64, 64, 64, 64, 32), tokens=16)
+    calib = feeds_for(model, 5, n=3)
+    plan = {"mm0": "w4a8", "mm1": "w8a8", "mm2": "fp8", "mm3": "w4a16"}
+    write_plan(str(tmp_path / "p.json"), plan, {})
+    quantized = mlp(dims=(64, 64, 64, 64, 32), tokens=16)
+    apply(quantized, f"annotate-precision{{plan={tmp_path / 'p.json'}}},calibrate{{use-cache=false}},quant", calib)
+    ops = [n.op_type for n in quantized.graph]
+    assert ops.count("QuantizeLinear") == 3  # static activations of w4a8, w8a8, fp8
+    proto = ir.to_proto(model).SerializeToString()
+    layers = [i for i, n in enumerate(model.graph) if n.op_type == "MatMul"]
+    amax, _ = probe.activation_amax(proto, [model.graph.node(i).inputs[0].name for i in layers], calib)
+    gated = ir.from_proto(onnx.ModelProto.FromString(proto))
+    gates = probe.build_gated(gated, layers, ["w8a8", "w4a16", "w4a8", "fp8"], amax, 32)
+    held_out = feeds_for(model, 99)[0]
+    fp = run(model, held_out)
+    assert np.array_equal(run(gated, {**held_out, **probe.gate_feeds(gates, {})}), fp)  # gates off: exact FP
+    sim = run(gated, {**held_out, **probe.gate_feeds(gates, dict(enumerate(plan.values())))})
+    # Graph optimizations off: ORT's MatMulNBits fusion of the w4a16 layer rounds differently.
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    real = ort.InferenceSession(ir.to_proto(quantized).SerializeToString(), options,
+                                providers=["CPUExecutionProvider"]).run(None, held_out)[0]
+    assert np.abs(sim - fp).max() > 1e-2  # the allocation does change the output ...
+    np.testing.assert_allclose(sim, real, atol=1e-5 * np.abs(fp).max())  # ... exactly as quant does
+
+
+def test_cache_hit_skips_every_run_and_keys_on_settings(tmp_path):
+    calib = feeds_for(mlp(), 3, n=2)
+    spec = SENS.replace("samples=2", f"samples=2 cache={tmp_path}")
+    first, second = mlp(), mlp()
+    s1 = apply(first, spec, calib)[1].stats
+    s2 = apply(second, spec, calib)[1].stats
+    assert (s1["cache"], s2["cache"]) == ("miss", "hit")
+    assert s1["runs"] == 3 * 5 * 2 and s2["runs"] == 0
+    assert first.metadata_props[RESULT_KEY] == second.metadata_props[RESULT_KEY]
+    other = apply(mlp(), spec.replace("w8a8,w4a16,w4a8,fp8,fp16", "w8a8,w4a16"), calib)[1].stats
+    assert other["cache"] == "miss" and other["runs"] == 3 * 2 * 2
+    changed = apply(mlp(), spec, feeds_for(mlp(), 4, n=2))[1].stats  # other calibration data
+    assert changed["cache"] == "miss"
+    assert len(list((tmp_path / "sensitivity").iterdir())) == 3
+
+
+def test_diffusion_metrics_are_decoupled_and_grouped(tmp_path):
+    model = _dit_like()
+    calib = feeds_for(model, 1, n=2)
+    spec = f"annotate-precision{{keep-defaults=false}},sensitivity{{candidates=w8a8,w4a16 cache={tmp_path}}}"
+    apply(model, spec, calib)
+    body = json.loads(model.metadata_props[RESULT_KEY])
+    assert body["family"] == "diffusion" and body["metrics"] == ["sqnr", "content"]
+    assert body["groups"] == {"content": ["blk.ff.net"], "sqnr": ["blk.attn1.to_q"]}
+    for layer in body["layers"]:
+        sq, ct = layer["cost"]["sqnr"], layer["cost"]["content"]
+        assert sq[1] > sq[0] > 0 and ct[1] > ct[0] > 0  # int4 weights hurt more than int8, in both
+        assert sq != ct  # two measurements, not one reported twice
+
+
+def test_bad_metric_for_the_output_is_a_user_error(tmp_path):
+    with pytest.raises(GenzipError, match="content needs an image-like"):
+        apply(mlp(), f"annotate-precision,sensitivity{{metrics=content cache={tmp_path}}}", feeds_for(mlp(), 1))
+    with pytest.raises(GenzipError, match="grad needs the PyTorch source"):
+        apply(mlp(), f"annotate-precision,sensitivity{{metrics=grad cache={tmp_path}}}", feeds_for(mlp(), 1))
+    with pytest.raises(GenzipError, match="candidates must be distinct formats"):
+        build_pipeline("annotate-precision,sensitivity{candidates=w8a8,int3}")
+
+
+def test_requires_annotations():
+    with pytest.raises(GenzipError, match="annotate-precision"):
+        build_pipeline("sensitivity")
+
+
+def test_first_order_estimate_is_g_dot_weight_error_in_onnx_layout():
+    """LLM-MQ |gᵀ(W − Q(W))|: the gradient of the next-token loss, transposed to the ONNX [K, N] weight."""
+    import types
+
+    import torch
+
+    from genzip.passes.sensitivity_grad import first_order
+
+    class TinyLM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(16, 8)
+            self.proj = torch.nn.Linear(8, 16, bias=False)
+
+        def forward(self, input_ids, attention_mask=None):
+            return types.SimpleNamespace(logits=self.proj(torch.tanh(self.embed(input_ids))))
+
+    torch.manual_seed(0)
+    lm = TinyLM()
+    ids = np.random.default_rng(0).integers(0, 16, (1, 12)).astype(np.int64)
+    w_onnx = lm.proj.weight.detach().numpy().T.copy()  # the exporter's MatMul weight [K, N]
+    err = {"w4a16": np.random.default_rng(1).standard_normal(w_onnx.shape).astype(np.float32) * 1e-2}
+    got = first_order(lm, [("proj", w_onnx), ("missing.layer", w_onnx)], [err, err], [{"input_ids": ids}])
+    logits = lm(torch.from_numpy(ids)).logits
+    loss = torch.nn.functional.cross_entropy(logits[0, :-1], torch.from_numpy(ids)[0, 1:])
+    (g,) = torch.autograd.grad(loss, [lm.proj.weight])
+    assert got[0]["w4a16"] == pytest.approx(abs(float((g.numpy().T * err["w4a16"]).sum())), rel=1e-5)
+    assert got[1] is None  # no module at that path: no estimate, counted as unmeasured
