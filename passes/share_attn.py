@@ -3,8 +3,7 @@
 Invariant after the pass: each selected self-attention block (``share_block``:
 Q/K/V projections, ``Attention``, output projection) of the main graph is one
 nested ONNX ``If`` on ``attn_modes[l]`` (int64 ``[L]`` graph input; ``l`` counts
-the selected blocks in attention-index order), whose branches reference the
-outer graph's weights (no copies) and run only the chosen mode:
+the selected blocks in attention-index order) that runs only the chosen mode:
 
 ====  ===========================  =============================================
 mode  method (runtime/plan.py)     block output O / residual output R
@@ -16,6 +15,16 @@ mode  method (runtime/plan.py)     block output O / residual output R
 4     full+share-cfg (ASC)         O = [o, o], o = block(X[B/2:]) / R = in
 5     window-residual+share-cfg    as 4 with Window + residual input[B/2:] / R = in
 ====  ===========================  =============================================
+
+Structure: ``If(mode == 3)`` returns the caches (AST); else one compute branch
+slices the batch (the whole batch, or its second half for ASC), runs the block
+once with an inner ``If`` choosing full ``Attention`` (mode 1 also refreshes the
+residual) or ``WindowAttention`` + residual, and tiles the output back over the
+batch (x1, or x2 for ASC). So each projection exists once, and the block's own
+weights move into that branch (``share_graph.move_initializers``; no copies). A
+quantized block (``quant`` before ``share-attn``: activation Q->DQ, weight DQ of
+int8 initializers) moves as a whole, which keeps ONNX Runtime's int8 GEMM fusion:
+ORT fuses ``DQ(W) -> MatMul`` only when W is an initializer of the GEMM's own graph.
 
 CFG batch order (recorded in the layout): the first half of the batch is the
 unconditional half, the second the conditional one (diffusers' order), so ASC
@@ -43,6 +52,7 @@ from genzip.errors import GenzipError
 from genzip.passes import attn_flops as af
 from genzip.passes.base import GenzipPass, GenzipPassResult
 from genzip.passes.share_block import Block, clone_nodes, find_block
+from genzip.passes.share_graph import Builder, cache_input, dims, if_, move_initializers
 from genzip.plugins import window_attention
 
 logger = logging.getLogger(__name__)
@@ -74,32 +84,6 @@ class ShareAttentionOptions:
             raise ValueError(f"tokens={self.tokens} must be >= 0")
         if self.chunk is not None and self.chunk < 1:
             raise ValueError(f"chunk={self.chunk} must be >= 1")
-
-
-class _Builder:
-    """Appends nodes to a list; names everything with one prefix (unique per branch)."""
-
-    def __init__(self, prefix: str):
-        self.prefix, self.nodes, self.count = prefix, [], 0
-
-    def op(self, op_type: str, *inputs, outputs: int = 1, attrs=(), domain: str = "") -> ir.Value | tuple:
-        self.count += 1
-        node = ir.Node(domain, op_type, list(inputs), list(attrs), num_outputs=outputs,
-                       name=f"{self.prefix}{op_type}_{self.count}")
-        for i, out in enumerate(node.outputs):
-            out.name = f"{self.prefix}{op_type.lower()}_{self.count}_{i}"
-        self.nodes.append(node)
-        return node.outputs[0] if outputs == 1 else node.outputs
-
-    def const(self, value, dtype=np.int64) -> ir.Value:
-        return self.op("Constant", attrs=[ir.AttrTensor("value", ir.tensor(np.asarray(value, dtype=dtype)))])
-
-    def graph(self, outputs: list[ir.Value], name: str) -> ir.Graph:
-        return ir.Graph([], outputs, nodes=self.nodes, name=name)
-
-
-def _if(b: _Builder, cond: ir.Value, then: ir.Graph, other: ir.Graph, n: int = 2) -> tuple:
-    return b.op("If", cond, outputs=n, attrs=[ir.AttrGraph("then_branch", then), ir.AttrGraph("else_branch", other)])
 
 
 class ShareAttentionPass(GenzipPass):
@@ -171,63 +155,60 @@ class ShareAttentionPass(GenzipPass):
         group = attn.inputs[0].shape[1] // attn.inputs[1].shape[1] if isinstance(attn.inputs[1].shape[1], int) else 1
         scale = attn.attributes.get_float("scale", 1.0 / math.sqrt(attn.inputs[0].shape[3]))
         y, o = attn.outputs[0], block.output
-        prev_in = _cache_input(graph, BLOCK_IN.format(l=layer), o)
-        res_in = _cache_input(graph, RESIDUAL_IN.format(l=layer), y)
+        prev_in = cache_input(graph, BLOCK_IN.format(l=layer), o)
+        res_in = cache_input(graph, RESIDUAL_IN.format(l=layer), y)
         p = f"share{layer}_"
 
-        def window_y(inputs, made) -> ir.Value:
-            node = window_attention.make_node(model, inputs[:3], window=w, scale=scale, chunk=self.options.chunk,
-                                              group=group, name=f"{p}window_{len(made)}")
-            node.outputs[0].name = f"{p}window_y_{len(made)}"
-            made.append(node)
+        def window_y(b: Builder, qkv: list[ir.Value]) -> ir.Value:
+            node = window_attention.make_node(model, qkv, window=w, scale=scale, chunk=self.options.chunk,
+                                              group=group, name=f"{b.prefix}Window")
+            node.outputs[0].name = f"{b.prefix}window_y"
+            b.nodes.append(node)
             return node.outputs[0]
 
-        def window_plus(inputs, made, residual: ir.Value) -> list[ir.Value]:
-            add = ir.Node("", "Add", [window_y(inputs, made), residual], name=f"{p}window_add_{len(made)}")
-            add.outputs[0].name = f"{p}window_sum_{len(made)}"
-            made.append(add)
-            return [add.outputs[0]]
+        top = Builder(p)
+        mode = top.op("Gather", modes, top.const(layer), attrs=[ir.AttrInt64("axis", 0)])
+        is_ = {k: top.op("Equal", mode, top.const(k)) for k in (1, 2, 3, 4, 5)}
+        half = top.op("Or", is_[4], is_[5])  # ASC: compute the conditional half only
+        windowed = top.op("Or", is_[2], is_[5])
+        c = Builder(f"{p}compute_")
+        # Slice start 0 (whole batch) or B/2 (the conditional half), and Tile x1 or x2 back:
+        # one computation, so each projection (and its weights) exists once.
+        halfway = c.op("Div", c.op("Shape", block.x, attrs=[ir.AttrInt64("end", 1)]), c.const([2]))
+        start = c.op("Where", half, halfway, c.const([0]))
+        end, axis0 = c.const([np.iinfo(np.int64).max]), c.const([0])
+        x = c.op("Slice", block.x, start, end, axis0)
+        res = c.op("Slice", res_in, start, end, axis0)
+        made_r: list[ir.Value] = []
 
-        def branch(tag: str, half: bool, windowed: bool, refresh: ir.Value | None = None) -> ir.Graph:
-            b = _Builder(f"{p}{tag}_")
-            x, res = block.x, res_in
-            if half:  # the conditional (second) half of the batch
-                start = b.op("Div", b.op("Shape", x, attrs=[ir.AttrInt64("end", 1)]), b.const([2]))
-                x = b.op("Slice", x, start, b.const([np.iinfo(np.int64).max]), b.const([0]))
-                res = b.op("Slice", res_in, start, b.const([np.iinfo(np.int64).max]), b.const([0]))
-            replace = {id(attn): (lambda i, m: window_plus(i, m, res))} if windowed else None
-            made, mapping = clone_nodes(block.nodes, {id(block.x): x}, f"{p}{tag}_", replace)
-            b.nodes.extend(made)
-            out = mapping[id(o)]
-            if half:
-                out = b.op("Concat", out, out, attrs=[ir.AttrInt64("axis", 0)])
-            if refresh is not None:  # full: residual = full - window, computed only in mode 1
-                rb = _Builder(f"{p}{tag}_res_")
-                wy = window_y([mapping[id(v)] for v in attn.inputs[:3]], rb.nodes)
-                r = rb.op("Sub", mapping[id(y)], wy)
-                kb = _Builder(f"{p}{tag}_keep_")
-                keep = kb.op("Identity", res_in)
-                r_out = _if(b, refresh, rb.graph([r], f"{p}{tag}_refresh"), kb.graph([keep], f"{p}{tag}_keep"), 1)
-            else:
-                r_out = b.op("Identity", res_in)
-            return b.graph([b.op("Identity", out), r_out], f"{p}{tag}")
+        def variant(qkv: list[ir.Value | None], made: list[ir.Node]) -> list[ir.Value]:
+            wb = Builder(f"{p}window_")  # WA-RS: window attention + cached residual
+            wa = wb.graph([wb.op("Add", window_y(wb, qkv[:3]), res), wb.op("Identity", res_in)], f"{p}window")
+            fb = Builder(f"{p}full_")
+            full_attn = ir.Node(attn.domain, attn.op_type, qkv, list(attn.attributes.values()),
+                                overload=attn.overload, num_outputs=len(attn.outputs), name=f"{p}full_{attn.name}")
+            fb.nodes.append(full_attn)
+            full_y = full_attn.outputs[0]
+            full_y.name, full_y.dtype = f"{p}full_y", y.dtype
+            rb = Builder(f"{p}refresh_")  # mode 1: residual = full - window
+            refresh = rb.graph([rb.op("Sub", full_y, window_y(rb, qkv[:3]))], f"{p}refresh")
+            kb = Builder(f"{p}keep_")
+            keep = kb.graph([kb.op("Identity", res_in)], f"{p}keep")
+            fa = fb.graph([fb.op("Identity", full_y), if_(fb, is_[1], refresh, keep, 1)], f"{p}full")
+            sel = Builder(f"{p}attn_")
+            out_y, out_r = if_(sel, windowed, wa, fa)
+            made.extend(sel.nodes)
+            made_r.append(out_r)
+            return [out_y]
 
-        top = _Builder(p)
-        index = top.const(layer)
-        mode = top.op("Gather", modes, index, attrs=[ir.AttrInt64("axis", 0)])
-        is_ = {k: top.op("Equal", mode, top.const(k)) for k in (1, 2, 3, 4)}
-        is_full = top.op("Less", mode, top.const(2))
-        share = _Builder(f"{p}step_")
-        share_g = share.graph([share.op("Identity", prev_in), share.op("Identity", res_in)], f"{p}share_step")
-        cfg_b = _Builder(f"{p}cfgsel_")
-        cfg_g = cfg_b.graph(list(_if(cfg_b, is_[4], branch("fullcfg", True, False), branch("wincfg", True, True))),
-                            f"{p}cfg")
-        win_b = _Builder(f"{p}winsel_")
-        win_g = win_b.graph(list(_if(win_b, is_[2], branch("win", False, True), cfg_g)), f"{p}notfull")
-        compute_b = _Builder(f"{p}computesel_")
-        compute_g = compute_b.graph(list(_if(compute_b, is_full, branch("full", False, False, is_[1]), win_g)),
-                                    f"{p}compute")
-        new_o, new_r = _if(top, is_[3], share_g, compute_g)
+        made, mapping = clone_nodes(block.nodes, {id(block.x): x}, f"{p}c_", {id(attn): variant})
+        c.nodes.extend(made)
+        reps = c.op("Concat", c.op("Where", half, c.const([2]), c.const([1])), c.const([1] * (len(o.shape) - 1)),
+                    attrs=[ir.AttrInt64("axis", 0)])
+        compute_g = c.graph([c.op("Tile", mapping[id(o)], reps), made_r[0]], f"{p}compute")
+        s = Builder(f"{p}step_")  # AST: the previous step's block output
+        share_g = s.graph([s.op("Identity", prev_in), s.op("Identity", res_in)], f"{p}share_step")
+        new_o, new_r = if_(top, is_[3], share_g, compute_g)
         new_o.name, new_r.name = BLOCK_OUT.format(l=layer), RESIDUAL_OUT.format(l=layer)
         new_o.dtype, new_o.shape = o.dtype, o.shape
         new_r.dtype, new_r.shape = y.dtype, res_in.shape
@@ -236,27 +217,9 @@ class ShareAttentionPass(GenzipPass):
         graph.insert_before(first_use, top.nodes)
         o.replace_all_uses_with(new_o)
         graph.remove(block.nodes, safe=True)
+        move_initializers(graph, compute_g)
         graph.outputs.extend([new_o, new_r])
         return {"layer": layer, "attn_index": site.index, "scope": site.scope, "window": w,
                 "block_in": prev_in.name, "block_out": new_o.name,
                 "residual_in": res_in.name, "residual_out": new_r.name,
-                "block_shape": _dims(o), "residual_shape": _dims(y)}
-
-
-def _dims(value: ir.Value) -> list:
-    return [d if isinstance(d, int) else str(d) for d in value.shape] if value.shape is not None else None
-
-
-def _cache_input(graph: ir.Graph, name: str, like: ir.Value) -> ir.Value:
-    """A graph input shaped like ``like`` whose default (initializer) is empty along the batch.
-
-    The batch dim is always symbolic, so the empty default and any real batch both fit.
-    """
-    dims = list(like.shape)
-    batch = dims[0] if isinstance(dims[0], ir.SymbolicDim) and dims[0].value else "share_batch"
-    empty = [0] + [d if isinstance(d, int) else 1 for d in dims[1:]]
-    value = ir.Value(name=name, type=ir.TensorType(like.dtype), shape=ir.Shape([batch, *dims[1:]]))
-    value.const_value = ir.tensor(np.zeros(empty, dtype=like.dtype.numpy()), name=name)
-    graph.inputs.append(value)
-    graph.register_initializer(value)
-    return value
+                "block_shape": dims(o), "residual_shape": dims(y)}

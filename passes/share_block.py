@@ -5,11 +5,19 @@ projections share, through the projections, head split, ``Attention``, head merg
 and the output projection ``MatMul(+Add)``. Found structurally:
 
 * backwards from each of Q, K, V along the data operand of
-  Transpose/Reshape/Add/MatMul (Add and MatMul: the operand that is not a
-  constant) until the chains meet; the meeting value is X;
+  Transpose/Reshape/QuantizeLinear/DequantizeLinear/Add/MatMul (Add and MatMul:
+  the operand that is not a constant) until the chains meet; the meeting value is X;
 * forwards from the attention output through a single-use chain of
-  Transpose/Reshape to a MatMul with a constant weight, plus an Add with a
-  constant bias when there is one; its output is the block output O.
+  Transpose/Reshape/QuantizeLinear/DequantizeLinear to a MatMul with a constant
+  weight, plus an Add with a constant bias when there is one; its output is the
+  block output O.
+
+Quantized projections (``quant{scheme=w8a8|fp8|w4a16}`` before ``share-attn``) fit
+the same rules: an activation ``Q -> DQ`` pair is pass-through, and a weight
+``DequantizeLinear`` of constants counts as a constant. Such weight DQ nodes used
+only by the block belong to it, so they move into the branches next to their GEMM
+(where ORT fuses ``DQ -> MatMul`` into an int8 GEMM, and an AST step skips them);
+their quantized initializers stay in the outer graph.
 
 Invariant of a found ``Block``: every value produced inside it, except O, is used
 only inside it and is not a graph output, so the nodes can move into ``If``
@@ -24,7 +32,7 @@ from collections.abc import Callable
 
 import onnx_ir as ir
 
-_PASS_THROUGH = frozenset({"Transpose", "Reshape"})
+_PASS_THROUGH = frozenset({"Transpose", "Reshape", "QuantizeLinear", "DequantizeLinear"})
 MAX_CHAIN = 8
 
 
@@ -42,7 +50,24 @@ def _constant(value: ir.Value | None) -> bool:
     if value.const_value is not None or value.is_initializer():
         return True
     producer = value.producer()
-    return producer is not None and producer.op_type == "Constant"
+    return producer is not None and (producer.op_type == "Constant" or _weight_dq(producer))
+
+
+def _weight_dq(node: ir.Node) -> bool:
+    """A DequantizeLinear of constants: a quantized weight, constant for the block."""
+    return node.op_type == "DequantizeLinear" and all(v is None or _constant(v) for v in node.inputs)
+
+
+def _weight_dqs(nodes: list[ir.Node]) -> list[ir.Node]:
+    """Weight DequantizeLinear nodes feeding ``nodes`` and used by nothing else."""
+    inside, found = set(nodes), []
+    for node in nodes:
+        for value in node.inputs:
+            producer = value.producer() if value is not None else None
+            if (producer is not None and producer not in inside and producer not in found and _weight_dq(producer)
+                    and not value.is_graph_output() and all(u.node in inside for u in value.uses())):
+                found.append(producer)
+    return found
 
 
 def _data_operand(node: ir.Node) -> ir.Value | None:
@@ -114,6 +139,7 @@ def find_block(attention: ir.Node) -> Block | str:
         return "no-output-projection"
     fwd_nodes, output = forward
     nodes = [*backward, attention, *fwd_nodes]
+    nodes += _weight_dqs(nodes)
     inside = set(nodes)
     for node in nodes:
         for out in node.outputs:
@@ -156,7 +182,9 @@ def clone_nodes(
             for old, out in zip(node.outputs, new.outputs):
                 out.name = f"{prefix}{old.name}"
                 # dtype only: a share-cfg branch runs the block on half the batch.
-                out.dtype = old.dtype
+                # (Untyped values, e.g. quant's Q/DQ outputs, stay untyped.)
+                if old.dtype is not None:
+                    out.dtype = old.dtype
             made.append(new)
             outs = list(new.outputs)
         for old, out in zip(node.outputs, outs):

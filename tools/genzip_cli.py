@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "moa-search": ("genzip.tools.cmd_moa_search", "profile head influence and write a MoA span plan (MILP)"),
     "sample": ("genzip.tools.cmd_sample", "CFG sampling of a DiT artifact through a diffusers scheduler, with timing"),
     "plan": ("genzip.tools.cmd_plan", "DiTFastAttn greedy search: an attention-sharing plan for a share-attn artifact"),
+    "bench-share": ("genzip.tools.cmd_bench_share", "attention sharing (+ W8A8) vs FP32 all-full sampling, interleaved"),
     "bench-mixed": ("genzip.tools.cmd_bench_mixed", "mixed precision: MILP allocation vs random and naive ones, held out"),
 }
 

@@ -1,0 +1,121 @@
+"""share-attn on a W8A8 artifact: ``...,quant{scheme=w8a8},share-attn`` (quantize, then share).
+
+The quantized projections (activation Q->DQ, weight DQ of int8 initializers) move into
+the compute branch with their weights, so the all-full switch is the quantized model
+bit for bit, ORT still fuses every projection into an int8 GEMM, and a plan runs.
+The other order (annotate after share-attn) is refused: the projections would stay fp32.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from share_artifacts import compiled
+
+from genzip.errors import GenzipError
+from genzip.passes import build_pipeline, run_pipeline
+from genzip.runtime import plan as P
+from genzip.runtime import sampler
+from genzip.runtime.model import PlannedModel
+from genzip.tools import genzip_cli
+
+QUANT = "canonicalize-attn,annotate-precision,calibrate,quant{scheme=w8a8}"
+SHARE = QUANT + ",share-attn{tokens=32}"
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def arts(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GENZIP_CACHE_DIR", str(tmp_path_factory.mktemp("calib-cache")))
+        return compiled(tmp_path_factory, SHARE), compiled(tmp_path_factory, QUANT), compiled(tmp_path_factory)
+
+
+def _optimized_ops(folder, tmp_path) -> collections.Counter:
+    """(in a branch?, op type) counts of the model as ORT optimizes it."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(os.path.join(folder, "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    counts: collections.Counter = collections.Counter()
+
+    def walk(graph, nested):
+        for node in graph.node:
+            counts[(nested, node.op_type)] += 1
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g, True)
+
+    walk(onnx.load(str(tmp_path / "opt.onnx")).graph, False)
+    return counts
+
+
+def test_all_full_equals_quantized_artifact_without_share_attn(arts):
+    share, quant, _ = arts
+    feeds = dict(np.load(os.path.join(quant, "inputs.npz")))
+    ref = ort.InferenceSession(os.path.join(quant, "model.onnx"), providers=["CPUExecutionProvider"])
+    got = ort.InferenceSession(os.path.join(share, "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(got.run(["output"], feeds)[0], ref.run(["output"], feeds)[0])
+    base_m, share_m = PlannedModel(quant), PlannedModel(share, P.Plan.all_full(STEPS, 2, 32))
+    c, u = sampler.default_conditioning(base_m, 1, seed=0)
+    np.testing.assert_array_equal(sampler.sample(share_m, c, u, steps=STEPS, cfg=4.5).latents,
+                                  sampler.sample(base_m, c, u, steps=STEPS, cfg=4.5).latents)
+
+
+def test_projections_stay_int8_gemms_inside_the_branches(arts, tmp_path):
+    share, quant, _ = arts
+    plain, shared = _optimized_ops(quant, tmp_path), _optimized_ops(share, tmp_path)
+    int8 = plain[(False, "MatMulIntegerToFloat")]
+    assert int8 > 8
+    # 2 layers x (q, k, v, out) moved into the compute branches, still int8 GEMMs there.
+    assert shared[(True, "MatMulIntegerToFloat")] == 8
+    assert shared[(False, "MatMulIntegerToFloat")] == int8 - 8
+    assert shared[(True, "DequantizeLinear")] == 0  # no weight left dequantized to fp32
+
+
+def test_plan_runs_on_the_quantized_artifact(arts):
+    share, _, _ = arts
+    plan = P.Plan(STEPS, 2, 32, (("full", "share-step", "window-residual", "share-cfg"),
+                                 ("full", "window-residual+share-cfg", "full+share-cfg", "share-step")))
+    model = PlannedModel(share, P.Plan.all_full(STEPS, 2, 32))
+    c, u = sampler.default_conditioning(model, 1, seed=0)
+    full = sampler.sample(model, c, u, steps=STEPS, cfg=4.5).latents
+    model.set_plan(plan)
+    got = sampler.sample(model, c, u, steps=STEPS, cfg=4.5).latents
+    assert np.isfinite(got).all() and not np.array_equal(got, full)
+    rel = float(np.abs(got - full).sum() / np.abs(full).sum())
+    assert rel < 0.2  # sharing perturbs the trajectory, it does not derail it
+
+
+def test_cli_bench_share(arts, tmp_path, capsys):
+    share_q, _, fp32 = arts
+    plan = P.Plan(STEPS, 2, 32, (("full", "share-step", "share-step", "share-cfg"),
+                                 ("full", "window-residual", "share-step", "share-step")))
+    plan.save(str(tmp_path / "plan.json"))
+    args = ["bench-share", fp32, "--plan", str(tmp_path / "plan.json"), "--steps", str(STEPS), "--quiet"]
+    assert genzip_cli.main([*args, "--quant", share_q, "--quant-full", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["variants"]) == ["fp32-full", "fp32-plan", "quant-full", "quant-plan"]
+    v = out["variants"]
+    assert v["fp32-full"]["speedup"] == 1.0 and v["fp32-full"]["psnr_db"] is None
+    assert all(v[k]["ms"] > 0 and 10 < v[k]["psnr_db"] < 200 for k in ("fp32-plan", "quant-full", "quant-plan"))
+    assert 0.5 < out["attn_flops_saved"] < 1 and len(out["loadavg_before"]) == 3
+    # --quant must be a quantized share-attn artifact.
+    assert genzip_cli.main([*args, "--quant", fp32]) == 2
+    assert "without a quant pass" in capsys.readouterr().err
+    assert genzip_cli.main([*args, "--steps", "5"]) == 2
+    assert "plan is for 4 steps" in capsys.readouterr().err
+
+
+def test_quantizing_after_share_attn_is_refused(arts):
+    model = ir.load(os.path.join(arts[2], "model.onnx"))
+    with pytest.raises(GenzipError, match="after share-attn") as e:
+        run_pipeline(model, build_pipeline("annotate-precision"))
+    assert "quant{scheme=...},share-attn" in e.value.fix
