@@ -145,6 +145,13 @@ class AnnotatePrecisionPass(GenzipPass):
 
     def run(self, model: ir.Model) -> GenzipPassResult:
         opts: Options = self.options
+        if "genzip.share_attn" in model.metadata_props:
+            # share-attn moved the attention projections into If branches, which this
+            # pass and calibrate do not enter: they would silently stay fp32.
+            raise GenzipError(
+                "annotate-precision runs after share-attn, whose attention projections sit in If branches",
+                "quantize first: '...,annotate-precision,calibrate,quant{scheme=...},share-attn{...}'",
+            )
         keep_res = [re.compile(p) for p in (*(DEFAULT_KEEP if opts.keep_defaults else ()), *opts.keep)]
         include = re.compile(opts.include) if opts.include else None
         bos_re = re.compile(opts.bos_layers)
