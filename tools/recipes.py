@@ -16,6 +16,10 @@ RECIPES: dict[str, tuple[str, str]] = {
                     "w8a8 after SmoothQuant channel balancing (ViDiT-Q static-dynamic balancing)"),
     "w4a16": ("annotate-precision{scheme=w4a16 keep-defaults=false},quant{scheme=w4a16}",
               "int4 block-32 weights (DequantizeLinear block_size), fp32 activations, every GEMM"),
+    "share": ("canonicalize-attn,share-attn{window=0.125}",
+              "DiTFastAttn attention sharing: one artifact, per-step plans (genzip plan, genzip sample)"),
+    "share-w8a8": ("canonicalize-attn,annotate-precision,calibrate,quant{scheme=w8a8},share-attn{window=0.125}",
+                   "w8a8, then attention sharing over the quantized blocks"),
     "fp8": ("annotate-precision{scheme=fp8},calibrate,quant{scheme=fp8}",
             "float8 E4M3 per-channel weights and static per-tensor activations (Hopper)"),
 }
