@@ -53,6 +53,7 @@ from genzip.passes import attn_flops as af
 from genzip.passes.base import GenzipPass, GenzipPassResult
 from genzip.passes.share_block import Block, clone_nodes, find_block
 from genzip.passes.share_graph import Builder, cache_input, dims, if_, move_initializers
+from genzip.passes.window_attn import check_window_options
 from genzip.plugins import window_attention
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,6 @@ BLOCK_IN, BLOCK_OUT = "attn_block_in.{l}", "attn_block_out.{l}"
 RESIDUAL_IN, RESIDUAL_OUT = "attn_residual_in.{l}", "attn_residual_out.{l}"
 LAYOUT_KEY = "genzip.share_attn"
 CFG_ORDER = ["uncond", "cond"]
-DEFAULT_FRACTION = 0.125
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -74,16 +74,7 @@ class ShareAttentionOptions:
     chunk: int | None = None
 
     def __post_init__(self):
-        if self.window is not None and self.tokens is not None:
-            raise ValueError("give exactly one of window=FRACTION and tokens=COUNT")
-        if self.window is None and self.tokens is None:
-            object.__setattr__(self, "window", DEFAULT_FRACTION)
-        if self.window is not None and not 0.0 < self.window <= 1.0:
-            raise ValueError(f"window={self.window} must be a fraction in (0, 1]; use tokens= for a count")
-        if self.tokens is not None and self.tokens < 0:
-            raise ValueError(f"tokens={self.tokens} must be >= 0")
-        if self.chunk is not None and self.chunk < 1:
-            raise ValueError(f"chunk={self.chunk} must be >= 1")
+        check_window_options(self)
 
 
 class ShareAttentionPass(GenzipPass):

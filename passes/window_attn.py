@@ -35,6 +35,21 @@ RESIDUAL_NAME = "attn_residual.{index}"
 DEFAULT_FRACTION = 0.125
 
 
+def check_window_options(opts) -> None:
+    """Validate frozen options with ``window``/``tokens``/``chunk`` fields (window-attn,
+    share-attn); neither size given means ``window=DEFAULT_FRACTION``."""
+    if opts.window is not None and opts.tokens is not None:
+        raise ValueError("give exactly one of window=FRACTION and tokens=COUNT")
+    if opts.window is None and opts.tokens is None:
+        object.__setattr__(opts, "window", DEFAULT_FRACTION)
+    if opts.window is not None and not 0.0 < opts.window <= 1.0:
+        raise ValueError(f"window={opts.window} must be a fraction in (0, 1]; use tokens= for a count")
+    if opts.tokens is not None and opts.tokens < 0:
+        raise ValueError(f"tokens={opts.tokens} must be >= 0")
+    if opts.chunk is not None and opts.chunk < 1:
+        raise ValueError(f"chunk={opts.chunk} must be >= 1")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WindowAttentionOptions:
     # Exactly one of window (fraction of N) and tokens (absolute); window=0.125 if neither.
@@ -45,16 +60,7 @@ class WindowAttentionOptions:
     chunk: int | None = None  # query chunk of the banded body; None = choose from the window
 
     def __post_init__(self):
-        if self.window is not None and self.tokens is not None:
-            raise ValueError("give exactly one of window=FRACTION and tokens=COUNT")
-        if self.window is None and self.tokens is None:
-            object.__setattr__(self, "window", DEFAULT_FRACTION)
-        if self.window is not None and not 0.0 < self.window <= 1.0:
-            raise ValueError(f"window={self.window} must be a fraction in (0, 1]; use tokens= for a count")
-        if self.tokens is not None and self.tokens < 0:
-            raise ValueError(f"tokens={self.tokens} must be >= 0")
-        if self.chunk is not None and self.chunk < 1:
-            raise ValueError(f"chunk={self.chunk} must be >= 1")
+        check_window_options(self)
         if any(i < 0 for i in self.layers) or len(set(self.layers)) != len(self.layers):
             raise ValueError(f"layers={','.join(map(str, self.layers))} must be distinct indices >= 0")
 
