@@ -17,17 +17,18 @@ __all__ = ["GenzipError", "__version__", "load"]
 def load(artifact: str, plan=None, threads: int | None = None):
     """Open a compiled artifact folder for inference (ONNX Runtime session).
 
-    ``model(**feeds)`` returns a dict of outputs. A text-conditioned DiT artifact
-    (inputs ``hidden_states``, ``timestep``, ``encoder_hidden_states``) comes back as
-    ``genzip.runtime.diffusers_adapter.DiffusersTransformer``, which also works as a
-    diffusers pipeline's ``transformer``; ``plan`` (a path or ``runtime.plan.Plan``)
+    ``model(**feeds)`` returns a dict of outputs. A DiT artifact (inputs
+    ``hidden_states``, ``timestep`` and ``encoder_hidden_states`` or ``class_labels``)
+    comes back as ``genzip.runtime.diffusers_adapter.DiffusersTransformer``, which also
+    works as a diffusers pipeline's ``transformer`` (PixArt-style text pipelines and
+    the class-conditional ``DiTPipeline``); ``plan`` (a path or ``runtime.plan.Plan``)
     applies an attention-sharing plan to a share-attn artifact.
     """
     from genzip.backends.artifact import read_manifest
     from genzip.backends.runner import load_artifact
 
     names = {s.get("name") for s in read_manifest(artifact).get("inputs", [])}
-    if {"hidden_states", "timestep", "encoder_hidden_states"} <= names:
+    if {"hidden_states", "timestep"} <= names and names & {"encoder_hidden_states", "class_labels"}:
         from genzip.runtime.diffusers_adapter import DiffusersTransformer
         from genzip.runtime.plan import load_plan
 

@@ -1,7 +1,9 @@
 """Built-in presets: architectures with seeded random weights, no files needed.
 
 ``PRESETS`` maps each name to a one-line description (for the CLI). The DiT
-presets are diffusers ``PixArtTransformer2DModel``; ``tiny-llama`` is a
+presets are diffusers ``PixArtTransformer2DModel`` (text-conditioned) except
+``tiny-dit``, a class-conditional ``DiTTransformer2DModel`` (``class_labels``,
+null class ``num_embeds_ada_norm``); ``tiny-llama`` is a
 transformers ``LlamaForCausalLM`` with grouped-query attention. DiTs default to
 batch 2 (a classifier-free-guidance pair), the LLM to batch 1.
 """
@@ -23,6 +25,7 @@ class _Preset:
     config: dict[str, Any]
     text_len: int = 0  # caption tokens (DiT)
     seq_len: int = 0  # tokens (LLM)
+    module: str = "PixArtTransformer2DModel"  # diffusers class of a DiT preset
 
 
 def _pixart(layers: int, heads: int, head_dim: int, patch: int, size: int, caption: int) -> dict[str, Any]:
@@ -45,6 +48,13 @@ _SPECS: dict[str, _Preset] = {
     "tiny-pixart": _Preset(
         "PixArt DiT, 2 layers, 4x16 heads, 256 image + 8 caption tokens (tests)",
         "dit", 2, _pixart(2, 4, 16, 1, 16, 32), text_len=8,
+    ),
+    "tiny-dit": _Preset(
+        "class-conditional DiT (ImageNet-style labels), 2 layers, 4x16 heads, patch 2, 64 image tokens (tests)",
+        "dit", 2,
+        dict(num_layers=2, num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=8,
+             patch_size=2, sample_size=16, num_embeds_ada_norm=1000, norm_type="ada_norm_zero"),
+        module="DiTTransformer2DModel",
     ),
     "tiny-llama": _Preset(
         "Llama causal LM, 2 layers, hidden 64, 4 heads / 2 KV heads, vocab 256, 32 tokens (tests)",
@@ -83,7 +93,7 @@ def _build_module(spec: _Preset) -> Any:
     if spec.family == "dit":
         import diffusers
 
-        return diffusers.PixArtTransformer2DModel(**spec.config)
+        return getattr(diffusers, spec.module)(**spec.config)
     import transformers
 
     config = transformers.LlamaConfig(**spec.config, attn_implementation="sdpa")

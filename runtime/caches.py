@@ -4,7 +4,8 @@ A diffusion loop may call the transformer any number of times per step (one
 CFG-batched call, or separate unconditional and conditional calls, or a solver's
 extra evaluations). Counting calls per module breaks as soon as that number
 changes, so caches are keyed by *call identity* instead: a fingerprint of the
-call's conditioning (``encoder_hidden_states`` bytes and the batch shape). Two
+call's conditioning (the ``encoder_hidden_states`` or ``class_labels`` bytes and
+the batch shape). Two
 calls with the same conditioning share a cache slot, which is what AST and WA-RS
 mean: the same branch of the same sample, one step earlier.
 
@@ -24,11 +25,11 @@ import hashlib
 import numpy as np
 
 
-def call_identity(encoder_hidden_states: np.ndarray | None, batch_shape: tuple[int, ...]) -> str:
+def call_identity(conditioning: np.ndarray | None, batch_shape: tuple[int, ...]) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(repr(tuple(batch_shape)).encode())
-    if encoder_hidden_states is not None:
-        arr = np.ascontiguousarray(encoder_hidden_states)
+    if conditioning is not None:
+        arr = np.ascontiguousarray(conditioning)
         h.update(repr((arr.dtype.str, arr.shape)).encode())
         h.update(arr.tobytes())
     return h.hexdigest()

@@ -14,6 +14,13 @@ number of transformer calls per step does not matter. A call is a CFG pair, for
 ASC, when its batch is even and its two halves of latents are identical (the
 pipeline duplicates the latents); otherwise share-cfg methods run unshared.
 
+A class-conditional DiT artifact (``class_labels`` input) answers the call of
+``DiTPipeline`` (``transformer(latents, timestep=, class_labels=).sample``). That
+pipeline stacks its CFG batch as ``[cond, null]``, the reverse of the artifact's
+``[uncond, cond]``; a CFG pair whose second half is all null-class labels is
+therefore swapped in and out around the call, so ASC shares the half it was
+searched on.
+
 The exported graph has no attention-mask input: a mask with zeros (padded
 prompt embeddings) is ignored with a warning.
 """
@@ -26,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from genzip.backends.runner import check_inputs
+from genzip.errors import GenzipError
+from genzip.runtime import conditioning
 from genzip.runtime import plan as plans
 from genzip.runtime.caches import StepClock
 from genzip.runtime.model import PlannedModel
@@ -61,6 +70,8 @@ class DiffusersTransformer:
         self.device = torch.device("cpu")
         self.clock = StepClock()
         self._last_t: float | None = None
+        self.cond_input = conditioning.conditioning_input(self.model)
+        self.null_class = conditioning.null_class(self.model) if self.cond_input == conditioning.CLASS else None
 
     # --- genzip.load compatibility -------------------------------------------------
     @property
@@ -87,16 +98,30 @@ class DiffusersTransformer:
             return self.forward(*args, **kwargs)
         return self.run(kwargs)
 
+    def _conditioning(self, encoder_hidden_states, class_labels, batch: int) -> np.ndarray:
+        given = encoder_hidden_states if self.cond_input == conditioning.TEXT else class_labels
+        if given is None:
+            raise GenzipError(f"this genzip transformer is conditioned on '{self.cond_input}', which was not passed",
+                              f"call it with {self.cond_input}=...")
+        value = given.detach().cpu().numpy() if hasattr(given, "detach") else np.asarray(given)
+        if self.cond_input == conditioning.TEXT:
+            return value.astype(np.float32)
+        labels = np.broadcast_to(value.reshape(-1), (batch,)).astype(np.int64)
+        if np.any((labels < 0) | (labels > self.null_class)):
+            raise GenzipError(f"class_labels {labels.tolist()} out of range [0, {self.null_class}]",
+                              f"use labels below {self.null_class} ({self.null_class}: the null class)")
+        return labels
+
     def forward(self, hidden_states, encoder_hidden_states=None, timestep=None, added_cond_kwargs=None,
                 cross_attention_kwargs=None, attention_mask=None, encoder_attention_mask=None,
-                return_dict: bool = True, **unused):
+                return_dict: bool = True, class_labels=None, **unused):
         import torch
 
         latents = hidden_states.detach().cpu().float().numpy()
         batch = latents.shape[0]
         t = np.broadcast_to(np.asarray(timestep.detach().cpu() if hasattr(timestep, "detach") else timestep,
                                        dtype=np.float32).reshape(-1), (batch,)).copy()
-        text = encoder_hidden_states.detach().cpu().float().numpy()
+        cond = self._conditioning(encoder_hidden_states, class_labels, batch)
         if encoder_attention_mask is not None and not bool(torch.all(encoder_attention_mask != 0)):
             logger.warning("genzip transformer: encoder_attention_mask has zeros; the compiled graph ignores it")
         if self._last_t is not None and float(t.max()) > self._last_t:
@@ -105,8 +130,13 @@ class DiffusersTransformer:
         step = self.clock.observe(t)
         half = batch // 2
         cfg_pair = batch % 2 == 0 and np.array_equal(latents[:half], latents[half:])
-        feeds = {"hidden_states": latents, "timestep": t, "encoder_hidden_states": text}
-        out = torch.from_numpy(self.model.call(feeds, step, cfg_pair=cfg_pair))
+        # DiTPipeline's [cond, null] order: swap to the artifact's [uncond, cond] (module docstring)
+        swap = (cfg_pair and self.null_class is not None and np.all(cond[half:] == self.null_class)
+                and not np.all(cond[:half] == self.null_class))
+        order = np.r_[half:batch, 0:half] if swap else slice(None)
+        feeds = {"hidden_states": latents[order], "timestep": t[order], self.cond_input: cond[order]}
+        result = self.model.call(feeds, step, cfg_pair=cfg_pair)
+        out = torch.from_numpy(np.ascontiguousarray(result[order]) if swap else result)
         if not return_dict:
             return (out,)
         from diffusers.models.modeling_outputs import Transformer2DModelOutput

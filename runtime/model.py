@@ -104,7 +104,8 @@ class PlannedModel:
             return self.session.run([self.main_output], feeds)[0]
         batch = next(iter(feeds.values())).shape[:1]
         if identity is None:
-            identity = call_identity(feeds.get("encoder_hidden_states"), batch)
+            cond = feeds.get("encoder_hidden_states")
+            identity = call_identity(feeds.get("class_labels") if cond is None else cond, batch)
         slot = self.caches.slot(identity)
         modes = self.modes(step, cfg_pair and batch[0] % 2 == 0)
         outs = self.run_modes(feeds, modes, slot, step)

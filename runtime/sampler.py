@@ -1,7 +1,9 @@
 """Classifier-free-guided sampling of a compiled DiT artifact through a diffusers scheduler.
 
 Each step makes one transformer call on the CFG pair batch ``[uncond…, cond…]``
-(the order share-attn's ASC assumes, see ``ShareLayout.cfg_order``), applies the
+(the order share-attn's ASC assumes, see ``ShareLayout.cfg_order``); the pair is
+prompt embeddings or class labels, whichever input the artifact has
+(``conditioning``: the null class is the unconditional label), applies the
 guidance ``uncond + cfg·(cond − uncond)`` and lets the scheduler step. With a
 learned-sigma output (``out_channels == 2·in_channels``, PixArt) only the first
 half of the channels is the noise prediction. Works for any batch of images.
@@ -19,6 +21,7 @@ import time
 import numpy as np
 
 from genzip.errors import GenzipError
+from genzip.runtime import conditioning
 from genzip.runtime.model import PlannedModel
 
 SCHEDULERS = ("dpm", "flow-euler")
@@ -45,20 +48,15 @@ def _input_spec(model: PlannedModel, name: str) -> dict:
     spec = next((s for s in model.inputs if s["name"] == name), None)
     if spec is None:
         raise GenzipError(
-            f"artifact {model.folder} has no '{name}' input, so it is not a text-conditioned DiT",
-            "sample a DiT artifact (e.g. genzip-compile tiny-pixart)",
+            f"artifact {model.folder} has no '{name}' input, so it is not a DiT",
+            "sample a DiT artifact (e.g. genzip-compile tiny-pixart or tiny-dit)",
         )
     return spec
 
 
 def default_conditioning(model: PlannedModel, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded random (prompt_embeds, negative_prompt_embeds) of the artifact's text shape."""
-    spec = _input_spec(model, "encoder_hidden_states")
-    tokens, dim = spec["shape"][1], spec["shape"][2]
-    rng = np.random.default_rng(seed + 1)
-    cond = rng.standard_normal((batch, tokens, dim)).astype(np.float32)
-    uncond = np.zeros_like(cond)
-    return cond, uncond
+    """Seeded random (cond, uncond): prompt embeddings and zeros, or class labels and the null class."""
+    return conditioning.default_conditioning(model, batch, seed)
 
 
 def sample(
@@ -75,6 +73,10 @@ def sample(
 ) -> SampleResult:
     """Latents ``[batch, C, H, W]`` after ``steps`` guided steps (rules in the module docstring).
 
+    ``prompt_embeds`` / ``negative_prompt_embeds`` are the conditional / unconditional
+    values of the artifact's conditioning input: embeddings ``[B, T, C]``, or class
+    labels ``[B]`` and the null class (``conditioning.class_pair``).
+
     ``call(feeds, step) -> output`` replaces the plan-driven transformer call (the plan
     search decides each step's modes itself).
     """
@@ -84,6 +86,13 @@ def sample(
         raise GenzipError(f"--steps {steps} must be >= 1", "pass a positive step count")
     if prompt_embeds.shape != negative_prompt_embeds.shape:
         raise GenzipError("prompt and negative prompt embeddings differ in shape", "give both the same shape")
+    cond_name = conditioning.conditioning_input(model)
+    if cond_name == conditioning.CLASS:
+        null = conditioning.null_class(model)
+        conditioning.check_labels(prompt_embeds, null, "class labels")
+        if not np.all(negative_prompt_embeds == null):
+            raise GenzipError(f"the unconditional labels must all be the null class {null}",
+                              "use conditioning.class_pair(model, labels)")
     if call is None:
         model.check_steps(steps)
     spec = _input_spec(model, "hidden_states")
@@ -94,7 +103,8 @@ def sample(
     sched.set_timesteps(steps)
     gen = torch.Generator().manual_seed(seed)
     latents = torch.randn(batch, channels, height, width, generator=gen) * getattr(sched, "init_noise_sigma", 1.0)
-    text = np.concatenate([negative_prompt_embeds, prompt_embeds]).astype(np.float32)
+    dtype = np.int64 if cond_name == conditioning.CLASS else np.float32
+    pair_cond = np.concatenate([negative_prompt_embeds, prompt_embeds]).astype(dtype)
     model.caches.clear()
     step_ms = []
     start = time.perf_counter()
@@ -106,7 +116,7 @@ def sample(
         feeds = {
             "hidden_states": pair.numpy().astype(np.float32),
             "timestep": np.full((2 * batch,), float(t), dtype=np.float32),
-            "encoder_hidden_states": text,
+            cond_name: pair_cond,
         }
         if call is None:
             out = model.call(feeds, i, cfg_pair=True, identity="sampler")

@@ -18,3 +18,16 @@ def compiled(tmp_path_factory, spec: str = SHARE_SPEC) -> str:
         assert rc == 0 and os.path.isfile(os.path.join(folder, "genzip.json"))
         _BUILT[spec] = folder
     return _BUILT[spec]
+
+
+def compiled_preset(tmp_path_factory, preset: str, spec: str) -> str:
+    """Folder of `genzip-compile PRESET --target ort --passes SPEC` (seed 0), cached by (preset, spec)."""
+    from genzip.tools import compile_cli
+
+    key = f"{preset}|{spec}"
+    if key not in _BUILT:
+        folder = str(tmp_path_factory.mktemp("share") / preset)
+        rc = compile_cli.main([preset, "--target", "ort", "--out", folder, "--passes", spec, "--quiet"])
+        assert rc == 0 and os.path.isfile(os.path.join(folder, "genzip.json"))
+        _BUILT[key] = folder
+    return _BUILT[key]

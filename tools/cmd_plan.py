@@ -1,10 +1,12 @@
 """``genzip plan ARTIFACT --delta D --steps S --cfg G [--calib FILE] --out plan.json``.
 
 DiTFastAttn greedy search (``genzip.runtime.search``) on calibration conditions:
-``--calib`` is an ``.npz`` with ``prompt_embeds`` (and ``negative_prompt_embeds``),
-else seeded random prompt embeddings of the artifact's text shape. Writes the plan,
-a layer x step heatmap PNG (``--heatmap``, default: the plan path with ``.png``),
-and prints the method counts, attention FLOPs saved and the search cost.
+``--calib`` is an ``.npz`` with ``prompt_embeds`` (and ``negative_prompt_embeds``)
+for a text DiT, or ``class_labels`` (int64 [B]; unconditional half: the null class)
+for a class-conditional DiT (or ``--labels 1,500``), else seeded random embeddings /
+labels. Writes the plan, a layer x step heatmap PNG (``--heatmap``, default: the
+plan path with ``.png``), and prints the method counts, attention FLOPs saved and
+the search cost.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg", type=float, default=4.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scheduler", default="dpm", help="dpm or flow-euler")
-    p.add_argument("--calib", help=".npz of calibration prompt_embeds [B,T,C] (and negative_prompt_embeds)")
+    p.add_argument("--calib", help=".npz of calibration prompt_embeds [B,T,C] (and negative_prompt_embeds), "
+                   "or class_labels [B] for a class-conditional DiT")
+    p.add_argument("--labels", help="class-conditional DiT: comma-separated calibration class labels")
     p.add_argument("--loss", default="dfa", help="dfa (DiTFastAttn relative error, default) or rel-l1")
     p.add_argument("--out", required=True, help="plan JSON to write")
     p.add_argument("--heatmap", help="PNG path (default: OUT with .png)")
@@ -42,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise GenzipError(f"--steps {args.steps} must be >= 1", "pass a positive step count")
     model = PlannedModel(args.artifact, threads=args.threads)
-    cond, uncond = conditioning(model, args.calib, 1, args.seed)
+    cond, uncond = conditioning(model, args.calib, 1, args.seed, args.labels)
     say = Progress(not args.quiet)
     bound = 1 + (args.steps - 1) * (4 * max(model.layers, 1) + 2)
     say(f"searching {args.steps} steps x {model.layers} layers, delta {args.delta}, at most {bound} calls")

@@ -1,8 +1,11 @@
 """``genzip sample ARTIFACT [--plan plan.json]``: CFG sampling of a compiled DiT, with timing.
 
-Conditioning: ``--embeds FILE.npz`` with ``prompt_embeds`` (and optionally
-``negative_prompt_embeds``, default zeros), else seeded random prompt embeddings
-of the artifact's text shape, so a preset artifact needs no extra files. Writes
+Conditioning, for a text DiT: ``--embeds FILE.npz`` with ``prompt_embeds`` (and
+optionally ``negative_prompt_embeds``, default zeros); for a class-conditional DiT
+(``class_labels`` input): ``--labels 207,360`` or ``--embeds FILE.npz`` with
+``class_labels`` (int64 [B]; the unconditional half is the null class). Without
+either, seeded random embeddings or labels, so a preset artifact needs no extra
+files. Writes
 ``--out`` (``latents`` array) and prints a timing summary (``--json``: at least
 ``total_ms``).
 """
@@ -27,7 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=1, help="images per run (the model sees 2x for CFG)")
     p.add_argument("--scheduler", default="dpm", help="dpm (DPM-Solver++ multistep) or flow-euler")
-    p.add_argument("--embeds", help=".npz with prompt_embeds [B,T,C] (and negative_prompt_embeds)")
+    p.add_argument("--embeds", help=".npz with prompt_embeds [B,T,C] (and negative_prompt_embeds), "
+                   "or class_labels [B] for a class-conditional DiT")
+    p.add_argument("--labels", help="class-conditional DiT: comma-separated class labels, one image each")
     p.add_argument("--out", help="write the final latents here (.npz, key 'latents')")
     p.add_argument("--vs-full", action="store_true",
                    help="also sample with the all-full plan, interleaved in this run: speedup, PSNR, FLOPs saved")
@@ -72,20 +77,21 @@ def compare_full(model, plan, cond, uncond, args) -> dict:
             "latents": latents["plan"], "total_ms": plan_ms}
 
 
-def conditioning(model, path: str | None, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from genzip.backends.runner import load_npz
-    from genzip.runtime.sampler import default_conditioning
+def conditioning(model, path: str | None, batch: int, seed: int,
+                 labels: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(cond, uncond) of the artifact's conditioning input (``genzip.runtime.conditioning``)."""
+    from genzip.runtime import conditioning as C
 
+    if labels is not None:
+        if path is not None:
+            raise GenzipError("both --labels and an .npz of conditioning were given", "pass only one")
+        if C.conditioning_input(model) != C.CLASS:
+            raise GenzipError(f"--labels needs a class-conditional DiT, but {model.folder} takes text embeddings",
+                              "pass --embeds FILE.npz with prompt_embeds, or drop --labels")
+        return C.class_pair(model, C.parse_labels(labels), "--labels")
     if path is None:
-        return default_conditioning(model, batch, seed)
-    data = load_npz(path)
-    if "prompt_embeds" not in data:
-        raise GenzipError(f"{path} has no 'prompt_embeds' array", "save prompt_embeds [B, T, C] with numpy.savez")
-    cond = data["prompt_embeds"].astype(np.float32)
-    if cond.ndim != 3:
-        raise GenzipError(f"{path}: prompt_embeds has shape {list(cond.shape)}", "give [batch, tokens, channels]")
-    uncond = data.get("negative_prompt_embeds", np.zeros_like(cond)).astype(np.float32)
-    return cond, uncond
+        return C.default_conditioning(model, batch, seed)
+    return C.from_npz(model, path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         raise GenzipError(f"--batch {args.batch} must be >= 1", "pass a positive batch")
     plan = load_plan(args.plan) if args.plan else None
     model = PlannedModel(args.artifact, plan, threads=args.threads)
-    cond, uncond = conditioning(model, args.embeds, args.batch, args.seed)
+    cond, uncond = conditioning(model, args.embeds, args.batch, args.seed, args.labels)
     summary = {
         "artifact": args.artifact, "plan": args.plan, "steps": args.steps, "cfg": args.cfg, "seed": args.seed,
         "batch": int(cond.shape[0]), "scheduler": args.scheduler, "out": args.out,

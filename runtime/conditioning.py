@@ -1,0 +1,130 @@
+"""Conditioning of a compiled DiT artifact: text embeddings or class labels.
+
+A DiT artifact is conditioned through exactly one graph input:
+
+* ``encoder_hidden_states`` (PixArt-style text DiT): float ``[B, T, C]`` prompt
+  embeddings; the unconditional half of a CFG pair is the negative prompt
+  embeddings (zeros by default);
+* ``class_labels`` (class-conditional DiT): int64 ``[B]`` labels in
+  ``[0, null)``; the unconditional half is the *null class* ``null`` (DiT's
+  ``num_embeds_ada_norm``, 1000 for ImageNet), the extra row of the class
+  embedding table that classifier-free-guidance training dropped labels to.
+
+Everything downstream (sampler, plan search, caches) handles the pair
+``(cond, uncond)`` of arrays of the artifact's conditioning input and stacks it as
+``[uncond, cond]``, the order share-attn's ASC records in the manifest.
+
+Invariant: every pair returned here has matching shapes and dtypes, and class
+labels are validated against the artifact's null class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from genzip.errors import GenzipError
+
+TEXT, CLASS = "encoder_hidden_states", "class_labels"
+
+
+def conditioning_input(model) -> str:
+    """The name of the artifact's conditioning input (``TEXT`` or ``CLASS``)."""
+    names = {s["name"] for s in model.inputs}
+    for name in (TEXT, CLASS):
+        if name in names:
+            return name
+    raise GenzipError(
+        f"artifact {model.folder} has neither an 'encoder_hidden_states' nor a 'class_labels' input, "
+        f"so it is not a conditioned DiT",
+        "sample a DiT artifact (e.g. genzip-compile tiny-pixart or tiny-dit)",
+    )
+
+
+def _table_rows(folder: str, onnx_name: str) -> int | None:
+    """Rows of the embedding table the graph gathers with ``class_labels`` (weights not loaded)."""
+    import os
+
+    import onnx
+
+    graph = onnx.load(os.path.join(folder, onnx_name), load_external_data=False).graph
+    dims = {init.name: list(init.dims) for init in graph.initializer}
+    rows = {dims[n.input[0]][0] for n in graph.node
+            if n.op_type == "Gather" and n.input[1:2] == [CLASS] and n.input[0] in dims}
+    return rows.pop() if len(rows) == 1 else None
+
+
+def null_class(model) -> int:
+    """The label of the unconditional (null) class: the preset's ``num_embeds_ada_norm``, else the
+    last row of the class embedding table (DiT appends the null row after the real classes)."""
+    preset = model.manifest.get("source_info", {}).get("preset")
+    if preset:
+        from genzip.frontend.presets import get_preset
+
+        value = get_preset(preset).config.get("num_embeds_ada_norm")
+        if value:
+            return int(value)
+    rows = _table_rows(model.folder, model.manifest["model"])
+    if rows is None or rows < 2:
+        raise GenzipError(
+            f"cannot tell the null class of {model.folder}: no single class-embedding table is gathered "
+            f"by 'class_labels'", "compile the DiT from a preset or an unmodified diffusers folder",
+        )
+    return rows - 1
+
+
+def check_labels(labels: np.ndarray, null: int, where: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
+        raise GenzipError(f"{where}: class labels must be a non-empty 1-D integer array, got "
+                          f"{labels.dtype} {list(labels.shape)}", "give int64 class_labels of shape [batch]")
+    bad = labels[(labels < 0) | (labels >= null)]
+    if bad.size:
+        raise GenzipError(f"{where}: class label {int(bad[0])} is out of range [0, {null})",
+                          f"use labels 0..{null - 1} ({null} is the null class used for CFG)")
+    return labels.astype(np.int64)
+
+
+def class_pair(model, labels: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    null = null_class(model)
+    cond = check_labels(labels, null, where)
+    return cond, np.full_like(cond, null)
+
+
+def default_conditioning(model, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded random ``(cond, uncond)`` of the artifact's conditioning: prompt embeddings of its
+    text shape (negative: zeros), or class labels (negative: the null class)."""
+    rng = np.random.default_rng(seed + 1)
+    if conditioning_input(model) == CLASS:
+        return class_pair(model, rng.integers(0, null_class(model), size=batch), "default labels")
+    spec = next(s for s in model.inputs if s["name"] == TEXT)
+    tokens, dim = spec["shape"][1], spec["shape"][2]
+    cond = rng.standard_normal((batch, tokens, dim)).astype(np.float32)
+    return cond, np.zeros_like(cond)
+
+
+def parse_labels(text: str) -> np.ndarray:
+    try:
+        return np.array([int(v) for v in text.split(",") if v.strip()], dtype=np.int64)
+    except ValueError:
+        raise GenzipError(f"--labels '{text}' is not a comma-separated list of integers",
+                          "pass e.g. --labels 207,360") from None
+
+
+def from_npz(model, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(cond, uncond)`` from an .npz: ``class_labels`` for a class DiT; ``prompt_embeds`` (and
+    ``negative_prompt_embeds``) for a text DiT."""
+    from genzip.backends.runner import load_npz
+
+    data = load_npz(path)
+    if conditioning_input(model) == CLASS:
+        if CLASS not in data:
+            raise GenzipError(f"{path} has no 'class_labels' array, but {model.folder} is class-conditioned",
+                              "save class_labels (int64 [B]) with numpy.savez, or pass --labels")
+        return class_pair(model, data[CLASS], path)
+    if "prompt_embeds" not in data:
+        raise GenzipError(f"{path} has no 'prompt_embeds' array", "save prompt_embeds [B, T, C] with numpy.savez")
+    cond = data["prompt_embeds"].astype(np.float32)
+    if cond.ndim != 3:
+        raise GenzipError(f"{path}: prompt_embeds has shape {list(cond.shape)}", "give [batch, tokens, channels]")
+    uncond = data.get("negative_prompt_embeds", np.zeros_like(cond)).astype(np.float32)
+    return cond, uncond
