@@ -10,6 +10,12 @@ OPTIMIZED_NAME = "model.ort.onnx"
 # EXTENDED fusions keep the model portable across CPUs; ALL would add
 # hardware-specific layouts (NCHWc) that are tied to the build machine.
 OPTIMIZATION_LEVEL = "extended"
+# ORT 1.32's MatMulAddFusion rewrites a Q/DQ MatMul + Add on static 3-D shapes into
+# Reshape -> Gemm with a QuantizeLinear whose zero point type contradicts its
+# output_dtype, and the session then fails to load (int8 activations, as TensorRT
+# wants). Off everywhere: genzip's own bias fusion (ort_fusions) covers the int8
+# case, and for fp32 it only trades MatMul + Add for Reshape + Gemm + Reshape.
+DISABLED_OPTIMIZERS = ["MatMulAddFusion"]
 
 
 def session_options(threads: int | None = None, level: str = "all") -> ort.SessionOptions:
@@ -27,12 +33,29 @@ def session_options(threads: int | None = None, level: str = "all") -> ort.Sessi
 
 
 def make_session(path_or_bytes: str | bytes, threads: int | None = None, level: str = "all") -> ort.InferenceSession:
-    return ort.InferenceSession(path_or_bytes, session_options(threads, level), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path_or_bytes, session_options(threads, level), providers=["CPUExecutionProvider"],
+                                disabled_optimizers=DISABLED_OPTIMIZERS)
+
+
+def optimize_file(source: str, target: str) -> list[str]:
+    """ORT's graph optimizations, then genzip's fusions (``ort_fusions``), ``source`` -> ``target``.
+
+    Returns the file names written next to ``target``.
+    """
+    import onnx_ir as ir
+
+    from genzip.backends.onnx_files import save_model
+    from genzip.backends.ort_fusions import fuse_integer_gemm_bias
+
+    opts = session_options(level=OPTIMIZATION_LEVEL)
+    opts.optimized_model_filepath = target
+    ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
+    model = ir.load(target)
+    if not fuse_integer_gemm_bias(model):
+        return [os.path.basename(target)]
+    return save_model(model, os.path.dirname(target) or ".", os.path.basename(target))
 
 
 def write_optimized(folder: str, source_name: str = "model.onnx") -> list[str]:
-    """Let ORT apply its graph optimizations once and store the result next to the model."""
-    opts = session_options(level=OPTIMIZATION_LEVEL)
-    opts.optimized_model_filepath = os.path.join(folder, OPTIMIZED_NAME)
-    ort.InferenceSession(os.path.join(folder, source_name), opts, providers=["CPUExecutionProvider"])
-    return [OPTIMIZED_NAME]
+    """Let ORT (and genzip's ORT fusions) optimize the graph once; store it next to the model."""
+    return optimize_file(os.path.join(folder, source_name), os.path.join(folder, OPTIMIZED_NAME))

@@ -3,7 +3,8 @@
 One process, one FP32 export (``MODEL``, default ``bench-dit``), and these variants:
 
 * ``fp32``: the export as is;
-* ``genzip-w8a8`` / ``genzip-w8a8-dynamic``: the genzip recipes of those names;
+* ``genzip-w8a8`` / ``genzip-w8a8-dynamic``: the genzip recipes of those names, as an
+  ``ort`` artifact holds them (ORT-optimized, plus genzip's ORT fusions);
 * ``ort-dynamic``: ``onnxruntime.quantization.quantize_dynamic`` (int8 weights);
 * ``ort-static``: ``quantize_static`` (QDQ, per-channel int8 weights, int8 activations).
 
@@ -49,10 +50,14 @@ def _genzip(fp32_path: str, out: str, recipe: str, calib) -> None:
     from genzip.passes.quant_calib_data import calibration_source
     from genzip.tools.recipes import expand_recipe
 
+    from genzip.backends.ort_backend import optimize_file
+
     model = ir.load(fp32_path)
     with calibration_source(calib):
         run_pipeline(model, build_pipeline(expand_recipe(recipe)))
-    ir.save(model, out)
+    # What an ort artifact holds: the ORT-optimized graph plus genzip's ORT fusions.
+    ir.save(model, out + ".src.onnx")
+    optimize_file(out + ".src.onnx", out)
 
 
 def _ort_static(fp32_path: str, out: str, calib) -> None:
