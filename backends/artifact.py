@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+from genzip import jsonfile
 from genzip.errors import GenzipError
 
 MANIFEST = "genzip.json"
@@ -87,11 +88,7 @@ def read_manifest(artifact: str) -> dict[str, Any]:
     path = os.path.join(artifact, MANIFEST)
     if not os.path.isfile(path):
         raise GenzipError(f"{artifact} has no {MANIFEST}", "pass a folder written by genzip-compile")
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GenzipError(f"{path} is not valid JSON ({e})", "recompile the artifact") from None
+    manifest = jsonfile.read_json(path, "manifest", "recompile the artifact")
     if not isinstance(manifest, dict) or "files" not in manifest or "model" not in manifest:
         raise GenzipError(f"{path} is not a genzip manifest", "recompile the artifact")
     return manifest

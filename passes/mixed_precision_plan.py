@@ -19,6 +19,7 @@ from typing import Any
 
 import onnx_ir as ir
 
+from genzip import jsonfile
 from genzip.errors import GenzipError, did_you_mean
 from genzip.frontend.module_paths import module_path
 from genzip.passes.quant_spec import QUANT_OPS, weight_value
@@ -46,14 +47,7 @@ def layer_keys(nodes: list[ir.Node]) -> dict[str, ir.Node]:
 
 def read_plan(path: str) -> dict[str, str]:
     """Layer -> format from a plan file; one-line GenzipError for anything malformed."""
-    try:
-        with open(path) as f:
-            body = json.load(f)
-    except OSError as e:
-        raise GenzipError(f"cannot read plan '{path}' ({e.strerror})", "give an existing plan JSON file") from None
-    except json.JSONDecodeError as e:
-        raise GenzipError(f"plan '{path}' is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})",
-                          "fix the file or regenerate it with mixed-precision{plan=FILE}") from None
+    body = jsonfile.read_json(path, "precision plan", "fix the file or regenerate it with mixed-precision{plan=FILE}")
     layers = body.get("layers") if isinstance(body, dict) else None
     if not isinstance(body, dict) or body.get("version") != PLAN_VERSION or not isinstance(layers, dict):
         raise GenzipError(f"plan '{path}' is not a version-{PLAN_VERSION} plan",

@@ -31,6 +31,7 @@ from typing import Any, Union
 import numpy as np
 import onnx_ir as ir
 
+from genzip import jsonfile
 from genzip.errors import GenzipError
 
 Feeds = dict[str, np.ndarray]
@@ -142,19 +143,11 @@ def model_hash(proto_bytes: bytes) -> str:
 
 
 def cache_path(cache_dir: str | None, mhash: str, dhash: str, method: str) -> str:
-    root = cache_dir or os.environ.get("GENZIP_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "genzip")
-    return os.path.join(root, "calibration", f"{mhash[:24]}-{dhash[:24]}-{method}.json")
+    return os.path.join(jsonfile.cache_root(cache_dir), "calibration", f"{mhash[:24]}-{dhash[:24]}-{method}.json")
 
 
 def read_cache(path: str, mhash: str, dhash: str) -> dict[str, Any] | None:
-    try:
-        with open(path) as f:
-            body = json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
-    if body.get("model") != mhash or body.get("data") != dhash:
-        return None
-    return body
+    return jsonfile.read_cache(path, {"model": mhash, "data": dhash})
 
 
 def write_cache(path: str, body: dict[str, Any]) -> None:

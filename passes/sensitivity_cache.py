@@ -15,6 +15,7 @@ import json
 import os
 from typing import Any
 
+from genzip import jsonfile
 from genzip.passes.quant_calib_data import write_cache
 
 __all__ = ["settings_hash", "cache_file", "read", "write_cache"]
@@ -25,18 +26,8 @@ def settings_hash(settings: dict[str, Any]) -> str:
 
 
 def cache_file(cache_dir: str | None, mhash: str, dhash: str, shash: str) -> str:
-    root = cache_dir or os.environ.get("GENZIP_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "genzip")
-    return os.path.join(root, "sensitivity", f"{mhash[:20]}-{dhash[:20]}-{shash[:16]}.json")
+    return os.path.join(jsonfile.cache_root(cache_dir), "sensitivity", f"{mhash[:20]}-{dhash[:20]}-{shash[:16]}.json")
 
 
 def read(path: str, mhash: str, dhash: str, shash: str) -> dict[str, Any] | None:
-    try:
-        with open(path) as f:
-            body = json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
-    if not isinstance(body, dict):
-        return None
-    if (body.get("model"), body.get("data"), body.get("settings")) != (mhash, dhash, shash):
-        return None
-    return body
+    return jsonfile.read_cache(path, {"model": mhash, "data": dhash, "settings": shash})

@@ -53,7 +53,7 @@ from genzip.passes import attn_flops as af
 from genzip.passes.base import GenzipPass, GenzipPassResult
 from genzip.passes.share_block import Block, clone_nodes, find_block
 from genzip.passes.share_graph import Builder, cache_input, dims, if_, move_initializers
-from genzip.passes.window_attn import check_window_options
+from genzip.passes.window_attn import check_window_options, resolve_window
 from genzip.plugins import window_attention
 
 logger = logging.getLogger(__name__)
@@ -129,15 +129,7 @@ class ShareAttentionPass(GenzipPass):
         return GenzipPassResult(model, True, stats)
 
     def _window(self, n, index: int) -> int:
-        if self.options.tokens is not None:
-            return self.options.tokens
-        if not isinstance(n, int):
-            raise GenzipError(
-                f"share-attn: attention {index} has symbolic sequence length '{n}', so window="
-                f"{self.options.window} cannot be resolved",
-                "give an absolute window with tokens=COUNT, or export with a static sequence length",
-            )
-        return max(0, round(self.options.window * n))
+        return resolve_window(self.options, n, f"share-attn: attention {index}")
 
     def _rewrite(self, model: ir.Model, modes: ir.Value, layer: int, site: af.AttentionSite,
                  block: Block, w: int) -> dict:

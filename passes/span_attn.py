@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import logging
 import math
 
 import onnx_ir as ir
 
+from genzip import jsonfile
 from genzip.errors import GenzipError
 from genzip.passes import attn_flops as af
 from genzip.passes import moa_mask
@@ -67,15 +67,8 @@ class SpanPlan:
 
 def load_plan(path: str) -> SpanPlan:
     """Read and validate a plan file; any problem is a one-line GenzipError."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except OSError as e:
-        raise GenzipError(f"span-attn: cannot read plan '{path}': {e.strerror}", "check the path") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        where = f" (line {e.lineno}, column {e.colno}: {e.msg})" if isinstance(e, json.JSONDecodeError) else ""
-        raise GenzipError(f"span-attn: plan '{path}' is not valid JSON{where}",
-                          'write {"alphas": [[...]], "betas": [[...]], "sinks": N}') from None
+    raw = jsonfile.read_json(path, "span-attn plan", 'write {"alphas": [[...]], "betas": [[...]], "sinks": N} '
+                             "or run genzip moa-search")
     if not isinstance(raw, dict) or not {"alphas", "betas", "sinks"} <= raw.keys():
         raise GenzipError(f"span-attn: plan '{path}' must be an object with alphas, betas and sinks",
                           'write {"alphas": [[...]], "betas": [[...]], "sinks": N}')

@@ -50,6 +50,18 @@ def check_window_options(opts) -> None:
         raise ValueError(f"chunk={opts.chunk} must be >= 1")
 
 
+def resolve_window(opts, n, where: str) -> int:
+    """Tokens each side for sequence length ``n``: ``tokens``, or ``window`` x ``n`` rounded."""
+    if opts.tokens is not None:
+        return opts.tokens
+    if not isinstance(n, int):
+        raise GenzipError(
+            f"{where} has symbolic sequence length '{n}', so window={opts.window} cannot be resolved",
+            "give an absolute window with tokens=COUNT, or export with a static sequence length",
+        )
+    return max(0, round(opts.window * n))
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WindowAttentionOptions:
     # Exactly one of window (fraction of N) and tokens (absolute); window=0.125 if neither.
@@ -72,15 +84,7 @@ class WindowAttentionPass(GenzipPass):
     requires_facts = frozenset({"attention-canonical"})
 
     def _window(self, n: int | ir.SymbolicDim, site: af.AttentionSite) -> int:
-        if self.options.tokens is not None:
-            return self.options.tokens
-        if not isinstance(n, int):
-            raise GenzipError(
-                f"window-attn: attention {site.index} ({site.scope or site.node.name}) has symbolic "
-                f"sequence length '{n}', so window={self.options.window} cannot be resolved",
-                "give an absolute window with tokens=COUNT, or export with a static sequence length",
-            )
-        return max(0, round(self.options.window * n))
+        return resolve_window(self.options, n, f"window-attn: attention {site.index} ({site.scope or site.node.name})")
 
     def _selected(self, sites: list[af.AttentionSite]) -> list[af.AttentionSite]:
         self_sites = [s for s in sites if s.kind == "self"]

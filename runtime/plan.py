@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
+from genzip import jsonfile
 from genzip.errors import GenzipError
 
 SCHEMA = 1
@@ -144,11 +144,4 @@ def from_json(data: object, where: str = "plan") -> Plan:
 
 
 def load_plan(path: str) -> Plan:
-    if not os.path.isfile(path):
-        raise GenzipError(f"plan file {path} does not exist", "pass a plan written by `genzip plan`")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GenzipError(f"plan file {path} is not valid JSON ({e})", "regenerate it with `genzip plan`") from None
-    return from_json(data, where=path)
+    return from_json(jsonfile.read_json(path, "plan file", "pass a plan written by `genzip plan`"), where=path)
