@@ -63,9 +63,9 @@ class TrtBuildOptions:
 def resolve_plugin_form(form: str, version: sup.Version) -> str:
     """``aot`` (engine runs without Python) where this TensorRT has AOT Python plugins and
     triton can compile the kernels, else ``jit``; an explicit ``aot`` that cannot work is an error."""
-    import importlib.util
+    from genzip.plugins.trt_plugins import triton_available
 
-    possible = version >= sup.AOT_PLUGINS_FROM and importlib.util.find_spec("triton") is not None
+    possible = version >= sup.AOT_PLUGINS_FROM and triton_available()
     if form == "aot" and not possible:
         raise GenzipError(f"--plugin-form aot needs TensorRT >= {'.'.join(map(str, sup.AOT_PLUGINS_FROM))} "
                           "and the triton package", "pip install genzip[gpu] or use --plugin-form jit")

@@ -11,21 +11,19 @@ Invariant: importing this module imports neither ``tensorrt`` nor ``torch``;
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from typing import Any
 
 import numpy as np
 
+from genzip.backends import trt_backend
 from genzip.errors import GenzipError
 
 logger = logging.getLogger(__name__)
 
 
 def _cuda_device() -> bool:
-    if importlib.util.find_spec("torch") is None:
-        return False
     import torch
 
     return bool(torch.cuda.is_available())
@@ -38,7 +36,7 @@ def choose_backend(folder: str, manifest: dict[str, Any]) -> tuple[str, str]:
         return "onnxruntime", f"the artifact has no TensorRT engine (target {manifest.get('target')})"
     if not os.path.isfile(os.path.join(folder, engine)):
         return "onnxruntime", f"the engine file {engine} is missing from the artifact"
-    if importlib.util.find_spec("tensorrt") is None:
+    if not trt_backend.tensorrt_available():
         return "onnxruntime", "the tensorrt package is not installed (pip install genzip[trt])"
     if not _cuda_device():
         return "onnxruntime", "no CUDA device is visible to torch"

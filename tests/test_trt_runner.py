@@ -60,9 +60,7 @@ def test_missing_engine_file_is_named(pixart_ort, tmp_path):
 def test_engine_chosen_when_tensorrt_and_cuda_are_present(pixart_ort, tmp_path, monkeypatch):
     folder = _trt_copy(pixart_ort[0], str(tmp_path / "trt"))
     manifest = json.load(open(os.path.join(folder, "genzip.json")))
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(trt_runner.importlib.util, "find_spec",
-                        lambda name, *a: object() if name == "tensorrt" else real_find_spec(name, *a))
+    monkeypatch.setattr(trt_backend, "tensorrt_available", lambda: True)
     monkeypatch.setattr(trt_runner, "_cuda_device", lambda: False)
     assert trt_runner.choose_backend(folder, manifest)[1] == "no CUDA device is visible to torch"
     monkeypatch.setattr(trt_runner, "_cuda_device", lambda: True)
