@@ -115,9 +115,11 @@ def compile_model(
     # Quantized artifacts also record fidelity vs the FP32 export (before any pass).
     fp32_outputs = run_ort(model, feeds) if any(p.name == "quant" for p in pipeline.passes) else None
     from genzip.passes.quant_calib_data import calibration_source
+    from genzip.passes.sensitivity_grad import torch_source
 
-    # calibrate reads the model's calibration inputs from here (see passes/quant_calib_data.py).
-    with calibration_source(source.info.get("calibration")):
+    # calibrate reads the model's calibration inputs from here (see passes/quant_calib_data.py),
+    # sensitivity{metrics=grad} the PyTorch module genzip exported.
+    with calibration_source(source.info.get("calibration")), torch_source(source.info.get("module")):
         records = run_pipeline(model, pipeline, inst)
 
     from genzip.backends.write import write_artifact

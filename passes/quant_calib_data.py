@@ -50,11 +50,6 @@ def calibration_source(source: Source | None) -> Iterator[None]:
         _SOURCE.reset(token)
 
 
-def current_source() -> Source | None:
-    """The ambient calibration source (None outside ``calibration_source``)."""
-    return _SOURCE.get()
-
-
 def load_npz(path: str) -> list[Feeds]:
     if not os.path.isfile(path):
         raise GenzipError(f"calibration file '{path}' does not exist", "give calibrate{data=FILE.npz} an existing file")

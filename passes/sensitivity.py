@@ -40,6 +40,7 @@ from genzip.passes.base import GenzipPass, GenzipPassResult
 from genzip.passes.mixed_precision_plan import layer_keys
 from genzip.passes.quant_spec import annotated_nodes
 from genzip.passes.sensitivity_formats import FORMATS, fake_weight
+from genzip.passes.sensitivity_grad import find_module, first_order
 
 logger = logging.getLogger(__name__)
 RESULT_KEY = "genzip.sensitivity"
@@ -98,14 +99,12 @@ class SensitivityPass(GenzipPass):
         layers = [n for n, s in annotated if s.keep is None]
         if not layers:
             return GenzipPassResult(model, False, {"layers": 0})
-        # The ambient calibration source also leads to the preset's torch module (grad).
-        source = data_mod.current_source()
         samples = _pick(data_mod.resolve(opts.data), opts.samples)
         data_mod.check_feeds(model, samples)
         model.metadata_props.pop(RESULT_KEY, None)  # never part of the cache key
         proto = ir.to_proto(model).SerializeToString()
         out_name = model.graph.outputs[0].name
-        metrics, fam = self._metrics(model, samples, source)
+        metrics, fam = self._metrics(model, samples)
         settings = {"formats": list(opts.candidates), "metrics": list(metrics), "samples": len(samples),
                     "block": opts.block}
         mhash, dhash, shash = data_mod.model_hash(proto), data_mod.data_hash(samples), cache_mod.settings_hash(settings)
@@ -117,7 +116,7 @@ class SensitivityPass(GenzipPass):
             logger.info("sensitivity: cache hit %s", path)
         else:
             positions = [position[id(n)] for n in layers]
-            cost, runs = self._measure(proto, positions, layers, samples, metrics, out_name, source)
+            cost, runs = self._measure(proto, positions, layers, samples, metrics, out_name)
             hit = False
             if opts.use_cache:
                 entry = {"model": mhash, "data": dhash, "settings": shash, "keys": names, "cost": cost}
@@ -135,28 +134,22 @@ class SensitivityPass(GenzipPass):
                  "samples": len(samples), "runs": runs, "cache": "hit" if hit else "miss", "unmeasured": missing}
         return GenzipPassResult(model, True, stats)
 
-    def _metrics(self, model: ir.Model, samples, source) -> tuple[tuple[str, ...], str]:
+    def _metrics(self, model: ir.Model, samples) -> tuple[tuple[str, ...], str]:
         out = model.graph.outputs[0]
         rank = len(out.shape) if out.shape is not None else 0
         fam = metrics_mod.family(rank, out.name or "")
-        has_torch = fam == "llm" and "input_ids" in samples[0] and self._module(source) is not None
+        has_torch = fam == "llm" and "input_ids" in samples[0] and find_module() is not None
         metrics = self.options.metrics
         if metrics == ("auto",):
             metrics = metrics_mod.auto_metrics(fam, has_torch)
         for m in metrics:
             why = metrics_mod.applicable(m, rank, out.name or "") if m != "grad" else None
-            if m == "grad" and (self._module(source) is None or "input_ids" not in samples[0]):
+            if m == "grad" and (find_module() is None or "input_ids" not in samples[0]):
                 why = ("grad needs the PyTorch source of a causal LM "
-                       "(a preset, or genzip.passes.sensitivity_grad.torch_source)")
+                       "(a model genzip exported, or genzip.passes.sensitivity_grad.torch_source)")
             if why:
                 raise GenzipError(f"sensitivity{{metrics={m}}}: {why}", "pick metrics that fit this model's output")
         return tuple(metrics), fam
-
-    @staticmethod
-    def _module(source):
-        from genzip.passes.sensitivity_grad import find_module
-
-        return find_module(source)
 
     @staticmethod
     def _groups(fam: str, metrics, names: list[str], paths: list[str], content_re) -> dict[str, list[str]]:
@@ -166,7 +159,7 @@ class SensitivityPass(GenzipPass):
             return {"content": content, "sqnr": [k for k in names if k not in set(content)]}
         return {metrics[0]: list(names)}
 
-    def _measure(self, proto: bytes, positions, layers, samples, metrics, out_name, source):
+    def _measure(self, proto: bytes, positions, layers, samples, metrics, out_name):
         opts: Options = self.options
         formats = list(opts.candidates)
         acts = sorted({n.inputs[0].name for n in layers})
@@ -194,12 +187,10 @@ class SensitivityPass(GenzipPass):
                 logger.info("sensitivity: %d/%d layer-format runs, %.0f s, ETA %.0f s",
                             done, len(todo), spent, spent / done * (len(todo) - done))
         if "grad" in metrics:
-            self._grad(cost["grad"], layers, formats, samples, source)
+            self._grad(cost["grad"], layers, formats, samples)
         return cost, runs
 
-    def _grad(self, rows, layers, formats, samples, source) -> None:
-        from genzip.passes.sensitivity_grad import first_order
-
+    def _grad(self, rows, layers, formats, samples) -> None:
         weights, errors = [], []
         for n in layers:
             w = n.inputs[1].const_value.numpy().astype(np.float32)
@@ -207,6 +198,6 @@ class SensitivityPass(GenzipPass):
             weights.append((module_path(n), w))
             errors.append({f: w - fake_weight(w, n.op_type, trans_b, f, self.options.block)
                            for f in formats if probe.allowed(n.op_type, f)})
-        for li, est in enumerate(first_order(self._module(source), weights, errors, samples)):
+        for li, est in enumerate(first_order(find_module(), weights, errors, samples)):
             if est is not None:
                 rows[li] = [est.get(f) for f in formats]

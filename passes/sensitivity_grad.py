@@ -7,17 +7,15 @@ is matched to its ``torch.nn.Module`` by the exporter's module path, and the
 weights must agree (ONNX MatMul holds ``Linear.weight`` transposed); a layer that
 does not match gets no estimate (the pass stats count it).
 
-Where the module comes from, first match wins: :func:`torch_source` around the
-pipeline (library callers, ``genzip bench-mixed``); else the module a preset's
-lazy calibration generator was built from (``functools.partial`` whose first
-argument is an ``nn.Module``).
+The module comes from :func:`torch_source` around the pipeline: ``genzip.compile``
+opens it with the source's ``info["module"]`` (presets, HF folders, ``module:function``);
+library callers open it themselves.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,10 +34,8 @@ def torch_source(module) -> Iterator[None]:
         _MODULE.reset(token)
 
 
-def find_module(calibration_source) -> Any:
+def find_module() -> Any:
     module = _MODULE.get()
-    if module is None and isinstance(calibration_source, functools.partial) and calibration_source.args:
-        module = calibration_source.args[0]
     try:
         import torch
     except ImportError:

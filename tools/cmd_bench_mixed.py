@@ -65,7 +65,7 @@ def _heldout(source, name: str, seed: int, n: int):
     from genzip.frontend.presets import get_preset
 
     spec = get_preset(name)
-    gen = preset_calibration(source.info["calibration"].args[0], spec.family, batch=source.info["batch"],
+    gen = preset_calibration(source.info["module"], spec.family, batch=source.info["batch"],
                              seed=seed + 5000, like=source.example_inputs, text_len=spec.text_len, seq_len=spec.seq_len)
     samples = gen()
     return [samples[i] for i in np.linspace(0, len(samples) - 1, min(n, len(samples))).round().astype(int)]
@@ -145,7 +145,7 @@ def run(args) -> int:
     fp_bytes = ir.to_proto(source.model).SerializeToString()
     model = ir.from_proto(onnx.ModelProto.FromString(fp_bytes))
     t0 = time.perf_counter()
-    with calibration_source(calib), torch_source(source.info["calibration"].args[0]):
+    with calibration_source(calib), torch_source(source.info["module"]):
         spec = f"annotate-precision,sensitivity{{candidates={low},{high} samples={args.samples}}}"
         records = run_pipeline(model, build_pipeline(spec))
     t_sens = time.perf_counter() - t0
