@@ -113,7 +113,10 @@ def compile_model(
         progress=(lambda i, n, name: _stage(progress, f"pass {i + 1}/{n}: {name}")) if progress else None,
     )
     # Quantized artifacts also record fidelity vs the FP32 export (before any pass).
-    fp32_outputs = run_ort(model, feeds) if any(p.name == "quant" for p in pipeline.passes) else None
+    fp32_outputs = None
+    if any(p.name == "quant" for p in pipeline.passes):
+        # For an ONNX file the reference already is this model's ORT output.
+        fp32_outputs = reference if reference_label == "source-onnx" else run_ort(model, feeds)
     from genzip.passes.quant_calib_data import calibration_source
     from genzip.passes.sensitivity_grad import torch_source
 
