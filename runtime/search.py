@@ -129,6 +129,20 @@ def attention_flops(plan: P.Plan, full: float, window: float) -> float:
     return sum(per_mode[m] for t in range(plan.steps) for m in plan.modes(t))
 
 
+def plan_flops(model, plan: P.Plan) -> tuple[float, float]:
+    """(attention FLOPs of ``plan``, of the all-full plan) on a share-attn artifact,
+    from the per-layer full/window FLOPs its share-attn pass recorded."""
+    stats = next(r["stats"] for r in model.manifest["pass_stats"] if r["pass"].startswith("share-attn"))
+    full, window = stats["attn_flops_full"] / model.layers, stats["attn_flops_window"] / model.layers
+    baseline = attention_flops(P.Plan.all_full(plan.steps, plan.layers, plan.window), full, window)
+    return attention_flops(plan, full, window), baseline
+
+
+def flops_saved(model, plan: P.Plan) -> float:
+    used, baseline = plan_flops(model, plan)
+    return 1.0 - used / baseline if baseline else 0.0
+
+
 def heatmap(plan: P.Plan, path: str, title: str = "") -> None:
     """Layer x step PNG, one color per method."""
     import matplotlib

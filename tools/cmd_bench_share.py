@@ -41,20 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
-def _flops_saved(model, plan) -> float:
-    from genzip.runtime.plan import Plan
-    from genzip.runtime.search import attention_flops
-
-    stats = next(r["stats"] for r in model.manifest["pass_stats"] if r["pass"].startswith("share-attn"))
-    full, window = stats["attn_flops_full"] / model.layers, stats["attn_flops_window"] / model.layers
-    baseline = attention_flops(Plan.all_full(plan.steps, plan.layers, plan.window), full, window)
-    return 1.0 - attention_flops(plan, full, window) / baseline
-
-
 def run(args: argparse.Namespace) -> int:
     from genzip.runtime.model import PlannedModel
     from genzip.runtime.plan import Plan, load_plan
     from genzip.runtime.sampler import default_conditioning, sample
+    from genzip.runtime.search import flops_saved
     from genzip.tools.cli_common import Progress
     from genzip.tools.cmd_sample import psnr
 
@@ -100,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                           "psnr_db": None if name == "fp32-full" or db == float("inf") else db}
     summary = {"artifact": args.artifact, "quant": args.quant, "plan": args.plan, "steps": args.steps,
                "cfg": args.cfg, "seed": args.seed, "scheduler": args.scheduler, "repeat": args.repeat,
-               "methods": plan.counts(), "attn_flops_saved": _flops_saved(fp32, plan), "variants": variants,
+               "methods": plan.counts(), "attn_flops_saved": flops_saved(fp32, plan), "variants": variants,
                "loadavg_before": [round(x, 2) for x in load_before],
                "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
     if args.json:

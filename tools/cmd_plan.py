@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from genzip.runtime.model import PlannedModel
     from genzip.runtime.plan import SHORT
-    from genzip.runtime.search import attention_flops, greedy_search, heatmap
+    from genzip.runtime.search import flops_saved, greedy_search, heatmap, plan_flops
     from genzip.tools.cli_common import Progress
     from genzip.tools.cmd_sample import conditioning
 
@@ -59,15 +59,12 @@ def run(args: argparse.Namespace) -> int:
     result.plan.save(args.out)
     png = args.heatmap or os.path.splitext(args.out)[0] + ".png"
     heatmap(result.plan, png, f"{os.path.basename(args.artifact)} delta={args.delta}")
-    stats = next(r["stats"] for r in model.manifest["pass_stats"] if r["pass"].startswith("share-attn"))
-    full, window = stats["attn_flops_full"] / model.layers, stats["attn_flops_window"] / model.layers
-    baseline = args.steps * model.layers * full
-    used = attention_flops(result.plan, full, window)
+    used, baseline = plan_flops(model, result.plan)
     summary = {
         "plan": args.out, "heatmap": png, "delta": args.delta, "loss": args.loss, "steps": args.steps, "layers": model.layers,
         "methods": result.plan.counts(), "calls": result.calls, "max_calls": result.max_calls,
         "attn_flops_full": baseline, "attn_flops_plan": used,
-        "attn_flops_saved": 1.0 - used / baseline if baseline else 0.0,
+        "attn_flops_saved": flops_saved(model, result.plan),
     }
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")

@@ -52,7 +52,7 @@ def compare_full(model, plan, cond, uncond, args) -> dict:
     """All-full vs ``plan`` latency (medians of interleaved runs), PSNR and attention FLOPs saved."""
     from genzip.runtime.plan import Plan
     from genzip.runtime.sampler import sample
-    from genzip.runtime.search import attention_flops
+    from genzip.runtime.search import flops_saved
 
     if plan is None:
         raise GenzipError("--vs-full compares a plan with all-full", "pass --plan plan.json")
@@ -67,13 +67,11 @@ def compare_full(model, plan, cond, uncond, args) -> dict:
             times[name].append(res.total_ms)
             latents[name] = res.latents
     model.set_plan(plan)
-    stats = next(r["stats"] for r in model.manifest["pass_stats"] if r["pass"].startswith("share-attn"))
-    full, window = stats["attn_flops_full"] / model.layers, stats["attn_flops_window"] / model.layers
     full_ms, plan_ms = statistics.median(times["full"]), statistics.median(times["plan"])
     return {"full_ms": full_ms, "plan_ms": plan_ms, "speedup": full_ms / plan_ms,
             # identical latents: PSNR is infinite, written as null (JSON has no Infinity)
             "psnr_db": None if np.isinf(db := psnr(latents["full"], latents["plan"])) else db,
-            "attn_flops_saved": 1.0 - attention_flops(plan, full, window) / attention_flops(full_plan, full, window),
+            "attn_flops_saved": flops_saved(model, plan),
             "latents": latents["plan"], "total_ms": plan_ms}
 
 
