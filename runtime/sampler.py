@@ -132,3 +132,20 @@ def sample(
             progress(i, steps)
     total = (time.perf_counter() - start) * 1e3
     return SampleResult(latents.numpy().astype(np.float32), step_ms, total)
+
+
+def interleaved(runs, cond: np.ndarray, uncond: np.ndarray, *, repeat: int, progress=None,
+                **sample_kwargs) -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
+    """Time ``runs`` = [(name, model, plan)], one sampling each per round, rounds interleaved so
+    machine noise hits every variant alike. Returns (total ms per round, last latents) by name."""
+    times: dict[str, list[float]] = {name: [] for name, _, _ in runs}
+    latents: dict[str, np.ndarray] = {}
+    for r in range(repeat):
+        for name, model, plan in runs:
+            model.set_plan(plan)
+            res = sample(model, cond, uncond, **sample_kwargs)
+            times[name].append(res.total_ms)
+            latents[name] = res.latents
+            if progress:
+                progress(f"round {r + 1}/{repeat} {name}: {res.total_ms:.0f} ms")
+    return times, latents

@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from genzip.runtime.model import PlannedModel
     from genzip.runtime.plan import Plan, load_plan
-    from genzip.runtime.sampler import default_conditioning, sample
+    from genzip.runtime.sampler import default_conditioning, interleaved
     from genzip.runtime.search import flops_saved
     from genzip.tools.cli_common import Progress
     from genzip.tools.cmd_sample import psnr
@@ -69,17 +69,9 @@ def run(args: argparse.Namespace) -> int:
         runs.append(("quant-plan", quant, plan))
     cond, uncond = default_conditioning(fp32, 1, args.seed)
     say = Progress(not args.quiet)
-    times: dict[str, list[float]] = {name: [] for name, _, _ in runs}
-    latents = {}
     load_before = os.getloadavg()
-    for r in range(args.repeat):
-        for name, model, which in runs:
-            model.set_plan(which)
-            res = sample(model, cond, uncond, steps=args.steps, cfg=args.cfg, seed=args.seed,
-                         scheduler=args.scheduler)
-            times[name].append(res.total_ms)
-            latents[name] = res.latents
-            say(f"round {r + 1}/{args.repeat} {name}: {res.total_ms:.0f} ms")
+    times, latents = interleaved(runs, cond, uncond, repeat=args.repeat, progress=say, steps=args.steps,
+                                 cfg=args.cfg, seed=args.seed, scheduler=args.scheduler)
     base_ms = statistics.median(times["fp32-full"])
     variants = {}
     for name, _, _ in runs:

@@ -51,22 +51,15 @@ def psnr(reference: np.ndarray, other: np.ndarray) -> float:
 def compare_full(model, plan, cond, uncond, args) -> dict:
     """All-full vs ``plan`` latency (medians of interleaved runs), PSNR and attention FLOPs saved."""
     from genzip.runtime.plan import Plan
-    from genzip.runtime.sampler import sample
+    from genzip.runtime.sampler import interleaved
     from genzip.runtime.search import flops_saved
 
     if plan is None:
         raise GenzipError("--vs-full compares a plan with all-full", "pass --plan plan.json")
     full_plan = Plan.all_full(plan.steps, plan.layers, plan.window)
-    times: dict[str, list[float]] = {"full": [], "plan": []}
-    latents = {}
-    for _ in range(max(1, args.repeat)):
-        for name, which in (("full", full_plan), ("plan", plan)):
-            model.set_plan(which)
-            res = sample(model, cond, uncond, steps=args.steps, cfg=args.cfg, seed=args.seed,
-                         scheduler=args.scheduler)
-            times[name].append(res.total_ms)
-            latents[name] = res.latents
-    model.set_plan(plan)
+    times, latents = interleaved([("full", model, full_plan), ("plan", model, plan)], cond, uncond,
+                                 repeat=max(1, args.repeat), steps=args.steps, cfg=args.cfg, seed=args.seed,
+                                 scheduler=args.scheduler)
     full_ms, plan_ms = statistics.median(times["full"]), statistics.median(times["plan"])
     return {"full_ms": full_ms, "plan_ms": plan_ms, "speedup": full_ms / plan_ms,
             # identical latents: PSNR is infinite, written as null (JSON has no Infinity)
