@@ -15,7 +15,8 @@ __all__ = ["GenzipError", "__version__", "load"]
 
 
 def load(artifact: str, plan=None, threads: int | None = None):
-    """Open a compiled artifact folder for inference (ONNX Runtime session).
+    """Open a compiled artifact folder for inference: its TensorRT engine where tensorrt and
+    a GPU are present, else ONNX Runtime (``model.backend`` says which; DiT artifacts: ORT).
 
     ``model(**feeds)`` returns a dict of outputs. A DiT artifact (inputs
     ``hidden_states``, ``timestep`` and ``encoder_hidden_states`` or ``class_labels``)
