@@ -37,6 +37,23 @@ def make_session(path_or_bytes: str | bytes, threads: int | None = None, level: 
                                 disabled_optimizers=DISABLED_OPTIMIZERS)
 
 
+def artifact_model_path(folder: str, manifest: dict) -> tuple[str, str]:
+    """(path ORT should run, why) for an artifact: its stored ORT-optimized graph
+    (genzip's ORT fusions included) when this ORT version wrote it, else the portable
+    model, since an optimized graph may use kernels of the ORT that produced it."""
+    optimized = (manifest.get("ort") or {}).get("optimized_model")
+    model = os.path.join(folder, manifest["model"])
+    if not optimized:
+        return model, "no ORT-optimized graph in the artifact"
+    path = os.path.join(folder, optimized)
+    wrote = (manifest.get("versions") or {}).get("onnxruntime")
+    if wrote != ort.__version__:
+        return model, f"{optimized} was written by onnxruntime {wrote}, this is {ort.__version__}"
+    if not os.path.isfile(path):
+        return model, f"{optimized} is missing"
+    return path, f"{optimized} (ORT-optimized by onnxruntime {wrote})"
+
+
 def optimize_file(source: str, target: str) -> list[str]:
     """ORT's graph optimizations, then genzip's fusions (``ort_fusions``), ``source`` -> ``target``.
 

@@ -106,18 +106,20 @@ class CompiledModel:
             self.backend, self.backend_reason = "onnxruntime", "ONNX Runtime was asked for"
         logger.info("genzip: %s runs on %s: %s", folder, self.backend, self.backend_reason)
         self._trt = None
+        self.model_path: str | None = None
         if self.backend == "tensorrt":
             from genzip.backends.trt_runner import TrtModel
 
             self._trt = TrtModel(folder, self.manifest)
             self.output_names = list(self._trt.output_names)
             return
-        from genzip.backends.ort_backend import make_session
+        from genzip.backends.ort_backend import artifact_model_path, make_session
 
-        path = os.path.join(folder, self.manifest["model"])
-        if not os.path.isfile(path):
+        if not os.path.isfile(os.path.join(folder, self.manifest["model"])):
             raise GenzipError(f"{folder} lacks its model file {self.manifest['model']}", "recompile the artifact")
-        self.session = make_session(path, threads=threads)
+        self.model_path, why = artifact_model_path(folder, self.manifest)
+        logger.info("genzip: ONNX Runtime runs %s", why)
+        self.session = make_session(self.model_path, threads=threads)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     @property

@@ -51,12 +51,13 @@ class PlannedModel:
     """One ORT session of an artifact plus its plan and caches."""
 
     def __init__(self, artifact: str, plan: plans.Plan | None = None, threads: int | None = None):
-        from genzip.backends.ort_backend import make_session
+        from genzip.backends.ort_backend import artifact_model_path, make_session
 
         self.folder = artifact
         self.manifest = read_manifest(artifact)
         self.layout = ShareLayout.from_manifest(self.manifest)
-        self.session = make_session(os.path.join(artifact, self.manifest["model"]), threads=threads)
+        self.model_path, _ = artifact_model_path(artifact, self.manifest)
+        self.session = make_session(self.model_path, threads=threads)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.main_output = self.manifest["outputs"][0]["name"]
         self.inputs = self.manifest["inputs"]
