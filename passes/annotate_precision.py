@@ -16,7 +16,9 @@ modulation linears, patch/position embedders, token embeddings, LM head) stay
 high precision; ``keep`` adds regexes. ``bos=true`` (MixDQ) marks layers matching
 ``bos-layers`` (default: cross-attention K/V projections, whose input is the text
 embedding) so token 0 of their activation stays fp32. Attention BMMs (no constant
-weight) are never annotated.
+weight) are annotated only with ``attention=int8``: each self-attention ``Attention``
+node then gets an ``op="Attention"`` spec (int8 QK^T, ``quant_attention``), or a kept
+spec naming why its form cannot (mask, causal, GQA, ...).
 
 ``plan=FILE`` (mixed precision, ``mixed_precision_plan``): every layer the plan lists
 gets its plan format (``fp16`` = kept, reason ``plan fp16``), overriding ``scheme``
@@ -61,6 +63,9 @@ class Options:
     # Mixed precision: JSON layer -> format (mixed_precision_plan); listed layers take
     # their plan format (fp16 = kept), unlisted ones follow scheme and the keep rules.
     plan: str | None = None
+    # Self-attention QK^T in int8 (quant_attention); include/keep regexes apply to the
+    # attention's module scope. Cross-attention (a few text tokens) stays fp32.
+    attention: Literal["none", "int8"] = "none"
 
     def __post_init__(self):
         if self.block not in (16, 32, 64, 128, 256):
@@ -137,6 +142,34 @@ def spec_for(node: ir.Node, path: str, opts: Options, keep: str | None, bos: boo
                      weight=_weight_spec(node.op_type, node, opts), activation=_activation_spec(opts), bos=bos)
 
 
+def _annotate_attention(model: ir.Model, opts: Options, include, keep_res) -> dict:
+    from genzip.passes.attn_classify import attention_kind, attention_scope
+    from genzip.passes.quant_attention import attention_spec, unsupported
+
+    int8 = kept = 0
+    modified = False
+    for node in model.graph:
+        if node.op_type != "Attention" or node.domain != "" or attention_kind(node) != "self":
+            continue
+        path = attention_scope(node) or node.name or ""
+        keep = unsupported(node)
+        if keep is None and include is not None and not include.search(path):
+            keep = "not matched by include"
+        if keep is None:
+            hit = next((r.pattern for r in keep_res if r.search(path)), None)
+            keep = f"keep {hit}" if hit else None
+        spec = attention_spec(node, path, opts.scheme)
+        if keep is not None:
+            spec = QuantSpec(scheme=opts.scheme, op="Attention", module=path, keep=keep, weight=FP32, activation=None)
+        int8 += keep is None
+        kept += keep is not None
+        raw = spec.to_json()
+        if node.metadata_props.get(META_KEY) != raw:
+            node.metadata_props[META_KEY] = raw
+            modified = True
+    return {"attention_int8": int8, "attention_kept": kept, "modified": modified}
+
+
 class AnnotatePrecisionPass(GenzipPass):
     name = "annotate-precision"
     summary = "write a frozen per-node quantization spec (genzip.quant) on MatMul/Gemm/Conv"
@@ -179,6 +212,10 @@ class AnnotatePrecisionPass(GenzipPass):
                 node.metadata_props[META_KEY] = raw
                 modified = True
         stats = {"annotated": len(candidates), "quantized": quantized, "kept": len(candidates) - quantized}
+        if opts.attention == "int8":
+            counts = _annotate_attention(model, opts, include, keep_res)
+            modified |= counts.pop("modified")
+            stats.update(counts)
         if opts.plan:
             stats["plan_layers"] = len(plan)
         if opts.bos:

@@ -16,6 +16,9 @@ carries ``genzip.quant`` or ``genzip.quant.calib``; every annotated node without
   which TensorRT accepts and ORT CPU fuses into ``MatMulNBits``;
 * ``w4a8`` (mixed precision): the ``w4a16`` int4 weight form plus the static int8
   activation Q->DQ of ``w8a8`` (ORT runs it; TensorRT has no int4 x int8 GEMM);
+* ``Attention`` nodes (``annotate-precision{attention=int8}``): int8 QK^T scores,
+  dynamic per-tensor Q (uint8) and smoothed K (int8), fp32 softmax and P·V
+  (``quant_attention``; an ONNX Runtime form);
 * ``bos`` nodes: token 0 runs through the original fp32 MatMul, tokens 1: through
   the quantized one, joined by Concat along axis -2.
 
@@ -37,6 +40,7 @@ import onnx_ir as ir
 
 from genzip.errors import GenzipError
 from genzip.passes.base import GenzipPass, GenzipPassResult
+from genzip.passes.quant_attention import rewrite_attention
 from genzip.passes.quant_merge import rewrite_merged, sibling_groups
 from genzip.passes.quant_qdq import Builder, drop_if_unused, reroute
 from genzip.passes.quant_spec import CALIB_KEY, META_KEY, QuantSpec, annotated_nodes, calib_of
@@ -122,7 +126,7 @@ class QuantPass(GenzipPass):
         scheme = self.options.scheme
         graph = model.graph
         before = _weight_bytes(graph)
-        todo = annotated_nodes(model)
+        todo = annotated_nodes(model, ops=None)
         for node, spec in todo:
             if scheme is not None and spec.scheme != scheme:
                 raise GenzipError(
@@ -135,7 +139,7 @@ class QuantPass(GenzipPass):
             if opset < MIN_OPSET[s]:
                 raise GenzipError(f"{s} needs opset >= {MIN_OPSET[s]}, the model has {opset}",
                                   "export at opset 23 (genzip's default) or convert the model first")
-        counts = {"quantized": 0, "kept": 0, "bos": 0, "merged": 0}
+        counts = {"quantized": 0, "kept": 0, "bos": 0, "merged": 0, "attention": 0}
         items = []
         for node, spec in todo:
             calib = calib_of(node)
@@ -159,6 +163,9 @@ class QuantPass(GenzipPass):
             if len(group) > 1:
                 rewrite_merged(graph, [items[i][0] for i in group], spec, amax, fused, shared)
                 counts["merged"] += len(group)
+            elif spec.op == "Attention":
+                rewrite_attention(graph, node)
+                counts["attention"] += 1
             else:
                 _rewrite(graph, node, spec, amax, fused, shared)
             counts["quantized"] += len(group)

@@ -13,7 +13,9 @@ consumes both keys and leaves neither behind. Schema (version 1)::
                     "dynamic": false, "symmetric": true},                       # null: not quantized
      "bos": false}                      # MixDQ: token 0 (axis -2) of the activation stays fp32
 
-dtypes: fp32, int8, int4, float8e4m3fn. Granularity: per-tensor, per-channel
+dtypes: fp32, int8, uint8, int4, float8e4m3fn. An ``Attention`` node's spec
+(``annotate-precision{attention=int8}``, ``quant_attention``) reads "weight" as K
+(input 1) and "activation" as Q (input 0), both dynamic per-tensor. Granularity: per-tensor, per-channel
 (``axis`` = the weight's output-channel axis: MatMul [K, N] -> 1, Gemm transB=1
 [N, K] -> 0, Conv [O, I, kh, kw] -> 0), per-block (``axis`` = the reduction axis,
 ``block_size`` along it), per-token (dynamic, one scale per row of the activation).
@@ -104,8 +106,9 @@ def spec_of(node: ir.Node) -> QuantSpec | None:
     return QuantSpec.from_json(raw) if raw else None
 
 
-def annotated_nodes(model: ir.Model) -> list[tuple[ir.Node, QuantSpec]]:
-    return [(n, s) for n in model.graph if (s := spec_of(n)) is not None]
+def annotated_nodes(model: ir.Model, ops: tuple[str, ...] | None = QUANT_OPS) -> list[tuple[ir.Node, QuantSpec]]:
+    """Annotated nodes of the main graph; ``ops=None`` includes ``Attention`` specs (``quant_attention``)."""
+    return [(n, s) for n in model.graph if (s := spec_of(n)) is not None and (ops is None or s.op in ops)]
 
 
 def calib_of(node: ir.Node) -> dict[str, Any] | None:

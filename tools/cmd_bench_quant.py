@@ -3,7 +3,7 @@
 One process, one FP32 export (``MODEL``, default ``bench-dit``), and these variants:
 
 * ``fp32``: the export as is;
-* ``genzip-w8a8`` / ``genzip-w8a8-dynamic``: the genzip recipes of those names, as an
+* ``genzip-w8a8`` / ``genzip-w8a8-attn`` / ``genzip-w8a8-dynamic``: the genzip recipes of those names, as an
   ``ort`` artifact holds them (ORT-optimized, plus genzip's ORT fusions);
 * ``ort-dynamic``: ``onnxruntime.quantization.quantize_dynamic`` (int8 weights);
 * ``ort-static``: ``quantize_static`` (QDQ, per-channel int8 weights, int8 activations).
@@ -32,7 +32,7 @@ from genzip.errors import GenzipError
 # ORT's quantizer would map the opset-23 ``Attention`` to com.microsoft QAttention (a
 # different op); every variant quantizes the same GEMM ops.
 OPS = ["MatMul", "Gemm", "Conv"]
-VARIANTS = ("fp32", "genzip-w8a8", "genzip-w8a8-dynamic", "ort-dynamic", "ort-static")
+VARIANTS = ("fp32", "genzip-w8a8", "genzip-w8a8-attn", "genzip-w8a8-dynamic", "ort-dynamic", "ort-static")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
