@@ -40,7 +40,7 @@ import onnx_ir as ir
 
 from genzip.errors import GenzipError
 from genzip.passes.base import GenzipPass, GenzipPassResult
-from genzip.passes.quant_attention import rewrite_attention
+from genzip.passes.quant_attention import INT8_SCORES_KEY, rewrite_attention
 from genzip.passes.quant_merge import rewrite_merged, sibling_groups
 from genzip.passes.quant_qdq import Builder, drop_if_unused, reroute
 from genzip.passes.quant_spec import CALIB_KEY, META_KEY, QuantSpec, annotated_nodes, calib_of
@@ -170,6 +170,8 @@ class QuantPass(GenzipPass):
                 _rewrite(graph, node, spec, amax, fused, shared)
             counts["quantized"] += len(group)
             counts["bos"] += spec.bos
+        if counts["attention"]:
+            model.metadata_props[INT8_SCORES_KEY] = str(counts["attention"])
         if "w8a8-dynamic" in schemes and self.options.dynamic_form == "ort":
             model.opset_imports.setdefault("com.microsoft", 1)
         after = _weight_bytes(graph)

@@ -28,10 +28,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from genzip.errors import GenzipError
 from genzip.passes.quant_qdq import Builder
 from genzip.passes.quant_scales import SCALE_FLOOR
 from genzip.passes.quant_spec import QuantSpec, TensorSpec
 
+# Model metadata: how many attentions ``quant`` gave int8 scores (their Attention nodes are gone).
+INT8_SCORES_KEY = "genzip.quant.attention_int8"
 Q_SPEC = TensorSpec(input=0, dtype="uint8", granularity="per-tensor", dynamic=True, symmetric=False)
 K_SPEC = TensorSpec(input=1, dtype="int8", granularity="per-tensor", dynamic=True, symmetric=True)
 
@@ -90,3 +93,13 @@ def rewrite_attention(graph: ir.Graph, node: ir.Node) -> None:
     out.replace_all_uses_with(y, replace_graph_outputs=True)
     graph.remove(node, safe=True)
     y.name = out.name
+
+
+def refuse_int8_scores(model: ir.Model, pass_name: str) -> None:
+    """Attention rewrites need the Attention nodes that int8 scores replaced: fail, do not skip."""
+    if model.metadata_props.get(INT8_SCORES_KEY):
+        raise GenzipError(
+            f"{pass_name} finds no Attention nodes to rewrite: quant gave "
+            f"{model.metadata_props[INT8_SCORES_KEY]} self-attentions int8 scores (annotate-precision{{attention=int8}})",
+            f"drop attention=int8 (recipe w8a8 instead of w8a8-attn) to combine quantization with {pass_name}",
+        )

@@ -51,6 +51,7 @@ import onnx_ir as ir
 from genzip.errors import GenzipError
 from genzip.passes import attn_flops as af
 from genzip.passes.base import GenzipPass, GenzipPassResult
+from genzip.passes.quant_attention import refuse_int8_scores
 from genzip.passes.share_block import Block, clone_nodes, find_block
 from genzip.passes.share_graph import Builder, cache_input, dims, if_, move_initializers
 from genzip.passes.window_attn import check_window_options, resolve_window
@@ -86,6 +87,7 @@ class ShareAttentionPass(GenzipPass):
     invalidates_facts = frozenset({"attention-canonical"})
 
     def run(self, model: ir.Model) -> GenzipPassResult:
+        refuse_int8_scores(model, "share-attn")
         sites = [s for s in af.attention_sites(model) if s.kind == "self" and s.node.graph is model.graph]
         if self.options.layers:
             unknown = sorted(set(self.options.layers) - {s.index for s in sites})

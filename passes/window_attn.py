@@ -26,6 +26,7 @@ import onnx_ir as ir
 from genzip.errors import GenzipError
 from genzip.passes import attn_flops as af
 from genzip.passes.base import GenzipPass, GenzipPassResult
+from genzip.passes.quant_attention import refuse_int8_scores
 from genzip.plugins import window_attention
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class WindowAttentionPass(GenzipPass):
         return None, n, w, group
 
     def run(self, model: ir.Model) -> GenzipPassResult:
+        refuse_int8_scores(model, "window-attn")
         sites = af.attention_sites(model)
         flops = {id(s.node): af.canonical_attention_flops(s.node) for s in sites}
         before = sum(f or 0 for f in flops.values())

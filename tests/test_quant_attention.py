@@ -152,3 +152,13 @@ def test_trt_lint_flags_the_int8_score_form():
     findings = lint_model(model)
     assert any("MatMulInteger" in str(f) for f in findings)
     assert not any("MatMulInteger" in str(f) for f in lint_model(attention_model()))
+
+
+@pytest.mark.parametrize("rewrite", ["window-attn{window=0.125}", "share-attn{window=0.125}"])
+def test_attention_rewrites_after_int8_scores_are_refused(rewrite):
+    from genzip.errors import GenzipError
+
+    model = attention_model()
+    _quantized(model)
+    with pytest.raises(GenzipError, match="attention=int8"):
+        apply(model, f"canonicalize-attn,{rewrite}")
