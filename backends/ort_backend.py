@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
+import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+logger = logging.getLogger("genzip")
 
 OPTIMIZED_NAME = "model.ort.onnx"
 # EXTENDED fusions keep the model portable across CPUs; ALL would add
@@ -76,3 +81,45 @@ def optimize_file(source: str, target: str) -> list[str]:
 def write_optimized(folder: str, source_name: str = "model.onnx") -> list[str]:
     """Let ORT (and genzip's ORT fusions) optimize the graph once; store it next to the model."""
     return optimize_file(os.path.join(folder, source_name), os.path.join(folder, OPTIMIZED_NAME))
+
+
+# ORT's own errors are pybind classes deriving from Exception directly.
+_ORT_ERRORS = (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidArgument,
+               ort_errors.RuntimeException, ort_errors.NotImplemented)
+# The optimized graph must compute what the model computes (genzip's fusions are
+# bit-exact; ORT's rewrites may reorder float sums).
+OPTIMIZED_MIN_COSINE = 0.99999
+
+
+def write_checked_optimized(folder: str, source_name: str, feeds: dict[str, np.ndarray],
+                            expected: dict[str, np.ndarray]) -> tuple[list[str], dict]:
+    """``write_optimized``, kept only if ORT loads the result and it reproduces ``expected``
+    (the model's outputs on ``feeds``); returns (file names, the manifest's ``ort`` section).
+
+    ORT can write optimized graphs it cannot load again (1.32, int8 GEMMs inside
+    ``If`` branches: duplicate value names across branches), so nothing is trusted
+    unchecked; a dropped graph leaves the reason in the manifest and runners use the model.
+    """
+    names = write_optimized(folder, source_name)
+    path = os.path.join(folder, OPTIMIZED_NAME)
+    reason = None
+    try:
+        got = make_session(path).run(list(expected), feeds)
+    except _ORT_ERRORS as e:
+        reason = f"ONNX Runtime cannot run its own optimized graph: {str(e).splitlines()[0][:300]}"
+    else:
+        worst = min(_cosine(a, b) for a, b in zip(got, expected.values()))
+        if not worst >= OPTIMIZED_MIN_COSINE:
+            reason = f"the optimized graph disagrees with the model (cosine {worst:.6f})"
+    if reason is None:
+        return names, {"optimized_model": OPTIMIZED_NAME, "optimization_level": OPTIMIZATION_LEVEL}
+    logger.warning("genzip: %s; the artifact keeps only %s", reason, source_name)
+    for name in names:
+        os.remove(os.path.join(folder, name))
+    return [], {"optimized_model": None, "optimization_level": OPTIMIZATION_LEVEL, "skipped": reason}
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    denom = np.linalg.norm(a) * np.linalg.norm(b)
+    return 1.0 if denom == 0 and np.array_equal(a, b) else float(a @ b / denom) if denom else 0.0

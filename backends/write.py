@@ -83,10 +83,6 @@ def write_artifact(
         names = save_model(model, tmp, MODEL_NAME)
         np.savez(os.path.join(tmp, EXAMPLE_INPUTS), **source.example_inputs)
         names.append(EXAMPLE_INPUTS)
-        if target == "ort":
-            from genzip.backends.ort_backend import OPTIMIZATION_LEVEL, write_optimized
-
-            names += write_optimized(tmp, MODEL_NAME)
         trt_section = None
         if target == "trt":
             from genzip.backends.trt_backend import write_engine
@@ -94,6 +90,13 @@ def write_artifact(
             trt_names, trt_section = write_engine(tmp, MODEL_NAME, inputs, source.example_inputs, trt_options)
             names += trt_names
         compiled_outputs = run_ort(os.path.join(tmp, MODEL_NAME), source.example_inputs)
+        ort_section = None
+        if target == "ort":
+            from genzip.backends.ort_backend import write_checked_optimized
+
+            optimized, ort_section = write_checked_optimized(tmp, MODEL_NAME, source.example_inputs,
+                                                             compiled_outputs)
+            names += optimized
         fidelity = measure_fidelity(reference, compiled_outputs, reference_label)
         quant_fidelity = None
         if fp32_outputs is not None:
@@ -132,8 +135,8 @@ def write_artifact(
             manifest["mixed_precision"] = mixed
         if trt_section is not None:
             manifest["trt"] = trt_section
-        if target == "ort":
-            manifest["ort"] = {"optimized_model": "model.ort.onnx", "optimization_level": OPTIMIZATION_LEVEL}
+        if ort_section is not None:
+            manifest["ort"] = ort_section
         for key in ("family", "preset", "dynamic"):
             if key in source.info:
                 manifest.setdefault("source_info", {})[key] = source.info[key]

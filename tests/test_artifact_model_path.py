@@ -50,3 +50,17 @@ def test_fallbacks_say_why(pixart_ort, tmp_path):
     os.remove(os.path.join(missing, "model.ort.onnx"))
     path, why = artifact_model_path(missing, manifest)
     assert path == os.path.join(missing, "model.onnx") and "missing" in why
+
+
+def test_an_optimized_graph_that_disagrees_is_dropped(pixart_ort, tmp_path):
+    from genzip.backends.ort_backend import write_checked_optimized
+
+    folder = _copy(pixart_ort, tmp_path)
+    model = load_artifact(folder, prefer="onnxruntime")
+    feeds = model.example_inputs()
+    expected = {name: out + 1.0 for name, out in model.run(feeds).items()}
+    names, section = write_checked_optimized(folder, "model.onnx", feeds, expected)
+    assert names == [] and section["optimized_model"] is None and "disagrees" in section["skipped"]
+    assert not os.path.exists(os.path.join(folder, "model.ort.onnx"))
+    names, section = write_checked_optimized(folder, "model.onnx", feeds, model.run(feeds))
+    assert names == ["model.ort.onnx"] and section["optimized_model"] == "model.ort.onnx"

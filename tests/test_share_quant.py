@@ -119,3 +119,17 @@ def test_quantizing_after_share_attn_is_refused(arts):
     with pytest.raises(GenzipError, match="after share-attn") as e:
         run_pipeline(model, build_pipeline("annotate-precision"))
     assert "quant{scheme=...},share-attn" in e.value.fix
+
+
+def test_an_optimized_graph_ort_cannot_reload_is_dropped(arts):
+    """ORT 1.32 writes int8 GEMMs inside If branches with duplicate value names; the
+    artifact keeps only model.onnx then, says why, and the runtime runs model.onnx."""
+    share, quant, _ = arts
+    with open(os.path.join(share, "genzip.json")) as f:
+        section = json.load(f)["ort"]
+    if section["optimized_model"] is not None:
+        pytest.skip("this onnxruntime reloads its optimized If branches")
+    assert "cannot run its own optimized graph" in section["skipped"]
+    assert not os.path.exists(os.path.join(share, "model.ort.onnx"))
+    assert PlannedModel(share).model_path == os.path.join(share, "model.onnx")
+    assert PlannedModel(quant).model_path == os.path.join(quant, "model.ort.onnx")
