@@ -100,6 +100,8 @@ def write_checked_optimized(folder: str, source_name: str, feeds: dict[str, np.n
     ``If`` branches: duplicate value names across branches), so nothing is trusted
     unchecked; a dropped graph leaves the reason in the manifest and runners use the model.
     """
+    from genzip.frontend.compare import cosine
+
     names = write_optimized(folder, source_name)
     path = os.path.join(folder, OPTIMIZED_NAME)
     reason = None
@@ -108,7 +110,7 @@ def write_checked_optimized(folder: str, source_name: str, feeds: dict[str, np.n
     except _ORT_ERRORS as e:
         reason = f"ONNX Runtime cannot run its own optimized graph: {str(e).splitlines()[0][:300]}"
     else:
-        worst = min(_cosine(a, b) for a, b in zip(got, expected.values()))
+        worst = min(cosine(a, b) for a, b in zip(got, expected.values()))
         if not worst >= OPTIMIZED_MIN_COSINE:
             reason = f"the optimized graph disagrees with the model (cosine {worst:.6f})"
     if reason is None:
@@ -118,8 +120,3 @@ def write_checked_optimized(folder: str, source_name: str, feeds: dict[str, np.n
         os.remove(os.path.join(folder, name))
     return [], {"optimized_model": None, "optimization_level": OPTIMIZATION_LEVEL, "skipped": reason}
 
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    denom = np.linalg.norm(a) * np.linalg.norm(b)
-    return 1.0 if denom == 0 and np.array_equal(a, b) else float(a @ b / denom) if denom else 0.0

@@ -142,6 +142,24 @@ def spec_for(node: ir.Node, path: str, opts: Options, keep: str | None, bos: boo
                      weight=_weight_spec(node.op_type, node, opts), activation=_activation_spec(opts), bos=bos)
 
 
+def _include_miss(path: str, include: re.Pattern | None) -> str | None:
+    return "not matched by include" if include is not None and not include.search(path) else None
+
+
+def _keep_hit(path: str, keep_res: list[re.Pattern]) -> str | None:
+    hit = next((r.pattern for r in keep_res if r.search(path)), None)
+    return f"keep {hit}" if hit else None
+
+
+def _write_spec(node: ir.Node, spec: QuantSpec) -> bool:
+    """Store ``spec`` on ``node``; True if the metadata changed."""
+    raw = spec.to_json()
+    if node.metadata_props.get(META_KEY) == raw:
+        return False
+    node.metadata_props[META_KEY] = raw
+    return True
+
+
 def _annotate_attention(model: ir.Model, opts: Options, include, keep_res) -> dict:
     from genzip.passes.attn_classify import attention_kind, attention_scope
     from genzip.passes.quant_attention import attention_spec, unsupported
@@ -152,21 +170,11 @@ def _annotate_attention(model: ir.Model, opts: Options, include, keep_res) -> di
         if node.op_type != "Attention" or node.domain != "" or attention_kind(node) != "self":
             continue
         path = attention_scope(node) or node.name or ""
-        keep = unsupported(node)
-        if keep is None and include is not None and not include.search(path):
-            keep = "not matched by include"
-        if keep is None:
-            hit = next((r.pattern for r in keep_res if r.search(path)), None)
-            keep = f"keep {hit}" if hit else None
-        spec = attention_spec(node, path, opts.scheme)
-        if keep is not None:
-            spec = QuantSpec(scheme=opts.scheme, op="Attention", module=path, keep=keep, weight=FP32, activation=None)
+        keep = unsupported(node) or _include_miss(path, include) or _keep_hit(path, keep_res)
+        spec = attention_spec(path, opts.scheme) if keep is None else spec_for(node, path, opts, keep, False)
         int8 += keep is None
         kept += keep is not None
-        raw = spec.to_json()
-        if node.metadata_props.get(META_KEY) != raw:
-            node.metadata_props[META_KEY] = raw
-            modified = True
+        modified |= _write_spec(node, spec)
     return {"attention_int8": int8, "attention_kept": kept, "modified": modified}
 
 
@@ -196,21 +204,15 @@ class AnnotatePrecisionPass(GenzipPass):
             node_opts, keep = _plan_options(opts, plan.get(id(node)), node)
             if node_opts is None:  # unplanned: scheme and the keep rules (a plan entry overrides both)
                 node_opts, keep = opts, _unsupported(node, opts)
-                if keep is None and include is not None and not include.search(path):
-                    keep = "not matched by include"
+                keep = keep or _include_miss(path, include)
                 if keep is None and opts.keep_defaults and index in (0, len(candidates) - 1):
                     keep = "first layer" if index == 0 else "last layer"
-                if keep is None:
-                    hit = next((r.pattern for r in keep_res if r.search(path)), None)
-                    keep = f"keep {hit}" if hit else None
+                keep = keep or _keep_hit(path, keep_res)
             bos = node_opts.bos and bool(bos_re.search(path)) and node.op_type == "MatMul"
             spec = spec_for(node, path, node_opts, keep, bos)
             quantized += spec.keep is None
             bos_nodes += spec.bos
-            raw = spec.to_json()
-            if node.metadata_props.get(META_KEY) != raw:
-                node.metadata_props[META_KEY] = raw
-                modified = True
+            modified |= _write_spec(node, spec)
         stats = {"annotated": len(candidates), "quantized": quantized, "kept": len(candidates) - quantized}
         if opts.attention == "int8":
             counts = _annotate_attention(model, opts, include, keep_res)

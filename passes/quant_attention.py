@@ -45,8 +45,7 @@ def unsupported(node: ir.Node) -> str | None:
         return "not an ONNX Attention node"
     if len(node.inputs) != 3 or any(v is None for v in node.inputs):
         return "attention with a mask or past state"
-    if len([o for o in node.outputs if o is not None and o.uses()]) > 1 or len(node.outputs) > 1 and any(
-            o.uses() or o.is_graph_output() for o in node.outputs[1:] if o is not None):
+    if any(o is not None and (o.uses() or o.is_graph_output()) for o in node.outputs[1:]):
         return "attention with present/qk outputs"
     attrs = node.attributes
     if attrs.get_int("is_causal", 0) or attrs.get_float("softcap", 0.0) or attrs.get_int("qk_matmul_output_mode", 0):
@@ -62,7 +61,7 @@ def unsupported(node: ir.Node) -> str | None:
     return None
 
 
-def attention_spec(node: ir.Node, module: str | None, scheme: str) -> QuantSpec:
+def attention_spec(module: str | None, scheme: str) -> QuantSpec:
     return QuantSpec(scheme=scheme, op="Attention", module=module, keep=None, weight=K_SPEC, activation=Q_SPEC)
 
 
