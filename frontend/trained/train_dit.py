@@ -13,29 +13,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from genzip.frontend.trained import _classifier, _digits, _dit, _manifest
+from genzip.frontend.trained import _classifier, _digits, _dit, _manifest, _schedule
 
 LABEL_DROP = 0.1  # share of samples trained as the null class, for classifier-free guidance
 SAMPLES_PER_CLASS = 20
 
 
-def _lr(step: int, steps: int, peak: float) -> float:
-    warmup = 50
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def train(steps: int, batch: int, seed: int) -> tuple[torch.nn.Module, float, torch.Tensor, torch.Tensor]:
-    images, labels = _digits.load("train")
+def train(images: torch.Tensor, labels: torch.Tensor, *, steps: int, batch: int, seed: int) -> tuple[torch.nn.Module, float]:
+    """The EMA copy of a DiT trained on ``images``/``labels``, and the smoothed final loss."""
     model = _dit.build(seed).train()
     ema = copy.deepcopy(model).eval()
     scheduler = _dit.ddpm()
@@ -44,7 +35,7 @@ def train(steps: int, batch: int, seed: int) -> tuple[torch.nn.Module, float, to
     running = None
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, 1e-3)
+            group["lr"] = _schedule.warmup_cosine(step, steps, 1e-3)
         pick = torch.randint(0, len(labels), (batch,), generator=generator)
         x0, y = images[pick], labels[pick].clone()
         y[torch.rand(batch, generator=generator) < LABEL_DROP] = _dit.NULL_CLASS
@@ -63,7 +54,7 @@ def train(steps: int, batch: int, seed: int) -> tuple[torch.nn.Module, float, to
         running = value if running is None else 0.98 * running + 0.02 * value
         if step % 50 == 0 or step == steps - 1:
             print(f"dit step {step} loss {value:.4f} smoothed {running:.4f}", flush=True)
-    return ema, running, images, labels
+    return ema, running
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     judge_acc = _classifier.accuracy(judge, held_x, held_y)
     print(f"classifier held-out accuracy {judge_acc:.4f}", flush=True)
 
-    model, final_loss, _, _ = train(args.steps, args.batch, args.seed)
+    model, final_loss = train(train_x, train_y, steps=args.steps, batch=args.batch, seed=args.seed)
     train_seconds = time.time() - start
 
     want = torch.arange(10).repeat_interleave(SAMPLES_PER_CLASS)

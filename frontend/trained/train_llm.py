@@ -13,22 +13,13 @@ committed FP16 weights, not on the in-memory FP32 training copy.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
 from pathlib import Path
 
 import torch
 
-from genzip.frontend.trained import _kjv, _lm, _manifest
-
-
-def _lr(step: int, steps: int, peak: float) -> float:
-    warmup = 50
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+from genzip.frontend.trained import _kjv, _lm, _manifest, _schedule
 
 
 def _loss(model, window: torch.Tensor) -> torch.Tensor:
@@ -51,7 +42,7 @@ def train(model, train_ids: torch.Tensor, *, steps: int, batch: int, seed: int, 
     running = None
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, lr)
+            group["lr"] = _schedule.warmup_cosine(step, steps, lr)
         starts = torch.randint(0, len(train_ids) - _lm.SEQ_LEN - 1, (batch, 1), generator=generator)
         window = train_ids[starts + offsets]
         loss = _loss(model, window)
