@@ -37,7 +37,7 @@ def choose_chunk(band: int) -> int:
 
     A chunk of C queries computes ``C + band`` keys, so compute waste grows like
     ``C / band``, while the gather copies (``band / C`` copies of K and V) and ORT's
-    per-head overhead shrink as C grows. Measured with ``genzip bench-attention``
+    per-head overhead shrink as C grows. Measured with ``benchmarks/bench_attention.py``
     (ORT CPU, 2 threads) the optimum is flat around ``C ≈ band / 4`` (``w / 2`` for a
     two-sided window: w=256 -> 128 was 10% faster than 64; w=512: 128, 171 and 256
     within noise; w=2048: 256 beat 128 and 512), so: the power of two at or above

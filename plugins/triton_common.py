@@ -121,7 +121,7 @@ class BlockConfig:
 def block_config(head_dim: int, dtype: str, interpret: bool = False) -> BlockConfig:
     """Tile sizes: Triton's flash-attention tutorial defaults for Hopper/Ampere, tiny under the interpreter.
 
-    Not tuned on a GPU in this tree (none was available); ``triton_bench`` times them.
+    Not tuned on a GPU in this tree (none was available); ``benchmarks/bench_triton.py`` times them.
     """
     if interpret:
         return BlockConfig(16, 16, 1, 1)

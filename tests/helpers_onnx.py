@@ -62,6 +62,21 @@ def run_ort(model: ir.Model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return session.run(None, feeds)
 
 
+def ort_session(model: ir.Model, threads: int = 1) -> ort.InferenceSession:
+    """A CPU session of ``model`` with ``threads`` intra-op threads (one inter-op thread)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def qkv_inputs(batch, heads, seq, dim, kv_heads=None) -> list[ir.Value]:
+    """Graph inputs q, k, v (float32) [batch, heads (k, v: kv_heads), seq, dim]; dims may be ints or names."""
+    kv_heads = heads if kv_heads is None else kv_heads
+    return [ir.Value(name=name, type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([batch, h, seq, dim]))
+            for name, h in (("q", heads), ("k", kv_heads), ("v", kv_heads))]
+
+
 def assert_same_outputs(before: list[np.ndarray], after: list[np.ndarray]) -> None:
     assert len(before) == len(after)
     for b, a in zip(before, after):

@@ -200,14 +200,14 @@ def test_cli_plan_compiles_tiny_llama_and_runs_in_ort(tmp_path, capsys):
 
 def _masked_attention_model(kind: str, n: int = 12):
     """Self-attention q=k=v [1, 2, n, 4] with an explicit mask (``kind`` as in ``_mask_model``)."""
+    from genzip.passes.attention._canonical import canonical_attention_node
     from genzip.passes.base import FACTS_KEY
-    from genzip.plugins import attention_bench as ab
 
     model, mask = _mask_model(kind, n)
     graph = model.graph
     q = graph.inputs[0]
     q.shape = ir.Shape([1, 2, n, 4])
-    base = ab.canonical_attention_node(q, q, q, scale=0.5, index=0)
+    base = canonical_attention_node(q, q, q, scale=0.5, index=0)
     node = ir.Node("", "Attention", [q, q, q, mask], base.attributes.values(), num_outputs=1,
                    name="attn", metadata_props=dict(base.metadata_props))
     graph.append(node)
@@ -221,8 +221,9 @@ def _masked_attention_model(kind: str, n: int = 12):
 
 @pytest.mark.parametrize("kind", ["causal", "anticausal", "input"])
 def test_span_attn_on_explicit_masks(kind):
+    from helpers_onnx import ort_session
+
     from genzip.passes import build_pipeline, run_pipeline
-    from genzip.plugins import attention_bench as ab
 
     n, span, sinks = 12, 4, 1
     model = _masked_attention_model(kind, n)
@@ -234,7 +235,7 @@ def test_span_attn_on_explicit_masks(kind):
         return
     assert record.modified and record.stats["causal_masks_recognized"] == 1
     x = np.random.default_rng(0).standard_normal((1, 2, n, 4), dtype=np.float32)
-    y = ab.session(model, threads=1).run(None, {"q": x})[0]
+    y = ort_session(model, threads=1).run(None, {"q": x})[0]
     s = np.einsum("bhid,bhjd->bhij", x.astype(np.float64), x) * 0.5
     s = np.where(moa_profile.keep_mask(n, span, sinks), s, -np.inf)
     p = np.exp(s - s.max(-1, keepdims=True))

@@ -91,26 +91,6 @@ def test_preset_calibration_is_a_held_out_trajectory():
     np.testing.assert_array_equal(fresh[5]["hidden_states"], samples[5]["hidden_states"])
 
 
-def test_bench_quant_json(capsys, cache_dir):
-    from genzip.tools import genzip_cli
-
-    rc = genzip_cli.main(["bench-quant", "tiny-pixart", "--variants", "fp32,genzip-w8a8,genzip-w8a8-dynamic",
-                          "--repeat", "1", "--warmup", "0", "--samples", "2", "--json"])
-    assert rc == 0
-    result = json.loads(capsys.readouterr().out)
-    rows = {r["variant"]: r for r in result["rows"]}
-    assert set(rows) == {"fp32", "genzip-w8a8", "genzip-w8a8-dynamic"}
-    assert rows["fp32"]["speedup"] == 1.0 and rows["fp32"]["cosine"] == pytest.approx(1.0)
-    assert rows["genzip-w8a8"]["cosine"] > 0.999 and rows["genzip-w8a8-dynamic"]["cosine"] > 0.999
-
-
-def test_bench_quant_rejects_unknown_variant(capsys):
-    from genzip.tools import genzip_cli
-
-    assert genzip_cli.main(["bench-quant", "tiny-pixart", "--variants", "fp32,int3"]) == 2
-    assert "int3" in capsys.readouterr().err
-
-
 def test_tiny_pixart_w8a8_artifact_lints_clean_for_tensorrt(pixart_w8a8, capsys):
     from genzip.tools import genzip_cli
 

@@ -13,8 +13,8 @@ from share_artifacts import compiled
 
 from genzip.errors import GenzipError
 from genzip.passes import build_pipeline, run_pipeline
+from genzip.passes.attention._canonical import canonical_attention_node
 from genzip.passes.base import FACTS_KEY
-from genzip.plugins import attention_bench as ab
 from genzip.runtime import plan as P
 
 
@@ -133,7 +133,7 @@ def test_modes_match_plan_constants():
 def _bare_attention_model():
     """Canonical self-attention without projections: no block to share."""
     x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([1, 2, 16, 8]))
-    node = ab.canonical_attention_node(x, x, x, scale=8**-0.5, index=0)
+    node = canonical_attention_node(x, x, x, scale=8**-0.5, index=0)
     node.outputs[0].name = "y"
     graph = ir.Graph([x], [node.outputs[0]], nodes=[node], opset_imports={"": 23}, name="g")
     model = ir.Model(graph, ir_version=10)

@@ -12,6 +12,7 @@ import collections
 import json
 import os
 
+import bench_scripts
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -24,7 +25,6 @@ from genzip.passes import build_pipeline, run_pipeline
 from genzip.runtime import plan as P
 from genzip.runtime import sampler
 from genzip.runtime.model import PlannedModel
-from genzip.tools import genzip_cli
 
 QUANT = "canonicalize-attn,annotate-precision,calibrate,quant{scheme=w8a8}"
 SHARE = QUANT + ",share-attn{tokens=32}"
@@ -94,24 +94,26 @@ def test_plan_runs_on_the_quantized_artifact(arts):
     assert rel < 0.2  # sharing perturbs the trajectory, it does not derail it
 
 
-def test_cli_bench_share(arts, tmp_path, capsys):
+def test_bench_share_script(arts, tmp_path):
+    """``python benchmarks/bench_share.py``: all four variants, and its refusals (runs side by side)."""
     share_q, _, fp32 = arts
     plan = P.Plan(STEPS, 2, 32, (("full", "share-step", "share-step", "share-cfg"),
                                  ("full", "window-residual", "share-step", "share-step")))
     plan.save(str(tmp_path / "plan.json"))
-    args = ["bench-share", fp32, "--plan", str(tmp_path / "plan.json"), "--steps", str(STEPS), "--quiet"]
-    assert genzip_cli.main([*args, "--quant", share_q, "--quant-full", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    args = [fp32, "--plan", str(tmp_path / "plan.json"), "--steps", str(STEPS), "--quiet"]
+    runs = [bench_scripts.start(bench_scripts.command("bench_share.py", *args, *more))
+            for more in (["--quant", share_q, "--quant-full", "--json"], ["--quant", fp32], ["--steps", "5"])]
+    (rc, out, err), (rc_q, _, err_q), (rc_s, _, err_s) = [bench_scripts.finish(r) for r in runs]
+    assert rc == 0, err[-3000:]
+    out = json.loads(out)
     assert list(out["variants"]) == ["fp32-full", "fp32-plan", "quant-full", "quant-plan"]
     v = out["variants"]
     assert v["fp32-full"]["speedup"] == 1.0 and v["fp32-full"]["psnr_db"] is None
     assert all(v[k]["ms"] > 0 and 10 < v[k]["psnr_db"] < 200 for k in ("fp32-plan", "quant-full", "quant-plan"))
     assert 0.5 < out["attn_flops_saved"] < 1 and len(out["loadavg_before"]) == 3
     # --quant must be a quantized share-attn artifact.
-    assert genzip_cli.main([*args, "--quant", fp32]) == 2
-    assert "without a quant pass" in capsys.readouterr().err
-    assert genzip_cli.main([*args, "--steps", "5"]) == 2
-    assert "plan is for 4 steps" in capsys.readouterr().err
+    assert rc_q == 2 and "without a quant pass" in err_q
+    assert rc_s == 2 and "plan is for 4 steps" in err_s
 
 
 def test_quantizing_after_share_attn_is_refused(arts):

@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from helpers_onnx import ort_session, qkv_inputs
 
-from genzip.plugins import attention_bench as ab
 from genzip.plugins import op_shapes, span_attention
 
 SCALE = 0.3
@@ -30,14 +30,14 @@ def reference(q, k, v, spans, sinks, scale=SCALE):
 
 def session(spans, sinks, kv_heads=None, dim=8):
     kv_heads = kv_heads or len(spans)
-    inputs = ab.qkv_inputs("B", len(spans), "N", dim, kv_heads=kv_heads)
+    inputs = qkv_inputs("B", len(spans), "N", dim, kv_heads=kv_heads)
     model = ir.Model(ir.Graph(inputs, [], nodes=[], opset_imports={"": 23}, name="g"), ir_version=10)
     node = span_attention.make_node(model, inputs, spans=spans, sinks=sinks, scale=SCALE, kv_heads=kv_heads)
     model.graph.append(node)
     out = node.outputs[0]
     out.name, out.dtype, out.shape = "y", ir.DataType.FLOAT, ir.Shape(["B", len(spans), "N", dim])
     model.graph.outputs.append(out)
-    return ab.session(model, threads=1), model
+    return ort_session(model, threads=1), model
 
 
 def check(sess, spans, sinks, n, kv_heads=None, batch=1, seed=0):

@@ -8,13 +8,14 @@ import json
 import numpy as np
 import onnx_ir as ir
 import pytest
+from helpers_onnx import ort_session
 
 from genzip.errors import GenzipError
 from genzip.passes import attn_flops as af
 from genzip.passes import build_pipeline, run_pipeline
+from genzip.passes.attention._canonical import canonical_attention_node
 from genzip.passes.base import FACTS_KEY, build_options
 from genzip.passes.span_attn import SpanAttentionPass
-from genzip.plugins import attention_bench as ab
 
 D, N = 8, 40
 SCALE = D**-0.5
@@ -28,14 +29,14 @@ def tensor(name, heads, n=N):
 def model(n=N, with_dense=True):
     """Layer 0 (MHA) and layer 1 (GQA 4/2) causal; a non-causal self-attention between them."""
     q0, q1, k1, v1 = tensor("q0", 4, n), tensor("q1", 4, n), tensor("k1", 2, n), tensor("v1", 2, n)
-    a0 = ab.canonical_attention_node(q0, q0, q0, scale=SCALE, causal=True, index=0)
+    a0 = canonical_attention_node(q0, q0, q0, scale=SCALE, causal=True, index=0)
     nodes = [a0]
     x = a0.outputs[0]
     if with_dense:
-        nodes.append(ab.canonical_attention_node(x, x, x, scale=SCALE, index=1))
+        nodes.append(canonical_attention_node(x, x, x, scale=SCALE, index=1))
         x = nodes[-1].outputs[0]
     add = ir.Node("", "Add", [x, q1], num_outputs=1)
-    a1 = ab.canonical_attention_node(add.outputs[0], k1, v1, scale=SCALE, causal=True, index=2)
+    a1 = canonical_attention_node(add.outputs[0], k1, v1, scale=SCALE, causal=True, index=2)
     nodes += [add, a1]
     for i, node in enumerate(nodes):
         out = node.outputs[0]
@@ -72,7 +73,7 @@ def spans_of(m):
 def run_model(m, seed=0):
     rng = np.random.default_rng(seed)
     feeds = {v.name: rng.standard_normal(v.shape.numpy(), dtype=np.float32) for v in m.graph.inputs}
-    return feeds, ab.session(m, threads=1).run(None, feeds)[0]
+    return feeds, ort_session(m, threads=1).run(None, feeds)[0]
 
 
 def test_uniform_rule_matches_reference():

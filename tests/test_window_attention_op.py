@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-
 import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from helpers_onnx import ort_session, qkv_inputs
 
-from genzip.plugins import attention_bench as ab
 from genzip.plugins import op_shapes, window_attention
 from genzip.plugins.onnx_fn import GENZIP_DOMAIN
 
@@ -35,7 +32,7 @@ def band(n, w):
 def session(window, *, heads=2, kv_heads=None, dim=8, residual=False, chunk=None):
     """A model with dynamic batch and sequence around one WindowAttention node."""
     kv_heads = kv_heads or heads
-    inputs = ab.qkv_inputs("B", heads, "N", dim, kv_heads=kv_heads)
+    inputs = qkv_inputs("B", heads, "N", dim, kv_heads=kv_heads)
     model = ir.Model(ir.Graph(inputs, [], nodes=[], opset_imports={"": 23}, name="g"), ir_version=10)
     node = window_attention.make_node(model, inputs, window=window, scale=SCALE, chunk=chunk,
                                       residual=residual, group=heads // kv_heads)
@@ -43,7 +40,7 @@ def session(window, *, heads=2, kv_heads=None, dim=8, residual=False, chunk=None
     for i, out in enumerate(node.outputs):
         out.name, out.dtype, out.shape = f"y{i}", ir.DataType.FLOAT, ir.Shape(["B", heads, "N", dim])
         model.graph.outputs.append(out)
-    return ab.session(model, threads=1), model
+    return ort_session(model, threads=1), model
 
 
 def qkv(rng, n, heads=2, kv_heads=None, dim=8, batch=1):
@@ -134,18 +131,3 @@ def test_op_shapes_window():
     assert op_shapes.window_attention_shapes([b, h, n, d], [b, h, n, d], [b, h, n, d], residual=True) == [
         (b, h, n, d), (b, h, n, d)]
     assert op_shapes.span_attention_shapes([b, h, n, d], [b, h, n, d], [b, h, n, d]) == [(b, h, n, d)]
-
-
-def test_bench_returns_figures(capsys):
-    result = ab.run_benchmark(seq=64, heads=2, dim=8, window=8, repeat=2)
-    assert {"dense_ms", "window_ms", "speedup", "flop_bound"} <= result.keys()
-    assert result["flop_bound"] == pytest.approx(64 * 64 / (64 * 17 - 8 * 9), rel=1e-3)
-
-    from genzip.tools import cmd_bench_attention
-
-    parser = argparse.ArgumentParser()
-    cmd_bench_attention.add_arguments(parser)
-    assert cmd_bench_attention.run(parser.parse_args(["--seq", "32", "--heads", "1", "--dim", "8",
-                                                      "--window", "0.25", "--repeat", "1", "--json"])) == 0
-    printed = json.loads(capsys.readouterr().out)
-    assert printed["window"] == 8 and printed["speedup"] > 0

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 import pytest
+from helpers_onnx import ort_session
 
 from genzip.errors import GenzipError
 from genzip.passes import attn_flops as af
 from genzip.passes import build_pipeline, run_pipeline
+from genzip.passes.attention._canonical import canonical_attention_node
 from genzip.passes.base import FACTS_KEY, build_options
 from genzip.passes.window_attn import WindowAttentionPass
-from genzip.plugins import attention_bench as ab
 
 H, D, M = 2, 8, 12
 SCALE = D**-0.5
@@ -29,9 +30,9 @@ def tensor(name, seq, heads=H):
 def model(n=64, causal_last=False):
     """x -> self(0) -> cross(1, context c) -> self(2, causal if asked) -> y."""
     x, c = tensor("x", n), tensor("c", M)
-    a0 = ab.canonical_attention_node(x, x, x, scale=SCALE, index=0)
-    a1 = ab.canonical_attention_node(a0.outputs[0], c, c, scale=SCALE, kind="cross", index=1)
-    a2 = ab.canonical_attention_node(a1.outputs[0], a1.outputs[0], a1.outputs[0], scale=SCALE,
+    a0 = canonical_attention_node(x, x, x, scale=SCALE, index=0)
+    a1 = canonical_attention_node(a0.outputs[0], c, c, scale=SCALE, kind="cross", index=1)
+    a2 = canonical_attention_node(a1.outputs[0], a1.outputs[0], a1.outputs[0], scale=SCALE,
                                      causal=causal_last, index=2)
     for i, node in enumerate((a0, a1, a2)):
         out = node.outputs[0]
@@ -82,7 +83,7 @@ def test_replaces_self_attention_only_and_matches_reference():
     assert record.stats["attn_flops_after"] == 2 * window + cross
     rng = np.random.default_rng(0)
     x, c = rng.standard_normal((1, H, 64, D), dtype=np.float32), rng.standard_normal((1, H, M, D), dtype=np.float32)
-    (y,) = ab.session(m, threads=1).run(None, {"x": x, "c": c})
+    (y,) = ort_session(m, threads=1).run(None, {"x": x, "c": c})
     np.testing.assert_allclose(y, reference(x, c, [band(64, 5), None, band(64, 5)]), atol=1e-5)
 
 
@@ -93,7 +94,7 @@ def test_fraction_layers_and_residual_outputs():
     assert [v.name for v in m.graph.outputs] == ["h2", "attn_residual.2"]
     rng = np.random.default_rng(1)
     x, c = rng.standard_normal((1, H, 64, D), dtype=np.float32), rng.standard_normal((1, H, M, D), dtype=np.float32)
-    y, residual = ab.session(m, threads=1).run(None, {"x": x, "c": c})
+    y, residual = ort_session(m, threads=1).run(None, {"x": x, "c": c})
     np.testing.assert_allclose(y, reference(x, c, [True, None, band(64, 8)]), atol=1e-5)
     np.testing.assert_allclose(y + residual, reference(x, c, [True, None, True]), atol=1e-5)
 

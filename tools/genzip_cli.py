@@ -19,13 +19,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "passes": ("genzip.tools.cmd_list", "list registered passes and their options"),
     "recipes": ("genzip.tools.cmd_list", "list --recipe names and their specs"),
     "presets": ("genzip.tools.cmd_list", "list built-in model presets"),
-    "bench-attention": ("genzip.tools.cmd_bench_attention", "dense vs genzip window attention latency in ORT"),
-    "bench-quant": ("genzip.tools.cmd_bench_quant", "ORT CPU latency and fidelity: fp32 vs genzip and ORT int8 variants"),
     "moa-search": ("genzip.tools.cmd_moa_search", "profile head influence and write a MoA span plan (MILP)"),
     "sample": ("genzip.tools.cmd_sample", "CFG sampling of a DiT artifact through a diffusers scheduler, with timing"),
     "plan": ("genzip.tools.cmd_plan", "DiTFastAttn greedy search: an attention-sharing plan for a share-attn artifact"),
-    "bench-share": ("genzip.tools.cmd_bench_share", "attention sharing (+ W8A8) vs FP32 all-full sampling, interleaved"),
-    "bench-mixed": ("genzip.tools.cmd_bench_mixed", "mixed precision: MILP allocation vs random and naive ones, held out"),
 }
 
 

@@ -1,4 +1,6 @@
-"""``genzip bench-mixed``: does the sensitivity-driven MILP allocation beat simple ones?
+"""``python benchmarks/bench_mixed.py``: does the sensitivity-driven MILP allocation beat simple ones?
+
+    python benchmarks/bench_mixed.py [MODEL] [--formats LOW,HIGH] [--samples N] [--heldout N] [--random N] [--real] [--json]
 
 One process, one preset export (``MODEL``: ``bench-dit`` or ``tiny-llama``). Every
 allocation mixes the two ``--formats`` (default ``w4a16`` and ``w8a8``) over the
@@ -24,13 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 
+import _common
 import numpy as np
 
 from genzip.errors import GenzipError
-from genzip.passes.sensitivity_metrics import sqnr_db
+from genzip.passes.precision._metrics import sqnr_db
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,9 +85,9 @@ def _predicted(body: dict, group: list[list[str]], metric: str) -> float:
 
 def _allocations(body: dict, params: np.ndarray, low: str, high: str, n_random: int, seed: int):
     """(budget bits, label -> allocations): naive, random at its budget, MILP per objective."""
-    from genzip.passes.bit_allocation import allocate
-    from genzip.passes.mixed_precision import cost_matrix
-    from genzip.passes.sensitivity_formats import FORMATS
+    from genzip.passes.precision._bit_allocation import allocate
+    from genzip.passes.precision.mixed_precision import cost_matrix
+    from genzip.passes.quant._formats import FORMATS
 
     lo_bits, hi_bits = FORMATS[low].weight_bits, FORMATS[high].weight_bits
     naive = _naive(len(params), low, high)
@@ -105,16 +109,16 @@ def _real_outputs(fp_bytes: bytes, keys: list[str], alloc: list[str], calib, hel
     import onnx
     import onnx_ir as ir
 
-    from genzip.backends.ort_backend import make_session
+    from genzip.ort_session import make_session
     from genzip.passes import build_pipeline, run_pipeline
-    from genzip.passes.mixed_precision_plan import write_plan
-    from genzip.passes.quant_calib_data import calibration_source
+    from genzip.passes.infra.context import PassContext
+    from genzip.passes.quant._plan import write_plan
 
     plan = os.path.join(folder, "plan.json")
     write_plan(plan, dict(zip(keys, alloc)), {})
     model = ir.from_proto(onnx.ModelProto.FromString(fp_bytes))
-    with calibration_source(calib):
-        run_pipeline(model, build_pipeline(f"annotate-precision{{plan={plan}}},calibrate{{use-cache=false}},quant"))
+    run_pipeline(model, build_pipeline(f"annotate-precision{{plan={plan}}},calibrate{{use-cache=false}},quant"),
+                 context=PassContext(calibration=calib))
     session = make_session(ir.to_proto(model).SerializeToString())
     return [session.run([out_name], f)[0] for f in held]
 
@@ -123,16 +127,15 @@ def run(args) -> int:
     import onnx
     import onnx_ir as ir
 
-    from genzip.backends.ort_backend import make_session
     from genzip.frontend import load_model
+    from genzip.metadata import SENSITIVITY_KEY
+    from genzip.ort_session import make_session
     from genzip.passes import build_pipeline, run_pipeline
-    from genzip.passes import sensitivity_metrics as sm
-    from genzip.passes import sensitivity_probe as probe
-    from genzip.passes.quant_calib_data import calibration_source
-    from genzip.passes.quant_spec import annotated_nodes
-    from genzip.passes.sensitivity import RESULT_KEY
-    from genzip.passes.sensitivity_formats import FORMATS
-    from genzip.passes.sensitivity_grad import torch_source
+    from genzip.passes.infra.context import PassContext
+    from genzip.passes.precision import _metrics as sm
+    from genzip.passes.precision import _probe as probe
+    from genzip.passes.quant._formats import FORMATS
+    from genzip.passes.quant._spec import annotated_nodes
 
     low, _, high = args.formats.partition(",")
     if low not in FORMATS or high not in FORMATS:
@@ -145,11 +148,12 @@ def run(args) -> int:
     fp_bytes = ir.to_proto(source.model).SerializeToString()
     model = ir.from_proto(onnx.ModelProto.FromString(fp_bytes))
     t0 = time.perf_counter()
-    with calibration_source(calib), torch_source(source.info["module"]):
-        spec = f"annotate-precision,sensitivity{{candidates={low},{high} samples={args.samples}}}"
-        records = run_pipeline(model, build_pipeline(spec))
+    spec = f"annotate-precision,sensitivity{{candidates={low},{high} samples={args.samples}}}"
+    context = PassContext(example_inputs=source.example_inputs, calibration=calib,
+                          torch_module=source.info.get("module"), seed=args.seed)
+    records = run_pipeline(model, build_pipeline(spec), context=context)
     t_sens = time.perf_counter() - t0
-    body = json.loads(model.metadata_props[RESULT_KEY])
+    body = json.loads(model.metadata_props[SENSITIVITY_KEY])
     layers = [n for n, s in annotated_nodes(model) if s.keep is None]
     params = np.array([layer["params"] for layer in body["layers"]], np.float64)
     budget, allocs = _allocations(body, params, low, high, args.random, args.seed)
@@ -212,3 +216,7 @@ def _print_table(result: dict, metrics, high: str, real: bool) -> None:
         if real:
             cells += [fmt(m, r["real"][m]) if "real" in r else "—" for m in metrics]
         print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    sys.exit(_common.main("bench_mixed.py", __doc__, add_arguments, run))

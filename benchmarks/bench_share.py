@@ -1,5 +1,6 @@
-"""``genzip bench-share FP32_ARTIFACT --plan plan.json [--quant QUANT_ARTIFACT]``: attention sharing
-(+ W8A8) end to end, measured in one run.
+"""``python benchmarks/bench_share.py``: attention sharing (+ W8A8) end to end, measured in one run.
+
+    python benchmarks/bench_share.py FP32_ARTIFACT --plan plan.json [--quant QUANT_ARTIFACT] [--quant-full] [--json]
 
 Runs, interleaved per round (``--repeat`` rounds; medians and minima reported), the same seeded CFG
 sampling with:
@@ -24,6 +25,8 @@ import os
 import statistics
 import sys
 
+import _common
+
 from genzip.errors import GenzipError
 
 
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from genzip.runtime.model import PlannedModel
     from genzip.runtime.plan import Plan, load_plan
     from genzip.runtime.sampler import default_conditioning, interleaved
-    from genzip.runtime.search import flops_saved
+    from genzip.searches.ditfastattn import flops_saved
     from genzip.tools.cli_common import Progress
     from genzip.tools.cmd_sample import psnr
 
@@ -96,3 +99,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(f"attention FLOPs saved {100 * summary['attn_flops_saved']:.1f}%; load "
                          f"{summary['loadavg_before'][0]:.2f} -> {summary['loadavg_after'][0]:.2f}\n")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_common.main("bench_share.py", __doc__, add_arguments, run))

@@ -1,8 +1,10 @@
-"""GPU timing of genzip's Triton attention kernels against dense ``scaled_dot_product_attention``.
+"""``python benchmarks/bench_triton.py``: genzip's Triton attention kernels vs dense SDPA on a GPU.
 
-    python -m genzip.plugins.triton_bench --seq 4096 16384 [--op window|span] [--window 0.125]
+    python benchmarks/bench_triton.py --seq 4096 16384 [--op window|span] [--window 0.125] [--json]
 
-prints one JSON object per sequence length.
+prints one JSON object per sequence length (``--json`` is accepted for uniformity with
+the other benchmarks; JSON lines are the only output). Needs CUDA and triton
+(``pip install 'genzip[gpu]'``).
 
 Invariant: the kernel and its dense counterpart (full SDPA for ``window``, causal
 SDPA for ``span``, the backend PyTorch picks, i.e. flash attention on Hopper in fp16)
@@ -19,8 +21,10 @@ import json
 import statistics
 import sys
 
+import _common
+
 from genzip.errors import GenzipError
-from genzip.passes import attn_flops as af
+from genzip.passes.attention import _flops as af
 
 
 def _time_ms(torch, fn) -> float:
@@ -40,8 +44,13 @@ def run_benchmark(*, seq: int, heads: int = 16, dim: int = 64, window: int | Non
     import torch.nn.functional as F
 
     if not torch.cuda.is_available():
-        raise GenzipError("triton_bench needs a CUDA GPU and none is visible",
+        raise GenzipError("bench_triton needs a CUDA GPU and none is visible",
                           "run it on an NVIDIA GPU machine with `pip install 'genzip[gpu]'`")
+    try:
+        import triton  # noqa: F401 - the kernels below are triton JIT functions
+    except ImportError:
+        raise GenzipError("bench_triton needs the triton package, which is not installed",
+                          "pip install 'genzip[gpu]'") from None
     if op not in ("window", "span"):
         raise GenzipError(f"unknown --op {op!r}", "use --op window or --op span")
     window = max(1, seq // 8) if window is None else window
@@ -76,8 +85,7 @@ def run_benchmark(*, seq: int, heads: int = 16, dim: int = 64, window: int | Non
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m genzip.plugins.triton_bench", description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq", type=int, nargs="+", default=[4096, 16384])
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--dim", type=int, default=64)
@@ -87,20 +95,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
     parser.add_argument("--repeat", type=int, default=20)
-    args = parser.parse_args(argv)
-    try:
-        results = []
-        for seq in args.seq:
-            window = round(args.window * seq) if 0 < args.window < 1 else int(args.window)
-            results.append(run_benchmark(seq=seq, heads=args.heads, dim=args.dim, window=window, op=args.op,
-                                         batch=args.batch, dtype=args.dtype, repeat=args.repeat))
-    except GenzipError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+    parser.add_argument("--json", action="store_true", help="JSON lines (the only output format)")
+
+
+def run(args: argparse.Namespace) -> int:
+    results = []
+    for seq in args.seq:
+        window = round(args.window * seq) if 0 < args.window < 1 else int(args.window)
+        results.append(run_benchmark(seq=seq, heads=args.heads, dim=args.dim, window=window, op=args.op,
+                                     batch=args.batch, dtype=args.dtype, repeat=args.repeat))
     for result in results:
         print(json.dumps(result))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_common.main("bench_triton.py", __doc__, add_arguments, run))
