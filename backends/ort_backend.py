@@ -6,8 +6,14 @@ import logging
 import os
 
 import numpy as np
+import onnx_ir as ir
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+from genzip.backends.onnx_files import save_model
+from genzip.backends.ort_fusions import fuse_integer_gemm_bias
+from genzip.metrics import OPTIMIZED_MIN_COSINE, cosine
+from genzip.ort_session import make_session, session_options
 
 logger = logging.getLogger("genzip")
 
@@ -15,33 +21,6 @@ OPTIMIZED_NAME = "model.ort.onnx"
 # EXTENDED fusions keep the model portable across CPUs; ALL would add
 # hardware-specific layouts (NCHWc) that are tied to the build machine.
 OPTIMIZATION_LEVEL = "extended"
-# ORT 1.32's MatMulAddFusion rewrites a Q/DQ MatMul + Add on static 3-D shapes into
-# Reshape -> Gemm with a QuantizeLinear whose zero point type contradicts its
-# output_dtype, and the session then fails to load (int8 activations, as TensorRT
-# wants). Off everywhere: genzip's own bias fusion (ort_fusions) covers the int8
-# case, and for fp32 it only trades MatMul + Add for Reshape + Gemm + Reshape.
-DISABLED_OPTIMIZERS = ["MatMulAddFusion"]
-
-
-def session_options(threads: int | None = None, level: str = "all") -> ort.SessionOptions:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = {
-        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    return opts
-
-
-def make_session(path_or_bytes: str | bytes, threads: int | None = None, level: str = "all") -> ort.InferenceSession:
-    return ort.InferenceSession(path_or_bytes, session_options(threads, level), providers=["CPUExecutionProvider"],
-                                disabled_optimizers=DISABLED_OPTIMIZERS)
-
-
 def artifact_model_path(folder: str, manifest: dict) -> tuple[str, str]:
     """(path ORT should run, why) for an artifact: its stored ORT-optimized graph
     (genzip's ORT fusions included) when this ORT version wrote it, else the portable
@@ -64,14 +43,9 @@ def optimize_file(source: str, target: str) -> list[str]:
 
     Returns the file names written next to ``target``.
     """
-    import onnx_ir as ir
-
-    from genzip.backends.onnx_files import save_model
-    from genzip.backends.ort_fusions import fuse_integer_gemm_bias
-
     opts = session_options(level=OPTIMIZATION_LEVEL)
     opts.optimized_model_filepath = target
-    ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
+    make_session(source, options=opts)
     model = ir.load(target)
     if not fuse_integer_gemm_bias(model):
         return [os.path.basename(target)]
@@ -86,9 +60,6 @@ def write_optimized(folder: str, source_name: str = "model.onnx") -> list[str]:
 # ORT's own errors are pybind classes deriving from Exception directly.
 _ORT_ERRORS = (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidArgument,
                ort_errors.RuntimeException, ort_errors.NotImplemented)
-# The optimized graph must compute what the model computes (genzip's fusions are
-# bit-exact; ORT's rewrites may reorder float sums).
-OPTIMIZED_MIN_COSINE = 0.99999
 
 
 def write_checked_optimized(folder: str, source_name: str, feeds: dict[str, np.ndarray],
@@ -100,8 +71,6 @@ def write_checked_optimized(folder: str, source_name: str, feeds: dict[str, np.n
     ``If`` branches: duplicate value names across branches), so nothing is trusted
     unchecked; a dropped graph leaves the reason in the manifest and runners use the model.
     """
-    from genzip.frontend.compare import cosine
-
     names = write_optimized(folder, source_name)
     path = os.path.join(folder, OPTIMIZED_NAME)
     reason = None

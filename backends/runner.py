@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 
 from genzip.backends.artifact import read_manifest
+from genzip.backends.ort_backend import artifact_model_path
 from genzip.errors import GenzipError
+from genzip.ort_session import make_session
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +115,6 @@ class CompiledModel:
             self._trt = TrtModel(folder, self.manifest)
             self.output_names = list(self._trt.output_names)
             return
-        from genzip.backends.ort_backend import artifact_model_path, make_session
-
         if not os.path.isfile(os.path.join(folder, self.manifest["model"])):
             raise GenzipError(f"{folder} lacks its model file {self.manifest['model']}", "recompile the artifact")
         self.model_path, why = artifact_model_path(folder, self.manifest)

@@ -37,9 +37,9 @@ from typing import Any, Literal
 
 import onnx_ir as ir
 
-from genzip.backends import trt_support as sup
-from genzip.backends.trt_lint import attn_graphs, is_plugin_node
 from genzip.errors import GenzipError
+from genzip.passes.lowering import _trt_support as sup
+from genzip.passes.lowering._trt_rules import attn_graphs, is_plugin_node
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from genzip.backends import trt_support as sup
-from genzip.backends.trt_lint import Finding, attn_graphs, int_attr, is_const, node_label
+from genzip.passes.lowering import _trt_support as sup
+from genzip.passes.lowering._trt_rules import Finding, attn_graphs, int_attr, is_const, node_label
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 _SYMMETRIC_FIX = "re-quantize symmetrically (zero point 0, scale = max|x| / qmax)"

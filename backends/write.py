@@ -11,6 +11,7 @@ Layout::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -19,14 +20,16 @@ import onnx_ir as ir
 
 from genzip.backends.artifact import MANIFEST, REPORT, hash_files, staged_folder, write_json
 from genzip.backends.onnx_files import save_model
+from genzip.backends.ort_backend import write_checked_optimized
+from genzip.backends.precision_report import artifact_section
 from genzip.backends.runner import EXAMPLE_INPUTS
+from genzip.backends.trt_backend import write_engine
+from genzip.describe import io_specs, op_histogram, versions
 from genzip.errors import GenzipError
+from genzip.metrics import MIN_COSINE, measure_fidelity
+from genzip.ort_session import run_model
 
 MODEL_NAME = "model.onnx"
-# Targets whose artifacts carry an engine built here (see trt_backend.require_tensorrt).
-ENGINE_TARGETS = ("trt",)
-# An export or pass pipeline below this cosine vs its reference is broken, not lossy.
-MIN_COSINE = 0.99
 
 
 def _report(manifest: dict[str, Any], records, histogram: dict[str, int]) -> str:
@@ -59,58 +62,57 @@ def _report(manifest: dict[str, Any], records, histogram: dict[str, int]) -> str
     return "\n".join(lines) + "\n"
 
 
-def write_artifact(
-    model: ir.Model,
-    out_dir: str,
-    *,
-    target: str,
-    force: bool,
-    source,
-    spec: str,
-    records,
-    reference: dict[str, np.ndarray],
-    reference_label: str,
-    trt_options=None,
-    fp32_outputs: dict[str, np.ndarray] | None = None,
-    min_cosine: float = MIN_COSINE,
-) -> dict[str, Any]:
-    from genzip.compile import measure_fidelity, run_ort
-    from genzip.describe import io_specs, op_histogram, versions
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+    """What the compile driver hands the writer: the rewritten model and what checks it."""
 
+    model: ir.Model
+    source: Any  # frontend.SourceModel
+    spec: str
+    records: list
+    reference: dict[str, np.ndarray]
+    reference_label: str
+    fp32_outputs: dict[str, np.ndarray] | None = None  # quantized pipelines: the FP32 export's outputs
+
+
+def _fidelity(compiled: Compiled, outputs: dict[str, np.ndarray], min_cosine: float) -> tuple[dict, dict | None]:
+    """(fidelity, quant_fidelity); raises when the compiled model fails the gate."""
+    fidelity = measure_fidelity(compiled.reference, outputs, compiled.reference_label)
+    quant_fidelity = None
+    if compiled.fp32_outputs is not None:
+        # Example inputs are seeded apart from the calibration set: a held-out check.
+        quant_fidelity = measure_fidelity(compiled.fp32_outputs, outputs, "fp32-export")
+        quant_fidelity["inputs"] = "example inputs (held out: not the calibration set)"
+    if not fidelity["cosine"] >= min_cosine:
+        raise GenzipError(
+            f"compiled model disagrees with its reference (cosine {fidelity['cosine']:.4f} < {min_cosine})",
+            "if the passes are meant to approximate (window, span, low bits) lower --min-cosine; "
+            "else rerun with --debug and --print-ir-after-change to find the pass that broke it",
+        )
+    return fidelity, quant_fidelity
+
+
+def write_artifact(compiled: Compiled, out_dir: str, *, target: str, force: bool, trt_options=None,
+                   min_cosine: float = MIN_COSINE) -> dict[str, Any]:
+    """Write the artifact folder atomically; the cheap fidelity gate runs before any
+    expensive build (TensorRT engine, ORT-optimized graph)."""
+    model, source = compiled.model, compiled.source
     inputs, outputs = io_specs(model)
     histogram = op_histogram(model)
     with staged_folder(out_dir, force) as tmp:
         names = save_model(model, tmp, MODEL_NAME)
         np.savez(os.path.join(tmp, EXAMPLE_INPUTS), **source.example_inputs)
         names.append(EXAMPLE_INPUTS)
-        trt_section = None
+        compiled_outputs = run_model(os.path.join(tmp, MODEL_NAME), source.example_inputs)
+        fidelity, quant_fidelity = _fidelity(compiled, compiled_outputs, min_cosine)
+        trt_section = ort_section = None
         if target == "trt":
-            from genzip.backends.trt_backend import write_engine
-
             trt_names, trt_section = write_engine(tmp, MODEL_NAME, inputs, source.example_inputs, trt_options)
             names += trt_names
-        compiled_outputs = run_ort(os.path.join(tmp, MODEL_NAME), source.example_inputs)
-        ort_section = None
         if target == "ort":
-            from genzip.backends.ort_backend import write_checked_optimized
-
             optimized, ort_section = write_checked_optimized(tmp, MODEL_NAME, source.example_inputs,
                                                              compiled_outputs)
             names += optimized
-        fidelity = measure_fidelity(reference, compiled_outputs, reference_label)
-        quant_fidelity = None
-        if fp32_outputs is not None:
-            # Example inputs are seeded apart from the calibration set: a held-out check.
-            quant_fidelity = measure_fidelity(fp32_outputs, compiled_outputs, "fp32-export")
-            quant_fidelity["inputs"] = "example inputs (held out: not the calibration set)"
-        if not fidelity["cosine"] >= min_cosine:
-            raise GenzipError(
-                f"compiled model disagrees with its reference (cosine {fidelity['cosine']:.4f} < {min_cosine})",
-                "if the passes are meant to approximate (window, span, low bits) lower --min-cosine; "
-                "else rerun with --debug and --print-ir-after-change to find the pass that broke it",
-            )
-        from genzip.passes.mixed_precision_report import artifact_section
-
         # Plan JSON + bits plot + sensitivity table when sensitivity/mixed-precision ran.
         mixed, mixed_lines, mixed_files = artifact_section(model, tmp)
         names += mixed_files
@@ -119,14 +121,14 @@ def write_artifact(
             "source": source.source,
             "source_kind": source.kind,
             "target": target,
-            "passes": spec,
+            "passes": compiled.spec,
             "model": MODEL_NAME,
             "inputs": inputs,
             "outputs": outputs,
             "files": hash_files(tmp, names),
             "fidelity": fidelity,
             "export_fidelity": source.fidelity,
-            "pass_stats": [{"pass": r.spec, "modified": r.modified, "stats": r.stats} for r in records],
+            "pass_stats": [{"pass": r.spec, "modified": r.modified, "stats": r.stats} for r in compiled.records],
             "versions": versions(),
         }
         if quant_fidelity is not None:
@@ -142,5 +144,5 @@ def write_artifact(
                 manifest.setdefault("source_info", {})[key] = source.info[key]
         write_json(os.path.join(tmp, MANIFEST), manifest)
         with open(os.path.join(tmp, REPORT), "w") as f:
-            f.write(_report(manifest, records, histogram) + "".join(line + "\n" for line in mixed_lines))
+            f.write(_report(manifest, compiled.records, histogram) + "".join(line + "\n" for line in mixed_lines))
     return manifest

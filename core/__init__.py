@@ -1,14 +1,17 @@
 """genzip: compile generative models into small, fast ONNX Runtime / TensorRT artifacts.
 
-Layers (each a subpackage): ``genzip.frontend`` turns a model reference into an
-``onnx_ir.Model``; ``genzip.passes`` rewrites it; ``genzip.backends`` writes a
-verified artifact folder; ``genzip.tools`` holds the command-line programs.
+Layers, top to bottom (each imports only those below it; pyproject's import-linter
+contracts): ``genzip.tools`` (command lines); ``genzip.compile`` (the driver) and
+``genzip.searches`` (plan searches); ``genzip.runtime`` (diffusion sampling);
+``genzip.backends`` (artifacts, ORT, TensorRT); ``genzip.passes`` (rewrites over
+``onnx_ir.Model``); ``genzip.frontend`` (model references to ONNX); ``genzip.plugins``
+(the ``genzip`` custom ops); and the base modules (``errors``, ``metadata``,
+``metrics``, ``ort_session``, ``jsonfile``, ``describe``).
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from genzip._version import __version__
 from genzip.errors import GenzipError
 
 __all__ = ["GenzipError", "__version__", "load"]

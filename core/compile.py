@@ -11,10 +11,16 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-import onnx_ir as ir
-
+from genzip.backends.artifact import check_out_dir
+from genzip.backends.trt_backend import require_tensorrt
+from genzip.backends.write import Compiled, write_artifact
 from genzip.errors import GenzipError
+from genzip.frontend import load_model
+from genzip.frontend.loader import classify_ref
+from genzip.metrics import MIN_COSINE
+from genzip.ort_session import run_model
+from genzip.passes import Instrumentation, build_pipeline, run_pipeline
+from genzip.passes.infra.context import CALIBRATION, EXAMPLE_INPUTS, TORCH_MODULE, PassContext, check_needs
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +39,20 @@ class CompileOptions:
     pass_timing: bool = False
     reproducer_dir: str | None = None
     trt: Any = None  # backends.trt_build.TrtBuildOptions for target trt
-    min_cosine: float = 0.99  # fidelity gate vs the reference; lossy passes may need less
+    min_cosine: float = MIN_COSINE  # fidelity gate vs the reference; lossy passes may need less
+
+
+# What each kind of source hands the passes (see frontend.loader): presets attach a
+# seeded calibration set, every PyTorch source its eager module. Known before loading,
+# so a pipeline that needs more fails in seconds, not after the export.
+_PROVIDES = {
+    "preset": frozenset({CALIBRATION, TORCH_MODULE, EXAMPLE_INPUTS}),
+    "folder": frozenset({TORCH_MODULE, EXAMPLE_INPUTS}),
+    "callable": frozenset({TORCH_MODULE, EXAMPLE_INPUTS}),
+    "onnx": frozenset({EXAMPLE_INPUTS}),
+}
+_SOURCE_WORDS = {"preset": "this preset", "folder": "a Hugging Face folder", "callable": "a module:function source",
+                 "onnx": "an ONNX file"}
 
 
 def _stage(progress: Callable[[str], None] | None, message: str) -> None:
@@ -42,29 +61,15 @@ def _stage(progress: Callable[[str], None] | None, message: str) -> None:
     logger.info(message)
 
 
-def run_ort(model_or_path: ir.Model | str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from genzip.backends.ort_backend import make_session
-
-    source = model_or_path if isinstance(model_or_path, str) else ir.to_proto(model_or_path).SerializeToString()
-    session = make_session(source)
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds)))
-
-
-def measure_fidelity(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray], label: str) -> dict[str, Any]:
-    """Cosine and max abs error of the first output (the model's main result) vs the reference."""
-    from genzip.frontend.compare import cosine, max_abs_err
-
-    ref_name = next(iter(reference))
-    out = outputs.get(ref_name)
-    if out is None:
-        out = next(iter(outputs.values()))
-    return {
-        "reference": label,
-        "output": ref_name,
-        "cosine": float(cosine(reference[ref_name], out)),
-        "max_abs_err": float(max_abs_err(reference[ref_name], out)),
-    }
+def pass_context(source, seed: int, progress: Callable[[str], None] | None) -> PassContext:
+    """The context every pass of this compile receives, from what the frontend loaded."""
+    return PassContext(
+        example_inputs=source.example_inputs,
+        calibration=source.info.get("calibration"),
+        torch_module=source.info.get("module"),
+        seed=seed,
+        progress=progress,
+    )
 
 
 def compile_model(
@@ -74,23 +79,15 @@ def compile_model(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Compile ``model_ref`` into the artifact folder ``out_dir``; return its manifest."""
-    from genzip.backends.artifact import check_out_dir
-    from genzip.passes import Instrumentation, build_pipeline, run_pipeline
-
     opts = options or CompileOptions()
     if opts.target not in TARGETS:
         raise GenzipError(f"unknown target '{opts.target}'", f"use one of {', '.join(TARGETS)}")
     if opts.target == "trt":
-        from genzip.backends.trt_backend import require_tensorrt
-
         require_tensorrt()
     pipeline = build_pipeline(opts.passes)
     check_out_dir(out_dir, opts.force)
-
-    from genzip.frontend import load_model
-    from genzip.frontend.loader import classify_ref
-
-    classify_ref(model_ref)
+    kind = classify_ref(model_ref)
+    check_needs(pipeline.passes, _PROVIDES[kind], _SOURCE_WORDS[kind])
 
     _stage(progress, f"loading {model_ref}")
     source = load_model(model_ref, seed=opts.seed)
@@ -99,7 +96,7 @@ def compile_model(
     reference_label = "pytorch-eager"
     if reference is None:
         _stage(progress, "running the unmodified model for the fidelity reference")
-        reference = run_ort(source.model, feeds)
+        reference = run_model(source.model, feeds)
         reference_label = "source-onnx"
 
     model = source.model
@@ -115,29 +112,9 @@ def compile_model(
     fp32_outputs = None
     if any(p.name == "quant" for p in pipeline.passes):
         # For an ONNX file the reference already is this model's ORT output.
-        fp32_outputs = reference if reference_label == "source-onnx" else run_ort(model, feeds)
-    from genzip.passes.quant_calib_data import calibration_source
-    from genzip.passes.sensitivity_grad import torch_source
-
-    # calibrate reads the model's calibration inputs from here (see passes/quant_calib_data.py),
-    # sensitivity{metrics=grad} the PyTorch module genzip exported.
-    with calibration_source(source.info.get("calibration")), torch_source(source.info.get("module")):
-        records = run_pipeline(model, pipeline, inst)
-
-    from genzip.backends.write import write_artifact
-
+        fp32_outputs = reference if reference_label == "source-onnx" else run_model(model, feeds)
+    records = run_pipeline(model, pipeline, inst, pass_context(source, opts.seed, progress))
     _stage(progress, f"writing {opts.target} artifact to {out_dir}")
-    return write_artifact(
-        model,
-        out_dir,
-        target=opts.target,
-        force=opts.force,
-        source=source,
-        spec=str(pipeline),
-        records=records,
-        reference=reference,
-        reference_label=reference_label,
-        trt_options=opts.trt,
-        fp32_outputs=fp32_outputs,
-        min_cosine=opts.min_cosine,
-    )
+    compiled = Compiled(model, source, str(pipeline), records, reference, reference_label, fp32_outputs)
+    return write_artifact(compiled, out_dir, target=opts.target, force=opts.force, trt_options=opts.trt,
+                          min_cosine=opts.min_cosine)

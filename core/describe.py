@@ -41,7 +41,7 @@ def versions() -> dict[str, str]:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             continue
-    from genzip import __version__
+    from genzip._version import __version__
 
     found["genzip"] = __version__
     return found

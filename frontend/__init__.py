@@ -10,9 +10,9 @@ Public API:
 
 from __future__ import annotations
 
-from genzip.frontend.compare import cosine, max_abs_err
 from genzip.frontend.loader import load_model
 from genzip.frontend.presets import PRESETS
 from genzip.frontend.source import SourceModel
+from genzip.metrics import cosine, max_abs_err
 
 __all__ = ["PRESETS", "SourceModel", "cosine", "load_model", "max_abs_err"]

@@ -13,8 +13,8 @@ import ast
 
 import onnx_ir as ir
 
-NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
-CLASS_HIERARCHY_KEY = "pkg.torch.onnx.class_hierarchy"
+from genzip.metadata import TORCH_CLASS_HIERARCHY_KEY as CLASS_HIERARCHY_KEY
+from genzip.metadata import TORCH_NAME_SCOPES_KEY as NAME_SCOPES_KEY
 
 
 def _scopes(node: ir.Node, key: str) -> list[str] | None:

@@ -14,11 +14,11 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from genzip.errors import GenzipError
-from genzip.frontend.compare import cosine, is_faithful, max_abs_err
+from genzip.metrics import EXPORT_MIN_COSINE, cosine, is_faithful, max_abs_err
 
 logger = logging.getLogger(__name__)
 
-MIN_COSINE = 0.999
+
 REFERENCE = "pytorch-eager"
 
 _ORT_ERRORS = (
@@ -57,7 +57,7 @@ def run_onnx(model: ir.Model, feeds: dict[str, np.ndarray], what: str) -> list[n
 def fidelity(
     got: Sequence[np.ndarray], expected: Sequence[np.ndarray], names: Sequence[str], what: str
 ) -> dict:
-    """Compare ORT outputs with eager ones; raise GenzipError below ``MIN_COSINE``.
+    """Compare ORT outputs with eager ones; raise GenzipError below ``EXPORT_MIN_COSINE``.
 
     Returns ``{"reference", "cosine", "max_abs_err"}`` with the worst cosine and the
     largest error over all outputs.
@@ -78,10 +78,10 @@ def fidelity(
             )
         cos, err = cosine(a, b), max_abs_err(a, b)
         logger.debug("%s output %s: cosine %.6f max_abs_err %.3g", what, name, cos, err)
-        if not is_faithful(cos, MIN_COSINE):
+        if not is_faithful(cos, EXPORT_MIN_COSINE):
             raise GenzipError(
                 f"the ONNX export of {what} does not match eager PyTorch on output '{name}' "
-                f"(cosine {cos:.6f} < {MIN_COSINE}, max abs error {err:.3g})",
+                f"(cosine {cos:.6f} < {EXPORT_MIN_COSINE}, max abs error {err:.3g})",
                 "check the model for data-dependent control flow or randomness in eval mode, "
                 "or export it to ONNX yourself and pass the .onnx file",
             )

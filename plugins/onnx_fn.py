@@ -1,4 +1,4 @@
-"""A small recorder for ONNX function bodies built from standard ops.
+"""ONNX function bodies built from standard ops with ``genzip.ir_build.NodeBuilder``.
 
 Invariant: every value a ``FnBuilder`` creates has a unique name within the body,
 and constants are ``Constant`` nodes (functions cannot hold initializers), so the
@@ -12,41 +12,16 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
+from genzip.ir_build import NodeBuilder
+
 GENZIP_DOMAIN = "genzip"
 GENZIP_OPSET = 1
 # The lowest default-domain opset with the ops the bodies use (Attention is opset 23).
 MIN_ONNX_OPSET = 23
 
 
-class FnBuilder:
-    """Records nodes in order; ``op`` returns the output value(s) of the new node."""
-
-    def __init__(self, prefix: str):
-        self.prefix = prefix
-        self.nodes: list[ir.Node] = []
-        self._count = 0
-
-    def _name(self, hint: str) -> str:
-        self._count += 1
-        return f"{self.prefix}_{hint}_{self._count}"
-
-    def op(self, op_type: str, *inputs: ir.Value | None, _outputs: int = 1, **attrs) -> ir.Value | tuple:
-        attributes = []
-        for key, value in attrs.items():
-            attributes.append(value if isinstance(value, ir.Attr) else ir.convenience.convert_attribute(key, value))
-        node = ir.Node("", op_type, list(inputs), attributes, num_outputs=_outputs, name=self._name(op_type))
-        for out in node.outputs:
-            out.name = self._name(op_type.lower())
-        self.nodes.append(node)
-        return node.outputs[0] if _outputs == 1 else tuple(node.outputs)
-
-    def const(self, array: np.ndarray | Sequence, dtype=np.int64) -> ir.Value:
-        tensor = ir.tensor(np.asarray(array, dtype=dtype))
-        return self.op("Constant", value=tensor)
-
-    def ints(self, *values: int) -> ir.Value:
-        """A 1-D int64 constant, the form Shape arithmetic, Pad and Reshape use."""
-        return self.const(list(values))
+class FnBuilder(NodeBuilder):
+    """A ``NodeBuilder`` whose nodes become a ``genzip``-domain function body."""
 
     def scalar(self, value: float | int, dtype=np.float32) -> ir.Value:
         return self.const(value, dtype=dtype)

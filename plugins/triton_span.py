@@ -21,8 +21,21 @@ import triton
 import triton.language as tl
 
 from genzip.plugins.triton_common import (
-    LOG2E, MASKED, TORCH_TO_TRITON, BlockConfig, PtxKernel, block_config, compile_ptx, head_offsets,
-    interior, is_interpreted, load_rows, online_update, pow2, scores, store_rows,
+    LOG2E,
+    MASKED,
+    TORCH_TO_TRITON,
+    BlockConfig,
+    PtxKernel,
+    block_config,
+    compile_ptx,
+    head_offsets,
+    interior,
+    is_interpreted,
+    load_rows,
+    online_update,
+    pow2,
+    scores,
+    store_rows,
 )
 
 # int32 scalars TensorRT's AOT launch passes between the input and output pointers.

@@ -94,7 +94,6 @@ def register() -> list:
     """Register genzip's plugins with TensorRT's plugin registry (needs ``tensorrt`` >= 10.6)."""
     if _registered:
         return list(_registered)
-    from typing import Tuple
 
     import numpy as np
     import numpy.typing as npt
@@ -121,17 +120,17 @@ def register() -> list:
 
     @trtp.impl("genzip::WindowAttention")
     def window_impl(q: trtp.Tensor, k: trtp.Tensor, v: trtp.Tensor, window: int, chunk: int, scale: float,
-                    outputs: Tuple[trtp.Tensor], stream: int, tactic: int) -> None:
+                    outputs: tuple[trtp.Tensor], stream: int, tactic: int) -> None:
         run_window((q, k, v), outputs, stream, window, scale, False, tactic)
 
     @trtp.register("genzip::WindowAttentionResidual")
     def window_res_desc(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc,
-                        window: int, chunk: int, scale: float) -> Tuple[trtp.TensorDesc, trtp.TensorDesc]:
+                        window: int, chunk: int, scale: float) -> tuple[trtp.TensorDesc, trtp.TensorDesc]:
         return _desc(trtp, q, k, v, op_shapes.window_attention_shapes, residual=True)
 
     @trtp.impl("genzip::WindowAttentionResidual")
     def window_res_impl(q: trtp.Tensor, k: trtp.Tensor, v: trtp.Tensor, window: int, chunk: int, scale: float,
-                        outputs: Tuple[trtp.Tensor], stream: int, tactic: int) -> None:
+                        outputs: tuple[trtp.Tensor], stream: int, tactic: int) -> None:
         run_window((q, k, v), outputs, stream, window, scale, True, tactic)
 
     # ONNX ``ints`` attributes reach plugins as int32 arrays (onnx-tensorrt's plugin importer);
@@ -143,7 +142,7 @@ def register() -> list:
 
     @trtp.impl("genzip::SpanAttention")
     def span_impl(q: trtp.Tensor, k: trtp.Tensor, v: trtp.Tensor, spans: npt.NDArray[np.int32], sinks: int,
-                  scale: float, outputs: Tuple[trtp.Tensor], stream: int, tactic: int) -> None:
+                  scale: float, outputs: tuple[trtp.Tensor], stream: int, tactic: int) -> None:
         if use_triton:
             triton_trt.run_span((q, k, v), outputs, stream, spans=spans, sinks=sinks, scale=scale, tactic=tactic)
         else:
@@ -176,23 +175,22 @@ def _register_autotune(trtp, plugin_id: str, n_io: int, use_triton: bool) -> Non
 
 def _register_aot(trtp, npt, np) -> None:
     """Triton kernels compiled to PTX at build time, baked into the engine (runs without Python)."""
-    from typing import Tuple, Union
 
     from genzip.plugins import triton_trt
 
-    result = Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]
+    result = tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymExprs]
 
     @trtp.aot_impl("genzip::WindowAttention")
     def window_aot(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, window: int, chunk: int,
-                   scale: float, outputs: Tuple[trtp.TensorDesc], tactic: int) -> result:
+                   scale: float, outputs: tuple[trtp.TensorDesc], tactic: int) -> result:
         return triton_trt.aot_window(trtp, q, k, v, window=window, scale=scale, residual=False, tactic=tactic)
 
     @trtp.aot_impl("genzip::WindowAttentionResidual")
     def window_res_aot(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, window: int, chunk: int,
-                       scale: float, outputs: Tuple[trtp.TensorDesc], tactic: int) -> result:
+                       scale: float, outputs: tuple[trtp.TensorDesc], tactic: int) -> result:
         return triton_trt.aot_window(trtp, q, k, v, window=window, scale=scale, residual=True, tactic=tactic)
 
     @trtp.aot_impl("genzip::SpanAttention")
     def span_aot(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, spans: npt.NDArray[np.int32],
-                 sinks: int, scale: float, outputs: Tuple[trtp.TensorDesc], tactic: int) -> result:
+                 sinks: int, scale: float, outputs: tuple[trtp.TensorDesc], tactic: int) -> result:
         return triton_trt.aot_span(trtp, q, k, v, spans=spans, sinks=sinks, scale=scale, tactic=tactic)

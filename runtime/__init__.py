@@ -6,5 +6,5 @@
 * ``conditioning``: text embeddings or class labels (null class for CFG);
 * ``sampler``: CFG sampling through a diffusers scheduler;
 * ``diffusers_adapter``: ``pipe.transformer = genzip.load(artifact)``;
-* ``search``: DiTFastAttn's greedy plan search.
+
 """

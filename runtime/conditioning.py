@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from genzip.backends.runner import load_npz
 from genzip.errors import GenzipError
 
 TEXT, CLASS = "encoder_hidden_states", "class_labels"
@@ -113,8 +114,6 @@ def parse_labels(text: str) -> np.ndarray:
 def from_npz(model, path: str) -> tuple[np.ndarray, np.ndarray]:
     """``(cond, uncond)`` from an .npz: ``class_labels`` for a class DiT; ``prompt_embeds`` (and
     ``negative_prompt_embeds``) for a text DiT."""
-    from genzip.backends.runner import load_npz
-
     data = load_npz(path)
     if conditioning_input(model) == CLASS:
         if CLASS not in data:

@@ -14,13 +14,14 @@ reads a stale cache of another batch size.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import numpy as np
 
 from genzip.backends.artifact import read_manifest
+from genzip.backends.ort_backend import artifact_model_path
 from genzip.errors import GenzipError
+from genzip.ort_session import make_session
 from genzip.runtime import plan as plans
 from genzip.runtime.caches import AttentionCaches, Slot, call_identity
 
@@ -51,8 +52,6 @@ class PlannedModel:
     """One ORT session of an artifact plus its plan and caches."""
 
     def __init__(self, artifact: str, plan: plans.Plan | None = None, threads: int | None = None):
-        from genzip.backends.ort_backend import artifact_model_path, make_session
-
         self.folder = artifact
         self.manifest = read_manifest(artifact)
         self.layout = ShareLayout.from_manifest(self.manifest)

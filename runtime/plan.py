@@ -24,6 +24,14 @@ import json
 
 from genzip import jsonfile
 from genzip.errors import GenzipError
+from genzip.metadata import (  # noqa: F401 - the mode numbers are part of this module's API
+    MODE_FULL,
+    MODE_FULL_CFG,
+    MODE_FULL_RESIDUAL,
+    MODE_SHARE_STEP,
+    MODE_WINDOW,
+    MODE_WINDOW_CFG,
+)
 
 SCHEMA = 1
 FULL, WINDOW, SHARE_STEP = "full", "window-residual", "share-step"
@@ -31,9 +39,8 @@ SHARE_CFG, WINDOW_CFG, FULL_CFG = "share-cfg", "window-residual+share-cfg", "ful
 METHODS = (FULL, WINDOW, SHARE_STEP, SHARE_CFG, WINDOW_CFG, FULL_CFG)
 
 # Integer mode per layer fed to a share-attn artifact's ``attn_modes`` input (see
-# passes/share_attn.py). FULL_RESIDUAL is ``full`` that also refreshes the residual
+# passes/attention/share_attn.py). FULL_RESIDUAL is ``full`` that also refreshes the residual
 # cache; the runtime picks it only when a later WA-RS step of the layer needs it.
-MODE_FULL, MODE_FULL_RESIDUAL, MODE_WINDOW, MODE_SHARE_STEP, MODE_FULL_CFG, MODE_WINDOW_CFG = range(6)
 MODE_OF = {FULL: MODE_FULL, WINDOW: MODE_WINDOW, SHARE_STEP: MODE_SHARE_STEP,
            SHARE_CFG: MODE_FULL_CFG, FULL_CFG: MODE_FULL_CFG, WINDOW_CFG: MODE_WINDOW_CFG}
 

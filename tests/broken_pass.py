@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from genzip.passes.base import GenzipPass, GenzipPassResult
+from genzip.passes.infra.context import PassContext
+from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
 
 
 class DanglingUsePass(GenzipPass):
     name = "test-dangling-use"
 
-    def run(self, model: ir.Model) -> GenzipPassResult:
+    def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         node = next(iter(model.graph))
         orphan = ir.Value(name="orphan", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([1]))
         node.replace_input_with(0, orphan)

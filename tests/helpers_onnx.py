@@ -11,7 +11,8 @@ import onnx.shape_inference
 import onnx_ir as ir
 import onnxruntime as ort
 
-from genzip.passes.base import FACTS_KEY
+from genzip.ort_session import PRECISE_X64_INT8, make_session
+from genzip.passes.infra.contract import FACTS_KEY
 
 
 def model_from_text(text: str, infer: bool = True) -> ir.Model:
@@ -58,13 +59,14 @@ def random_feeds(model: ir.Model, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def run_ort(model: ir.Model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    session = make_session(ir.to_proto(model).SerializeToString())
     return session.run(None, feeds)
 
 
 def ort_session(model: ir.Model, threads: int = 1) -> ort.InferenceSession:
     """A CPU session of ``model`` with ``threads`` intra-op threads (one inter-op thread)."""
     options = ort.SessionOptions()
+    options.add_session_config_entry(*PRECISE_X64_INT8)
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     return ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])

@@ -7,10 +7,10 @@ import onnx
 import onnx.helper as oh
 import onnx.numpy_helper as onh
 import onnx_ir as ir
-import onnxruntime as ort
 
+from genzip.ort_session import make_session
 from genzip.passes import build_pipeline
-from genzip.passes.quant_calib_data import calibration_source
+from genzip.passes.infra.context import PassContext
 
 F = onnx.TensorProto.FLOAT
 
@@ -93,17 +93,14 @@ def feeds_for(model: ir.Model, seed: int, n: int = 1) -> list[dict[str, np.ndarr
 
 
 def run(model: ir.Model, feeds) -> np.ndarray:
-    sess = ort.InferenceSession(ir.to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = make_session(ir.to_proto(model).SerializeToString())
     return sess.run(None, feeds)[0]
 
 
 def apply(model: ir.Model, spec: str, calib=None) -> list:
-    """Run ``spec`` on ``model`` in place with ``calib`` as the ambient calibration set."""
-    results = []
-    with calibration_source(calib):
-        for p in build_pipeline(spec).passes:
-            results.append(p(model))
-    return results
+    """Run ``spec`` on ``model`` in place with ``calib`` as the context's calibration set."""
+    context = PassContext(calibration=calib)
+    return [p(model, context) for p in build_pipeline(spec).passes]
 
 
 def cosine(a, b) -> float:

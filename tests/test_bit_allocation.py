@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from genzip.errors import GenzipError
-from genzip.passes.bit_allocation import allocate, brute_force
+from genzip.passes.precision._bit_allocation import allocate, brute_force
 
 FORMATS = ["w4a16", "w8a8", "fp16"]
 BITS = [4, 8, 16]

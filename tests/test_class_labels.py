@@ -12,9 +12,8 @@ from share_artifacts import compiled_preset
 
 import genzip
 from genzip.errors import GenzipError
-from genzip.runtime import conditioning
+from genzip.runtime import conditioning, sampler
 from genzip.runtime import plan as P
-from genzip.runtime import sampler
 from genzip.runtime.model import PlannedModel
 from genzip.tools import genzip_cli
 

@@ -10,7 +10,7 @@ import pytest
 from helpers_onnx import assert_same_outputs, model_from_text, op_counts, proto_bytes, random_feeds, run_ort
 
 from genzip.passes import build_pipeline, get_pass_class
-from genzip.passes.invariants import check_full
+from genzip.passes.infra.invariants import check_full
 
 CLEAN = """<ir_version: 10, opset_import: ["" : 23]>
 g (float[2,3] x, float[2,3] y) => (float[2,3] z) {

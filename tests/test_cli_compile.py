@@ -137,7 +137,7 @@ def test_example_inputs_match_manifest(pixart_ort):
 
 
 def test_failing_pass_leaves_a_reproducer_and_no_artifact(tmp_path, capsys, monkeypatch, pixart_ort):
-    from genzip.passes import registry
+    from genzip.passes.infra import registry
 
     monkeypatch.setitem(registry._PASSES, "test-dangling-use", "broken_pass:DanglingUsePass")
     folder, _ = pixart_ort

@@ -91,7 +91,7 @@ def test_static_fallback_when_batch_is_fixed(user_module, caplog):
 
 
 def test_fidelity_failure_is_a_genzip_error(user_module, monkeypatch):
-    monkeypatch.setattr("genzip.frontend.verify.MIN_COSINE", 1.5)
+    monkeypatch.setattr("genzip.frontend.verify.EXPORT_MIN_COSINE", 1.5)
     with pytest.raises(GenzipError, match="does not match eager PyTorch"):
         load_model(f"{user_module}:build")
 

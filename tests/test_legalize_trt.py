@@ -13,8 +13,8 @@ import pytest
 
 from genzip.errors import GenzipError
 from genzip.passes import build_pipeline
-from genzip.passes.invariants import check_full
-from genzip.passes.legalize_trt import LegalizeTrtOptions, LegalizeTrtPass
+from genzip.passes.infra.invariants import check_full
+from genzip.passes.lowering.legalize_trt import LegalizeTrtOptions, LegalizeTrtPass
 
 HEADER = '<ir_version: 10, opset_import: ["" : 23]>\n'
 

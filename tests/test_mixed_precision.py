@@ -11,11 +11,11 @@ from quant_models import apply, conv, feeds_for, mlp
 
 from genzip.errors import GenzipError
 from genzip.passes import build_pipeline
-from genzip.passes.bit_allocation import brute_force
-from genzip.passes.mixed_precision import LATENCY, PLAN_KEY, MixedPrecisionPass, Options, cost_matrix
-from genzip.passes.mixed_precision_plan import read_plan, write_plan
-from genzip.passes.sensitivity import RESULT_KEY
-from genzip.passes.spec import parse_pipeline, print_pipeline
+from genzip.passes.infra.spec import parse_pipeline, print_pipeline
+from genzip.passes.precision._bit_allocation import brute_force
+from genzip.passes.precision.mixed_precision import LATENCY, PLAN_KEY, MixedPrecisionPass, Options, cost_matrix
+from genzip.passes.precision.sensitivity import RESULT_KEY
+from genzip.passes.quant._plan import read_plan, write_plan
 
 DIMS = (64, 64, 64, 64, 64, 32)  # 5 MatMuls mm0..mm4
 

@@ -10,9 +10,10 @@ import onnx_ir as ir
 import pytest
 
 from genzip.errors import GenzipError
-from genzip.passes import attn_flops as af
-from genzip.passes import moa_mask, moa_milp, moa_profile
-from genzip.passes.span_attn import resolve_span
+from genzip.passes.attention import _causal_mask as moa_mask
+from genzip.passes.attention import _flops as af
+from genzip.passes.attention.span_attn import resolve_span
+from genzip.searches import moa_milp, moa_profile
 
 
 def instance(seed, layers=2, heads=2, n_cfg=3, n_len=2):
@@ -201,7 +202,7 @@ def test_cli_plan_compiles_tiny_llama_and_runs_in_ort(tmp_path, capsys):
 def _masked_attention_model(kind: str, n: int = 12):
     """Self-attention q=k=v [1, 2, n, 4] with an explicit mask (``kind`` as in ``_mask_model``)."""
     from genzip.passes.attention._canonical import canonical_attention_node
-    from genzip.passes.base import FACTS_KEY
+    from genzip.passes.infra.contract import FACTS_KEY
 
     model, mask = _mask_model(kind, n)
     graph = model.graph

@@ -12,8 +12,9 @@ import onnxruntime as ort
 import pytest
 from quant_models import apply, feeds_for
 
-from genzip.backends.ort_backend import DISABLED_OPTIMIZERS, make_session, optimize_file, session_options
+from genzip.backends.ort_backend import optimize_file
 from genzip.backends.ort_fusions import fuse_integer_gemm_bias
+from genzip.ort_session import DISABLED_OPTIMIZERS, make_session, session_options
 
 F = onnx.TensorProto.FLOAT
 

@@ -22,10 +22,11 @@ from genzip.passes import (
     model_facts,
     parse_pipeline,
     print_pipeline,
-    registry,
     run_pipeline,
 )
-from genzip.passes.invariants import VerificationError, check_structure
+from genzip.passes.infra import facts, registry
+from genzip.passes.infra.context import EMPTY
+from genzip.passes.infra.invariants import VerificationError, check_structure
 
 MODEL = """<ir_version: 10, opset_import: ["" : 23]>
 g (float[2,3] x, float[2,3] y) => (float[2,3] z) {
@@ -52,13 +53,29 @@ class DemoOptions:
             raise ValueError("window must be in (0, 1]")
 
 
+def demo_fact_problem(model):
+    """The test fact ``demo-fact``: the graph's doc string is not 'broken'."""
+    return "the graph doc string says broken" if model.graph.doc_string == "broken" else None
+
+
 class DemoPass(GenzipPass):
     name = "demo"
     Options = DemoOptions
     ensures_facts = frozenset({"demo-fact"})
 
-    def run(self, model):
+    def run(self, model, context):
         return GenzipPassResult(model, False, {"layers": len(self.options.layers)})
+
+
+class BrokenPromisePass(GenzipPass):
+    """Bug on purpose: promises demo-fact and breaks it."""
+
+    name = "broken-promise"
+    ensures_facts = frozenset({"demo-fact"})
+
+    def run(self, model, context):
+        model.graph.doc_string = "broken"
+        return GenzipPassResult(model, True)
 
 
 class InvalidatingPass(GenzipPass):
@@ -67,7 +84,7 @@ class InvalidatingPass(GenzipPass):
     name = "invalidate-demo"
     invalidates_facts = frozenset({"demo-fact"})
 
-    def run(self, model):
+    def run(self, model, context):
         next(iter(model.graph)).name = "renamed"
         return GenzipPassResult(model, True)
 
@@ -76,7 +93,7 @@ class NeedsDemoPass(GenzipPass):
     name = "needs-demo"
     requires_facts = frozenset({"demo-fact"})
 
-    def run(self, model):
+    def run(self, model, context):
         return GenzipPassResult(model, False)
 
 
@@ -85,7 +102,7 @@ class DanglingUsePass(GenzipPass):
 
     name = "break-dangling"
 
-    def run(self, model):
+    def run(self, model, context):
         add = next(n for n in model.graph if n.op_type == "Add")
         model.graph.remove(add, safe=False)
         return GenzipPassResult(model, True)
@@ -96,7 +113,7 @@ class OutOfOrderPass(GenzipPass):
 
     name = "break-order"
 
-    def run(self, model):
+    def run(self, model, context):
         add = next(n for n in model.graph if n.op_type == "Add")
         model.graph.remove(add)
         model.graph.append(add)
@@ -106,14 +123,14 @@ class OutOfOrderPass(GenzipPass):
 class UserErrorPass(GenzipPass):
     name = "user-error"
 
-    def run(self, model):
+    def run(self, model, context):
         raise GenzipError("the input is wrong", "fix the input")
 
 
 class RemoveNegPass(GenzipPass):
     name = "remove-neg"
 
-    def run(self, model):
+    def run(self, model, context):
         negs = [n for n in model.graph if n.op_type == "Neg"]
         model.graph.remove(negs, safe=True)
         return GenzipPassResult(model, bool(negs), {"removed": len(negs)})
@@ -128,6 +145,7 @@ _TEST_PASSES = [
 def test_passes(monkeypatch):
     for cls in _TEST_PASSES:
         monkeypatch.setitem(registry._PASSES, cls.name, f"{__name__}:{cls.__name__}")
+    monkeypatch.setitem(facts._FACTS, "demo-fact", (f"{__name__}:demo_fact_problem", "test fact"))
 
 
 # --- spec grammar --------------------------------------------------------------------
@@ -236,13 +254,37 @@ def test_fact_without_a_provider_still_gives_a_clean_error(monkeypatch):
 
 def test_facts_are_recorded_on_the_model_and_invalidated_by_changes():
     model = model_from_text(MODEL)
+    model.graph.doc_string = "broken"
     with pytest.raises(ir.passes.PreconditionError, match="demo-fact"):
         NeedsDemoPass()(model)
+    model.graph.doc_string = None
     DemoPass()(model)
     assert model_facts(model) == {"demo-fact"}
     NeedsDemoPass()(model)
     InvalidatingPass()(model)
     assert model_facts(model) == set()
+
+
+def test_requires_checks_the_graph_not_the_recorded_facts():
+    model = model_from_text(MODEL)
+    model.graph.doc_string = "broken"
+    model.metadata_props["genzip.facts"] = "demo-fact"  # a claim the graph does not back
+    with pytest.raises(ir.passes.PreconditionError, match="doc string"):
+        NeedsDemoPass()(model)
+
+
+def test_a_pass_that_breaks_its_promise_fails_its_postcondition():
+    model = model_from_text(MODEL)
+    with pytest.raises(ir.passes.PostconditionError, match="did not establish demo-fact: the graph doc string says"):
+        BrokenPromisePass()(model)
+    assert model_facts(model) == set()  # nothing recorded for a failed promise
+
+
+def test_every_fact_a_registered_pass_names_has_a_checker():
+    for name in registry.pass_names():
+        cls = registry.get_pass_class(name)
+        for fact in cls.requires_facts | cls.ensures_facts | cls.invalidates_facts:
+            assert callable(facts.checker(fact)), (name, fact)
 
 
 # --- pass manager --------------------------------------------------------------------
@@ -279,7 +321,7 @@ def test_check_structure_accepts_a_valid_model():
     check_structure(model_from_text(MODEL))
     with pytest.raises(VerificationError):
         model = model_from_text(MODEL)
-        DanglingUsePass().run(model)
+        DanglingUsePass().run(model, EMPTY)
         check_structure(model)
 
 

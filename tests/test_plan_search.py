@@ -1,4 +1,4 @@
-"""genzip plan: DiTFastAttn greedy search (runtime/search.py) and its CLI."""
+"""genzip plan: DiTFastAttn greedy search (searches/ditfastattn.py) and its CLI."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from share_artifacts import compiled
 
 from genzip.errors import GenzipError
 from genzip.runtime import plan as P
-from genzip.runtime import sampler, search
+from genzip.runtime import sampler
 from genzip.runtime.model import PlannedModel
+from genzip.searches import ditfastattn as search
 from genzip.tools import genzip_cli
 
 STEPS = 4

@@ -11,8 +11,9 @@ import onnx_ir as ir
 import pytest
 from quant_models import _model, apply, cosine, run
 
-from genzip.backends.ort_backend import make_session, optimize_file
-from genzip.passes.quant_spec import META_KEY
+from genzip.backends.ort_backend import optimize_file
+from genzip.ort_session import make_session
+from genzip.passes.quant._spec import META_KEY
 
 F = onnx.TensorProto.FLOAT
 B, H, N, D = 2, 4, 64, 32

@@ -10,9 +10,10 @@ import pytest
 from quant_models import apply, conv, cosine, feeds_for, gemm, mlp, producer_op, run
 
 from genzip.errors import GenzipError
+from genzip.ort_session import make_session
 from genzip.passes import build_pipeline, get_pass_class
-from genzip.passes.quant_spec import CALIB_KEY, META_KEY, QuantSpec, spec_of
-from genzip.passes.spec import parse_pipeline, print_pipeline
+from genzip.passes.infra.spec import parse_pipeline, print_pipeline
+from genzip.passes.quant._spec import CALIB_KEY, META_KEY, QuantSpec, spec_of
 
 NO_KEEP = "annotate-precision{keep-defaults=false}"
 
@@ -306,7 +307,6 @@ def test_sibling_merge_is_exact(scheme):
     feeds = feeds_for(_siblings(), seed=3)[0]
     calib = feeds_for(_siblings(), seed=1, n=2)
     spec = f"annotate-precision{{scheme={scheme} keep-defaults=false}},calibrate,quant{{merge="
-    import onnxruntime as ort
 
     outs = {}
     for merge in ("true", "false"):
@@ -316,7 +316,7 @@ def test_sibling_merge_is_exact(scheme):
         gemms = [n for n in model.graph if n.op_type in ("MatMul", "MatMulIntegerToFloat")]
         assert len(gemms) == (1 if merge == "true" else 3)
         assert [v.name for v in model.graph.outputs] == ["y0", "y1", "y2"]
-        sess = ort.InferenceSession(ir.to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+        sess = make_session(ir.to_proto(model).SerializeToString())
         outs[merge] = sess.run(None, feeds)
     for a, b in zip(outs["true"], outs["false"]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

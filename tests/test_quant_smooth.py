@@ -10,7 +10,7 @@ import onnx_ir as ir
 import pytest
 from quant_models import apply, cosine, feeds_for, ln_mlp, mlp, run
 
-from genzip.passes.smooth import hadamard
+from genzip.passes.quant.smooth import hadamard
 
 ANNOTATE = "annotate-precision{keep-defaults=false}"
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from genzip.passes.registry import pass_names
+from genzip.passes.infra.registry import pass_names
 from genzip.tools.genzip_cli import SUBCOMMANDS
 from genzip.tools.recipes import RECIPES
 

@@ -14,11 +14,12 @@ import pytest
 from quant_models import apply, feeds_for, mlp, run
 
 from genzip.errors import GenzipError
+from genzip.ort_session import PRECISE_X64_INT8
 from genzip.passes import build_pipeline
-from genzip.passes import sensitivity_metrics as sm
-from genzip.passes import sensitivity_probe as probe
-from genzip.passes.mixed_precision_plan import write_plan
-from genzip.passes.sensitivity import RESULT_KEY
+from genzip.passes.precision import _metrics as sm
+from genzip.passes.precision import _probe as probe
+from genzip.passes.precision.sensitivity import RESULT_KEY
+from genzip.passes.quant._plan import write_plan
 
 SENS = "annotate-precision{keep-defaults=false},sensitivity{candidates=w8a8,w4a16,w4a8,fp8,fp16 samples=2}"
 
@@ -79,6 +80,7 @@ def test_gated_simulation_matches_the_real_quantized_graph(tmp_path):
     sim = run(gated, {**held_out, **probe.gate_feeds(gates, dict(enumerate(plan.values())))})
     # Graph optimizations off: ORT's MatMulNBits fusion of the w4a16 layer rounds differently.
     options = ort.SessionOptions()
+    options.add_session_config_entry(*PRECISE_X64_INT8)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     real = ort.InferenceSession(ir.to_proto(quantized).SerializeToString(), options,
                                 providers=["CPUExecutionProvider"]).run(None, held_out)[0]
@@ -136,7 +138,7 @@ def test_first_order_estimate_is_g_dot_weight_error_in_onnx_layout():
 
     import torch
 
-    from genzip.passes.sensitivity_grad import first_order
+    from genzip.passes.precision._grad import first_order
 
     class TinyLM(torch.nn.Module):
         def __init__(self):

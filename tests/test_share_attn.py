@@ -12,9 +12,10 @@ import pytest
 from share_artifacts import compiled
 
 from genzip.errors import GenzipError
+from genzip.ort_session import PRECISE_X64_INT8
 from genzip.passes import build_pipeline, run_pipeline
 from genzip.passes.attention._canonical import canonical_attention_node
-from genzip.passes.base import FACTS_KEY
+from genzip.passes.infra.contract import FACTS_KEY
 from genzip.runtime import plan as P
 
 
@@ -25,6 +26,7 @@ def arts(tmp_path_factory, pixart_ort):
 
 def _session(folder):
     opts = ort.SessionOptions()
+    opts.add_session_config_entry(*PRECISE_X64_INT8)
     opts.log_severity_level = 3
     return ort.InferenceSession(os.path.join(folder, "model.onnx"), opts, providers=["CPUExecutionProvider"])
 

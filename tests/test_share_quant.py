@@ -21,6 +21,7 @@ import pytest
 from share_artifacts import compiled
 
 from genzip.errors import GenzipError
+from genzip.ort_session import PRECISE_X64_INT8, make_session
 from genzip.passes import build_pipeline, run_pipeline
 from genzip.runtime import plan as P
 from genzip.runtime import sampler
@@ -41,6 +42,7 @@ def arts(tmp_path_factory):
 def _optimized_ops(folder, tmp_path) -> collections.Counter:
     """(in a branch?, op type) counts of the model as ORT optimizes it."""
     opts = ort.SessionOptions()
+    opts.add_session_config_entry(*PRECISE_X64_INT8)
     opts.log_severity_level = 3
     opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(os.path.join(folder, "model.onnx"), opts, providers=["CPUExecutionProvider"])
@@ -60,8 +62,8 @@ def _optimized_ops(folder, tmp_path) -> collections.Counter:
 def test_all_full_equals_quantized_artifact_without_share_attn(arts):
     share, quant, _ = arts
     feeds = dict(np.load(os.path.join(quant, "inputs.npz")))
-    ref = ort.InferenceSession(os.path.join(quant, "model.onnx"), providers=["CPUExecutionProvider"])
-    got = ort.InferenceSession(os.path.join(share, "model.onnx"), providers=["CPUExecutionProvider"])
+    ref = make_session(os.path.join(quant, "model.onnx"))
+    got = make_session(os.path.join(share, "model.onnx"))
     np.testing.assert_array_equal(got.run(["output"], feeds)[0], ref.run(["output"], feeds)[0])
     base_m, share_m = PlannedModel(quant), PlannedModel(share, P.Plan.all_full(STEPS, 2, 32))
     c, u = sampler.default_conditioning(base_m, 1, seed=0)

@@ -76,7 +76,7 @@ def _shape_flags(artifact: str, inputs) -> str:
 
 def polygraphy_commands(artifact: str, manifest, model: ir.Model) -> str:
     """The Polygraphy command lines a user runs on ``artifact`` (one per step, with a comment)."""
-    from genzip.backends.trt_support import PLUGIN_DOMAIN, PLUGIN_OPS
+    from genzip.passes.lowering._trt_support import PLUGIN_DOMAIN, PLUGIN_OPS
     from genzip.tools import polygraphy_loader
 
     onnx_path = shlex.quote(os.path.join(artifact, manifest["model"]))

@@ -15,9 +15,9 @@ import sys
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from genzip.backends import trt_support
 from genzip.backends.artifact import MANIFEST, read_manifest
 from genzip.errors import GenzipError
+from genzip.passes.lowering import _trt_support as trt_support
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if args.sinks < 0 or args.windows < 1:
         raise GenzipError("moa-search: --sinks must be >= 0 and --windows >= 1")
     from genzip.frontend import load_model
-    from genzip.passes import moa_milp, moa_profile
+    from genzip.searches import moa_milp, moa_profile
 
     configs = [(a, b) for a in args.alphas for b in args.betas]
     if args.max_distinct < 1:

@@ -1,6 +1,6 @@
 """``genzip plan ARTIFACT --delta D --steps S --cfg G [--calib FILE] --out plan.json``.
 
-DiTFastAttn greedy search (``genzip.runtime.search``) on calibration conditions:
+DiTFastAttn greedy search (``genzip.searches.ditfastattn``) on calibration conditions:
 ``--calib`` is an ``.npz`` with ``prompt_embeds`` (and ``negative_prompt_embeds``)
 for a text DiT, or ``class_labels`` (int64 [B]; unconditional half: the null class)
 for a class-conditional DiT (or ``--labels 1,500``), else seeded random embeddings /
@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from genzip.runtime.model import PlannedModel
     from genzip.runtime.plan import SHORT
-    from genzip.runtime.search import flops_saved, greedy_search, heatmap, plan_flops
+    from genzip.searches.ditfastattn import flops_saved, greedy_search, heatmap, plan_flops
     from genzip.tools.cli_common import Progress
     from genzip.tools.cmd_sample import conditioning
 

@@ -52,7 +52,7 @@ def compare_full(model, plan, cond, uncond, args) -> dict:
     """All-full vs ``plan`` latency (medians of interleaved runs), PSNR and attention FLOPs saved."""
     from genzip.runtime.plan import Plan
     from genzip.runtime.sampler import interleaved
-    from genzip.runtime.search import flops_saved
+    from genzip.searches.ditfastattn import flops_saved
 
     if plan is None:
         raise GenzipError("--vs-full compares a plan with all-full", "pass --plan plan.json")

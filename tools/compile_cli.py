@@ -8,6 +8,7 @@ import sys
 
 from genzip.compile import TARGETS, CompileOptions, compile_model
 from genzip.errors import GenzipError
+from genzip.metrics import MIN_COSINE
 from genzip.tools.cli_common import Progress, add_common_flags, guarded
 from genzip.tools.recipes import expand_recipe
 
@@ -30,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the IR after this pass (repeatable; 'all' for every pass)")
     p.add_argument("--print-ir-after-change", action="store_true", help="print the IR after every pass that changed it")
     p.add_argument("--pass-timing", action="store_true", help="print a per-pass timing and stats report")
-    p.add_argument("--min-cosine", type=float, default=0.99,
-                   help="refuse an artifact whose cosine vs its reference is below this (default 0.99)")
+    p.add_argument("--min-cosine", type=float, default=MIN_COSINE,
+                   help=f"refuse an artifact whose cosine vs its reference is below this (default {MIN_COSINE})")
     p.add_argument("--reproducer-dir", default=None,
                    help="where a failing pass leaves its reproducer (default: OUT.reproducer)")
     trt = p.add_argument_group("TensorRT (--target trt)")

@@ -6,15 +6,16 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnx_ir.passes import common
 
-from genzip.passes.base import GenzipPass, GenzipPassResult
-from genzip.passes.cleanup.counting import count_nodes
+from genzip.passes.cleanup._counting import count_nodes
+from genzip.passes.infra.context import PassContext
+from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
 
 
 class CommonSubexpressionEliminationPass(GenzipPass):
     name = "cse"
     summary = "merge identical nodes"
 
-    def run(self, model: ir.Model) -> GenzipPassResult:
+    def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         before = count_nodes(model)
         result = common.CommonSubexpressionEliminationPass()(model)
         removed = before - count_nodes(model)

@@ -6,15 +6,16 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnx_ir.passes import common
 
-from genzip.passes.base import GenzipPass, GenzipPassResult
-from genzip.passes.cleanup.counting import count_nodes
+from genzip.passes.cleanup._counting import count_nodes
+from genzip.passes.infra.context import PassContext
+from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
 
 
 class DeadCodeEliminationPass(GenzipPass):
     name = "dce"
     summary = "remove nodes, functions and opset imports nothing uses"
 
-    def run(self, model: ir.Model) -> GenzipPassResult:
+    def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         before = count_nodes(model)
         functions_before = len(model.functions)
         modified = common.RemoveUnusedNodesPass()(model).modified

@@ -8,8 +8,9 @@ import dataclasses
 import onnx_ir as ir
 from onnxscript.optimizer import fold_constants
 
-from genzip.passes.base import GenzipPass, GenzipPassResult
-from genzip.passes.cleanup.counting import count_nodes
+from genzip.passes.cleanup._counting import count_nodes
+from genzip.passes.infra.context import PassContext
+from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -28,7 +29,7 @@ class FoldConstantsPass(GenzipPass):
     Options = FoldConstantsOptions
     summary = "evaluate constant subgraphs into initializers (onnxscript folder)"
 
-    def run(self, model: ir.Model) -> GenzipPassResult:
+    def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         before = count_nodes(model)
         result = fold_constants(model, output_size_limit=self.options.size_limit)
         from onnx_ir.passes import common

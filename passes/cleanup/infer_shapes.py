@@ -6,7 +6,8 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnx_ir.passes import common
 
-from genzip.passes.base import GenzipPass, GenzipPassResult
+from genzip.passes.infra.context import PassContext
+from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
 
 
 def _types(model: ir.Model) -> dict[int, tuple]:
@@ -23,7 +24,7 @@ class InferShapesPass(GenzipPass):
     name = "infer-shapes"
     summary = "run ONNX shape inference and store shapes/dtypes on values"
 
-    def run(self, model: ir.Model) -> GenzipPassResult:
+    def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         before = _types(model)
         common.ShapeInferencePass(check_type=True, strict_mode=True, data_prop=True)(model)
         after = _types(model)

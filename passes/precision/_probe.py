@@ -1,0 +1,123 @@
+"""One ONNX Runtime session that can quantize any subset of layers, chosen per run.
+
+Building a session per (layer, format) would cost a graph copy and an ORT
+optimization each time; instead every candidate layer gets switchable fake
+quantization, gated by scalar graph inputs (all 0 = the FP model, bit-exact):
+
+    W_eff = W + Σ_f  g[l, f] · (DQ(Q_f(W)) − W)        (one delta initializer per format)
+    x_eff = x + Σ_c  a[l, c] · (QDQ_c(x) − x)           (c: int8, float8e4m3fn, fp16)
+
+``DQ(Q_f(W))`` is the dequantized initializer ``quant`` writes and ``QDQ_c`` uses the
+absmax range ``calibrate`` would record on the same samples, so setting the gates of
+an allocation reproduces the arithmetic of the quantized graph. The extra
+elementwise work is O(weights + activations) per layer, small next to the GEMMs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from genzip.passes.quant import _scales as qs
+from genzip.passes.quant._formats import FORMATS, GEMM_ONLY, fake_weight
+from genzip.passes.quant._qdq import Builder
+
+GATE = "genzip.sens"
+
+
+def allowed(op: str, fmt: str) -> bool:
+    return not (op == "Conv" and fmt in GEMM_ONLY)
+
+
+def weight_gate(layer: int, fmt: str) -> str:
+    return f"{GATE}.l{layer}.{fmt}.w"
+
+
+def act_gate(layer: int, dtype: str) -> str:
+    return f"{GATE}.l{layer}.{dtype}.a"
+
+
+def activation_amax(proto_bytes: bytes, act_names: list[str], samples) -> tuple[dict[str, float], list[dict]]:
+    """(absmax of each named tensor over ``samples``, the FP outputs of each sample)."""
+    import onnx
+
+    from genzip.ort_session import make_session
+
+    probe = onnx.ModelProto.FromString(proto_bytes)
+    outputs = [o.name for o in probe.graph.output]
+    inputs = {i.name for i in probe.graph.input}
+    extra = sorted(set(act_names) - inputs - set(outputs))
+    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in extra)
+    session = make_session(probe.SerializeToString())
+    names = [o.name for o in session.get_outputs()]
+    amax = dict.fromkeys(act_names, 0.0)
+    refs = []
+    for feeds in samples:
+        got = dict(zip(names, session.run(names, feeds)))
+        refs.append({k: got[k] for k in outputs})
+        for t in act_names:
+            x = feeds[t] if t in feeds else got[t]
+            if x.size:
+                amax[t] = max(amax[t], float(np.max(np.abs(x))))
+    return amax, refs
+
+
+def _act_qdq(b: Builder, x: ir.Value, dtype: str, amax: float) -> ir.Value:
+    if dtype == "fp16":
+        return b.op("Cast", b.op("Cast", x, to=ir.DataType.FLOAT16), to=ir.DataType.FLOAT)
+    scale = b.initializer("scale", np.array(qs.floor_scale(amax / qs.qmax(dtype)), np.float32))
+    if dtype == "float8e4m3fn":
+        q = b.op("QuantizeLinear", x, scale, output_dtype=ir.DataType.FLOAT8E4M3FN)
+        return b.op("DequantizeLinear", q, scale)
+    zp = b.initializer("zp", np.zeros((), np.int8))
+    return b.op("DequantizeLinear", b.op("QuantizeLinear", x, scale, zp), scale, zp)
+
+
+def build_gated(model: ir.Model, layers: list[int], formats: list[str], amax: dict[str, float],
+                block: int) -> list[str]:
+    """Rewrite ``model`` (a private copy) in place; ``layers`` index ``list(model.graph)``.
+    Returns the names of the gate inputs."""
+    graph = model.graph
+    nodes = list(graph)
+    gates: list[str] = []
+
+    def gate(name: str) -> ir.Value:
+        v = ir.Value(name=name, shape=ir.Shape([]), type=ir.TensorType(ir.DataType.FLOAT))
+        graph.inputs.append(v)
+        gates.append(name)
+        return v
+
+    for li, index in enumerate(layers):
+        node = nodes[index]
+        b = Builder(graph, f"{GATE}.l{li}")
+
+        w_value = node.inputs[1]
+        w = w_value.const_value.numpy().astype(np.float32)
+        trans_b = node.op_type == "Gemm" and bool(node.attributes.get_int("transB", 0))
+        w_eff = w_value
+        for fmt in formats:
+            if not allowed(node.op_type, fmt):
+                continue
+            delta = b.initializer(f"{fmt}.dw", fake_weight(w, node.op_type, trans_b, fmt, block) - w)
+            w_eff = b.op("Add", w_eff, b.op("Mul", gate(weight_gate(li, fmt)), delta))
+        x = node.inputs[0]
+        x_eff = x
+        for dtype in sorted({FORMATS[f].act_dtype for f in formats if allowed(node.op_type, f)} - {None}):
+            sub = Builder(graph, f"{b.prefix}.{dtype}")
+            sub.nodes = b.nodes  # one list: the Q/DQ nodes go where the gate needs them
+            fq = _act_qdq(sub, x, dtype, amax.get(x.name, 0.0))
+            x_eff = b.op("Add", x_eff, b.op("Mul", gate(act_gate(li, dtype)), b.op("Sub", fq, x)))
+        graph.insert_before(node, b.nodes)
+        node.replace_input_with(0, x_eff)
+        node.replace_input_with(1, w_eff)
+    return gates
+
+
+def gate_feeds(gates: list[str], assignment: dict[int, str]) -> dict[str, np.ndarray]:
+    """Feeds that quantize layer ``l`` to ``assignment[l]`` and leave the rest FP."""
+    on = set()
+    for layer, fmt in assignment.items():
+        on.add(weight_gate(layer, fmt))
+        if FORMATS[fmt].act_dtype is not None:
+            on.add(act_gate(layer, FORMATS[fmt].act_dtype))
+    return {g: np.array(1.0 if g in on else 0.0, np.float32) for g in gates}

@@ -1,0 +1,141 @@
+"""Graph builders for ``quant``: Q/DQ pairs, quantized weight initializers, the
+per-token dynamic int8 GEMM and the BOS split. One :class:`Builder` per rewritten
+node collects the new nodes, which are inserted before that node.
+
+Forms (TensorRT explicit-quantization rules: Q/DQ sit on the GEMM's inputs, the
+weight is a quantized initializer behind a DequantizeLinear, zero points are 0):
+
+* static:  ``x -> Q(s_a, 0) -> DQ(s_a, 0) -> GEMM <- DQ(axis=out) <- W_q`` (fp8: the
+  activation Q has no zero point, ``output_dtype`` instead);
+* per-block weight only (w4a16): ``GEMM <- DQ(axis=K, block_size=B) <- W_int4``;
+* dynamic per-token (ORT CPU int8 GEMM, not TensorRT): ``a = max(|x|, -1)``,
+  ``x_u8 = QuantizeLinear(x * 127/a, 1, 128)``, then
+  ``com.microsoft.MatMulIntegerToFloat(x_u8, W_s8, 1, w_scale/127, 128) * a`` (or the
+  standard ``MatMulInteger -> Cast -> * (w_scale/127) -> * a``). The +128 shift keeps
+  one scalar zero point (MLAS's fast u8s8 kernel) while each row keeps its own
+  symmetric scale.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import onnx_ir as ir
+
+from genzip.ir_build import NodeBuilder
+from genzip.passes.quant import _scales as qs
+from genzip.passes.quant._spec import TensorSpec
+
+_NP = {"int8": np.int8, "int4": ml_dtypes.int4, "float8e4m3fn": ml_dtypes.float8_e4m3fn, "uint8": np.uint8}
+INT64_MAX = np.iinfo(np.int64).max
+
+
+class Builder(NodeBuilder):
+    """Nodes ``<prefix>.<Op>_<i>`` (outputs named when the graph takes them); constants
+    are initializers of ``graph`` (``initializer``), so ORT can fold them into int8 GEMMs."""
+
+    def __init__(self, graph: ir.Graph, prefix: str):
+        super().__init__(prefix)
+        self.graph = graph
+
+    def initializer(self, suffix: str, array: np.ndarray) -> ir.Value:
+        name, i = f"{self.prefix}.{suffix}", 0
+        while name in self.graph.initializers:
+            i += 1
+            name = f"{self.prefix}.{suffix}.{i}"
+        value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+        self.graph.register_initializer(value)
+        return value
+
+    def _node_name(self, op_type: str) -> str:
+        return f"{self.prefix}.{op_type}_{len(self.nodes)}"
+
+    def _output_names(self, op_type: str, n: int) -> list[str | None]:
+        return [None] * n
+
+    def zero(self, dtype: str, shape=()) -> ir.Value:
+        return self.initializer(f"zp_{dtype}", np.zeros(shape, dtype=_NP[dtype]))
+
+    def quantize(self, x: ir.Value, amax: float, dtype: str) -> tuple[ir.Value, ir.Value, ir.Value | None]:
+        """(q, scale, zero point) of a static per-tensor activation quantizer."""
+        scale = self.initializer("act_scale", np.array(qs.floor_scale(amax / qs.qmax(dtype)), np.float32))
+        if dtype == "float8e4m3fn":
+            # No zero point (output_dtype instead): ORT 1.32's ReluQuantFusion reads a float8
+            # zero point as uint8 0 == qmin and drops a Relu feeding the Q, keeping negatives.
+            return self.op("QuantizeLinear", x, scale, output_dtype=ir.DataType.FLOAT8E4M3FN), scale, None
+        zp = self.zero(dtype)
+        return self.op("QuantizeLinear", x, scale, zp), scale, zp
+
+    def dequantize(self, q: tuple[ir.Value, ir.Value, ir.Value | None]) -> ir.Value:
+        return self.op("DequantizeLinear", *(v for v in q if v is not None))
+
+    def qdq(self, x: ir.Value, amax: float, dtype: str) -> ir.Value:
+        return self.dequantize(self.quantize(x, amax, dtype))
+
+    def weight_dq(self, w: np.ndarray, spec: TensorSpec) -> ir.Value:
+        """Quantized initializer + DequantizeLinear for a per-channel or per-block weight."""
+        if spec.granularity == "per-block":
+            scale = qs.block_scale(w, spec.axis, spec.block_size, spec.dtype)
+            full = qs.repeat_blocks(scale, spec.axis, spec.block_size, w.shape[spec.axis])
+            q = qs.quantize_int(w, full, 4).astype(ml_dtypes.int4)
+            attrs = {"axis": spec.axis, "block_size": spec.block_size}
+            return self.op("DequantizeLinear", self.initializer("weight_q", q), self.initializer("weight_scale", scale), **attrs)
+        scale = qs.per_channel_scale(w, spec.axis, spec.dtype)
+        full = qs.expand(scale, w.ndim, spec.axis)
+        if spec.dtype == "float8e4m3fn":
+            q = np.clip(w / full, -qs.FP8_E4M3_MAX, qs.FP8_E4M3_MAX).astype(ml_dtypes.float8_e4m3fn)
+        else:
+            q = qs.quantize_int(w, full, 8)
+        inputs = [self.initializer("weight_q", q), self.initializer("weight_scale", scale), self.zero(spec.dtype, scale.shape)]
+        return self.op("DequantizeLinear", *inputs, axis=spec.axis)
+
+    def quantize_tokens(self, x: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
+        """(x_u8, row amax, zero point 128): symmetric per-row int8 shifted into uint8."""
+        axes = self.initializer("axes", np.array([-1], np.int64))
+        amax = self.op("ReduceMax", self.op("Abs", x), axes, keepdims=1)
+        amax = self.op("Max", amax, self.initializer("floor", np.array(qs.SCALE_FLOOR * qs.INT8_MAX, np.float32)))
+        inv = self.op("Div", self.initializer("qmax", np.array(qs.INT8_MAX, np.float32)), amax)
+        shift = self.initializer("zp_shift", np.array(128, np.uint8))
+        x_u8 = self.op("QuantizeLinear", self.op("Mul", x, inv), self.initializer("one", np.array(1.0, np.float32)), shift)
+        return x_u8, amax, shift
+
+    def token_gemm(self, tokens: tuple[ir.Value, ir.Value, ir.Value], w_kn: np.ndarray, fused: bool) -> ir.Value:
+        """Per-token int8 activation x per-output-channel int8 W ([K, N]), float32 out.
+        ``fused``: com.microsoft MatMulIntegerToFloat (scales applied in the MLAS GEMM
+        epilogue) instead of standard MatMulInteger -> Cast -> Mul."""
+        x_u8, amax, shift = tokens
+        scale = qs.per_channel_scale(w_kn, 1, "int8")
+        w_q = self.initializer("weight_q", qs.quantize_int(w_kn, scale[None, :], 8))
+        w_scale = self.initializer("weight_scale", (scale / qs.INT8_MAX).astype(np.float32))
+        if fused:
+            one = self.initializer("one_scale", np.array(1.0, np.float32))
+            y = self.op("MatMulIntegerToFloat", x_u8, w_q, one, w_scale, shift, _domain="com.microsoft")
+        else:
+            y = self.op("Cast", self.op("MatMulInteger", x_u8, w_q, shift), to=ir.DataType.FLOAT)
+            y = self.op("Mul", y, w_scale)
+        return self.op("Mul", y, amax)
+
+    def split_bos(self, x: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """(token 0, tokens 1:) along axis -2."""
+        axes = self.initializer("bos_axes", np.array([-2], np.int64))
+        zero, one = self.initializer("bos_0", np.array([0], np.int64)), self.initializer("bos_1", np.array([1], np.int64))
+        end = self.initializer("bos_end", np.array([INT64_MAX], np.int64))
+        return self.op("Slice", x, zero, one, axes), self.op("Slice", x, one, end, axes)
+
+    def concat_tokens(self, first: ir.Value, rest: ir.Value) -> ir.Value:
+        return self.op("Concat", first, rest, axis=-2)
+
+
+def reroute(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
+    """Every consumer of ``old`` reads ``new``; a graph output keeps its name."""
+    is_output = old in graph.outputs
+    ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
+    if is_output:
+        name = old.name
+        old.name = f"{name}.pre_quant"
+        new.name = name
+
+
+def drop_if_unused(graph: ir.Graph, value: ir.Value) -> None:
+    if value.is_initializer() and not value.uses() and value not in graph.outputs:
+        graph.initializers.pop(value.name, None)

@@ -1,0 +1,184 @@
+"""``quant{scheme=...}``: consume every ``genzip.quant`` annotation and insert the
+quantized computation it describes.
+
+Invariant after the pass (fact ``quantized``; checked in ``ensures``): no node
+carries ``genzip.quant`` or ``genzip.quant.calib``; every annotated node without
+``keep`` computes in the spec's format (forms in ``quant_qdq``):
+
+* ``w8a8`` / ``fp8``: activation Q->DQ (static per-tensor scale amax/qmax from
+  ``calibrate``, zero point 0) and weight DQ from an int8 / float8e4m3fn initializer
+  (per output channel), on the GEMM's inputs; TensorRT fuses these into int8/fp8
+  GEMMs, ONNX Runtime into its QDQ int8 kernels;
+* ``w8a8-dynamic``: the per-token MatMulInteger form, which ORT CPU runs as a u8s8
+  int8 GEMM. TensorRT has no MatMulInteger: for TensorRT use ``w8a8`` (static) or
+  ``fp8``; ``genzip lint`` flags the dynamic form;
+* ``w4a16``: weight-only int4 ``DequantizeLinear(block_size=B)`` (opset >= 21),
+  which TensorRT accepts and ORT CPU fuses into ``MatMulNBits``;
+* ``w4a8`` (mixed precision): the ``w4a16`` int4 weight form plus the static int8
+  activation Q->DQ of ``w8a8`` (ORT runs it; TensorRT has no int4 x int8 GEMM);
+* ``Attention`` nodes (``annotate-precision{attention=int8}``): int8 QK^T scores,
+  dynamic per-tensor Q (uint8) and smoothed K (int8), fp32 softmax and P·V
+  (``quant_attention``; an ONNX Runtime form);
+* ``bos`` nodes: token 0 runs through the original fp32 MatMul, tokens 1: through
+  the quantized one, joined by Concat along axis -2.
+
+``merge`` (default false, no gain measured on ORT CPU): quantized MatMuls reading one tensor with one spec and
+range (q/k/v) become one GEMM over the concatenated weight plus a Split
+(``quant_merge``; exact, since weight scales are per output column).
+
+``scheme`` (optional) must match the annotations, so a spec cannot silently mix
+what ``annotate-precision`` froze with a different insertion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+import onnx_ir as ir
+
+from genzip.errors import GenzipError
+from genzip.metadata import INT8_SCORES_KEY
+from genzip.passes.infra.context import PassContext
+from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
+from genzip.passes.quant._attention import rewrite_attention
+from genzip.passes.quant._merge import rewrite_merged, sibling_groups
+from genzip.passes.quant._qdq import Builder, drop_if_unused, reroute
+from genzip.passes.quant._spec import CALIB_KEY, META_KEY, QuantSpec, annotated_nodes, calib_of
+
+MIN_OPSET = {"w8a8": 13, "w8a8-dynamic": 13, "fp8": 19, "w4a16": 21, "w4a8": 21}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Options:
+    scheme: Literal["w8a8", "w8a8-dynamic", "w4a16", "w4a8", "fp8"] | None = None
+    # w8a8-dynamic GEMM: "ort" = com.microsoft MatMulIntegerToFloat (fast on ORT CPU),
+    # "onnx" = standard MatMulInteger -> Cast -> Mul.
+    dynamic_form: Literal["ort", "onnx"] = "ort"
+    # Merge quantized MatMuls that read one tensor (q/k/v) into one GEMM + Split. Off by
+    # default: on bench-dit (ORT CPU) the Split ate the gain (1.73x vs 1.74x over fp32).
+    merge: bool = False
+
+
+def _weight_bytes(graph: ir.Graph) -> int:
+    return sum(v.const_value.nbytes for v in graph.initializers.values() if v.const_value is not None)
+
+
+def _gemm_kn(node: ir.Node, w: np.ndarray) -> np.ndarray:
+    """The weight as [K, N] with Gemm's alpha folded in."""
+    if node.op_type == "Gemm":
+        w = w.T if node.attributes.get_int("transB", 0) else w
+        return w * np.float32(node.attributes.get_float("alpha", 1.0))
+    return w
+
+
+def _rewrite(graph: ir.Graph, node: ir.Node, spec: QuantSpec, amax: float | None, fused: bool,
+             shared: dict) -> None:
+    b = Builder(graph, node.name or spec.module or node.op_type)
+    x, w_value = node.inputs[0], node.inputs[1]
+    w = w_value.const_value.numpy()
+    act = spec.activation
+    if act is not None and act.dynamic or spec.bos:
+        first, rest = b.split_bos(x) if spec.bos else (None, x)
+        if act is not None and act.dynamic:
+            # q/k/v reading one tensor share its per-token quantization (no fusion needs
+            # a private copy here, unlike the static Q/DQ form).
+            if first is None and x.name in shared:
+                tokens = shared[x.name]
+            else:
+                tokens = b.quantize_tokens(rest)
+                if first is None:
+                    shared[x.name] = tokens
+            y = b.token_gemm(tokens, _gemm_kn(node, w).astype(np.float32), fused)
+            if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:
+                c = node.inputs[2]
+                beta = node.attributes.get_float("beta", 1.0)
+                if beta != 1.0:
+                    c = b.op("Mul", c, b.initializer("beta", np.array(beta, np.float32)))
+                y = b.op("Add", y, c)
+        else:  # static BOS (MatMul only, see annotate-precision)
+            y = b.op("MatMul", b.qdq(rest, amax, act.dtype), b.weight_dq(w, spec.weight))
+        if first is not None:
+            y = b.concat_tokens(b.op("MatMul", first, w_value), y)
+        graph.insert_before(node, b.nodes)
+        reroute(graph, node.outputs[0], y)
+        graph.remove(node, safe=True)
+    else:
+        w_dq = b.weight_dq(w, spec.weight)
+        if act is not None:
+            # A Q->DQ pair per consumer, even where q/k/v read one tensor: ORT fuses
+            # Q->DQ->MatMul into an int8 GEMM only when the Q output has one consumer
+            # (a shared Q left q/k/v in fp32), and TensorRT accepts either.
+            node.replace_input_with(0, b.qdq(x, amax, act.dtype))
+        node.replace_input_with(1, w_dq)
+        graph.insert_before(node, b.nodes)
+    drop_if_unused(graph, w_value)
+
+
+class QuantPass(GenzipPass):
+    name = "quant"
+    summary = "insert quantized weights and Q/DQ (w8a8, w8a8-dynamic, w4a16, w4a8, fp8) per the annotations"
+    Options = Options
+    requires_facts = frozenset({"quant-annotated"})
+    ensures_facts = frozenset({"quantized"})
+    invalidates_facts = frozenset({"quant-annotated", "quant-calibrated"})
+
+    def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
+        scheme = self.options.scheme
+        graph = model.graph
+        before = _weight_bytes(graph)
+        todo = annotated_nodes(model, ops=None)
+        for node, spec in todo:
+            if scheme is not None and spec.scheme != scheme:
+                raise GenzipError(
+                    f"quant{{scheme={scheme}}} but {node.name or spec.module} was annotated for {spec.scheme}",
+                    f"use annotate-precision{{scheme={scheme}}} (or drop scheme= from quant)",
+                )
+        schemes = {s.scheme for _, s in todo if s.keep is None}
+        opset = model.opset_imports.get("", 0)
+        for s in schemes:
+            if opset < MIN_OPSET[s]:
+                raise GenzipError(f"{s} needs opset >= {MIN_OPSET[s]}, the model has {opset}",
+                                  "export at opset 23 (genzip's default) or convert the model first")
+        counts = {"quantized": 0, "kept": 0, "bos": 0, "merged": 0, "attention": 0}
+        items = []
+        for node, spec in todo:
+            calib = calib_of(node)
+            node.metadata_props.pop(META_KEY, None)
+            node.metadata_props.pop(CALIB_KEY, None)
+            if spec.keep is not None:
+                counts["kept"] += 1
+                continue
+            act = spec.activation
+            if act is not None and not act.dynamic and calib is None:
+                raise GenzipError(
+                    f"{node.name or spec.module} needs a calibrated activation range for {spec.scheme}",
+                    "put calibrate before quant (or use scheme w8a8-dynamic / w4a16)",
+                )
+            items.append((node, spec, calib["amax"] if calib else None))
+        shared: dict = {}  # tensor name -> its per-token quantization (w8a8-dynamic)
+        fused = self.options.dynamic_form == "ort"
+        groups = sibling_groups(items) if self.options.merge else [[i] for i in range(len(items))]
+        for group in groups:
+            node, spec, amax = items[group[0]]
+            if len(group) > 1:
+                rewrite_merged(graph, [items[i][0] for i in group], spec, amax, fused, shared)
+                counts["merged"] += len(group)
+            elif spec.op == "Attention":
+                rewrite_attention(graph, node)
+                counts["attention"] += 1
+            else:
+                _rewrite(graph, node, spec, amax, fused, shared)
+            counts["quantized"] += len(group)
+            counts["bos"] += spec.bos
+        if counts["attention"]:
+            model.metadata_props[INT8_SCORES_KEY] = str(counts["attention"])
+        if "w8a8-dynamic" in schemes and self.options.dynamic_form == "ort":
+            model.opset_imports.setdefault("com.microsoft", 1)
+        after = _weight_bytes(graph)
+        ops = [n.op_type for n in graph]
+        stats = {**counts, "Q": ops.count("QuantizeLinear"), "DQ": ops.count("DequantizeLinear"),
+                 "MatMulInteger": ops.count("MatMulInteger") + ops.count("MatMulIntegerToFloat"), "weight_bytes": after,
+                 "weight_ratio": round(after / before, 4) if before else 1.0}
+        return GenzipPassResult(model, bool(todo), stats)

@@ -1,0 +1,187 @@
+"""``smooth{alpha=... rotate=none|hadamard}``: balance activation outliers into weights.
+
+SmoothQuant / ViDiT-Q channel balancing for every tensor read by annotated,
+activation-quantized MatMul/Gemm nodes. Per input channel j, with a_j = max|X_j|
+over the calibration set and w_j = max|W_j,:| over every GEMM reading X::
+
+    s_j = a_j^alpha / w_j^(1 - alpha)        X' = X / s      W' = diag(s) W
+
+so X W is unchanged while X' has flat channel ranges. 1/s is migrated into the
+producer of X when that is exact: a LayerNormalization with constant scale/bias
+(scale and bias / s) or a GEMM (MatMul with constant weight, optionally + constant
+bias: its columns / s), provided X has no other reader; otherwise an explicit
+``Mul(X, 1/s)`` is inserted in front of the group. ``rotate=hadamard`` then rotates
+by an orthonormal Hadamard matrix H (K a power of two): offline ``W'' = H^T W'``,
+online ``X'' = X' H`` (an fp32 MatMul left unannotated), spreading the remaining
+outliers over all channels.
+
+Invariant: with quantization off the model computes the same function (up to float
+rounding); annotations stay valid. Run it after ``annotate-precision`` and before
+``calibrate`` (it changes the activations calibrate measures). Calibration data
+comes from the same place as ``calibrate``'s (``quant_calib_data``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from genzip.passes.infra.context import CALIBRATION, PassContext
+from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
+from genzip.passes.quant import _calib_data as data_mod
+from genzip.passes.quant._qdq import Builder, drop_if_unused
+from genzip.passes.quant._spec import annotated_nodes
+
+S_RANGE = (1e-4, 1e4)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Options:
+    alpha: float = 0.5
+    rotate: Literal["none", "hadamard"] = "none"
+    samples: int = 0
+    data: str | None = None
+
+    def __post_init__(self):
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha={self.alpha} must be in [0, 1]")
+
+
+def hadamard(k: int) -> np.ndarray | None:
+    """Orthonormal Sylvester Hadamard matrix of order k, or None when k is not a power of 2."""
+    if k < 2 or k & (k - 1):
+        return None
+    h = np.ones((1, 1))
+    while h.shape[0] < k:
+        h = np.block([[h, h], [h, -h]])
+    return (h / np.sqrt(k)).astype(np.float32)
+
+
+def _groups(model: ir.Model) -> dict[str, list[ir.Node]]:
+    out: dict[str, list[ir.Node]] = {}
+    for node, spec in annotated_nodes(model):
+        if spec.keep is None and spec.activation is not None and node.op_type in ("MatMul", "Gemm"):
+            out.setdefault(node.inputs[0].name, []).append(node)
+    return out
+
+
+def _channel_amax(model: ir.Model, names: list[str], samples) -> dict[str, np.ndarray]:
+    from genzip.ort_session import make_session
+
+    proto = ir.to_proto(model)
+    known = {i.name for i in proto.graph.input} | {o.name for o in proto.graph.output}
+    proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in known)
+    session = make_session(proto.SerializeToString())
+    out_names = [o.name for o in session.get_outputs()]
+    amax: dict[str, np.ndarray] = {}
+    for feeds in samples:
+        got = dict(zip(out_names, session.run(None, feeds)))
+        for n in names:
+            x = feeds[n] if n in feeds else got[n]
+            m = np.abs(x.reshape(-1, x.shape[-1])).max(axis=0)
+            amax[n] = np.maximum(amax[n], m) if n in amax else m
+    return amax
+
+
+def _weight_kn(node: ir.Node) -> np.ndarray:
+    w = node.inputs[1].const_value.numpy()
+    return w.T if node.op_type == "Gemm" and node.attributes.get_int("transB", 0) else w
+
+
+def _set_weight(graph: ir.Graph, node: ir.Node, w_kn: np.ndarray, index: int = 1) -> None:
+    """Give ``node`` a private initializer holding the new weight (the old may be shared)."""
+    if node.op_type == "Gemm" and node.attributes.get_int("transB", 0):
+        w_kn = w_kn.T
+    b = Builder(graph, node.name or "smooth")
+    old = node.inputs[index]
+    node.replace_input_with(index, b.initializer("smoothed", np.ascontiguousarray(w_kn, dtype=np.float32)))
+    drop_if_unused(graph, old)
+
+
+def _migrate(graph: ir.Graph, x: ir.Value, inv: np.ndarray) -> str | None:
+    """Fold ``x * inv`` (per last-axis channel) into x's producer; return how, or None."""
+    producer = x.producer()
+    if producer is None or x in graph.outputs:
+        return None
+    b = Builder(graph, producer.name or "smooth")
+    consts = [v is not None and v.const_value is not None for v in producer.inputs]
+    if producer.op_type == "LayerNormalization" and producer.attributes.get_int("axis", -1) == -1 and all(consts[1:]):
+        for i in range(1, len(producer.inputs)):
+            old = producer.inputs[i]
+            if old is not None:
+                producer.replace_input_with(i, b.initializer("smoothed", old.const_value.numpy() * inv))
+                drop_if_unused(graph, old)
+        return "layernorm"
+    gemm, bias = producer, None
+    if producer.op_type == "Add" and consts[1] and producer.inputs[0].producer() is not None:
+        gemm, bias = producer.inputs[0].producer(), producer.inputs[1]
+        if len(producer.inputs[0].uses()) != 1 or bias.const_value.numpy().shape[-1:] != inv.shape:
+            return None
+    if gemm.op_type != "MatMul" or gemm.inputs[1] is None or gemm.inputs[1].const_value is None:
+        return None
+    if gemm.inputs[1].const_value.numpy().ndim != 2:
+        return None
+    old = gemm.inputs[1]
+    gemm.replace_input_with(1, b.initializer("smoothed", old.const_value.numpy() * inv[None, :]))
+    drop_if_unused(graph, old)
+    if bias is not None:
+        producer.replace_input_with(1, b.initializer("smoothed_bias", bias.const_value.numpy() * inv))
+        drop_if_unused(graph, bias)
+    return "gemm"
+
+
+class SmoothPass(GenzipPass):
+    name = "smooth"
+    summary = "SmoothQuant channel balancing (+ optional Hadamard rotation) for annotated GEMM inputs"
+    Options = Options
+    requires_facts = frozenset({"quant-annotated"})
+    invalidates_facts = frozenset({"quant-calibrated"})
+
+    def needs(self) -> frozenset[str]:
+        return frozenset() if self.options.data else frozenset({CALIBRATION})
+
+    def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
+        opts: Options = self.options
+        graph = model.graph
+        groups = _groups(model)
+        if not groups:
+            return GenzipPassResult(model, False, {"smoothed": 0})
+        samples = data_mod.resolve(opts.data, context, self.name)
+        samples = samples[: opts.samples] if opts.samples else samples
+        data_mod.check_feeds(model, samples)
+        act = _channel_amax(model, sorted(groups), samples)
+        counts = {"smoothed": 0, "layernorm": 0, "gemm": 0, "mul": 0, "rotated": 0}
+        for name, nodes in groups.items():
+            x = nodes[0].inputs[0]
+            weights = [_weight_kn(n) for n in nodes]
+            w_amax = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
+            a = act[name].astype(np.float64)
+            s = np.where((a > 0) & (w_amax > 0), a**opts.alpha / np.maximum(w_amax, 1e-12) ** (1 - opts.alpha), 1.0)
+            s = np.clip(s, *S_RANGE).astype(np.float32)
+            readers = {id(u.node) for u in x.uses()}
+            how = _migrate(graph, x, 1.0 / s) if readers == {id(n) for n in nodes} else None
+            if how is None:
+                b = Builder(graph, f"{nodes[0].name}.smooth")
+                x_new = b.op("Mul", x, b.initializer("inv_s", (1.0 / s).astype(np.float32)))
+                graph.insert_before(nodes[0], b.nodes)
+                for n in nodes:
+                    n.replace_input_with(0, x_new)
+                how, x = "mul", x_new
+            counts[how] += 1
+            h = hadamard(len(s)) if opts.rotate == "hadamard" else None
+            if h is not None:
+                b = Builder(graph, f"{nodes[0].name}.rotate")
+                x_rot = b.op("MatMul", x, b.initializer("hadamard", h))
+                graph.insert_before(nodes[0], b.nodes)
+                for n in nodes:
+                    n.replace_input_with(0, x_rot)
+                counts["rotated"] += 1
+            for n, w in zip(nodes, weights):
+                w = s[:, None] * w
+                _set_weight(graph, n, h.T @ w if h is not None else w)
+            counts["smoothed"] += 1
+        return GenzipPassResult(model, True, counts)

@@ -1,0 +1,161 @@
+"""MoA profiling: the first-order loss increase of each (layer, head, span rule).
+
+For every calibration window of length N, the eager causal LM is run with its
+attention probabilities ``A[l]`` ([B, H, N, N], softmax outputs) kept in the
+autograd graph, and the LM loss is back-propagated to get ``G[l] = dL/dA[l]``.
+Restricting head h to a span rule keeps the entries ``K`` (j <= i and
+(j < sinks or i - j < span)) and renormalizes each row (what the sparse softmax
+does), ``A' = A·K / rowsum(A·K)``; the first-order loss change is
+``sum(G · (A' - A))`` (MoA's attention-influence profile). Metric ``gradient``
+takes its magnitude per window: on a calibration text the model fits poorly
+(random weights) the signed term is often negative for the sparsest rules, and
+a minimizer would exploit that artifact instead of keeping the model close to
+dense. Metric ``mass`` is the attention probability the rule drops (mean over
+rows), a gradient-free proxy. Both are >= 0 and exactly 0 for a rule whose span
+covers N.
+
+Invariant: ``Profile.loss[k, l, h, c]`` is that cost averaged over the
+calibration windows of length ``lengths[k]``, for rule ``configs[c]``, with spans
+resolved by ``span_attn.resolve_span`` (the rule the pass applies), and
+``Profile.density[k, c]`` is the fraction of causal (query, key) pairs that
+rule keeps at that length (same for every head).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from genzip.errors import GenzipError
+from genzip.passes.attention import _flops as af
+from genzip.passes.attention.span_attn import resolve_span
+
+logger = logging.getLogger(__name__)
+
+# Default calibration text: plain English prose, tokenized as UTF-8 bytes (the
+# tiny-llama preset has a 256-token vocabulary; larger vocabularies take bytes as ids).
+CALIBRATION_TEXT = (
+    "The river bends twice before it reaches the town, and in spring the water rises over the low "
+    "meadow where the children play. Old stone walls divide the fields, and each wall has a gate that "
+    "the farmers close at night. In the market square there is a clock that has not kept time for "
+    "years, yet everyone still looks at it when they pass. The baker opens before dawn; the smell of "
+    "bread reaches the bridge. Travellers who stop for a night often stay a week, because the inn is "
+    "warm, the food is simple and good, and the evenings are long and quiet. When the rains come in "
+    "autumn, the road to the city floods, and the town keeps to itself until the water goes down."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    lengths: list[int]
+    configs: list[tuple[float, float]]  # (alpha, beta) candidates
+    sinks: int
+    loss: np.ndarray  # [len(lengths), layers, heads, len(configs)]
+    density: np.ndarray  # [len(lengths), len(configs)]
+    windows: list[int]  # calibration windows used per length
+
+    def spans(self, k: int) -> list[int]:
+        n = self.lengths[k]
+        return [resolve_span(a, b, n, self.sinks) for a, b in self.configs]
+
+
+def keep_mask(n: int, span: int, sinks: int) -> np.ndarray:
+    """[n, n] bool: the (query i, key j) pairs SpanAttention keeps."""
+    i, j = np.arange(n)[:, None], np.arange(n)[None]
+    return (j <= i) & ((j < sinks) | (i - j < span))
+
+
+def span_density(n: int, span: int, sinks: int) -> float:
+    return af.span_pairs(n, span, sinks) / af.dense_pairs(n, n, causal=True)
+
+
+METRICS = ("gradient", "mass")
+
+
+def density_table(lengths: Sequence[int], configs: Sequence[tuple[float, float]], sinks: int) -> np.ndarray:
+    """[len(lengths), len(configs)] density of each rule at each length (no model needed)."""
+    return np.array([[span_density(n, resolve_span(a, b, n, sinks), sinks) for a, b in configs] for n in lengths])
+
+
+def influence(attn: np.ndarray, grad: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Per head first-order loss change of keeping only ``keep``: [B, H, N, N] x2 -> [H] (batch-summed)."""
+    kept = attn * keep
+    # Every kept row holds its diagonal (softmax > 0), so the row sum is never 0.
+    renorm = kept / kept.sum(-1, keepdims=True)
+    return ((renorm - attn) * grad).sum(axis=(0, 2, 3))
+
+
+def dropped_mass(attn: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Per head attention probability outside ``keep``, mean over batch and rows: -> [H]."""
+    return (attn * ~keep).sum(-1).mean(axis=(0, 2))
+
+
+def head_cost(metric: str, attn: np.ndarray, grad: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    if metric == "mass":
+        return dropped_mass(attn, keep)
+    return np.abs(influence(attn, grad, keep))
+
+
+def token_windows(text: str, n: int, vocab: int, max_windows: int) -> np.ndarray:
+    """Non-overlapping [W, n] windows of the text's UTF-8 bytes (ids mod ``vocab``)."""
+    ids = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64) % vocab
+    count = min(max_windows, len(ids) // n)
+    if count < 1:
+        raise GenzipError(f"moa-search: calibration text has {len(ids)} tokens, fewer than one window of {n}",
+                          "give a longer --text file or smaller --lengths")
+    return ids[: count * n].reshape(count, n)
+
+
+def profile_module(
+    module, *, lengths: Sequence[int], configs: Sequence[tuple[float, float]], sinks: int,
+    text: str = CALIBRATION_TEXT, max_windows: int = 8, metric: str = "gradient",
+) -> Profile:
+    """Profile an eager causal LM (transformers ``*ForCausalLM``) on ``text``.
+
+    Side effect: the module is switched to eager attention (the only kernel that
+    returns attention probabilities); its weights are not touched.
+    """
+    import torch
+
+    if metric not in METRICS:
+        raise GenzipError(f"moa-search: unknown metric '{metric}'", f"use one of {', '.join(METRICS)}")
+
+    if hasattr(module, "set_attn_implementation"):
+        # Only the eager kernel materializes the probabilities the profile needs.
+        module.set_attn_implementation("eager")
+    vocab = int(module.config.vocab_size)
+    lengths, configs = [int(n) for n in lengths], [(float(a), float(b)) for a, b in configs]
+    max_pos = getattr(module.config, "max_position_embeddings", None)
+    if max_pos is not None and max(lengths) > max_pos:
+        raise GenzipError(f"moa-search: length {max(lengths)} exceeds the model's {max_pos} positions",
+                          f"use --lengths up to {max_pos}")
+    layers = int(module.config.num_hidden_layers)
+    heads = int(module.config.num_attention_heads)
+    loss = np.zeros((len(lengths), layers, heads, len(configs)))
+    density = density_table(lengths, configs, sinks)
+    used = []
+    module.eval()
+    for k, n in enumerate(lengths):
+        windows = token_windows(text, n, vocab, max_windows)
+        used.append(len(windows))
+        spans = [resolve_span(a, b, n, sinks) for a, b in configs]
+        masks = {s: keep_mask(n, s, sinks) for s in set(spans)}
+        for row in windows:
+            ids = torch.from_numpy(row[None])
+            with torch.enable_grad():
+                out = module(ids, labels=ids, output_attentions=True, use_cache=False)
+            attentions = list(out.attentions)
+            if len(attentions) != layers or any(a is None or not a.requires_grad for a in attentions):
+                raise GenzipError("moa-search: the model did not return differentiable attention probabilities",
+                                  "use a transformers causal LM with eager attention support")
+            grads = torch.autograd.grad(out.loss, attentions)  # only dL/dA: no parameter grads
+            for layer, (a, g) in enumerate(zip(attentions, grads)):
+                a64, g64 = a.detach().double().numpy(), g.double().numpy()
+                per_span = {s: head_cost(metric, a64, g64, m) for s, m in masks.items()}
+                for c, s in enumerate(spans):
+                    loss[k, layer, :, c] += per_span[s] / len(windows)
+        logger.info("moa-search: profiled N=%d on %d windows", n, len(windows))
+    return Profile(lengths, configs, sinks, loss, density, used)
