@@ -31,6 +31,12 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_out_dir(out_dir: str, force: bool) -> None:
     """Refuse a non-empty folder without ``force`` and an unwritable parent, before any work."""
     out_dir = os.path.abspath(out_dir)
@@ -56,6 +62,8 @@ def staged_folder(out_dir: str, force: bool) -> Iterator[str]:
     try:
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+        # mkdtemp makes the folder 0700; the artifact gets what mkdir would give it.
+        os.chmod(tmp, 0o777 & ~_umask())
     except OSError as e:
         raise GenzipError(f"cannot write to {parent}: {e.strerror}", "choose an --out folder you can write to") from None
     try:

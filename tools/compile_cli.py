@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from genzip._version import __version__
 from genzip.compile import TARGETS, CompileOptions, compile_model
 from genzip.errors import GenzipError
 from genzip.metrics import MIN_COSINE
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "Python callbacks; auto: AOT where TensorRT >= 10.9 and triton allow")
     trt.add_argument("--timing-cache", help="timing cache to read and update (default: kept in the artifact)")
     add_common_flags(p)
+    p.add_argument("--version", action="version", version=f"genzip-compile {__version__}")
     return p
 
 

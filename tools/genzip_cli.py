@@ -9,6 +9,7 @@ import argparse
 import importlib
 import sys
 
+from genzip._version import __version__
 from genzip.tools.cli_common import add_common_flags, guarded
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -31,6 +32,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = argparse.ArgumentParser(prog="genzip", description="Run, benchmark and inspect genzip artifacts.")
+    parser.add_argument("--version", action="version", version=f"genzip {__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
     subs.required = True
     for name, (module, help_text) in SUBCOMMANDS.items():
