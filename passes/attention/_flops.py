@@ -11,11 +11,15 @@ not counted (lower order).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 from collections.abc import Sequence
 
 import onnx_ir as ir
+
+from genzip.errors import GenzipError
+from genzip.passes.attention._classify import KIND_REASON_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -126,12 +130,38 @@ class AttentionSite:
     """One canonical ``Attention`` node (see canonicalize-attn) and its metadata."""
 
     node: ir.Node
-    kind: str  # "self" | "cross"
+    kind: str  # "self" | "cross" | "unknown" (see _classify; passes needing self attention refuse it)
     index: int
 
     @property
     def scope(self) -> str:
         return self.node.metadata_props.get(SCOPE_KEY, "")
+
+    @property
+    def kind_reason(self) -> str:
+        return self.node.metadata_props.get(KIND_REASON_KEY, "")
+
+
+def refuse_unknown(sites: list[AttentionSite], pass_name: str, fix: str) -> None:
+    """One-line GenzipError naming the first unclassified attention among ``sites`` and why."""
+    for site in sites:
+        if site.kind == "unknown":
+            where = f"'{site.node.name}'" + (f" ({site.scope})" if site.scope else "")
+            raise GenzipError(
+                f"{pass_name}: attention {site.index} {where} is neither self nor cross attention: "
+                f"{site.kind_reason or 'canonicalize-attn could not classify it'}", fix,
+            )
+
+
+def no_op_warning(pass_name: str, sites: list[AttentionSite], skipped: dict[str, int]) -> None:
+    """Warn that a pass replaced nothing although the model has attention, and why."""
+    if not sites:
+        return
+    kinds = collections.Counter(s.kind for s in sites)
+    why = [f"{c} classified {k}" for k, c in sorted(kinds.items()) if k != "self"]
+    why += [f"{c} skipped: {r}" for r, c in sorted(skipped.items())]
+    logger.warning("%s replaced none of the %d attention(s): %s", pass_name, len(sites),
+                   "; ".join(why) or "none selected")
 
 
 def attention_sites(model: ir.Model) -> list[AttentionSite]:
@@ -145,7 +175,7 @@ def attention_sites(model: ir.Model) -> list[AttentionSite]:
             index = int(node.metadata_props.get(INDEX_KEY, ""))
         except ValueError:
             index = None
-        if kind not in ("self", "cross") or index is None:
+        if kind not in ("self", "cross", "unknown") or index is None:
             logger.warning("Attention node %s has no canonical metadata; left alone", node.name)
             continue
         sites.append(AttentionSite(node, kind, index))

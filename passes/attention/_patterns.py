@@ -72,7 +72,7 @@ def total_scale(bindings: dict, rank: int) -> float:
     ):
         scale *= _factor(bindings.get(tag), bindings.get(const), rank, what)
     if not math.isfinite(scale) or scale == 0.0:
-        raise MatchFailureError(f"scale {scale} is not usable", None)
+        raise MatchFailureError(f"scale {scale} is not usable")
     return scale
 
 
@@ -198,7 +198,7 @@ def _check_heads(q: ir.Shape, k: ir.Shape, v: ir.Shape, rank: int) -> None:
         heads_ok = _same(k[0], q[0]) or k[0] == 1
         kv_ok = _same(v[0], k[0])
     if not (batch_ok and heads_ok and kv_ok):
-        raise MatchFailureError(f"batch/head dims Q{q} K{k} V{v} do not fit Attention", None)
+        raise MatchFailureError(f"batch/head dims Q{q} K{k} V{v} do not fit Attention")
 
 
 def attention_rules() -> pattern.RewriteRuleSet:

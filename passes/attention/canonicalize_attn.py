@@ -11,7 +11,9 @@ Canonical form (fact ``attention-canonical``):
 * attributes ``scale`` (float; left absent only when D is not static),
   ``is_causal`` (0/1), ``softcap`` = 0.0, ``qk_matmul_output_mode`` = 0; no
   ``q_num_heads``/``kv_num_heads``;
-* metadata ``genzip.attn.kind`` (``self``/``cross``, see ``attn_classify``),
+* metadata ``genzip.attn.kind`` (``self``/``cross``/``unknown``, see ``_classify``;
+  an ``unknown`` node also gets ``genzip.attn.kind_reason``, and the passes that need
+  self attention refuse it),
   ``genzip.attn.index`` (0, 1, ... in topological order over the main graph,
   its subgraphs, then model functions) and ``genzip.attn.scope`` (torch module
   path, when the exporter recorded one).
@@ -39,11 +41,12 @@ from onnxscript.version_converter import ConvertVersionPass
 from onnxscript.version_converter._version_converter import VersionConverterError
 
 from genzip.errors import GenzipError
-from genzip.passes import attn_normalize
-from genzip.passes.attn_classify import attention_kind, attention_scope
-from genzip.passes.attn_patterns import attention_rules
-from genzip.passes.base import GenzipPass, GenzipPassResult
-from genzip.passes.graph_utils import live_nodes, model_graphs, remove_orphans, restore_types, untyped_constants
+from genzip.passes.attention import _normalize as attn_normalize
+from genzip.passes.attention._classify import KIND_REASON_KEY, UNKNOWN, Sources, attention_scope, classify
+from genzip.passes.attention._patterns import attention_rules
+from genzip.passes.infra.context import PassContext
+from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
+from genzip.passes.infra.graph import live_nodes, model_graphs, remove_orphans, restore_types, untyped_constants
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +115,7 @@ class CanonicalizeAttentionPass(GenzipPass):
     summary = "rewrite every attention into one canonical 4D opset-23 Attention node"
     ensures_facts = frozenset({"attention-canonical"})
 
-    def run(self, model: ir.Model) -> GenzipPassResult:
+    def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         # Refuse before touching anything, so a refused model is left as it came.
         for node in _attention_nodes(model):
             attn_normalize.check_supported(node)
@@ -137,13 +140,23 @@ class CanonicalizeAttentionPass(GenzipPass):
                 node = attn_normalize.rebuild_4d(node)
                 modified = True
             modified |= attn_normalize.normalize_attributes(node, d)
-            kind = attention_kind(node)
-            wanted = {KIND_KEY: kind, INDEX_KEY: str(stats["attention_nodes"])}
+        # Classified once every node is final: the walk stops at (and names) other attentions.
+        sources = Sources()
+        for node in _attention_nodes(model):
+            found = classify(node, sources)
+            wanted = {KIND_KEY: found.kind, INDEX_KEY: str(stats["attention_nodes"])}
             scope = attention_scope(node)
             if scope:
                 wanted[SCOPE_KEY] = scope
+            if found.kind == UNKNOWN:
+                wanted[KIND_REASON_KEY] = found.reason
+                logger.warning("canonicalize-attn: attention %d (%s) left unclassified: %s",
+                               stats["attention_nodes"], scope or node.name, found.reason)
+            elif KIND_REASON_KEY in node.metadata_props:
+                del node.metadata_props[KIND_REASON_KEY]
+                modified = True
             modified |= _set_metadata(node, wanted)
-            stats[kind] += 1
+            stats[found.kind] = stats.get(found.kind, 0) + 1
             stats["attention_nodes"] += 1
         _warn_unrecognised(model)
         return GenzipPassResult(model, modified, stats)

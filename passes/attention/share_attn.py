@@ -36,10 +36,13 @@ Per layer l the graph gains inputs ``attn_block_in.l`` ``[B, N, C]`` and
 (``attn_modes`` zeros, caches empty), so the artifact still runs, all-full and
 exactly as before, on its plain inputs. The layout the runtime needs is in the
 pass stats (manifest ``pass_stats``) and in model metadata ``genzip.share_attn``.
+A selected attention canonicalize-attn left ``unknown`` is refused with GenzipError;
+selecting no block although the model has attention logs a warning saying why.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -49,12 +52,13 @@ import numpy as np
 import onnx_ir as ir
 
 from genzip.errors import GenzipError
-from genzip.passes import attn_flops as af
-from genzip.passes.base import GenzipPass, GenzipPassResult
-from genzip.passes.quant_attention import refuse_int8_scores
-from genzip.passes.share_block import Block, clone_nodes, find_block
-from genzip.passes.share_graph import Builder, cache_input, dims, if_, move_initializers
-from genzip.passes.window_attn import check_window_options, resolve_window
+from genzip.passes.attention import _flops as af
+from genzip.passes.attention._guards import refuse_int8_scores
+from genzip.passes.attention._share_block import Block, clone_nodes, find_block
+from genzip.passes.attention._share_graph import Builder, cache_input, dims, if_, move_initializers
+from genzip.passes.attention.window_attn import check_window_options, resolve_window
+from genzip.passes.infra.context import PassContext
+from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
 from genzip.plugins import window_attention
 
 logger = logging.getLogger(__name__)
@@ -86,9 +90,13 @@ class ShareAttentionPass(GenzipPass):
     # Attention now also lives in If branches, without canonical metadata.
     invalidates_facts = frozenset({"attention-canonical"})
 
-    def run(self, model: ir.Model) -> GenzipPassResult:
+    def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         refuse_int8_scores(model, "share-attn")
-        sites = [s for s in af.attention_sites(model) if s.kind == "self" and s.node.graph is model.graph]
+        all_sites = af.attention_sites(model)
+        af.refuse_unknown([s for s in all_sites if not self.options.layers or s.index in self.options.layers],
+                          "share-attn", "share-attn needs self attention; pick other layers= or re-export "
+                          "the model so its attention's Q/K/V data flow is plain")
+        sites = [s for s in all_sites if s.kind == "self" and s.node.graph is model.graph]
         if self.options.layers:
             unknown = sorted(set(self.options.layers) - {s.index for s in sites})
             if unknown:
@@ -98,6 +106,7 @@ class ShareAttentionPass(GenzipPass):
                 )
             sites = [s for s in sites if s.index in self.options.layers]
         blocks = []
+        skipped: collections.Counter[str] = collections.Counter()
         for site in sites:
             found = find_block(site.node)
             reason = found if isinstance(found, str) else af.unsupported_reason(site.node, causal=False)
@@ -105,9 +114,11 @@ class ShareAttentionPass(GenzipPass):
                 reason = "unknown-shape"  # the cache inputs need a rank and feature dims
             if reason:
                 logger.info("share-attn: attention %d (%s) left alone: %s", site.index, site.node.name, reason)
+                skipped[reason] += 1
                 continue
             blocks.append((site, found))
         if not blocks:
+            af.no_op_warning("share-attn", all_sites, skipped)
             return GenzipPassResult(model, False, {"layers": 0})
         modes = ir.Value(name=MODES_INPUT, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([len(blocks)]))
         modes.const_value = ir.tensor(np.zeros(len(blocks), dtype=np.int64), name=MODES_INPUT)

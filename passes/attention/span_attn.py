@@ -9,6 +9,11 @@ sees keys j <= i with j < sinks or i - j < span_h, where
 ``span_h = clamp(round(alpha_h + beta_h·N), max(sinks, 1), N)`` (MoA's elastic
 rule) for the node's static sequence length N (or ``seq=`` when N is symbolic).
 The new output keeps the old name, dtype and shape; everything else is untouched.
+A mask that is causal AND an ``attention_mask`` padding mask (``moa_mask.mask_kind``
+``"causal-padding"``) is counted (``causal_padding_masks``) but never dropped, so its
+node stays (``skipped_padding_mask``). An attention canonicalize-attn left ``unknown``
+makes the pass refuse the model (GenzipError naming it and why); replacing nothing
+although the model has attention logs a warning saying why.
 
 ``plan=FILE`` gives per-layer, per-head rules as JSON
 ``{"alphas": [L][H], "betas": [L][H], "sinks": int}``; ``alpha=``/``beta=``/``sinks=``
@@ -26,9 +31,10 @@ import onnx_ir as ir
 
 from genzip import jsonfile
 from genzip.errors import GenzipError
-from genzip.passes import attn_flops as af
-from genzip.passes import moa_mask
-from genzip.passes.base import GenzipPass, GenzipPassResult
+from genzip.passes.attention import _causal_mask as moa_mask
+from genzip.passes.attention import _flops as af
+from genzip.passes.infra.context import PassContext
+from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
 from genzip.plugins import span_attention
 
 logger = logging.getLogger(__name__)
@@ -89,17 +95,24 @@ def load_plan(path: str) -> SpanPlan:
     return SpanPlan(table["alphas"], table["betas"], sinks)
 
 
-def _has_causal_mask(model: ir.Model, node: ir.Node, cache: dict) -> bool:
-    """A non-``is_causal`` node whose explicit mask provably is the causal mask (torch LM exports)."""
+def causal_mask_kind(model: ir.Model, node: ir.Node, cache: dict) -> str | None:
+    """For a non-``is_causal`` node with an explicit mask: ``"causal"`` when the mask provably
+    is the causal mask (torch LM exports), ``"causal-padding"`` when it is causal AND a key
+    padding mask read from an ``attention_mask`` input (see ``_causal_mask``), else None."""
     if node.attributes.get_int("is_causal", 0) or len(node.inputs) < 4 or node.inputs[3] is None:
-        return False
+        return None
     q, k = node.inputs[0], node.inputs[1]
     if q.shape is None or k.shape is None or len(q.shape) != 4 or len(k.shape) != 4:
-        return False
+        return None
     n = q.shape[2]
     if not isinstance(n, int) or k.shape[2] != n:
-        return False
-    return moa_mask.is_static_causal(model, node.inputs[3], n, cache)
+        return None
+    return moa_mask.mask_kind(model, node.inputs[3], n, cache)
+
+
+def _has_causal_mask(model: ir.Model, node: ir.Node, cache: dict) -> bool:
+    """A non-``is_causal`` node whose explicit mask provably is the causal mask (torch LM exports)."""
+    return causal_mask_kind(model, node, cache) == moa_mask.CAUSAL
 
 
 def resolve_span(alpha: float, beta: float, n: int, sinks: int) -> int:
@@ -137,10 +150,14 @@ class SpanAttentionPass(GenzipPass):
                                   f"{layers[layer].index} has {h}", "use a plan made for this model")
         return [list(zip(a, b)) for a, b in zip(plan.alphas, plan.betas)], plan.sinks
 
-    def run(self, model: ir.Model) -> GenzipPassResult:
+    def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         sites = af.attention_sites(model)
+        af.refuse_unknown(sites, "span-attn", "span-attn needs every attention classified; re-export the model "
+                          "so self attention reads Q's activation, or leave span-attn out")
         cache: dict = {}  # masks are shared by all layers: prove each once
-        masked = {id(s.node) for s in sites if s.kind == "self" and _has_causal_mask(model, s.node, cache)}
+        mask_kinds = {id(s.node): causal_mask_kind(model, s.node, cache) for s in sites if s.kind == "self"}
+        masked = {i for i, kind in mask_kinds.items() if kind == moa_mask.CAUSAL}
+        padded = {i for i, kind in mask_kinds.items() if kind == moa_mask.CAUSAL_PADDING}
         layers = [s for s in sites if s.kind == "self"
                   and (s.node.attributes.get_int("is_causal", 0) or id(s.node) in masked)]
         flops = {id(s.node): af.canonical_attention_flops(s.node) for s in sites}
@@ -166,7 +183,14 @@ class SpanAttentionPass(GenzipPass):
             "flops_unknown_nodes": len(flops) - len(known), "sinks": sinks,
             "causal_masks_recognized": len(masked),
         }
+        if padded:
+            # Causal, but the padding part must stay: SpanAttention takes no mask.
+            stats["causal_padding_masks"] = len(padded)
+            skipped["padding-mask"] += len(padded)
         stats.update({f"skipped_{k.replace('-', '_')}": c for k, c in sorted(skipped.items())})
+        if not replaced:
+            not_causal = sum(1 for s in sites if s.kind == "self") - len(layers) - len(padded)
+            af.no_op_warning("span-attn", sites, {**skipped, **({"not causal": not_causal} if not_causal else {})})
         return GenzipPassResult(model, replaced > 0, stats)
 
     def _replace(self, model, site: af.AttentionSite, rule, sinks: int, flops: dict) -> str | None:

@@ -11,7 +11,9 @@ what a later WA-RS cache pass feeds back on reuse steps).
 
 ``window=F`` resolves w = round(F·N) against each node's static sequence length
 N; ``tokens=T`` uses w = T. Nodes whose window already covers the sequence are
-left alone (nothing to save), so ``modified`` is False when nothing changes.
+left alone (nothing to save), so ``modified`` is False when nothing changes (and a
+warning says why when the model has attention). A selected attention that
+canonicalize-attn left ``unknown`` (neither self nor cross) is refused with GenzipError.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import math
 import onnx_ir as ir
 
 from genzip.errors import GenzipError
-from genzip.passes import attn_flops as af
-from genzip.passes.base import GenzipPass, GenzipPassResult
-from genzip.passes.quant_attention import refuse_int8_scores
+from genzip.passes.attention import _flops as af
+from genzip.passes.attention._guards import refuse_int8_scores
+from genzip.passes.infra.context import PassContext
+from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
 from genzip.plugins import window_attention
 
 logger = logging.getLogger(__name__)
@@ -89,6 +92,9 @@ class WindowAttentionPass(GenzipPass):
 
     def _selected(self, sites: list[af.AttentionSite]) -> list[af.AttentionSite]:
         self_sites = [s for s in sites if s.kind == "self"]
+        wanted = [s for s in sites if not self.options.layers or s.index in self.options.layers]
+        af.refuse_unknown(wanted, "window-attn", "window-attn needs self attention; pick other layers= "
+                          "or re-export the model so its attention's Q/K/V data flow is plain")
         if not self.options.layers:
             return self_sites
         known = {s.index for s in self_sites}
@@ -116,7 +122,7 @@ class WindowAttentionPass(GenzipPass):
             return "window-covers-sequence", n, w, group
         return None, n, w, group
 
-    def run(self, model: ir.Model) -> GenzipPassResult:
+    def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         refuse_int8_scores(model, "window-attn")
         sites = af.attention_sites(model)
         flops = {id(s.node): af.canonical_attention_flops(s.node) for s in sites}
@@ -145,6 +151,8 @@ class WindowAttentionPass(GenzipPass):
             "windows": sorted(windows),
         }
         stats.update({f"skipped_{k.replace('-', '_')}": c for k, c in sorted(skipped.items())})
+        if not replaced:
+            af.no_op_warning("window-attn", sites, skipped)
         return GenzipPassResult(model, replaced > 0, stats)
 
     def _replace(self, model: ir.Model, site: af.AttentionSite, w: int, group: int) -> str | None:
