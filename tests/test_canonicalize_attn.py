@@ -22,11 +22,12 @@ from helpers_onnx import (
 
 from genzip.errors import GenzipError
 from genzip.passes import build_pipeline, get_pass_class, model_facts, parse_pipeline, print_pipeline
-from genzip.passes import registry
-from genzip.passes.base import GenzipPass, GenzipPassResult
-from genzip.passes.canonicalize_attn import CanonicalizeAttentionPass
-from genzip.passes.invariants import check_full
-from genzip.passes.manager import run_pipeline
+from genzip.passes.attention.canonicalize_attn import CanonicalizeAttentionPass
+from genzip.passes.infra import registry
+from genzip.passes.infra.context import PassContext
+from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
+from genzip.passes.infra.invariants import check_full
+from genzip.passes.infra.manager import run_pipeline
 
 CANONICAL = {"is_causal": 0, "softcap": 0.0, "qk_matmul_output_mode": 0}
 
@@ -367,7 +368,7 @@ def test_no_attention_below_opset_23_keeps_its_opset():
 def test_untyped_decomposed_chain_is_left_alone_with_a_warning(caplog):
     model = model_from_text(DECOMPOSED_4D, infer=False)
     snapshot = proto_bytes(model)
-    with caplog.at_level(logging.WARNING, logger="genzip.passes.canonicalize_attn"):
+    with caplog.at_level(logging.WARNING, logger="genzip.passes.attention.canonicalize_attn"):
         result = CanonicalizeAttentionPass()(model)
     assert result.modified is False
     assert proto_bytes(model) == snapshot
@@ -407,7 +408,7 @@ class NeedsCanonicalAttention(GenzipPass):
     name = "needs-canonical-attn"
     requires_facts = frozenset({"attention-canonical"})
 
-    def run(self, model: ir.Model) -> GenzipPassResult:
+    def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         return GenzipPassResult(model, False, {"attention_nodes": len(_attention(model))})
 
 

@@ -11,11 +11,11 @@ import pytest
 from helpers_onnx import ort_session
 
 from genzip.errors import GenzipError
-from genzip.passes import attn_flops as af
 from genzip.passes import build_pipeline, run_pipeline
+from genzip.passes.attention import _flops as af
 from genzip.passes.attention._canonical import canonical_attention_node
-from genzip.passes.base import FACTS_KEY, build_options
-from genzip.passes.span_attn import SpanAttentionPass
+from genzip.passes.attention.span_attn import SpanAttentionPass
+from genzip.passes.infra.contract import FACTS_KEY, build_options
 
 D, N = 8, 40
 SCALE = D**-0.5

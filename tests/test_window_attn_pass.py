@@ -13,11 +13,11 @@ import pytest
 from helpers_onnx import ort_session
 
 from genzip.errors import GenzipError
-from genzip.passes import attn_flops as af
 from genzip.passes import build_pipeline, run_pipeline
+from genzip.passes.attention import _flops as af
 from genzip.passes.attention._canonical import canonical_attention_node
-from genzip.passes.base import FACTS_KEY, build_options
-from genzip.passes.window_attn import WindowAttentionPass
+from genzip.passes.attention.window_attn import WindowAttentionPass
+from genzip.passes.infra.contract import FACTS_KEY, build_options
 
 H, D, M = 2, 8, 12
 SCALE = D**-0.5
@@ -130,7 +130,7 @@ def test_options_and_preconditions():
 
 
 def test_pipeline_with_canonicalize():
-    pytest.importorskip("genzip.passes.canonicalize_attn")
+    pytest.importorskip("genzip.passes.attention.canonicalize_attn")
     pipeline = build_pipeline("canonicalize-attn,window-attn{window=0.125}")
     assert [p.name for p in pipeline.passes] == ["canonicalize-attn", "window-attn"]
 
