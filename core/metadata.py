@@ -14,7 +14,8 @@ SENSITIVITY_KEY = "genzip.sensitivity"  # JSON sensitivity table
 PRECISION_PLAN_KEY = "genzip.mixed_precision"  # JSON mixed-precision allocation
 
 # --- node keys -----------------------------------------------------------------------
-ATTN_KIND_KEY = "genzip.attn.kind"  # "self" | "cross"
+ATTN_KIND_KEY = "genzip.attn.kind"  # "self" | "cross" | "unknown" (passes/attention/_classify.py)
+ATTN_KIND_REASON_KEY = "genzip.attn.kind_reason"  # why a node is "unknown"
 ATTN_INDEX_KEY = "genzip.attn.index"  # 0, 1, ... in attention-site order
 ATTN_SCOPE_KEY = "genzip.attn.scope"  # torch module path of the attention
 ATTN_WINDOW_KEY = "genzip.attn.window"  # window-attn's window size

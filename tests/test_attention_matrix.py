@@ -21,9 +21,9 @@ from helpers_onnx import model_from_text
 
 from genzip.errors import GenzipError
 from genzip.metadata import ATTN_KIND_KEY, TORCH_NAME_SCOPES_KEY
+from genzip.metadata import ATTN_KIND_REASON_KEY as KIND_REASON_KEY
 from genzip.passes.attention import _causal_mask as cm
 from genzip.passes.attention import _flops as af
-from genzip.passes.attention._classify import KIND_REASON_KEY
 from genzip.passes.attention.canonicalize_attn import CanonicalizeAttentionPass
 from genzip.passes.attention.share_attn import ShareAttentionOptions, ShareAttentionPass
 from genzip.passes.attention.span_attn import SpanAttentionOptions, SpanAttentionPass, causal_mask_kind

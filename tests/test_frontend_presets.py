@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 from genzip.frontend import PRESETS, cosine, load_model
-from genzip.frontend.module_paths import module_class, module_path
+from genzip.passes.infra.module_paths import module_class, module_path
 
 
 def _session(model: ir.Model) -> ort.InferenceSession:

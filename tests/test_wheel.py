@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -35,11 +36,25 @@ _IMPORT_ALL = textwrap.dedent('''
 ''')
 
 
+def _clean_copy(dst) -> str:
+    """The files git would hand a fresh clone (tracked or not ignored): a stale build/
+    folder in the checkout must not leak old modules into the wheel."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                            check=True, capture_output=True, timeout=60).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        src = os.path.join(ROOT, rel)
+        if os.path.isfile(src):
+            os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
+            shutil.copy2(src, os.path.join(dst, rel))
+    return str(dst)
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("wheel")
+    src = _clean_copy(tmp_path_factory.mktemp("src"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    ROOT], check=True, capture_output=True, timeout=300)
+                    src], check=True, capture_output=True, timeout=300)
     (path,) = glob.glob(str(out / "genzip-*.whl"))
     return path
 

@@ -28,19 +28,17 @@ the reason is recorded. Nothing is guessed.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import math
 import re
 
 import onnx_ir as ir
 
-from genzip.metadata import NAMESPACE_KEY, TORCH_CLASS_HIERARCHY_KEY, TORCH_NAME_SCOPES_KEY
+from genzip.passes.infra.module_paths import enclosing_module, module_classes
 
 SELF, CROSS, UNKNOWN = "self", "cross", "unknown"
 KINDS = (SELF, CROSS, UNKNOWN)
 # Written only on unknown nodes: why the classification was refused.
-KIND_REASON_KEY = "genzip.attn.kind_reason"
 
 # Ops whose inputs after the first are shapes, indices, sizes or axes, not data.
 _DATA_INPUT_ONLY = frozenset({
@@ -172,38 +170,12 @@ def structural_kind(node: ir.Node, sources: Sources | None = None) -> tuple[str,
 
 # --- module scope ---------------------------------------------------------------------
 
-def _literal_list(raw: str | None) -> list | None:
-    if not raw:
-        return None
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return None
-    return value if isinstance(value, list) else None
-
-
-def _own_scope(node: ir.Node) -> str | None:
-    """The torch module path recorded on a node by the dynamo exporter, if any."""
-    scopes = _literal_list(node.metadata_props.get(TORCH_NAME_SCOPES_KEY))
-    # The last entry names the op itself; the one before is its enclosing module.
-    if scopes is not None and len(scopes) >= 2 and isinstance(scopes[-2], str) and scopes[-2]:
-        return scopes[-2]
-    raw = node.metadata_props.get(NAMESPACE_KEY)
-    if raw:
-        # ": pkg.Root/blocks.0: pkg.Block/blocks.0.attn: pkg.Attn/sdpa: aten.sdpa" -> blocks.0.attn
-        modules = [part.split(":", 1)[0].strip() for part in raw.split("/")[:-1]]
-        modules = [m for m in modules if m]
-        if modules:
-            return modules[-1]
-    return None
-
-
 def _nearest_scope(value: ir.Value | None, max_hops: int) -> str | None:
     for _ in range(max_hops):
         node = value.producer() if value is not None else None
         if node is None:
             return None
-        scope = _own_scope(node)
+        scope = enclosing_module(node)
         if scope:
             return scope
         value = node.inputs[0] if node.inputs else None
@@ -222,7 +194,7 @@ def _common_prefix(paths: list[str]) -> str | None:
 
 def attention_scope(node: ir.Node, max_hops: int = 4) -> str | None:
     """The module path of the node, else the common path of its Q/K/V producers."""
-    scope = _own_scope(node)
+    scope = enclosing_module(node)
     if scope:
         return scope
     found = [_nearest_scope(v, max_hops) for v in node.inputs[:3]]
@@ -256,7 +228,7 @@ def _hint_scope(node: ir.Node) -> tuple[str | None, bool]:
 def _in_joint_block(node: ir.Node) -> bool:
     """SD3.5's dual-attention blocks name their second *self* attention ``attn2``."""
     for candidate in [node] + [v.producer() for v in node.inputs[:3] if v is not None]:
-        classes = _literal_list(candidate.metadata_props.get(TORCH_CLASS_HIERARCHY_KEY)) if candidate else None
+        classes = module_classes(candidate) if candidate else None
         if classes and any("Joint" in str(c) for c in classes):
             return True
     return False

@@ -19,7 +19,10 @@ from collections.abc import Sequence
 import onnx_ir as ir
 
 from genzip.errors import GenzipError
-from genzip.passes.attention._classify import KIND_REASON_KEY
+from genzip.metadata import ATTN_INDEX_KEY as INDEX_KEY
+from genzip.metadata import ATTN_KIND_KEY as KIND_KEY
+from genzip.metadata import ATTN_KIND_REASON_KEY as KIND_REASON_KEY
+from genzip.metadata import ATTN_SCOPE_KEY as SCOPE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +125,6 @@ def restricted_flops(q: ir.Value, v: ir.Value, pairs: int | Sequence[int], batch
 
 # --- Canonical attention sites ------------------------------------------------------
 
-KIND_KEY, INDEX_KEY, SCOPE_KEY = "genzip.attn.kind", "genzip.attn.index", "genzip.attn.scope"
 
 
 @dataclasses.dataclass(frozen=True)

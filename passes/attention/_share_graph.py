@@ -10,31 +10,22 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from genzip.ir_build import NodeBuilder
 
-class Builder:
-    """Appends nodes to a list; names everything with one prefix (unique per branch)."""
 
-    def __init__(self, prefix: str):
-        self.prefix, self.nodes, self.count = prefix, [], 0
+class Builder(NodeBuilder):
+    """Nodes ``<prefix><Op>_<n>`` and outputs ``<prefix><op>_<n>_<i>`` (the prefix is
+    unique per branch, so names never clash across If branches)."""
 
-    def op(self, op_type: str, *inputs, outputs: int = 1, attrs=(), domain: str = "") -> ir.Value | tuple:
-        self.count += 1
-        node = ir.Node(domain, op_type, list(inputs), list(attrs), num_outputs=outputs,
-                       name=f"{self.prefix}{op_type}_{self.count}")
-        for i, out in enumerate(node.outputs):
-            out.name = f"{self.prefix}{op_type.lower()}_{self.count}_{i}"
-        self.nodes.append(node)
-        return node.outputs[0] if outputs == 1 else node.outputs
+    def _node_name(self, op_type: str) -> str:
+        return f"{self.prefix}{op_type}_{self._next()}"
 
-    def const(self, value, dtype=np.int64) -> ir.Value:
-        return self.op("Constant", attrs=[ir.AttrTensor("value", ir.tensor(np.asarray(value, dtype=dtype)))])
-
-    def graph(self, outputs: list[ir.Value], name: str) -> ir.Graph:
-        return ir.Graph([], outputs, nodes=self.nodes, name=name)
+    def _output_names(self, op_type: str, n: int) -> list[str | None]:
+        return [f"{self.prefix}{op_type.lower()}_{self._count}_{i}" for i in range(n)]
 
 
 def if_(b: Builder, cond: ir.Value, then: ir.Graph, other: ir.Graph, n: int = 2) -> tuple:
-    return b.op("If", cond, outputs=n, attrs=[ir.AttrGraph("then_branch", then), ir.AttrGraph("else_branch", other)])
+    return b.op("If", cond, _outputs=n, then_branch=then, else_branch=other)
 
 
 def move_initializers(graph: ir.Graph, branch: ir.Graph) -> None:

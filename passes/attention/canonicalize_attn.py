@@ -41,8 +41,12 @@ from onnxscript.version_converter import ConvertVersionPass
 from onnxscript.version_converter._version_converter import VersionConverterError
 
 from genzip.errors import GenzipError
+from genzip.metadata import ATTN_INDEX_KEY as INDEX_KEY
+from genzip.metadata import ATTN_KIND_KEY as KIND_KEY
+from genzip.metadata import ATTN_KIND_REASON_KEY as KIND_REASON_KEY
+from genzip.metadata import ATTN_SCOPE_KEY as SCOPE_KEY
 from genzip.passes.attention import _normalize as attn_normalize
-from genzip.passes.attention._classify import KIND_REASON_KEY, UNKNOWN, Sources, attention_scope, classify
+from genzip.passes.attention._classify import UNKNOWN, Sources, attention_scope, classify
 from genzip.passes.attention._patterns import attention_rules
 from genzip.passes.infra.context import PassContext
 from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
@@ -51,7 +55,6 @@ from genzip.passes.infra.graph import live_nodes, model_graphs, remove_orphans, 
 logger = logging.getLogger(__name__)
 
 ATTENTION_OPSET = 23
-KIND_KEY, INDEX_KEY, SCOPE_KEY = "genzip.attn.kind", "genzip.attn.index", "genzip.attn.scope"
 
 
 def _has_decomposed(model: ir.Model, rules: pattern.RewriteRuleSet) -> bool:

@@ -46,14 +46,23 @@ import collections
 import dataclasses
 import json
 import logging
-import math
 
 import numpy as np
 import onnx_ir as ir
 
 from genzip.errors import GenzipError
+from genzip.metadata import (
+    MODE_FULL_CFG,
+    MODE_FULL_RESIDUAL,
+    MODE_SHARE_STEP,
+    MODE_WINDOW,
+    MODE_WINDOW_CFG,
+)
+from genzip.metadata import SHARE_LAYOUT_KEY as LAYOUT_KEY
+from genzip.metadata import SHARE_MODES_INPUT as MODES_INPUT
 from genzip.passes.attention import _flops as af
 from genzip.passes.attention._guards import refuse_int8_scores
+from genzip.passes.attention._heads import attention_scale, gqa_group
 from genzip.passes.attention._share_block import Block, clone_nodes, find_block
 from genzip.passes.attention._share_graph import Builder, cache_input, dims, if_, move_initializers
 from genzip.passes.attention.window_attn import check_window_options, resolve_window
@@ -63,10 +72,8 @@ from genzip.plugins import window_attention
 
 logger = logging.getLogger(__name__)
 
-MODES_INPUT = "attn_modes"
 BLOCK_IN, BLOCK_OUT = "attn_block_in.{l}", "attn_block_out.{l}"
 RESIDUAL_IN, RESIDUAL_OUT = "attn_residual_in.{l}", "attn_residual_out.{l}"
-LAYOUT_KEY = "genzip.share_attn"
 CFG_ORDER = ["uncond", "cond"]
 
 
@@ -148,8 +155,10 @@ class ShareAttentionPass(GenzipPass):
                  block: Block, w: int) -> dict:
         graph = model.graph
         attn = block.attention
-        group = attn.inputs[0].shape[1] // attn.inputs[1].shape[1] if isinstance(attn.inputs[1].shape[1], int) else 1
-        scale = attn.attributes.get_float("scale", 1.0 / math.sqrt(attn.inputs[0].shape[3]))
+        group, scale = gqa_group(attn), attention_scale(attn)
+        if group is None or scale is None:
+            raise GenzipError(f"share-attn: attention {site.index} ({attn.name}) has no static head counts or head size",
+                              "export the model with static head dimensions")
         y, o = attn.outputs[0], block.output
         prev_in = cache_input(graph, BLOCK_IN.format(l=layer), o)
         res_in = cache_input(graph, RESIDUAL_IN.format(l=layer), y)
@@ -163,14 +172,15 @@ class ShareAttentionPass(GenzipPass):
             return node.outputs[0]
 
         top = Builder(p)
-        mode = top.op("Gather", modes, top.const(layer), attrs=[ir.AttrInt64("axis", 0)])
-        is_ = {k: top.op("Equal", mode, top.const(k)) for k in (1, 2, 3, 4, 5)}
-        half = top.op("Or", is_[4], is_[5])  # ASC: compute the conditional half only
-        windowed = top.op("Or", is_[2], is_[5])
+        mode = top.op("Gather", modes, top.const(layer), axis=0)
+        modes_ = (MODE_FULL_RESIDUAL, MODE_WINDOW, MODE_SHARE_STEP, MODE_FULL_CFG, MODE_WINDOW_CFG)
+        is_ = {k: top.op("Equal", mode, top.const(k)) for k in modes_}
+        half = top.op("Or", is_[MODE_FULL_CFG], is_[MODE_WINDOW_CFG])  # ASC: compute the conditional half only
+        windowed = top.op("Or", is_[MODE_WINDOW], is_[MODE_WINDOW_CFG])
         c = Builder(f"{p}compute_")
         # Slice start 0 (whole batch) or B/2 (the conditional half), and Tile x1 or x2 back:
         # one computation, so each projection (and its weights) exists once.
-        halfway = c.op("Div", c.op("Shape", block.x, attrs=[ir.AttrInt64("end", 1)]), c.const([2]))
+        halfway = c.op("Div", c.op("Shape", block.x, end=1), c.const([2]))
         start = c.op("Where", half, halfway, c.const([0]))
         end, axis0 = c.const([np.iinfo(np.int64).max]), c.const([0])
         x = c.op("Slice", block.x, start, end, axis0)
@@ -190,7 +200,7 @@ class ShareAttentionPass(GenzipPass):
             refresh = rb.graph([rb.op("Sub", full_y, window_y(rb, qkv[:3]))], f"{p}refresh")
             kb = Builder(f"{p}keep_")
             keep = kb.graph([kb.op("Identity", res_in)], f"{p}keep")
-            fa = fb.graph([fb.op("Identity", full_y), if_(fb, is_[1], refresh, keep, 1)], f"{p}full")
+            fa = fb.graph([fb.op("Identity", full_y), if_(fb, is_[MODE_FULL_RESIDUAL], refresh, keep, 1)], f"{p}full")
             sel = Builder(f"{p}attn_")
             out_y, out_r = if_(sel, windowed, wa, fa)
             made.extend(sel.nodes)
@@ -200,11 +210,11 @@ class ShareAttentionPass(GenzipPass):
         made, mapping = clone_nodes(block.nodes, {id(block.x): x}, f"{p}c_", {id(attn): variant})
         c.nodes.extend(made)
         reps = c.op("Concat", c.op("Where", half, c.const([2]), c.const([1])), c.const([1] * (len(o.shape) - 1)),
-                    attrs=[ir.AttrInt64("axis", 0)])
+                    axis=0)
         compute_g = c.graph([c.op("Tile", mapping[id(o)], reps), made_r[0]], f"{p}compute")
         s = Builder(f"{p}step_")  # AST: the previous step's block output
         share_g = s.graph([s.op("Identity", prev_in), s.op("Identity", res_in)], f"{p}share_step")
-        new_o, new_r = if_(top, is_[3], share_g, compute_g)
+        new_o, new_r = if_(top, is_[MODE_SHARE_STEP], share_g, compute_g)
         new_o.name, new_r.name = BLOCK_OUT.format(l=layer), RESIDUAL_OUT.format(l=layer)
         new_o.dtype, new_o.shape = o.dtype, o.shape
         new_r.dtype, new_r.shape = y.dtype, res_in.shape

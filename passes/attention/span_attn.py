@@ -33,6 +33,7 @@ from genzip import jsonfile
 from genzip.errors import GenzipError
 from genzip.passes.attention import _causal_mask as moa_mask
 from genzip.passes.attention import _flops as af
+from genzip.passes.attention._heads import attention_scale, gqa_group
 from genzip.passes.infra.context import PassContext
 from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
 from genzip.plugins import span_attention
@@ -204,14 +205,12 @@ class SpanAttentionPass(GenzipPass):
         spans = [resolve_span(a, b, n, sinks) for a, b in rule]
         if isinstance(n_static, int) and min(spans) >= n:
             return "span-covers-sequence"
-        hq, hkv = q.shape[1], k.shape[1]
-        if not isinstance(hkv, int) or hkv < 1 or hq % hkv:
+        if gqa_group(node) is None:
             return "head-count"
-        scale = node.attributes.get("scale")
-        d = q.shape[3]
-        if scale is None and not isinstance(d, int):
+        hkv = k.shape[1]
+        scale = attention_scale(node)
+        if scale is None:
             return "unknown-scale"
-        scale = scale.as_float() if scale is not None else 1.0 / math.sqrt(d)
         new = span_attention.make_node(model, [q, k, v], spans=spans, sinks=sinks, scale=scale, kv_heads=hkv,
                                        name=f"{node.name or 'attention'}_span")
         new.metadata_props.update(node.metadata_props)

@@ -21,20 +21,20 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import math
 
 import onnx_ir as ir
 
 from genzip.errors import GenzipError
+from genzip.metadata import ATTN_WINDOW_KEY as WINDOW_KEY
 from genzip.passes.attention import _flops as af
 from genzip.passes.attention._guards import refuse_int8_scores
+from genzip.passes.attention._heads import attention_scale, gqa_group
 from genzip.passes.infra.context import PassContext
 from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
 from genzip.plugins import window_attention
 
 logger = logging.getLogger(__name__)
 
-WINDOW_KEY = "genzip.attn.window"
 RESIDUAL_NAME = "attn_residual.{index}"
 DEFAULT_FRACTION = 0.125
 
@@ -112,10 +112,10 @@ class WindowAttentionPass(GenzipPass):
         reason = af.unsupported_reason(site.node, causal=False)
         if reason:
             return reason, None, 0, 1
-        q, k = site.node.inputs[0], site.node.inputs[1]
+        q = site.node.inputs[0]
         n = q.shape[2]
         w = self._window(n, site)
-        group = _group(q, k)
+        group = gqa_group(site.node)
         if group is None:
             return "head-count", n, w, 1
         if isinstance(n, int) and w >= n - 1:
@@ -162,7 +162,7 @@ class WindowAttentionPass(GenzipPass):
         if residual and graph is not model.graph:
             logger.warning("window-attn: attention %d is inside a subgraph; no residual output", site.index)
             residual = False
-        scale = _scale(node)
+        scale = attention_scale(node)
         if scale is None:
             return "unknown-scale"
         new = window_attention.make_node(
@@ -179,22 +179,3 @@ class WindowAttentionPass(GenzipPass):
             res.dtype, res.shape = new.outputs[0].dtype, new.outputs[0].shape
             graph.outputs.append(res)
         return None
-
-
-def _group(q: ir.Value, k: ir.Value) -> int | None:
-    """Query heads per KV head, or None when it cannot be known statically."""
-    hq, hkv = q.shape[1], k.shape[1]
-    if hq == hkv:
-        return 1
-    if isinstance(hq, int) and isinstance(hkv, int) and hkv > 0 and hq % hkv == 0:
-        return hq // hkv
-    return None
-
-
-def _scale(node: ir.Node) -> float | None:
-    """The node's scale attribute, or ONNX's default 1/sqrt(D) when D is static."""
-    attr = node.attributes.get("scale")
-    if attr is not None:
-        return float(attr.as_float())
-    d = node.inputs[0].shape[3]
-    return 1.0 / math.sqrt(d) if isinstance(d, int) and d > 0 else None

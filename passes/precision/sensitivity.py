@@ -31,10 +31,10 @@ import onnx_ir as ir
 from tqdm import tqdm
 
 from genzip.errors import GenzipError
-from genzip.frontend.module_paths import module_path
 from genzip.metadata import SENSITIVITY_KEY as RESULT_KEY
 from genzip.passes.infra.context import CALIBRATION, TORCH_MODULE, PassContext
 from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
+from genzip.passes.infra.module_paths import module_path
 from genzip.passes.precision import _cache as cache_mod
 from genzip.passes.precision import _metrics as metrics_mod
 from genzip.passes.precision import _probe as probe

@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from genzip import jsonfile
 from genzip.errors import GenzipError, did_you_mean
-from genzip.frontend.module_paths import module_path
+from genzip.passes.infra.module_paths import module_path
 from genzip.passes.quant._formats import FORMATS
 from genzip.passes.quant._spec import QUANT_OPS, weight_value
 

@@ -35,10 +35,11 @@ from typing import Literal
 import onnx_ir as ir
 
 from genzip.errors import GenzipError
-from genzip.frontend.module_paths import module_path
+from genzip.metadata import SHARE_LAYOUT_KEY
 from genzip.passes.attention._classify import attention_kind, attention_scope
 from genzip.passes.infra.context import PassContext
 from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
+from genzip.passes.infra.module_paths import module_path
 from genzip.passes.quant._attention import attention_spec, unsupported
 from genzip.passes.quant._formats import FORMATS
 from genzip.passes.quant._plan import check_keys, layer_keys, read_plan
@@ -184,7 +185,7 @@ class AnnotatePrecisionPass(GenzipPass):
 
     def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         opts: Options = self.options
-        if "genzip.share_attn" in model.metadata_props:
+        if SHARE_LAYOUT_KEY in model.metadata_props:
             # share-attn moved the attention projections into If branches, which this
             # pass and calibrate do not enter: they would silently stay fp32.
             raise GenzipError(

@@ -3,8 +3,11 @@
 The exporter writes ``pkg.torch.onnx.name_scopes`` (a Python list literal such
 as ``['', 'transformer_blocks.0', 'transformer_blocks.0.attn1',
 'scaled_dot_product_attention']``: the enclosing module paths, then the FX op
-name) and ``pkg.torch.onnx.class_hierarchy`` (the matching classes). Passes
-select layers with a regex over :func:`module_path`.
+name) and ``pkg.torch.onnx.class_hierarchy`` (the matching classes); its older
+form is ``namespace`` (``": pkg.Root/blocks.0: pkg.Block/.../sdpa: aten.sdpa"``).
+Passes select layers with a regex over :func:`module_path`; attention
+classification reads :func:`enclosing_module` and :func:`module_classes`. The one
+place genzip parses these keys.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import ast
 
 import onnx_ir as ir
 
+from genzip.metadata import NAMESPACE_KEY
 from genzip.metadata import TORCH_CLASS_HIERARCHY_KEY as CLASS_HIERARCHY_KEY
 from genzip.metadata import TORCH_NAME_SCOPES_KEY as NAME_SCOPES_KEY
 
@@ -43,3 +47,24 @@ def module_class(node: ir.Node) -> str | None:
     if not classes or len(classes) < 2:
         return None
     return classes[-2]
+
+
+def module_classes(node: ir.Node) -> list[str] | None:
+    """The whole class hierarchy the exporter recorded (outermost first), or ``None``."""
+    return _scopes(node, CLASS_HIERARCHY_KEY)
+
+
+def enclosing_module(node: ir.Node) -> str | None:
+    """The innermost non-root module path, from the name scopes or, for older exports,
+    the ``namespace`` key; ``None`` when neither names one."""
+    path = module_path(node)
+    if path:
+        return path
+    raw = node.metadata_props.get(NAMESPACE_KEY)
+    if raw:
+        # ": pkg.Root/blocks.0: pkg.Block/blocks.0.attn: pkg.Attn/sdpa: aten.sdpa" -> blocks.0.attn
+        modules = [part.split(":", 1)[0].strip() for part in raw.split("/")[:-1]]
+        modules = [m for m in modules if m]
+        if modules:
+            return modules[-1]
+    return None
