@@ -98,6 +98,22 @@ def _load_causal_lm(folder: Path):
         raise _load_failed(folder, e) from e
 
 
+def exportable_experts(module) -> bool:
+    """Switch a transformers mixture-of-experts model to its ``batched_mm`` experts.
+
+    The default ("grouped_mm"/eager) loops over the experts some token was routed to,
+    a data-dependent loop torch.export cannot trace. ``batched_mm`` gathers each
+    token's top-k expert weights and runs them as one batched matmul: the same
+    function (top-k routing stays exact, no expert runs for tokens not routed to it),
+    and it exports. Returns whether the module has experts."""
+    if not hasattr(module, "set_experts_implementation"):
+        return False
+    if not any(type(m).__name__.endswith("Experts") for m in module.modules()):
+        return False
+    module.set_experts_implementation("batched_mm")
+    return True
+
+
 def load_hf_folder(folder: Path, *, seed: int, batch: int | None) -> SourceModel:
     """Load, export and verify a local Hugging Face model folder."""
     from genzip.frontend import hf_inputs
@@ -112,6 +128,7 @@ def load_hf_folder(folder: Path, *, seed: int, batch: int | None) -> SourceModel
         kind, family, outputs = "diffusers", hf_inputs.diffusers_family(class_name), hf_inputs.DIFFUSERS_OUTPUTS
     elif config.get("architectures"):
         module = _load_causal_lm(folder).eval()
+        exportable_experts(module)
         class_name = type(module).__name__
         batch = batch or LLM_BATCH
         call = hf_inputs.causal_lm_call(module, batch=batch, seed=seed)

@@ -86,8 +86,12 @@ def gpt_neox():
 
 
 def mixtral():
-    return _lm("MixtralConfig", "MixtralForCausalLM", **_GQA1, num_local_experts=2, num_experts_per_tok=1,
-               sliding_window=None)
+    module, kwargs = _lm("MixtralConfig", "MixtralForCausalLM", **_GQA1, num_local_experts=2, num_experts_per_tok=1,
+                         sliding_window=None)
+    # transformers' default expert loop is data-dependent (torch.export cannot trace it);
+    # batched_mm gathers each token's top-k experts and exports (genzip's frontend does the same).
+    module.set_experts_implementation("batched_mm")
+    return module, kwargs
 
 
 def _seq2seq(config_cls: str, model_cls: str, **config):

@@ -59,8 +59,7 @@ MATRIX: dict[tuple[str, str], Expect | str] = {
     ("phi", "dynamo"): LM1,
     ("gpt2", "dynamo"): LM,
     ("gpt-neox", "dynamo"): LM1,
-    ("mixtral", "dynamo"): "the dynamo exporter fails on Mixtral's MoE: 'Failed to convert the exported program "
-                           "to an ONNX model'",
+    ("mixtral", "dynamo"): LM1,
     # T5's decoder self-attention mask carries the relative position bias: not a plain causal mask.
     ("t5", "dynamo"): Expect(self=2, cross=1),
     ("bart", "dynamo"): Expect(self=2, cross=1, causal=1, replaced=1),

@@ -74,3 +74,29 @@ def test_folder_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "PixArtTransformer2DModel"}))
     with pytest.raises(GenzipError, match="could not load"):  # no safetensors weights
         load_model(str(tmp_path))
+
+
+def test_mixtral_folder_exports_with_top_k_experts(tmp_path):
+    import transformers
+
+    from genzip.frontend.hf_folder import exportable_experts
+
+    config = transformers.MixtralConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=64,
+        sliding_window=None,
+    )
+    torch.manual_seed(0)
+    model = transformers.MixtralForCausalLM(config).eval()
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    ids = torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        default = model(input_ids=ids).logits
+        assert exportable_experts(model)
+        batched = model(input_ids=ids).logits
+    torch.testing.assert_close(batched, default, rtol=1e-5, atol=1e-6)  # the same function
+    assert not exportable_experts(transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)))
+    sm = load_model(str(tmp_path))
+    assert sm.info["class"] == "MixtralForCausalLM" and sm.fidelity["cosine"] > 0.999
+    assert _attention_count(sm) == 1
