@@ -6,5 +6,7 @@
 * ``conditioning``: text embeddings or class labels (null class for CFG);
 * ``sampler``: CFG sampling through a diffusers scheduler;
 * ``diffusers_adapter``: ``pipe.transformer = genzip.load(artifact)``;
+* ``evaluate``: generation quality of a DiT or LLM artifact (``genzip eval``): class accuracy,
+  Fréchet distance, PSNR / SSIM vs a reference; perplexity, KL divergence, top-1 agreement;
 
 """

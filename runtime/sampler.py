@@ -27,13 +27,14 @@ from genzip.runtime.model import PlannedModel
 SCHEDULERS = ("dpm", "flow-euler")
 
 
-def make_scheduler(name: str):
+def make_scheduler(name: str, config: dict | None = None):
+    """A fresh scheduler; ``config`` (e.g. a trained model's ``beta_schedule``) overrides its defaults."""
     import diffusers
 
     if name == "dpm":
-        return diffusers.DPMSolverMultistepScheduler()
+        return diffusers.DPMSolverMultistepScheduler(**(config or {}))
     if name == "flow-euler":
-        return diffusers.FlowMatchEulerDiscreteScheduler()
+        return diffusers.FlowMatchEulerDiscreteScheduler(**(config or {}))
     raise GenzipError(f"unknown scheduler '{name}'", f"use one of {', '.join(SCHEDULERS)}")
 
 
@@ -70,6 +71,7 @@ def sample(
     scheduler: str = "dpm",
     progress=None,
     call=None,
+    scheduler_config: dict | None = None,
 ) -> SampleResult:
     """Latents ``[batch, C, H, W]`` after ``steps`` guided steps (rules in the module docstring).
 
@@ -78,7 +80,8 @@ def sample(
     labels ``[B]`` and the null class (``conditioning.class_pair``).
 
     ``call(feeds, step) -> output`` replaces the plan-driven transformer call (the plan
-    search decides each step's modes itself).
+    search decides each step's modes itself). ``scheduler_config`` overrides the scheduler's
+    defaults (a trained model samples with the noise schedule it was trained on).
     """
     import torch
 
@@ -99,7 +102,7 @@ def sample(
     channels, height, width = spec["shape"][1:]
     out_channels = model.manifest["outputs"][0]["shape"][1]
     batch = prompt_embeds.shape[0]
-    sched = make_scheduler(scheduler)
+    sched = make_scheduler(scheduler, scheduler_config)
     sched.set_timesteps(steps)
     gen = torch.Generator().manual_seed(seed)
     latents = torch.randn(batch, channels, height, width, generator=gen) * getattr(sched, "init_noise_sigma", 1.0)
