@@ -73,10 +73,11 @@ def _need_weights(preset: str, file: str) -> Path:
 # ---- trained-dit: digits ----------------------------------------------------------------
 
 def dit_schedule() -> dict[str, Any]:
-    """The noise schedule trained-dit was trained with (its sampler must use the same)."""
+    """The DPM-Solver++ settings trained-dit's own sampler uses (``_dit.dpm_solver()``: its
+    training noise schedule), so eval samples as the trainer measured and follows its changes."""
     from genzip.frontend.trained import _dit
 
-    return dict(_dit.SCHEDULE)
+    return {k: v for k, v in _dit.dpm_solver().config.items() if not k.startswith("_")}
 
 
 def heldout_images(n: int) -> tuple[np.ndarray, np.ndarray]:

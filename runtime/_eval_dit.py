@@ -6,6 +6,8 @@ Invariants:
   count and CFG scale, batch by batch (batch ``b`` seeds its noise with ``seed + b``), so
   their final latents differ only by what the compression (and the plan) changed;
 * the reference always runs all-full (no plan): it is the uncompressed trajectory;
+* PSNR / SSIM compare the final latents; for ``trained-dit`` (pixel space) the images
+  clamped to [-1, 1], what the judge sees;
 * real-data figures (accuracy, Fréchet distance) exist only for ``trained-dit``: its
   conditions are the held-out split's labels in order, its samples are clamped to the
   training range [-1, 1] and judged by the committed classifier; the Fréchet distance
@@ -151,8 +153,13 @@ def evaluate_dit(model, reference, *, samples: int, seed: int, steps: int, cfg: 
         if reference is None:
             why.setdefault(key, "needs a reference artifact (--vs REFERENCE_ARTIFACT)")
     if reference is not None:
-        figures["psnr_db"] = metrics.psnr(latents["reference"], latents["artifact"])
-        figures["ssim"] = metrics.ssim(latents["reference"], latents["artifact"])
+        # trained-dit: compare the images the judge sees (clamped to [-1, 1]); its raw final
+        # latents can overshoot that range by orders of magnitude, which would swamp the peak.
+        ref, art = latents["reference"], latents["artifact"]
+        if trained:
+            ref, art = np.clip(ref, -1.0, 1.0), np.clip(art, -1.0, 1.0)
+        figures["psnr_db"] = metrics.psnr(ref, art)
+        figures["ssim"] = metrics.ssim(ref, art)
     else:
         figures["psnr_db"] = figures["ssim"] = None
         why["psnr_db"] = why["ssim"] = "needs a reference artifact (--vs REFERENCE_ARTIFACT)"

@@ -251,6 +251,8 @@ def test_judge_on_heldout_digits():
     noise = judged(np.random.default_rng(0).uniform(-1, 1, images.shape), labels, real_features, judge)
     assert real["accuracy"] >= 0.9 and noise["accuracy"] < 0.5
     assert real["frechet_distance"] < 0.5 * noise["frechet_distance"]
+    # eval samples trained-dit with its trainer's DPM-Solver settings (its cosine training schedule)
+    assert _eval_data.dit_schedule()["beta_schedule"] == "squaredcos_cap_v2"
 
 
 def test_heldout_token_windows():
