@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,16 @@ def _report(manifest: dict[str, Any], records, histogram: dict[str, int]) -> str
     return "\n".join(lines) + "\n"
 
 
+def _copy_extra_files(files: dict[str, str], folder: str) -> list[str]:
+    """Copy what the source asks to ship (an LLM's tokenizer files: artifact path -> source
+    path) into the artifact; returns the artifact paths, which the manifest then hashes."""
+    for rel, src in files.items():
+        dest = os.path.join(folder, rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copyfile(src, dest)
+    return sorted(files)
+
+
 @dataclasses.dataclass(frozen=True)
 class Compiled:
     """What the compile driver hands the writer: the rewritten model and what checks it."""
@@ -103,6 +114,7 @@ def write_artifact(compiled: Compiled, out_dir: str, *, target: str, force: bool
         names = save_model(model, tmp, MODEL_NAME)
         np.savez(os.path.join(tmp, EXAMPLE_INPUTS), **source.example_inputs)
         names.append(EXAMPLE_INPUTS)
+        names += _copy_extra_files(source.info.get("extra_files") or {}, tmp)
         compiled_outputs = run_model(os.path.join(tmp, MODEL_NAME), source.example_inputs)
         fidelity, quant_fidelity = _fidelity(compiled, compiled_outputs, min_cosine)
         trt_section = ort_section = None
@@ -139,6 +151,8 @@ def write_artifact(compiled: Compiled, out_dir: str, *, target: str, force: bool
             manifest["trt"] = trt_section
         if ort_section is not None:
             manifest["ort"] = ort_section
+        if "kv_cache" in source.info:
+            manifest["kv_cache"] = source.info["kv_cache"]
         for key in ("family", "preset", "dynamic"):
             if key in source.info:
                 manifest.setdefault("source_info", {})[key] = source.info[key]

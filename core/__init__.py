@@ -26,12 +26,19 @@ def load(artifact: str, plan=None, threads: int | None = None):
     comes back as ``genzip.runtime.diffusers_adapter.DiffusersTransformer``, which also
     works as a diffusers pipeline's ``transformer`` (PixArt-style text pipelines and
     the class-conditional ``DiTPipeline``); ``plan`` (a path or ``runtime.plan.Plan``)
-    applies an attention-sharing plan to a share-attn artifact.
+    applies an attention-sharing plan to a share-attn artifact. A KV-cache LLM artifact
+    (``genzip-compile FOLDER --kv-cache``) comes back as ``genzip.runtime.generate.CausalLM``,
+    with ``generate(prompt or input_ids, max_new_tokens, ...)``.
     """
     from genzip.backends.artifact import read_manifest
     from genzip.backends.runner import load_artifact
 
-    names = {s.get("name") for s in read_manifest(artifact).get("inputs", [])}
+    manifest = read_manifest(artifact)
+    if isinstance(manifest.get("kv_cache"), dict) and plan is None:  # genzip-compile --kv-cache
+        from genzip.runtime.generate import CausalLM
+
+        return CausalLM(artifact, threads=threads)
+    names = {s.get("name") for s in manifest.get("inputs", [])}
     if {"hidden_states", "timestep"} <= names and names & {"encoder_hidden_states", "class_labels"}:
         from genzip.runtime.diffusers_adapter import DiffusersTransformer
         from genzip.runtime.plan import load_plan

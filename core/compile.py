@@ -40,6 +40,7 @@ class CompileOptions:
     reproducer_dir: str | None = None
     trt: Any = None  # backends.trt_build.TrtBuildOptions for target trt
     min_cosine: float = MIN_COSINE  # fidelity gate vs the reference; lossy passes may need less
+    kv_cache: bool = False  # causal-LM folders: export the prefill/decode graph with past/present KV
 
 
 # What each kind of source hands the passes (see frontend.loader): presets attach a
@@ -90,7 +91,7 @@ def compile_model(
     check_needs(pipeline.passes, _PROVIDES[kind], _SOURCE_WORDS[kind])
 
     _stage(progress, f"loading {model_ref}")
-    source = load_model(model_ref, seed=opts.seed)
+    source = load_model(model_ref, seed=opts.seed, kv_cache=opts.kv_cache)
     feeds = source.example_inputs
     reference = source.info.get("reference_outputs")
     reference_label = "pytorch-eager"

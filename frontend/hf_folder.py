@@ -114,12 +114,51 @@ def exportable_experts(module) -> bool:
     return True
 
 
-def load_hf_folder(folder: Path, *, seed: int, batch: int | None) -> SourceModel:
-    """Load, export and verify a local Hugging Face model folder."""
+# Files an LLM artifact carries so it can tokenize and generate on its own.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json",
+)
+ARTIFACT_HF_DIR = "hf"  # where they land inside the artifact
+
+
+def _kv_cache_source(folder: Path, module, class_name: str, seed: int) -> SourceModel:
+    """The ``--kv-cache`` decoder export (see :mod:`genzip.frontend.hf_kv_cache`)."""
+    import time
+
+    from genzip.frontend.hf_kv_cache import export_kv_cache
+
+    start = time.perf_counter()
+    out = export_kv_cache(module, seed=seed, what=f"'{folder}'")
+    files = {f"{ARTIFACT_HF_DIR}/{n}": str(folder / n) for n in TOKENIZER_FILES if (folder / n).is_file()}
+    gen = getattr(module, "generation_config", None)
+    cache = dict(out["cache"], eos_token_id=getattr(gen, "eos_token_id", None),
+                 files=sorted(files), hf_dir=ARTIFACT_HF_DIR)
+    info = {
+        "family": "llm", "class": class_name, "path": str(folder), "batch": 2, "seed": seed,
+        "module": module, "reference_outputs": out["reference_outputs"], "dynamic": True,
+        "export_s": round(time.perf_counter() - start, 2), "kv_cache": cache, "extra_files": files,
+    }
+    return SourceModel(model=out["model"], source=str(folder), kind="transformers",
+                       example_inputs=out["example_inputs"], fidelity=out["fidelity"], info=info)
+
+
+def load_hf_folder(folder: Path, *, seed: int, batch: int | None, kv_cache: bool = False) -> SourceModel:
+    """Load, export and verify a local Hugging Face model folder; ``kv_cache`` exports a
+    causal LM as the prefill/decode graph with past/present key-values."""
     from genzip.frontend import hf_inputs
     from genzip.frontend.from_torch import source_from_torch
 
     folder, config = _read_config(folder)
+    if kv_cache and (config.get("_class_name") or not config.get("architectures")):
+        raise GenzipError(
+            f"'{folder}' is not a transformers causal LM, so it has no KV cache to export",
+            "drop --kv-cache",
+        )
+    if kv_cache:
+        module = _load_causal_lm(folder).eval()
+        exportable_experts(module)
+        return _kv_cache_source(folder, module, type(module).__name__, seed)
     if config.get("_class_name"):
         class_name = config["_class_name"]
         module = _load_diffusers(folder, class_name).eval()

@@ -28,7 +28,7 @@ def _looks_like_path(ref: str) -> bool:
     return os.sep in ref or "/" in ref or ref.startswith((".", "~")) or ref.lower().endswith(".onnx")
 
 
-def load_model(ref: str, *, seed: int = 0, batch: int | None = None) -> SourceModel:
+def load_model(ref: str, *, seed: int = 0, batch: int | None = None, kv_cache: bool = False) -> SourceModel:
     """Load ``ref`` (preset, .onnx file, local HF folder or ``module:function``).
 
     ``seed`` seeds random weights (presets) and example inputs; ``batch``
@@ -42,6 +42,10 @@ def load_model(ref: str, *, seed: int = 0, batch: int | None = None) -> SourceMo
     references also ``module`` (eager nn.Module, not serializable),
     ``reference_outputs`` (eager outputs by ONNX output name), ``dynamic``
     (bool: batch axis dynamic), ``dynamic_axes``, ``export_s``, ``removed_noops``.
+
+    ``kv_cache`` (local transformers causal-LM folders only) exports the decoder with
+    past/present key-values (:mod:`genzip.frontend.hf_kv_cache`); ``info`` then also
+    has ``kv_cache`` (cache shape facts) and ``extra_files`` (tokenizer files to copy).
     """
     if not isinstance(ref, str) or not ref.strip():
         raise GenzipError(
@@ -51,6 +55,11 @@ def load_model(ref: str, *, seed: int = 0, batch: int | None = None) -> SourceMo
         raise GenzipError(f"batch must be a positive integer, got {batch!r}", "pass batch=1 or more")
     ref = ref.strip()
     kind = classify_ref(ref)
+    if kv_cache and kind != "folder":
+        raise GenzipError(
+            f"--kv-cache needs a local transformers causal-LM folder, and '{ref}' is a {kind} reference",
+            "pass the model's save_pretrained() folder, or drop --kv-cache",
+        )
     if kind == "preset":
         from genzip.frontend.presets import load_preset
 
@@ -63,7 +72,7 @@ def load_model(ref: str, *, seed: int = 0, batch: int | None = None) -> SourceMo
     if kind == "folder":
         from genzip.frontend.hf_folder import load_hf_folder
 
-        return load_hf_folder(path, seed=seed, batch=batch)
+        return load_hf_folder(path, seed=seed, batch=batch, kv_cache=kv_cache)
     from genzip.frontend.callable_ref import load_callable
 
     return load_callable(ref, seed=seed, batch=batch)

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pass-timing", action="store_true", help="print a per-pass timing and stats report")
     p.add_argument("--min-cosine", type=float, default=MIN_COSINE,
                    help=f"refuse an artifact whose cosine vs its reference is below this (default {MIN_COSINE})")
+    p.add_argument("--kv-cache", action="store_true",
+                   help="transformers causal-LM folders: export the decoder with past/present key-values "
+                        "(one graph for prefill and decode; `genzip generate` runs it)")
     p.add_argument("--reproducer-dir", default=None,
                    help="where a failing pass leaves its reproducer (default: OUT.reproducer)")
     trt = p.add_argument_group("TensorRT (--target trt)")
@@ -89,6 +92,7 @@ def _run(args: argparse.Namespace) -> int:
         reproducer_dir=args.reproducer_dir or os.path.abspath(out.rstrip("/")) + ".reproducer",
         trt=trt_options,
         min_cosine=args.min_cosine,
+        kv_cache=args.kv_cache,
     )
     manifest = compile_model(args.model, out, opts, progress=Progress(not args.quiet))
     fid = manifest["fidelity"]

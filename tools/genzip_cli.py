@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "moa-search": ("genzip.tools.cmd_moa_search", "profile head influence and write a MoA span plan (MILP)"),
     "sample": ("genzip.tools.cmd_sample", "CFG sampling of a DiT artifact through a diffusers scheduler, with timing"),
     "plan": ("genzip.tools.cmd_plan", "DiTFastAttn greedy search: an attention-sharing plan for a share-attn artifact"),
+    "generate": ("genzip.tools.cmd_generate", "generate text with a KV-cache LLM artifact; prefill time, decode tokens/s, KV bytes"),
     "eval": ("genzip.tools.cmd_eval", "generation quality of a DiT or LLM artifact, optionally vs a reference"),
 }
 

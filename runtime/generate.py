@@ -1,0 +1,172 @@
+"""Text generation with a KV-cache LLM artifact (``genzip-compile FOLDER --kv-cache``).
+
+``genzip.load(artifact)`` returns a :class:`CausalLM` for such an artifact (its
+manifest has a ``kv_cache`` section). ``generate`` runs one prefill over the prompt
+and then one-token decode steps through the same graph, with the cache preallocated
+and bound in place (:mod:`genzip.runtime._kv_cache`). Greedy (``do_sample=False``)
+is argmax at every step, so in FP32 it reproduces transformers ``generate`` token
+for token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from genzip.backends.artifact import read_manifest
+from genzip.backends.ort_backend import artifact_model_path
+from genzip.errors import GenzipError
+from genzip.ort_session import make_session
+from genzip.runtime._kv_cache import BoundKVCache
+from genzip.runtime._sampling import Sampling, next_tokens
+
+
+@dataclasses.dataclass
+class Generation:
+    """``sequences``: prompt + new ids ``[batch, total]``; ``text``: the decoded new tokens
+    (``None`` without a tokenizer); timings and the cache's peak bytes."""
+
+    sequences: np.ndarray
+    new_tokens: int
+    text: list[str] | None
+    prefill_s: float
+    decode_tokens_per_s: float | None
+    peak_kv_bytes: int
+
+    def summary(self) -> dict[str, Any]:
+        return {"text": self.text, "tokens": self.sequences.tolist(), "new_tokens": self.new_tokens,
+                "prefill_s": self.prefill_s, "decode_tokens_per_s": self.decode_tokens_per_s,
+                "peak_kv_bytes": self.peak_kv_bytes}
+
+
+def is_kv_cache_llm(manifest: dict[str, Any]) -> bool:
+    return isinstance(manifest.get("kv_cache"), dict)
+
+
+class CausalLM:
+    """A KV-cache LLM artifact on ONNX Runtime: ``generate(...)``, or ``model(**feeds)`` for one step."""
+
+    def __init__(self, folder: str, threads: int | None = None):
+        self.folder = folder
+        self.manifest = read_manifest(folder)
+        if not is_kv_cache_llm(self.manifest):
+            raise GenzipError(
+                f"{folder} is not a KV-cache LLM artifact (its genzip.json has no kv_cache section)",
+                "compile a transformers causal-LM folder with genzip-compile FOLDER --kv-cache",
+            )
+        self.spec = self.manifest["kv_cache"]
+        self.model_path, _ = artifact_model_path(folder, self.manifest)
+        self.session = make_session(self.model_path, threads=threads)
+        self.backend = "onnxruntime"
+        names = [o.name for o in self.session.get_outputs()]
+        self._logits, self._present = names[0], names[1:]
+        self._past = [i.name for i in self.session.get_inputs()][3:]
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        """The transformers tokenizer the artifact carries (``hf/``), or ``None``."""
+        hf = os.path.join(self.folder, self.spec.get("hf_dir", "hf"))
+        if self._tokenizer is None and os.path.isfile(os.path.join(hf, "tokenizer.json")):
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(hf, local_files_only=True)
+        return self._tokenizer
+
+    def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, feeds)))
+
+    def _ids(self, prompt) -> np.ndarray:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise GenzipError(f"{self.folder} carries no tokenizer, so it cannot encode a text prompt",
+                                  "pass input_ids, or compile from a folder with tokenizer.json")
+            ids = np.asarray([self.tokenizer(prompt)["input_ids"]], np.int64)
+        else:
+            ids = np.asarray(prompt)
+            ids = ids[None] if ids.ndim == 1 else ids
+        if ids.ndim != 2 or ids.shape[1] == 0 or ids.dtype.kind not in "iu":
+            raise GenzipError(f"input_ids must be a non-empty [batch, seq] integer array, got {ids.dtype} "
+                              f"{list(ids.shape)}", "pass token ids such as [[1, 5, 9]]")
+        vocab = self.spec["vocab_size"]
+        if ids.min() < 0 or ids.max() >= vocab:
+            bad = int(ids.max() if ids.max() >= vocab else ids.min())
+            raise GenzipError(f"token id {bad} is outside the vocabulary [0, {vocab})",
+                              "pass ids from this model's tokenizer")
+        return ids.astype(np.int64)
+
+    def _check_length(self, prompt_len: int, max_new_tokens: int) -> None:
+        limit = self.spec.get("max_positions") or 0
+        if limit and prompt_len + max_new_tokens > limit:
+            raise GenzipError(
+                f"a prompt of {prompt_len} tokens plus {max_new_tokens} new tokens exceeds the model's "
+                f"{limit} positions", "shorten the prompt or lower max_new_tokens")
+
+    def _eos(self, eos_token_id) -> set[int]:
+        eos = self.spec.get("eos_token_id") if eos_token_id is None else eos_token_id
+        if eos is None:
+            return set()
+        return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+    def _step(self, cache: BoundKVCache, ids: np.ndarray) -> np.ndarray:
+        """One graph run over ``ids`` ``[batch, seq]``; returns the last position's logits."""
+        batch, seq = ids.shape
+        io = self.session.io_binding()
+        total = cache.length + seq
+        positions = np.broadcast_to(np.arange(cache.length, total, dtype=np.int64), (batch, seq)).copy()
+        io.bind_cpu_input("input_ids", np.ascontiguousarray(ids))
+        io.bind_cpu_input("attention_mask", np.ones((batch, total), np.int64))
+        io.bind_cpu_input("position_ids", positions)
+        io.bind_output(self._logits, "cpu")  # first, so get_outputs()[0] is the logits
+        cache.bind(io, seq)
+        self.session.run_with_iobinding(io)
+        cache.advance(seq)
+        return io.get_outputs()[0].numpy()[:, -1]
+
+    def generate(self, prompt, max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, eos_token_id=None, seed: int = 0) -> Generation:
+        """Continue ``prompt`` (text, or ids ``[seq]`` / ``[batch, seq]``) by up to ``max_new_tokens``.
+
+        ``eos_token_id`` (int or list; default: the model's generation config) stops a
+        sequence; finished sequences are padded with their EOS until all are done.
+        """
+        sampling = Sampling(do_sample, temperature, top_k, top_p)
+        sampling.check()
+        if max_new_tokens < 1:
+            raise GenzipError(f"max_new_tokens {max_new_tokens} must be >= 1", "pass 1 or more")
+        ids = self._ids(prompt)
+        batch, prompt_len = ids.shape
+        self._check_length(prompt_len, max_new_tokens)
+        eos = self._eos(eos_token_id)
+        rng = np.random.default_rng(seed)
+        cache = BoundKVCache(layers=self.spec["layers"], batch=batch, kv_heads=self.spec["kv_heads"],
+                             head_dim=self.spec["head_dim"], capacity=prompt_len + max_new_tokens,
+                             past_names=self._past, present_names=self._present)
+        start = time.perf_counter()
+        logits = self._step(cache, ids)
+        prefill_s = time.perf_counter() - start
+        out, done = [ids], np.zeros(batch, bool)
+        decode_start = time.perf_counter()
+        for i in range(max_new_tokens):
+            token = next_tokens(logits, sampling, rng)
+            if eos:
+                token = np.where(done, min(eos), token)
+                done |= np.isin(token, list(eos))
+            out.append(token[:, None])
+            if done.all() or i == max_new_tokens - 1:
+                break
+            logits = self._step(cache, token[:, None])
+        decode_s = time.perf_counter() - decode_start
+        sequences = np.concatenate(out, axis=1)
+        new = sequences.shape[1] - prompt_len
+        steps = new - 1  # the first new token comes from the prefill
+        text = None
+        if self.tokenizer is not None:
+            text = [self.tokenizer.decode(row[prompt_len:].tolist(), skip_special_tokens=True) for row in sequences]
+        return Generation(sequences, new, text, round(prefill_s, 6),
+                          round(steps * batch / decode_s, 2) if steps and decode_s > 0 else None, cache.peak_bytes)

@@ -1,0 +1,59 @@
+"""Tiny transformers causal-LM folders (Llama, Qwen2) with a word-level tokenizer, built
+offline from configs and saved with ``save_pretrained`` (nothing is downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TEXT = (
+    "the quick brown fox jumps over the lazy dog . a small model writes short text . "
+    "genzip compiles models and runs them fast . every token has a key and a value ."
+)
+SPECIALS = ["<unk>", "<s>", "</s>"]
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted(set(TEXT.split()))
+    vocab = {w: i for i, w in enumerate(SPECIALS + words)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def make_folder(root: Path, arch: str = "llama", seed: int = 0) -> Path:
+    """Save a 2-layer GQA model (4 query heads, 2 KV heads) and its tokenizer under ``root/arch``."""
+    import torch
+    import transformers
+
+    tokenizer = _tokenizer()
+    common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=48,
+                  bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    config = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}[arch](**common)
+    cls = {"llama": transformers.LlamaForCausalLM, "qwen2": transformers.Qwen2ForCausalLM}[arch]
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    with torch.no_grad():  # larger weights than the init, so greedy decoding varies its tokens
+        for p in model.parameters():
+            p.mul_(4.0) if p.dim() == 2 else None
+    folder = Path(root) / arch
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def compile_kv_artifact(root: Path, arch: str = "llama", passes: str = "") -> tuple[Path, Path]:
+    """(HF folder, ``--kv-cache`` artifact of target onnx) under ``root``."""
+    import torch
+
+    from genzip.compile import CompileOptions, compile_model
+
+    torch.set_num_threads(2)
+    folder = make_folder(root, arch)
+    out = Path(root) / f"{arch}.kv"
+    compile_model(str(folder), str(out), CompileOptions(target="onnx", passes=passes, kv_cache=True))
+    return folder, out
