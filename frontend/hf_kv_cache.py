@@ -19,6 +19,7 @@ decode steps, feeding each step the previous step's ``present`` (ORT) and cache
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
 from typing import Any
@@ -69,15 +70,18 @@ class KVCacheDecoder(torch.nn.Module):
         super().__init__()
         self.model = model
         self.layers = layers
+        # transformers 5.x renamed past_key_values to cache (the old name still works, with a warning).
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     def forward(self, input_ids, attention_mask, position_ids, *past):
         from transformers import DynamicCache
 
         cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(self.layers)])
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True)
+                         **{self._cache_arg: cache}, use_cache=True)
         present = []
-        for layer in out.past_key_values.layers:
+        for layer in (out.get("cache") or out.get("past_key_values")).layers:
             present += [layer.keys, layer.values]
         return (out.logits, *present)
 

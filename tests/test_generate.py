@@ -16,7 +16,7 @@ from genzip.runtime.generate import CausalLM
 from genzip.tools import genzip_cli
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "mistral"])
 def pair(request, tmp_path_factory):
     """(transformers eager model, genzip CausalLM) of the same folder."""
     import transformers

@@ -1,4 +1,4 @@
-"""Tiny transformers causal-LM folders (Llama, Qwen2) with a word-level tokenizer, built
+"""Tiny transformers causal-LM folders (Llama, Qwen2, Mistral) with a word-level tokenizer, built
 offline from configs and saved with ``save_pretrained`` (nothing is downloaded)."""
 
 from __future__ import annotations
@@ -33,8 +33,12 @@ def make_folder(root: Path, arch: str = "llama", seed: int = 0) -> Path:
     common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=48,
                   bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
-    config = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}[arch](**common)
-    cls = {"llama": transformers.LlamaForCausalLM, "qwen2": transformers.Qwen2ForCausalLM}[arch]
+    if arch == "mistral":
+        common["sliding_window"] = None  # full attention: the cache holds every token
+    config = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
+              "mistral": transformers.MistralConfig}[arch](**common)
+    cls = {"llama": transformers.LlamaForCausalLM, "qwen2": transformers.Qwen2ForCausalLM,
+           "mistral": transformers.MistralForCausalLM}[arch]
     torch.manual_seed(seed)
     model = cls(config).eval()
     with torch.no_grad():  # larger weights than the init, so greedy decoding varies its tokens
