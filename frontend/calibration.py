@@ -40,8 +40,8 @@ def ddpm_alpha_bar(steps: int = 1000) -> np.ndarray:
 
 
 def dit_trajectory(module, *, batch: int, seed: int, text_len: int, like: Feeds, trajectories: int = 2,
-                   steps: int = 4) -> list[Feeds]:
-    alpha_bar = ddpm_alpha_bar()
+                   steps: int = 4, alpha_bar: np.ndarray | None = None) -> list[Feeds]:
+    alpha_bar = ddpm_alpha_bar() if alpha_bar is None else alpha_bar
     times = np.linspace(999, 0, steps).round().astype(int)
     in_ch = int(module.config.in_channels)
     out: list[Feeds] = []
@@ -81,8 +81,35 @@ class _Once(functools.partial):
         return self.__dict__["result"]
 
 
+def text_windows(folder, *, batch: int, seq_len: int, like: Feeds, samples: int = 8) -> list[Feeds]:
+    """Real text for a trained LM: the first chapters of its training split (never the
+    held-out chapters), tokenized with its own tokenizer, cut into ``seq_len`` windows."""
+    import transformers
+
+    from genzip.frontend.trained import _kjv, _lm
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    need = samples * batch * seq_len
+    ids, chapters = torch.zeros(0, dtype=torch.int64), iter(_kjv.split("train"))
+    while len(ids) < need:
+        ids = torch.cat([ids, _lm.encode(tokenizer, [next(chapters)])])
+    windows = ids[:need].view(samples, batch, seq_len).numpy()
+    name = next(iter(like))
+    return [{name: w.astype(like[name].dtype)} for w in windows]
+
+
 def preset_calibration(module, family: str, *, batch: int, seed: int, like: Feeds, text_len: int = 0,
-                       seq_len: int = 0) -> Callable[[], list[Feeds]]:
+                       seq_len: int = 0, weights=None) -> Callable[[], list[Feeds]]:
+    """Trained presets (``weights`` = their folder) calibrate on their own noise schedule
+    (DiT) or on real training text (LLMs); random-weight presets on seeded inputs."""
     if family == "dit":
-        return _Once(dit_trajectory, module, batch=batch, seed=seed, text_len=text_len, like=like)
+        alpha_bar = None
+        if weights is not None:
+            from genzip.frontend.trained import _dit
+
+            alpha_bar = _dit.ddpm().alphas_cumprod.double().numpy()
+        return _Once(dit_trajectory, module, batch=batch, seed=seed, text_len=text_len, like=like,
+                     alpha_bar=alpha_bar)
+    if weights is not None:
+        return _Once(text_windows, weights, batch=batch, seq_len=seq_len, like=like)
     return _Once(llm_tokens, module, batch=batch, seed=seed, seq_len=seq_len, like=like)

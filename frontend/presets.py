@@ -1,4 +1,5 @@
-"""Built-in presets: architectures with seeded random weights, no files needed.
+"""Built-in presets: architectures with seeded random weights (no files needed), and
+trained reference models whose weights ship in ``frontend/trained/weights``.
 
 ``PRESETS`` maps each name to a one-line description (for the CLI). The DiT
 presets are diffusers ``PixArtTransformer2DModel`` (text-conditioned) except
@@ -26,6 +27,16 @@ class _Preset:
     text_len: int = 0  # caption tokens (DiT)
     seq_len: int = 0  # tokens (LLM)
     module: str = "PixArtTransformer2DModel"  # diffusers class of a DiT preset
+    weights: str | None = None  # trained presets: folder under frontend/trained/weights
+
+
+def _trained_config(name: str) -> dict[str, Any]:
+    """The committed config.json of a trained preset (runtime reads e.g. its null class)."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent / "trained" / "weights" / name / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _pixart(layers: int, heads: int, head_dim: int, patch: int, size: int, caption: int) -> dict[str, Any]:
@@ -71,6 +82,18 @@ _SPECS: dict[str, _Preset] = {
         "PixArt DiT, 12 layers, hidden 384 (6x64), patch 2, latent 4x128x128 -> 4096 tokens, 32 caption tokens",
         "dit", 2, _pixart(12, 6, 64, 2, 128, 384), text_len=32,
     ),
+    "trained-dit": _Preset(
+        "class-conditional DiT trained on scikit-learn's digits (32x32 pixels, 256 tokens, 4 layers, 10 classes)",
+        "dit", 2, _trained_config("trained-dit"), module="DiTTransformer2DModel", weights="trained-dit",
+    ),
+    "trained-llama": _Preset(
+        "Llama (GQA 4/2, hidden 192, 4 layers) trained on the King James Bible, own BPE-1024 tokenizer, 128 tokens",
+        "llm", 1, _trained_config("trained-llama"), seq_len=128, weights="trained-llama",
+    ),
+    "trained-moe": _Preset(
+        "Mixtral (4 experts, top-2, 4 layers) trained on the King James Bible like trained-llama, 128 tokens",
+        "llm", 1, _trained_config("trained-moe"), seq_len=128, weights="trained-moe",
+    ),
 }
 
 PRESETS: types.MappingProxyType[str, str] = types.MappingProxyType(
@@ -90,6 +113,8 @@ def get_preset(name: str) -> _Preset:
 
 
 def _build_module(spec: _Preset) -> Any:
+    if spec.weights is not None:
+        return _load_trained(spec)
     if spec.family == "dit":
         import diffusers
 
@@ -98,6 +123,23 @@ def _build_module(spec: _Preset) -> Any:
 
     config = transformers.LlamaConfig(**spec.config, attn_implementation="sdpa")
     return transformers.LlamaForCausalLM(config)
+
+
+def _load_trained(spec: _Preset) -> Any:
+    """The committed weights (``seed`` does not change them); MoE experts in their exportable form."""
+    from genzip.frontend.hf_folder import exportable_experts
+    from genzip.frontend.trained import WEIGHTS
+
+    folder = WEIGHTS / spec.weights
+    if spec.family == "dit":
+        from genzip.frontend.trained import _dit
+
+        return _dit.load(folder)
+    from genzip.frontend.trained import _lm
+
+    module, _tokenizer = _lm.load(folder)
+    exportable_experts(module)
+    return module
 
 
 def load_preset(name: str, *, seed: int, batch: int | None):
@@ -119,12 +161,16 @@ def load_preset(name: str, *, seed: int, batch: int | None):
         call = hf_inputs.causal_lm_call(module, batch=batch, seed=seed, seq_len=spec.seq_len)
         outputs = hf_inputs.CAUSAL_LM_OUTPUTS
     info = {"family": spec.family, "preset": name, "class": type(module).__name__, "batch": batch, "seed": seed}
+    if spec.weights is not None:
+        info["weights"] = spec.weights
     source = source_from_torch(module, call, source=name, kind="preset", output_names=outputs, info=info)
     # Seeded calibration inputs that are not the example (fidelity) inputs; sampled lazily.
     from genzip.frontend.calibration import preset_calibration
 
+    from genzip.frontend.trained import WEIGHTS
+
     source.info["calibration"] = preset_calibration(
         module, spec.family, batch=batch, seed=seed, like=source.example_inputs,
-        text_len=spec.text_len, seq_len=spec.seq_len,
+        text_len=spec.text_len, seq_len=spec.seq_len, weights=WEIGHTS / spec.weights if spec.weights else None,
     )
     return source

@@ -11,3 +11,8 @@ split rule, steps, final loss and measured quality figure are those of the run t
 wrote the weights (``train_dit.py``, ``train_llm.py``). Nothing here trains at
 import time or downloads anything.
 """
+
+from pathlib import Path
+
+# The committed weights, one folder per trained preset (package data of the wheel).
+WEIGHTS = Path(__file__).parent / "weights"

