@@ -166,7 +166,6 @@ def load_preset(name: str, *, seed: int, batch: int | None):
     source = source_from_torch(module, call, source=name, kind="preset", output_names=outputs, info=info)
     # Seeded calibration inputs that are not the example (fidelity) inputs; sampled lazily.
     from genzip.frontend.calibration import preset_calibration
-
     from genzip.frontend.trained import WEIGHTS
 
     source.info["calibration"] = preset_calibration(
