@@ -104,3 +104,14 @@ def test_kv_cache_needs_a_folder(capsys, tmp_path):
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "--kv-cache needs a local transformers causal-LM folder" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_kv_cache_attention_is_self_attention(llama):
+    """K = Concat(past_key, k_new) reads a graph input Q does not, but the past is the layer's
+    own earlier keys: canonicalize-attn still calls it self-attention."""
+    from genzip.passes import build_pipeline, run_pipeline
+
+    _, artifact, _ = llama
+    model = ir.load(str(artifact / "model.onnx"))
+    (record,) = run_pipeline(model, build_pipeline("canonicalize-attn"))
+    assert record.stats["self"] == LAYERS and record.stats["cross"] == 0

@@ -103,6 +103,13 @@ def _captured(node: ir.Node) -> list[ir.Value]:
     return [v for n in nodes for v in n.inputs if v is not None and id(v.graph) not in inner]
 
 
+def _is_cache_update(node: ir.Node, value: ir.Value) -> bool:
+    """A KV-cache update: ``Concat`` of a graph input (the past) and new values whose
+    result is a graph output (the present), as the KV-cache export emits per layer."""
+    return (node.op_type == "Concat" and value.is_graph_output()
+            and any(v is not None and v.producer() is None and v.is_graph_input() for v in node.inputs))
+
+
 class Sources:
     """Memoized sources (module docstring) of values of one model: frozensets of tokens."""
 
@@ -123,6 +130,10 @@ class Sources:
             return frozenset({("attention", node.name or str(id(node)), id(node))})
         inputs = list(node.inputs[:1] if node.op_type in _DATA_INPUT_ONLY else node.inputs)
         inputs += _captured(node)
+        if _is_cache_update(node, value):
+            # present = Concat(past, new): the past is this attention's own earlier K/V, not
+            # another stream, so only the new keys/values say where K/V come from.
+            inputs = [v for v in inputs if not (v is not None and v.producer() is None and v.is_graph_input())]
         return [v for v in inputs if v is not None and not _is_scalar(v)]
 
     def of(self, value: ir.Value | None) -> frozenset:
