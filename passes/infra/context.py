@@ -68,6 +68,12 @@ class PassContext:
 EMPTY = PassContext()
 
 
+def calibration_need(data: str | None) -> frozenset[str]:
+    """What a pass that reads calibration samples needs: nothing when it was given its
+    own ``data=FILE``, else the context's calibration set."""
+    return frozenset() if data else frozenset({CALIBRATION})
+
+
 def check_needs(passes: Iterable[Any], provided: frozenset[str], source: str) -> None:
     """Raise the one-line error for the first pass needing what ``source`` cannot provide."""
     for pass_ in passes:

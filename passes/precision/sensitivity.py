@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from genzip.errors import GenzipError
 from genzip.metadata import SENSITIVITY_KEY as RESULT_KEY
-from genzip.passes.infra.context import CALIBRATION, TORCH_MODULE, PassContext
+from genzip.passes.infra.context import TORCH_MODULE, PassContext, calibration_need
 from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
 from genzip.passes.infra.module_paths import module_path
 from genzip.passes.precision import _cache as cache_mod
@@ -92,10 +92,8 @@ class SensitivityPass(GenzipPass):
     ensures_facts = frozenset({"sensitivity-measured"})
 
     def needs(self) -> frozenset[str]:
-        need = set() if self.options.data else {CALIBRATION}
-        if "grad" in self.options.metrics:
-            need.add(TORCH_MODULE)
-        return frozenset(need)
+        grad = frozenset({TORCH_MODULE}) if "grad" in self.options.metrics else frozenset()
+        return calibration_need(self.options.data) | grad
 
     def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         opts: Options = self.options

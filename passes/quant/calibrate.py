@@ -27,7 +27,7 @@ import onnx
 import onnx_ir as ir
 from tqdm import tqdm
 
-from genzip.passes.infra.context import CALIBRATION, PassContext
+from genzip.passes.infra.context import PassContext, calibration_need
 from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
 from genzip.passes.quant import _calib_data as data_mod
 from genzip.passes.quant._scales import SCALE_FLOOR, activation_amax, sample_abs
@@ -105,7 +105,7 @@ class CalibratePass(GenzipPass):
     ensures_facts = frozenset({"quant-calibrated"})
 
     def needs(self) -> frozenset[str]:
-        return frozenset() if self.options.data else frozenset({CALIBRATION})
+        return calibration_need(self.options.data)
 
     def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         opts: Options = self.options

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from genzip.passes.infra.context import CALIBRATION, PassContext
+from genzip.passes.infra.context import PassContext, calibration_need
 from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
 from genzip.passes.quant import _calib_data as data_mod
 from genzip.passes.quant._qdq import Builder, drop_if_unused
@@ -142,7 +142,7 @@ class SmoothPass(GenzipPass):
     invalidates_facts = frozenset({"quant-calibrated"})
 
     def needs(self) -> frozenset[str]:
-        return frozenset() if self.options.data else frozenset({CALIBRATION})
+        return calibration_need(self.options.data)
 
     def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         opts: Options = self.options
