@@ -8,7 +8,6 @@ replaced only with ``force``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -18,17 +17,10 @@ from typing import Any
 
 from genzip import jsonfile
 from genzip.errors import GenzipError
+from genzip.hashing import sha256_file  # noqa: F401 - part of this module's API (manifests' hashes)
 
 MANIFEST = "genzip.json"
 REPORT = "report.md"
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _umask() -> int:

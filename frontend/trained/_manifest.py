@@ -7,22 +7,15 @@ weights are the ones the recorded figures were measured on.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from genzip.hashing import sha256_file
+
 MANIFEST = "manifest.json"
 REQUIRED = ("preset", "data", "split", "steps", "final_loss", "quality", "sha256", "train_seconds")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weight_hashes(folder: Path) -> dict[str, str]:
