@@ -11,7 +11,7 @@ import onnx.shape_inference
 import onnx_ir as ir
 import onnxruntime as ort
 
-from genzip.ort_session import PRECISE_X64_INT8, make_session
+from genzip.ort_session import make_session, session_options
 from genzip.passes.infra.contract import FACTS_KEY
 
 
@@ -65,9 +65,7 @@ def run_ort(model: ir.Model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 def ort_session(model: ir.Model, threads: int = 1) -> ort.InferenceSession:
     """A CPU session of ``model`` with ``threads`` intra-op threads (one inter-op thread)."""
-    options = ort.SessionOptions()
-    options.add_session_config_entry(*PRECISE_X64_INT8)
-    options.intra_op_num_threads = threads
+    options = session_options(threads)
     options.inter_op_num_threads = 1
     return ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
 

@@ -14,7 +14,7 @@ import pytest
 from quant_models import apply, feeds_for, mlp, run
 
 from genzip.errors import GenzipError
-from genzip.ort_session import PRECISE_X64_INT8
+from genzip.ort_session import session_options
 from genzip.passes import build_pipeline
 from genzip.passes.precision import _metrics as sm
 from genzip.passes.precision import _probe as probe
@@ -79,9 +79,7 @@ def test_gated_simulation_matches_the_real_quantized_graph(tmp_path):
     assert np.array_equal(run(gated, {**held_out, **probe.gate_feeds(gates, {})}), fp)  # gates off: exact FP
     sim = run(gated, {**held_out, **probe.gate_feeds(gates, dict(enumerate(plan.values())))})
     # Graph optimizations off: ORT's MatMulNBits fusion of the w4a16 layer rounds differently.
-    options = ort.SessionOptions()
-    options.add_session_config_entry(*PRECISE_X64_INT8)
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options = session_options(level="none")
     real = ort.InferenceSession(ir.to_proto(quantized).SerializeToString(), options,
                                 providers=["CPUExecutionProvider"]).run(None, held_out)[0]
     assert np.abs(sim - fp).max() > 1e-2  # the allocation does change the output ...

@@ -12,7 +12,7 @@ import pytest
 from share_artifacts import compiled
 
 from genzip.errors import GenzipError
-from genzip.ort_session import PRECISE_X64_INT8
+from genzip.ort_session import session_options
 from genzip.passes import build_pipeline, run_pipeline
 from genzip.passes.attention._canonical import canonical_attention_node
 from genzip.passes.infra.contract import FACTS_KEY
@@ -25,9 +25,7 @@ def arts(tmp_path_factory, pixart_ort):
 
 
 def _session(folder):
-    opts = ort.SessionOptions()
-    opts.add_session_config_entry(*PRECISE_X64_INT8)
-    opts.log_severity_level = 3
+    opts = session_options()
     return ort.InferenceSession(os.path.join(folder, "model.onnx"), opts, providers=["CPUExecutionProvider"])
 
 

@@ -21,7 +21,7 @@ import pytest
 from share_artifacts import compiled
 
 from genzip.errors import GenzipError
-from genzip.ort_session import PRECISE_X64_INT8, make_session
+from genzip.ort_session import make_session, session_options
 from genzip.passes import build_pipeline, run_pipeline
 from genzip.runtime import plan as P
 from genzip.runtime import sampler
@@ -41,9 +41,7 @@ def arts(tmp_path_factory):
 
 def _optimized_ops(folder, tmp_path) -> collections.Counter:
     """(in a branch?, op type) counts of the model as ORT optimizes it."""
-    opts = ort.SessionOptions()
-    opts.add_session_config_entry(*PRECISE_X64_INT8)
-    opts.log_severity_level = 3
+    opts = session_options()
     opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(os.path.join(folder, "model.onnx"), opts, providers=["CPUExecutionProvider"])
     counts: collections.Counter = collections.Counter()
