@@ -7,7 +7,7 @@ from genzip.errors import GenzipError, did_you_mean
 RECIPES: dict[str, tuple[str, str]] = {
     "cleanup": ("dce,cse,fold-constants", "remove dead code, merge duplicates, fold constants"),
     "attn": ("canonicalize-attn,dce", "bring every attention into the canonical ONNX Attention form"),
-    "window": ("canonicalize-attn,window-attn{window=0.125},dce", "DiTFastAttn window attention on every self-attention"),
+    "window": ("canonicalize-attn,window-attn{window=0.125},dce", "sliding-window attention on every self-attention (no residual: DiTFastAttn WA-RS is share)"),
     "w8a8": ("annotate-precision,calibrate,quant{scheme=w8a8}",
              "int8 per-channel weights, static per-tensor int8 activations (TensorRT explicit Q/DQ)"),
     "w8a8-dynamic": ("annotate-precision{scheme=w8a8-dynamic},quant{scheme=w8a8-dynamic}",
@@ -15,7 +15,7 @@ RECIPES: dict[str, tuple[str, str]] = {
     "w8a8-attn": ("annotate-precision{attention=int8},calibrate,quant{scheme=w8a8}",
                   "w8a8 plus int8 self-attention scores (dynamic Q, smoothed K; fp32 softmax and P.V; ORT)"),
     "w8a8-smooth": ("annotate-precision,smooth{alpha=0.5},calibrate,quant{scheme=w8a8}",
-                    "w8a8 after SmoothQuant channel balancing (ViDiT-Q static-dynamic balancing)"),
+                    "w8a8 after SmoothQuant channel balancing (alpha 0.5, no rotation; static per-tensor activations)"),
     "w4a16": ("annotate-precision{scheme=w4a16 keep-defaults=false},quant{scheme=w4a16}",
               "int4 block-32 weights (DequantizeLinear block_size), fp32 activations, every GEMM"),
     "share": ("canonicalize-attn,share-attn{window=0.125}",
