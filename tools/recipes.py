@@ -7,7 +7,8 @@ from genzip.errors import GenzipError, did_you_mean
 RECIPES: dict[str, tuple[str, str]] = {
     "cleanup": ("dce,cse,fold-constants", "remove dead code, merge duplicates, fold constants"),
     "attn": ("canonicalize-attn,dce", "bring every attention into the canonical ONNX Attention form"),
-    "window": ("canonicalize-attn,window-attn{window=0.125},dce", "sliding-window attention on every self-attention (no residual: DiTFastAttn WA-RS is share)"),
+    "window": ("canonicalize-attn,window-attn{window=0.125},dce",
+               "sliding-window attention on every self-attention (no residual: DiTFastAttn WA-RS is share)"),
     "w8a8": ("annotate-precision,calibrate,quant{scheme=w8a8}",
              "int8 per-channel weights, static per-tensor int8 activations (TensorRT explicit Q/DQ)"),
     "w8a8-dynamic": ("annotate-precision{scheme=w8a8-dynamic},quant{scheme=w8a8-dynamic}",
