@@ -13,6 +13,9 @@ RECIPES: dict[str, tuple[str, str]] = {
              "int8 per-channel weights, static per-tensor int8 activations (TensorRT explicit Q/DQ)"),
     "w8a8-dynamic": ("annotate-precision{scheme=w8a8-dynamic},quant{scheme=w8a8-dynamic}",
                      "int8 per-channel weights, per-token dynamic int8 activations (ORT CPU MatMulInteger)"),
+    "w4a8-dynamic": ("annotate-precision{scheme=w4a8-dynamic},quant{scheme=w4a8-dynamic}",
+                     "ViDiT-Q W4A8: int4 per-channel weights (stored int4), per-token dynamic int8 activations "
+                     "(ORT CPU MatMulInteger)"),
     "w8a8-attn": ("annotate-precision{attention=int8},calibrate,quant{scheme=w8a8}",
                   "w8a8 plus int8 self-attention scores (dynamic Q, smoothed K; fp32 softmax and P.V; ORT)"),
     "w8a8-smooth": ("annotate-precision,smooth{alpha=0.5},calibrate,quant{scheme=w8a8}",
