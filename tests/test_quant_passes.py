@@ -244,20 +244,41 @@ def test_dynamic_gemm_with_bias():
     assert cosine(ref, run(model, feeds)) > 0.999
 
 
+def _with_bos(feeds: list[dict], bos: np.ndarray) -> list[dict]:
+    """The same prompt-invariant token 0 (a CLIP-style BOS with outliers) in every sample."""
+    for f in feeds:
+        f["x"][:, 0, :] = bos
+    return feeds
+
+
 @pytest.mark.parametrize("scheme", ["w8a8", "w8a8-dynamic"])
 def test_bos_token_stays_exact(scheme):
+    """MixDQ: token 0's output is a precomputed constant (no fp32 weight copy), exact."""
     model = mlp(tokens=6)
-    feeds = feeds_for(model, seed=7)[0]
+    bos = np.random.default_rng(3).standard_normal(16).astype(np.float32) * 30.0
+    feeds = _with_bos(feeds_for(model, seed=7), bos)[0]
     ref = run(model, feeds)
-    calib = feeds_for(model, seed=1, n=4)
-    spec = f"annotate-precision{{scheme={scheme} keep-defaults=false bos=true bos-layers=.}}"
-    spec += ",calibrate,quant" if scheme == "w8a8" else ",quant"
+    calib = _with_bos(feeds_for(model, seed=1, n=4), bos)
+    spec = f"annotate-precision{{scheme={scheme} keep-defaults=false bos=true bos-layers=.}},calibrate,quant"
     results = apply(model, spec, calib)
-    assert results[-1].stats["bos"] == 3
+    assert results[-1].stats["bos"] == 3 and results[1].stats["bos_tensors"] == 3
+    # no fp32 weight copy kept for token 0: every float MatMul left reads a dequantized weight
+    assert all(n.inputs[1].producer().op_type == "DequantizeLinear" for n in model.graph if n.op_type == "MatMul")
+    assert sum(n.op_type == "Expand" for n in model.graph) == 3
     got = run(model, feeds)
-    np.testing.assert_allclose(got[:, 0], ref[:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[:, 0], ref[:, 0], rtol=1e-4, atol=1e-4)
     assert cosine(ref[:, 1:], got[:, 1:]) > 0.995
     assert not np.allclose(got[:, 1:], ref[:, 1:], rtol=1e-5, atol=1e-6)
+
+
+def test_bos_is_refused_where_token_0_is_an_ordinary_word():
+    """T5-style conditioning: token 0 varies with the prompt, so it is no BOS to precompute."""
+    model = mlp(tokens=6)
+    spec = "annotate-precision{scheme=w8a8-dynamic keep-defaults=false bos=true bos-layers=.}"
+    with pytest.raises(GenzipError, match=r"token 0 differs across the calibration prompts \(relative spread"):
+        apply(model, spec + ",calibrate,quant", feeds_for(model, seed=1, n=4))
+    with pytest.raises(GenzipError, match="put calibrate before quant"):
+        apply(mlp(tokens=6), spec + ",quant", feeds_for(model, seed=1, n=4))
 
 
 def test_w4a16_block_dequantize():

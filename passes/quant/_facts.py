@@ -32,7 +32,8 @@ def annotated_problem(model: ir.Model) -> str | None:
 
 
 def calibrated_problem(model: ir.Model) -> str | None:
-    """Every annotation with static activations (not kept) has a finite, non-negative range."""
+    """Every annotation with static activations (not kept) has a finite, non-negative range
+    (and, for ``bos``, token 0's row and spread)."""
     for node, raw in _annotations(model):
         spec = QuantSpec.from_json(raw)
         act = spec.activation
@@ -41,6 +42,8 @@ def calibrated_problem(model: ir.Model) -> str | None:
         calib = node.metadata_props.get(QUANT_CALIB_KEY)
         if calib is None:
             return f"node '{node.name}' has static activations but no {QUANT_CALIB_KEY} range"
+        if spec.bos and not {"bos_row", "bos_spread"} <= set(json.loads(calib)):
+            return f"node '{node.name}' is annotated bos but calibration recorded no token-0 statistics"
         amax = json.loads(calib).get("amax")
         values = amax if isinstance(amax, list) else [amax]
         if not values or any(not isinstance(v, (int, float)) or not v >= 0 for v in values):

@@ -122,12 +122,17 @@ class Builder(NodeBuilder):
             y = self.op("Mul", y, w_scale)
         return self.op("Mul", y, amax)
 
-    def split_bos(self, x: ir.Value) -> tuple[ir.Value, ir.Value]:
-        """(token 0, tokens 1:) along axis -2."""
+    def after_first_token(self, x: ir.Value) -> ir.Value:
+        """Tokens 1: along axis -2."""
         axes = self.initializer("bos_axes", np.array([-2], np.int64))
-        zero, one = self.initializer("bos_0", np.array([0], np.int64)), self.initializer("bos_1", np.array([1], np.int64))
-        end = self.initializer("bos_end", np.array([INT64_MAX], np.int64))
-        return self.op("Slice", x, zero, one, axes), self.op("Slice", x, one, end, axes)
+        one, end = self.initializer("bos_1", np.array([1], np.int64)), self.initializer("bos_end", np.array([INT64_MAX], np.int64))
+        return self.op("Slice", x, one, end, axes)
+
+    def bos_output(self, rest_y: ir.Value, row_out: np.ndarray) -> ir.Value:
+        """The constant token-0 output ``row_out`` [N], broadcast to rest_y's shape with one token."""
+        lead = self.op("Shape", rest_y, end=-2)
+        shape = self.op("Concat", lead, self.initializer("bos_tail", np.array([1, row_out.shape[-1]], np.int64)), axis=0)
+        return self.op("Expand", self.initializer("bos_out", row_out.reshape(1, -1).astype(np.float32)), shape)
 
     def concat_tokens(self, first: ir.Value, rest: ir.Value) -> ir.Value:
         return self.op("Concat", first, rest, axis=-2)

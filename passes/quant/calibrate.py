@@ -6,7 +6,11 @@ Invariant after the pass (fact ``quant-calibrated``): every node whose
 "samples": N}``, the clipping range of that activation measured by running the
 annotated graph in ONNX Runtime over the calibration set (``quant_calib_data``
 documents where the set comes from). For ``bos`` nodes token 0 (axis -2) is left
-out of the statistics: it stays fp32. The graph itself is unchanged.
+out of the statistics, and (static or dynamic) they also get ``bos_row`` (token 0's
+mean activation over the set, float32 base64) and ``bos_spread`` (the largest
+relative distance of any sample's token 0 from that mean): ``quant`` precomputes
+token 0's output from the row when the spread says token 0 is prompt-invariant
+(MixDQ: CLIP's BOS), and refuses ``bos`` otherwise. The graph itself is unchanged.
 
 Methods: ``absmax`` (largest |x| seen), ``percentile`` (``percentile`` of |x| over a
 sampled reservoir, capped by absmax) and ``mse`` (the clip minimising the int8
@@ -20,7 +24,7 @@ import dataclasses
 import json
 import logging
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -29,6 +33,7 @@ from tqdm import tqdm
 
 from genzip.passes.infra.context import PassContext, calibration_need
 from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
+from genzip.passes.quant import _bos as bos_mod
 from genzip.passes.quant import _calib_data as data_mod
 from genzip.passes.quant._scales import SCALE_FLOOR, activation_amax, sample_abs
 from genzip.passes.quant._spec import CALIB_KEY, annotated_nodes
@@ -64,22 +69,37 @@ def _targets(model: ir.Model) -> dict[str, list[ir.Node]]:
     return out
 
 
-def _observe(proto: onnx.ModelProto, keys: list[str], samples, method: str, percentile: float) -> dict[str, float]:
+def _bos_targets(model: ir.Model) -> dict[str, list[ir.Node]]:
+    """Tensor -> the ``bos`` nodes reading it (static or dynamic): their token 0 is observed."""
+    out: dict[str, list[ir.Node]] = {}
+    for node, spec in annotated_nodes(model):
+        if spec.keep is None and spec.bos and spec.activation is not None:
+            out.setdefault(node.inputs[spec.activation.input].name, []).append(node)
+    return out
+
+
+def _observe(proto: onnx.ModelProto, keys: list[str], bos_tensors: list[str], samples, method: str,
+             percentile: float) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    """(range per key, token-0 statistics per ``bos`` tensor) over ``samples``."""
     from genzip.ort_session import make_session
 
     graph_inputs = {i.name for i in proto.graph.input}
     probe = onnx.ModelProto()
     probe.CopyFrom(proto)
-    tensors = sorted({k.split("#")[0] for k in keys} - graph_inputs - {o.name for o in probe.graph.output})
+    wanted = sorted({k.split("#")[0] for k in keys} | set(bos_tensors))
+    tensors = sorted(set(wanted) - graph_inputs - {o.name for o in probe.graph.output})
     probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors)
     session = make_session(probe.SerializeToString())
-    wanted = sorted({k.split("#")[0] for k in keys})
     amax = dict.fromkeys(keys, 0.0)
     pools: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    rows: dict[str, list[np.ndarray]] = {t: [] for t in bos_tensors}
     rng = np.random.default_rng(0)
     for feeds in tqdm(samples, desc="calibrate", unit="sample", file=sys.stderr, disable=None, leave=False):
         out = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
         got = {t: feeds[t] if t in feeds else out[t] for t in wanted}
+        for t in bos_tensors:
+            x = got[t]
+            rows[t].append(x[..., 0, :].reshape(-1, x.shape[-1]))
         for key in keys:
             name, _, bos = key.partition("#")
             x = got[name]
@@ -94,7 +114,7 @@ def _observe(proto: onnx.ModelProto, keys: list[str], samples, method: str, perc
     for key in keys:
         values = np.concatenate(pools[key]) if pools[key] else np.zeros(0, np.float32)
         result[key] = max(activation_amax(method, amax[key], values, percentile), SCALE_FLOOR)
-    return result
+    return result, {t: bos_mod.token0_stats(r) for t, r in rows.items()}
 
 
 class CalibratePass(GenzipPass):
@@ -109,8 +129,8 @@ class CalibratePass(GenzipPass):
 
     def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         opts: Options = self.options
-        targets = _targets(model)
-        if not targets:
+        targets, bos_targets = _targets(model), _bos_targets(model)
+        if not targets and not bos_targets:
             return GenzipPassResult(model, False, {"calibrated": 0})
         samples = data_mod.resolve(opts.data, context, self.name)
         if opts.samples:
@@ -121,20 +141,27 @@ class CalibratePass(GenzipPass):
         dhash = data_mod.data_hash(samples)
         method = opts.method if opts.method != "percentile" else f"percentile{opts.percentile:g}"
         path = data_mod.cache_path(opts.cache, mhash, dhash, method)
-        keys = sorted(targets)
+        keys, bos_keys = sorted(targets), sorted(bos_targets)
         cached = data_mod.read_cache(path, mhash, dhash) if opts.use_cache else None
-        if cached is not None and set(cached.get("amax", {})) == set(keys):
-            amax, hit = {k: float(v) for k, v in cached["amax"].items()}, True
+        if (cached is not None and set(cached.get("amax", {})) == set(keys)
+                and set(cached.get("bos", {})) == set(bos_keys)):
+            amax, bos, hit = {k: float(v) for k, v in cached["amax"].items()}, cached.get("bos", {}), True
             logger.info("calibrate: cache hit %s", path)
         else:
             logger.info("calibrate: %d samples, %d tensors (%s)", len(samples), len(keys), method)
-            amax, hit = _observe(proto, keys, samples, opts.method, opts.percentile), False
+            (amax, bos), hit = _observe(proto, keys, bos_keys, samples, opts.method, opts.percentile), False
             if opts.use_cache:
-                data_mod.write_cache(path, {"model": mhash, "data": dhash, "method": method, "amax": amax})
+                data_mod.write_cache(path, {"model": mhash, "data": dhash, "method": method, "amax": amax, "bos": bos})
+        records: dict[int, dict[str, Any]] = {}
         for key, nodes in targets.items():
-            raw = json.dumps({"amax": amax[key], "method": method, "samples": len(samples)}, sort_keys=True)
             for node in nodes:
-                node.metadata_props[CALIB_KEY] = raw
+                records[id(node)] = {"amax": amax[key], "method": method, "samples": len(samples)}
+        for tensor, nodes in bos_targets.items():
+            for node in nodes:
+                records.setdefault(id(node), {"samples": len(samples)}).update(bos[tensor])
+        for node in [n for group in (*targets.values(), *bos_targets.values()) for n in group]:
+            node.metadata_props[CALIB_KEY] = json.dumps(records[id(node)], sort_keys=True)
         stats = {"calibrated": sum(map(len, targets.values())), "tensors": len(keys), "samples": len(samples),
+                 "bos_tensors": len(bos_keys),
                  "cache": "hit" if hit else "miss", "data_hash": dhash[:12]}
         return GenzipPassResult(model, True, stats)

@@ -19,8 +19,10 @@ carries ``genzip.quant`` or ``genzip.quant.calib``; every annotated node without
 * ``Attention`` nodes (``annotate-precision{attention=int8}``): int8 QK^T scores,
   dynamic per-tensor Q (uint8) and smoothed K (int8), fp32 softmax and P·V
   (``quant_attention``; an ONNX Runtime form);
-* ``bos`` nodes: token 0 runs through the original fp32 MatMul, tokens 1: through
-  the quantized one, joined by Concat along axis -2.
+* ``bos`` nodes (MixDQ): tokens 1: run through the quantized GEMM; token 0's output is
+  the constant ``row @ W`` precomputed from the prompt-invariant token-0 row
+  ``calibrate`` recorded (``_bos``: refused when token 0 varies across prompts),
+  broadcast over the batch and joined by Concat along axis -2; no fp32 copy of W.
 
 ``merge`` (default false, no gain measured on ORT CPU): quantized MatMuls reading one tensor with one spec and
 range (q/k/v) become one GEMM over the concatenated weight plus a Split
@@ -43,6 +45,7 @@ from genzip.metadata import INT8_SCORES_KEY
 from genzip.passes.infra.context import PassContext
 from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
 from genzip.passes.quant._attention import rewrite_attention
+from genzip.passes.quant._bos import invariant_row
 from genzip.passes.quant._merge import rewrite_merged, sibling_groups
 from genzip.passes.quant._qdq import Builder, drop_if_unused, reroute
 from genzip.passes.quant._spec import CALIB_KEY, DYNAMIC_SCHEMES, META_KEY, QuantSpec, annotated_nodes, calib_of
@@ -74,21 +77,21 @@ def _gemm_kn(node: ir.Node, w: np.ndarray) -> np.ndarray:
 
 
 def _rewrite(graph: ir.Graph, node: ir.Node, spec: QuantSpec, amax: float | None, fused: bool,
-             shared: dict) -> None:
+             shared: dict, bos_row: np.ndarray | None) -> None:
     b = Builder(graph, node.name or spec.module or node.op_type)
     x, w_value = node.inputs[0], node.inputs[1]
     w = w_value.const_value.numpy()
     act = spec.activation
     if act is not None and act.dynamic or spec.bos:
-        first, rest = b.split_bos(x) if spec.bos else (None, x)
+        rest = b.after_first_token(x) if spec.bos else x
         if act is not None and act.dynamic:
             # q/k/v reading one tensor share its per-token quantization (no fusion needs
             # a private copy here, unlike the static Q/DQ form).
-            if first is None and x.name in shared:
+            if not spec.bos and x.name in shared:
                 tokens = shared[x.name]
             else:
                 tokens = b.quantize_tokens(rest)
-                if first is None:
+                if not spec.bos:
                     shared[x.name] = tokens
             y = b.token_gemm(tokens, _gemm_kn(node, w).astype(np.float32), fused, spec.weight.dtype)
             if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:
@@ -99,8 +102,8 @@ def _rewrite(graph: ir.Graph, node: ir.Node, spec: QuantSpec, amax: float | None
                 y = b.op("Add", y, c)
         else:  # static BOS (MatMul only, see annotate-precision)
             y = b.op("MatMul", b.qdq(rest, amax, act.dtype), b.weight_dq(w, spec.weight))
-        if first is not None:
-            y = b.concat_tokens(b.op("MatMul", first, w_value), y)
+        if spec.bos:
+            y = b.concat_tokens(b.bos_output(y, bos_row @ w.astype(np.float32)), y)
         graph.insert_before(node, b.nodes)
         reroute(graph, node.outputs[0], y)
         graph.remove(node, safe=True)
@@ -142,9 +145,11 @@ class QuantPass(GenzipPass):
                 raise GenzipError(f"{s} needs opset >= {MIN_OPSET[s]}, the model has {opset}",
                                   "export at opset 23 (genzip's default) or convert the model first")
         counts = {"quantized": 0, "kept": 0, "bos": 0, "merged": 0, "attention": 0}
-        items = []
+        items, bos_rows = [], {}
         for node, spec in todo:
             calib = calib_of(node)
+            if spec.bos and spec.keep is None:
+                bos_rows[id(node)] = invariant_row(calib, node.name or spec.module or "a bos node")
             node.metadata_props.pop(META_KEY, None)
             node.metadata_props.pop(CALIB_KEY, None)
             if spec.keep is not None:
@@ -156,7 +161,7 @@ class QuantPass(GenzipPass):
                     f"{node.name or spec.module} needs a calibrated activation range for {spec.scheme}",
                     "put calibrate before quant (or use scheme w8a8-dynamic / w4a8-dynamic / w4a16)",
                 )
-            items.append((node, spec, calib["amax"] if calib else None))
+            items.append((node, spec, calib.get("amax") if calib else None))
         shared: dict = {}  # tensor name -> its per-token quantization (w8a8-dynamic)
         fused = self.options.dynamic_form == "ort"
         groups = sibling_groups(items) if self.options.merge else [[i] for i in range(len(items))]
@@ -169,7 +174,7 @@ class QuantPass(GenzipPass):
                 rewrite_attention(graph, node)
                 counts["attention"] += 1
             else:
-                _rewrite(graph, node, spec, amax, fused, shared)
+                _rewrite(graph, node, spec, amax, fused, shared, bos_rows.get(id(node)))
             counts["quantized"] += len(group)
             counts["bos"] += spec.bos
         if counts["attention"]:
