@@ -59,13 +59,18 @@ def test_an_nn_module_compiles_into_a_temporary_artifact_the_object_owns():
     assert not os.path.exists(folder)
 
 
-def test_a_temporary_artifact_goes_with_its_with_block_or_its_object(tmp_path):
+def test_a_temporary_artifact_goes_with_its_with_block_or_its_object(tmp_path, capsys):
     proto = onnx.load(_onnx_file(tmp_path / "m.onnx"))
-    with genzip.compile(proto, target="onnx") as art:
+    with genzip.compile(proto, target="onnx", progress=True) as art:  # a tqdm bar (tqdm.auto)
         folder = art.folder
+        assert "genzip writing onnx artifact" in capsys.readouterr().err
         assert os.path.isfile(os.path.join(folder, "genzip.json"))
     assert not os.path.exists(folder)
-    art = genzip.compile(proto, target="onnx")
+    messages = []
+    art = genzip.compile(proto, target="onnx", progress=messages.append)
+    assert messages[0] == "loading a ModelProto" and messages[-1].startswith("writing onnx artifact")
+    with pytest.raises(GenzipError, match="evaluate a DiT or LLM artifact"):
+        art.eval()  # genzip.runtime.evaluate's own refusal: this artifact is neither
     folder = art.folder
     del art
     gc.collect()
