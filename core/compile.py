@@ -288,7 +288,9 @@ def build_compile(settings: Mapping[str, Any]) -> Resolved:
         record["inputs"] = "inputs.npz"  # the artifact keeps its example inputs: the manifest's folder
     if isinstance(s.get("calib_data"), (str, os.PathLike)):
         record["calib_data"] = os.path.abspath(os.fspath(s["calib_data"]))
-    record = {k: sorted(v) if isinstance(v, (frozenset, set, tuple)) else v for k, v in sorted(record.items())}
+    # JSON-ready: sets sorted (their order means nothing), tuples kept in order (--shapes profiles).
+    record = {k: sorted(v) if isinstance(v, (frozenset, set)) else list(v) if isinstance(v, tuple) else v
+              for k, v in sorted(record.items())}
     return Resolved(model, s.get("out"), opts, record)
 
 

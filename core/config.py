@@ -40,6 +40,18 @@ def _parse_yaml(path: str, text: str) -> Any:
         raise GenzipError(f"config file '{path}' does not parse: {first}", "fix the YAML syntax") from None
 
 
+def _toml():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the tomli backport, if installed
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise GenzipError("reading TOML needs Python 3.11 or the tomli package",
+                              "pip install tomli, or write the config as JSON") from None
+    return tomllib
+
+
 def _parse(path: str) -> Any:
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".toml", ".yaml", ".yml", ".json"):
@@ -55,9 +67,7 @@ def _parse(path: str) -> Any:
         return _parse_yaml(path, text)
     try:
         if ext == ".toml":
-            import tomllib
-
-            return tomllib.loads(text)
+            return _toml().loads(text)
         return json.loads(text)
     except ValueError as e:  # TOMLDecodeError and JSONDecodeError are ValueErrors
         first = str(e).strip().splitlines()[0]

@@ -160,3 +160,17 @@ def test_unknown_keywords_and_models_are_one_line_errors():
     assert info.value.problem.startswith("genzip.compile key 'seed'") and info.value.fix == "fix the value of 'seed'"
     with pytest.raises(GenzipError, match="genzip cannot build example inputs for a _Net"):
         genzip.compile(_Net())
+
+
+def test_compile_options_carry_inputs_and_calibration(tmp_path):
+    from genzip.compile import CompileOptions, compile_model
+
+    model = _onnx_file(tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", **_feeds(5, seed=4))  # samples on the batch axis
+    feeds = _feeds(2, seed=9)
+    opts = CompileOptions(target="onnx", passes="annotate-precision,calibrate,quant", inputs=feeds,
+                          calib_data=str(tmp_path / "calib.npz"))
+    manifest = compile_model(model, str(tmp_path / "a"), opts)
+    assert next(r for r in manifest["pass_stats"] if r["pass"] == "calibrate")["stats"]["samples"] == 5
+    with np.load(tmp_path / "a" / "inputs.npz") as saved:
+        np.testing.assert_array_equal(saved["ids"], feeds["ids"])
