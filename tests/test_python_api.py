@@ -169,7 +169,7 @@ def test_compile_options_carry_inputs_and_calibration(tmp_path):
     np.savez(tmp_path / "calib.npz", **_feeds(5, seed=4))  # samples on the batch axis
     feeds = _feeds(2, seed=9)
     opts = CompileOptions(target="onnx", passes="annotate-precision,calibrate,quant", inputs=feeds,
-                          calib_data=str(tmp_path / "calib.npz"))
+                          calib_data=str(tmp_path / "calib.npz"), min_cosine=0.9)
     manifest = compile_model(model, str(tmp_path / "a"), opts)
     assert next(r for r in manifest["pass_stats"] if r["pass"] == "calibrate")["stats"]["samples"] == 5
     with np.load(tmp_path / "a" / "inputs.npz") as saved:
