@@ -58,15 +58,16 @@ def read_npz(path: str, flag: str) -> Feeds:
     """The arrays of a plain ``.npz`` (``allow_pickle=False``: object arrays are refused)."""
     if not os.path.isfile(path):
         raise GenzipError(f"{flag} file '{path}' does not exist", f"give {flag} an existing .npz file")
+    fix = "save named arrays with numpy.savez(path, input_name=array, ...)"
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not hasattr(data, "files"):
-                raise ValueError("a single array, not an archive of named arrays")
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise GenzipError(f"{flag} file '{path}' holds a single array, not named arrays", fix)
+        with data:
             arrays = {k: data[k] for k in data.files}
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError) as e:  # not a zip, or object arrays (which would need pickle)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise GenzipError(f"{flag} file '{path}' is not a plain .npz ({first})",
-                          "save named arrays with numpy.savez(path, input_name=array, ...)") from None
+        raise GenzipError(f"{flag} file '{path}' is not a plain .npz ({first})", fix) from None
     if not arrays:
         raise GenzipError(f"{flag} file '{path}' holds no arrays", "save one array per model input with numpy.savez")
     return arrays

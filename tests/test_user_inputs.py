@@ -155,6 +155,10 @@ def test_onnx_file_bad_inputs_are_refused_in_one_line(tmp_path, capsys):
     _refused([model, "--inputs", str(tmp_path / "shape.npz")], capsys, tmp_path,
              "'x' has shape [2, 5, 8], the model takes [?, 4, 8]")
     _refused([model, "--inputs", str(tmp_path / "missing.npz")], capsys, tmp_path, "does not exist")
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    _refused([model, "--inputs", str(tmp_path / "one.npy")], capsys, tmp_path, "holds a single array, not named arrays")
+    np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}], dtype=object), ids=_feeds(2)["ids"])
+    _refused([model, "--inputs", str(tmp_path / "obj.npz")], capsys, tmp_path, "is not a plain .npz (Object arrays")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     _refused([model, "--calib-data", str(tmp_path / "junk.npz")], capsys, tmp_path, "is not a plain .npz")
 
