@@ -51,6 +51,15 @@ def test_recipe_parameters_map_onto_their_passes_options():
         expand_recipe("share-w8a8", params={"windw": 0.1})
 
 
+def test_genzip_recipes_lists_the_parameters(capsys):
+    from genzip.tools import genzip_cli
+
+    assert genzip_cli.main(["recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    window = lines[lines.index(next(x for x in lines if x.startswith("window "))) + 2]
+    assert window.split("parameters: ")[1].split() == ["chunk", "layers", "residual", "tokens", "window"]
+
+
 def test_a_toml_config_compiles_with_flags_over_it_and_rebuilds_from_the_manifest(project, capsys):
     out = project / "a"
     rc, err = _compile(["--config", str(project / "genzip.toml"), "--target", "onnx", "--out", str(out)], capsys)
