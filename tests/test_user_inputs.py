@@ -305,3 +305,18 @@ def test_preset_inputs_set_the_example_inputs(tmp_path, capsys):
     with np.load(out / "inputs.npz") as saved:
         np.testing.assert_array_equal(saved["input_ids"], ids)
     assert _manifest(out)["fidelity"]["reference"] == "pytorch-eager"
+
+
+def test_a_dit_folder_provides_its_own_calibration_an_llm_folder_does_not(tmp_path, capsys):
+    """Decided from config.json before any weight is read: a DiT folder passes the needs
+    check (it then fails on its missing weights here), an LLM folder is refused at once."""
+    (tmp_path / "dit").mkdir()
+    (tmp_path / "dit" / "config.json").write_text(json.dumps({"_class_name": "PixArtTransformer2DModel"}))
+    _refused([str(tmp_path / "dit"), "--recipe", "w8a8"], capsys, tmp_path, "could not load")
+    (tmp_path / "llm").mkdir()
+    (tmp_path / "llm" / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    _refused([str(tmp_path / "llm"), "--recipe", "w8a8"], capsys, tmp_path,
+             "pass 'calibrate' needs calibration, which a Hugging Face folder does not provide")
+    np.savez(tmp_path / "c.npz", input_ids=np.zeros((2, 1, 8), np.int64))
+    _refused([str(tmp_path / "llm"), "--recipe", "w8a8", "--calib-data", str(tmp_path / "c.npz")], capsys, tmp_path,
+             "could not load")  # --calib-data met the need; the (weightless) folder fails next
