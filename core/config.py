@@ -175,6 +175,8 @@ def check_settings(settings: Mapping[str, Any], hints: Mapping[str, Any], where:
     out = {}
     for key, value in settings.items():
         name = str(key).replace("-", "_")
+        if value is None:  # JSON null / YAML ~: unset (a manifest's model = null for an in-memory model)
+            continue
         if name not in hints:
             raise GenzipError(f"{where} has an unknown key '{key}'{did_you_mean(name, hints)}",
                               f"its keys are: {', '.join(sorted(hints))}")

@@ -111,6 +111,19 @@ def test_bad_configs_are_one_line_errors(project, capsys, text, message):
     assert not (project / "refused").exists()
 
 
+def test_an_in_memory_models_manifest_rebuilds_with_the_model_given_again(project, capsys):
+    import onnx
+
+    art = genzip.compile(onnx.load(project / "m.onnx"), recipe="w8a8", calib_data=str(project / "calib"),
+                         target="onnx", out=str(project / "mem"))
+    assert art.manifest["config"]["model"] is None
+    _refused(["--config", str(project / "mem" / "genzip.json")], capsys, project, "no model to compile")
+    rc, err = _compile([str(project / "m.onnx"), "--config", str(project / "mem" / "genzip.json"),
+                        "--out", str(project / "again")], capsys)
+    assert rc == 0, err
+    assert json.loads((project / "again" / "genzip.json").read_text())["passes"] == art.manifest["passes"]
+
+
 def test_config_file_kinds_refused(project, capsys):
     (project / "c.ini").write_text("x")
     _refused(["--config", str(project / "c.ini")], capsys, project, "unknown extension '.ini'")
