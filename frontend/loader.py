@@ -179,8 +179,15 @@ def load_object(obj: Any, example_inputs: Any = None, *, seed: int = 0, user: Us
     family, outputs = object_family(obj), None
     obj.eval()
     if example_inputs is not None:
+        import numpy as np
+        import torch
+        from torch.utils import _pytree as pytree
+
         from genzip.frontend.callable_ref import as_module_call
 
+        # NumPy arrays are welcome too: the call is made of tensors.
+        example_inputs = pytree.tree_map(lambda x: torch.from_numpy(x) if isinstance(x, np.ndarray) else x,
+                                         example_inputs)
         _, call = as_module_call((obj, example_inputs), f"python:{name}")
     elif family in ("dit", "unet", "diffusers"):
         call, outputs = hf_inputs.diffusers_call(obj, batch=2, seed=seed), hf_inputs.DIFFUSERS_OUTPUTS

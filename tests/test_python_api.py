@@ -47,7 +47,7 @@ def test_genzip_compile_is_callable_and_still_the_driver_module():
 def test_an_nn_module_compiles_into_a_temporary_artifact_the_object_owns():
     torch.manual_seed(0)
     x, net = torch.randn(2, 5, 8), _Net()
-    art = genzip.compile(net, (x,), target="onnx")
+    art = genzip.compile(net, (x.numpy(),), target="onnx")  # NumPy arrays or tensors
     folder = art.folder
     assert art.temporary and os.path.isfile(os.path.join(folder, "model.onnx"))
     assert art.fidelity["reference"] == "pytorch-eager" and art.fidelity["cosine"] > 0.9999
