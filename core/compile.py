@@ -372,8 +372,8 @@ def compile(  # genzip.compile(...): the public name; shadows the builtin only i
 
     ``model``: an ``nn.Module`` (diffusers and transformers models too), an
     ``onnx.ModelProto``, an ``onnx_ir.Model``, or any reference string the CLI takes
-    (None: the config's ``model``). ``example_inputs``: for a module, its call (tensor,
-    tuple or dict); otherwise feeds by input name or an ``.npz`` path (``--inputs``).
+    (None: the config's ``model``). ``example_inputs``: for a module, its call (tensor or
+    array, tuple or dict); otherwise feeds by input name or an ``.npz`` path (``--inputs``).
     ``calib_data``: an ``.npz`` path or folder, a list or iterable of feed dicts, a
     callable returning one, or ModelOpt's ``forward_loop(model)``. ``target`` defaults to
     the config's, else ``"ort"``. ``config``: a TOML/YAML/JSON file or an artifact's
