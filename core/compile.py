@@ -318,11 +318,11 @@ class Artifact:
     def temporary(self) -> bool:
         return self._cleanup is not None
 
-    def load(self, plan=None, threads: int | None = None):
+    def load(self, plan=None, threads: int | None = None, cfg: str | None = None):
         """The artifact ready to run (see ``genzip.load``)."""
         from genzip.runtime.open import open_artifact
 
-        return open_artifact(self.folder, plan=plan, threads=threads)
+        return open_artifact(self.folder, plan=plan, threads=threads, cfg=cfg)
 
     def eval(self, **kwargs) -> dict[str, Any]:
         """Generation quality (``genzip.runtime.evaluate.evaluate``; ``genzip eval``)."""

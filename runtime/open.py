@@ -13,7 +13,7 @@ from genzip.backends.runner import load_artifact
 from genzip.errors import GenzipError
 
 
-def open_artifact(artifact: str, plan=None, threads: int | None = None):
+def open_artifact(artifact: str, plan=None, threads: int | None = None, cfg: str | None = None):
     """See ``genzip.load``."""
     manifest = read_manifest(artifact)
     if isinstance(manifest.get("kv_cache"), dict) and plan is None:  # genzip-compile --kv-cache
@@ -25,7 +25,10 @@ def open_artifact(artifact: str, plan=None, threads: int | None = None):
         from genzip.runtime.diffusers_adapter import DiffusersTransformer
         from genzip.runtime.plan import load_plan
 
-        return DiffusersTransformer(artifact, load_plan(plan) if isinstance(plan, str) else plan, threads=threads)
+        return DiffusersTransformer(artifact, load_plan(plan) if isinstance(plan, str) else plan, threads=threads,
+                                    cfg=cfg)
+    if cfg is not None:
+        raise GenzipError(f"artifact {artifact} is not a DiT artifact, so cfg= does not apply", "drop cfg=")
     if plan is not None:
         raise GenzipError(f"artifact {artifact} is not a DiT artifact, so a plan cannot apply", "drop the plan")
     return load_artifact(artifact, threads=threads)
