@@ -84,6 +84,7 @@ class Compiled:
     reference: dict[str, np.ndarray]
     reference_label: str
     fp32_outputs: dict[str, np.ndarray] | None = None  # quantized pipelines: the FP32 export's outputs
+    config: dict[str, Any] | None = None  # the resolved settings (genzip-compile --config ARTIFACT rebuilds it)
 
 
 def _fidelity(compiled: Compiled, outputs: dict[str, np.ndarray], min_cosine: float) -> tuple[dict, dict | None]:
@@ -145,6 +146,8 @@ def write_artifact(compiled: Compiled, out_dir: str, *, target: str, force: bool
         }
         if quant_fidelity is not None:
             manifest["quant_fidelity"] = quant_fidelity
+        if compiled.config is not None:
+            manifest["config"] = compiled.config
         if mixed is not None:
             manifest["mixed_precision"] = mixed
         if trt_section is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from genzip._version import __version__
 from genzip.errors import GenzipError
 
-__all__ = ["GenzipError", "__version__", "load"]
+__all__ = ["GenzipError", "__version__", "compile", "load"]
 
 
 def load(artifact: str, plan=None, threads: int | None = None, cfg: str | None = None):
@@ -32,23 +32,16 @@ def load(artifact: str, plan=None, threads: int | None = None, cfg: str | None =
     (``genzip-compile FOLDER --kv-cache``) comes back as ``genzip.runtime.generate.CausalLM``,
     with ``generate(prompt or input_ids, max_new_tokens, ...)``.
     """
-    from genzip.backends.artifact import read_manifest
-    from genzip.backends.runner import load_artifact
+    from genzip.runtime.open import open_artifact
 
-    manifest = read_manifest(artifact)
-    if isinstance(manifest.get("kv_cache"), dict) and plan is None:  # genzip-compile --kv-cache
-        from genzip.runtime.generate import CausalLM
+    return open_artifact(artifact, plan=plan, threads=threads, cfg=cfg)
 
-        return CausalLM(artifact, threads=threads)
-    names = {s.get("name") for s in manifest.get("inputs", [])}
-    if {"hidden_states", "timestep"} <= names and names & {"encoder_hidden_states", "class_labels"}:
-        from genzip.runtime.diffusers_adapter import DiffusersTransformer
-        from genzip.runtime.plan import load_plan
 
-        return DiffusersTransformer(artifact, load_plan(plan) if isinstance(plan, str) else plan, threads=threads,
-                                    cfg=cfg)
-    if cfg is not None:
-        raise GenzipError(f"artifact {artifact} is not a DiT artifact, so cfg= does not apply", "drop cfg=")
-    if plan is not None:
-        raise GenzipError(f"artifact {artifact} is not a DiT artifact, so a plan cannot apply", "drop the plan")
-    return load_artifact(artifact, threads=threads)
+def __getattr__(name: str):
+    # ``genzip.compile`` is the driver module, callable as ``genzip.compile(model, ...)``
+    # (see genzip.compile.compile); imported on first use so ``import genzip`` stays light.
+    if name == "compile":
+        import importlib
+
+        return importlib.import_module("genzip.compile")
+    raise AttributeError(f"module 'genzip' has no attribute '{name}'")

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+import os
+import sys
+import types
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from genzip.backends.artifact import check_out_dir
@@ -16,7 +20,9 @@ from genzip.backends.trt_backend import require_tensorrt
 from genzip.backends.write import Compiled, write_artifact
 from genzip.errors import GenzipError
 from genzip.frontend import load_model
-from genzip.frontend.loader import classify_ref
+from genzip.frontend.hf_folder import folder_family
+from genzip.frontend.loader import classify_object, classify_ref, load_object, object_family
+from genzip.frontend.user_inputs import UserData, read_calib_path, read_npz
 from genzip.metrics import MIN_COSINE
 from genzip.ort_session import run_model
 from genzip.passes import Instrumentation, build_pipeline, run_pipeline
@@ -41,6 +47,10 @@ class CompileOptions:
     trt: Any = None  # backends.trt_build.TrtBuildOptions for target trt
     min_cosine: float = MIN_COSINE  # fidelity gate vs the reference; lossy passes may need less
     kv_cache: bool = False  # causal-LM folders: export the prefill/decode graph with past/present KV
+    # The user's example inputs (--inputs: a .npz path, or feeds by input name) and calibration
+    # set (--calib-data: .npz, folder, feed dicts, a callable); see genzip.frontend.user_inputs.
+    inputs: Any = None
+    calib_data: Any = None
 
 
 # What each kind of source hands the passes (see frontend.loader): presets attach a
@@ -52,8 +62,10 @@ _PROVIDES = {
     "callable": frozenset({TORCH_MODULE, EXAMPLE_INPUTS}),
     "onnx": frozenset({EXAMPLE_INPUTS}),
 }
+_PROVIDES["object"] = frozenset({TORCH_MODULE, EXAMPLE_INPUTS})  # in-memory torch model (genzip.compile)
+_PROVIDES["onnx-object"] = frozenset({EXAMPLE_INPUTS})  # in-memory ONNX model
 _SOURCE_WORDS = {"preset": "this preset", "folder": "a Hugging Face folder", "callable": "a module:function source",
-                 "onnx": "an ONNX file"}
+                 "onnx": "an ONNX file", "object": "an in-memory PyTorch model", "onnx-object": "an in-memory ONNX model"}
 
 
 def _stage(progress: Callable[[str], None] | None, message: str) -> None:
@@ -73,13 +85,49 @@ def pass_context(source, seed: int, progress: Callable[[str], None] | None) -> P
     )
 
 
+def _user_data(opts: CompileOptions) -> UserData | None:
+    """Read --inputs / --calib-data files now (cheap), so a missing or malformed file fails
+    before the model loads; their shapes are checked against the model before its export."""
+    if opts.inputs is None and opts.calib_data is None:
+        return None
+    inputs, calib = opts.inputs, opts.calib_data
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = read_npz(os.fspath(inputs), "--inputs")
+    elif inputs is not None and not isinstance(inputs, Mapping):
+        raise GenzipError(f"example inputs of type {type(inputs).__name__} cannot be matched to input names",
+                          "give a .npz path or a dict mapping input names to arrays")
+    if isinstance(calib, (str, os.PathLike)):
+        calib = read_calib_path(os.fspath(calib))
+    return UserData(inputs=inputs, calib=calib)
+
+
+def _provided(kind: str, model_ref: Any, user: UserData | None) -> frozenset[str]:
+    """What this source hands the passes, known before loading it."""
+    provided = _PROVIDES[kind]
+    if user is not None and user.calib is not None:
+        provided |= {CALIBRATION}
+    if kind == "folder" and folder_family(Path(model_ref).expanduser()) == "dit":
+        provided |= {CALIBRATION}  # the folder's DiT records its own denoising trajectory
+    if kind == "object" and object_family(model_ref) == "dit":
+        provided |= {CALIBRATION}
+    return provided
+
+
 def compile_model(
-    model_ref: str,
+    model_ref: Any,
     out_dir: str,
     options: CompileOptions | None = None,
     progress: Callable[[str], None] | None = None,
+    *,
+    example_call: Any = None,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Compile ``model_ref`` into the artifact folder ``out_dir``; return its manifest."""
+    """Compile ``model_ref`` into the artifact folder ``out_dir``; return its manifest.
+
+    ``model_ref`` is a reference string, or an in-memory model (``nn.Module``,
+    ``onnx.ModelProto``, ``onnx_ir.Model``; ``example_call`` is then its example inputs).
+    ``config`` is the resolved configuration the manifest records (``genzip.compile``).
+    """
     opts = options or CompileOptions()
     if opts.target not in TARGETS:
         raise GenzipError(f"unknown target '{opts.target}'", f"use one of {', '.join(TARGETS)}")
@@ -87,11 +135,16 @@ def compile_model(
         require_tensorrt()
     pipeline = build_pipeline(opts.passes)
     check_out_dir(out_dir, opts.force)
-    kind = classify_ref(model_ref)
-    check_needs(pipeline.passes, _PROVIDES[kind], _SOURCE_WORDS[kind])
+    kind = classify_ref(model_ref) if isinstance(model_ref, str) else classify_object(model_ref)
+    user = _user_data(opts)
+    check_needs(pipeline.passes, _provided(kind, model_ref, user), _SOURCE_WORDS[kind])
 
-    _stage(progress, f"loading {model_ref}")
-    source = load_model(model_ref, seed=opts.seed, kv_cache=opts.kv_cache)
+    label = model_ref if isinstance(model_ref, str) else f"a {type(model_ref).__name__}"
+    _stage(progress, f"loading {label}")
+    if isinstance(model_ref, str):
+        source = load_model(model_ref, seed=opts.seed, kv_cache=opts.kv_cache, user=user)
+    else:
+        source = load_object(model_ref, example_call, seed=opts.seed, user=user)
     feeds = source.example_inputs
     reference = source.info.get("reference_outputs")
     reference_label = "pytorch-eager"
@@ -116,6 +169,281 @@ def compile_model(
         fp32_outputs = reference if reference_label == "source-onnx" else run_model(model, feeds)
     records = run_pipeline(model, pipeline, inst, pass_context(source, opts.seed, progress))
     _stage(progress, f"writing {opts.target} artifact to {out_dir}")
-    compiled = Compiled(model, source, str(pipeline), records, reference, reference_label, fp32_outputs)
+    compiled = Compiled(model, source, str(pipeline), records, reference, reference_label, fp32_outputs, config)
     return write_artifact(compiled, out_dir, target=opts.target, force=opts.force, trt_options=opts.trt,
                           min_cosine=opts.min_cosine)
+
+
+# --- genzip.compile(model, ...): settings from keywords, config files and flags -------------
+
+# Settings that are not CompileOptions fields. Every setting is at once a genzip.compile
+# keyword, a config-file key and (same name, dashes) a genzip-compile flag; tests check it.
+_EXTRA_SETTINGS = {"model": str, "out": str, "recipe": str | dict}
+_INTERNAL_FIELDS = {"trt"}  # built from the TensorRT settings below
+# Not recorded in an artifact's configuration: where and how it was written, not what it is.
+_NOT_RECORDED = {"out", "force", "reproducer_dir", "recipe", "print_ir_after", "print_ir_after_change",
+                 "pass_timing"}
+
+
+def _trt_fields() -> dict[str, Any]:
+    import typing
+
+    from genzip.backends.trt_build import TrtBuildOptions
+
+    return {k: v for k, v in typing.get_type_hints(TrtBuildOptions).items() if k != "optimization_level"}
+
+
+def setting_hints(*, in_file: bool) -> dict[str, Any]:
+    """Every setting -> its type hint. ``in_file``: as a config file may give it (inputs and
+    calibration data are paths there; from Python they may also be arrays or callables)."""
+    import typing
+
+    hints = {k: v for k, v in typing.get_type_hints(CompileOptions).items() if k not in _INTERNAL_FIELDS}
+    hints.update(_trt_fields())
+    hints.update(_EXTRA_SETTINGS)
+    hints["target"] = typing.Literal["onnx", "ort", "trt"]
+    hints["verify"] = typing.Literal["full", "structure", "none"]
+    if in_file:
+        hints["inputs"] = hints["calib_data"] = str
+    return hints
+
+
+def resolve_settings(config: Any = None, explicit: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults < the config file (a path, or a dict of settings) < ``explicit`` settings
+    (command-line flags the user typed, or Python keywords); every key and type checked."""
+    from genzip.config import check_settings, read_config
+
+    merged: dict[str, Any] = {}
+    if config is not None:
+        where = f"config file '{config}'" if isinstance(config, (str, os.PathLike)) else "config"
+        data = read_config(os.fspath(config)) if isinstance(config, (str, os.PathLike)) else dict(config)
+        merged.update(check_settings(data, setting_hints(in_file=True), where))
+    merged.update(check_settings({k: v for k, v in (explicit or {}).items() if v is not None},
+                                 setting_hints(in_file=False), "genzip.compile"))
+    return merged
+
+
+def default_out(model: Any, target: str) -> str:
+    """``./<model>.<target>`` for a reference; ``./<ClassName>.<target>`` for an object."""
+    if not isinstance(model, str):
+        return f"{type(model).__name__}.{target}"
+    base = os.path.basename(os.path.normpath(model.split(":")[0]))
+    base = base[:-5] if base.endswith(".onnx") else base
+    return f"{base or 'model'}.{target}"
+
+
+@dataclasses.dataclass
+class Resolved:
+    """A compile, fully resolved: what to compile, where, how, and what the manifest records."""
+
+    model: Any
+    out: str | None
+    options: CompileOptions
+    record: dict[str, Any]
+
+
+def _recipe_spec(recipe: Any, passes: str) -> str:
+    from genzip.recipes import expand_recipe
+
+    if recipe is None:
+        return passes
+    if isinstance(recipe, Mapping):
+        params = dict(recipe)
+        name = params.pop("name", None)
+        if not isinstance(name, str):
+            raise GenzipError("a recipe table needs a 'name' string", 'write recipe = {name = "w8a8", ...}')
+        return expand_recipe(name, passes, params)
+    return expand_recipe(recipe, passes)
+
+
+def build_compile(settings: Mapping[str, Any]) -> Resolved:
+    """Turn resolved settings into a compile (the model, the out folder, CompileOptions)."""
+    s = dict(settings)
+    if s.get("model") is None:
+        raise GenzipError("no model to compile", "name one: a preset, an .onnx file, a folder or "
+                                                 "package.module:function (or model = ... in the config file)")
+    target = s.get("target", "ort")
+    spec = _recipe_spec(s.get("recipe"), s.get("passes", ""))
+    trt = None
+    if target == "trt":
+        from genzip.backends.trt_build import TrtBuildOptions
+        from genzip.backends.trt_profiles import parse_shapes
+
+        for flag in s.get("shapes", ()):
+            parse_shapes(flag)  # a malformed --shapes fails before the model loads
+        trt = TrtBuildOptions(**{k: s[k] for k in _trt_fields() if k in s})
+    min_cosine = s.get("min_cosine", MIN_COSINE)
+    if not 0.0 <= min_cosine <= 1.0:
+        raise GenzipError(f"--min-cosine {min_cosine} is outside [0, 1]", "pass a cosine such as 0.99 or 0.9")
+    fields = {f.name for f in dataclasses.fields(CompileOptions)} - _INTERNAL_FIELDS
+    opts = CompileOptions(**{k: v for k, v in s.items() if k in fields and k != "passes"}, passes=spec, trt=trt)
+    # Every resolved value, defaults included, so a rebuild does not depend on later defaults.
+    record = {k: getattr(opts, k) for k in fields if k not in _NOT_RECORDED and k not in ("inputs", "calib_data")}
+    if trt is not None:
+        record.update({k: getattr(trt, k) for k in _trt_fields()})
+    model = s["model"]
+    if isinstance(model, str):
+        record["model"] = os.path.abspath(os.path.expanduser(model)) if os.path.exists(os.path.expanduser(model)) else model
+    if s.get("inputs") is not None:
+        record["inputs"] = "inputs.npz"  # the artifact keeps its example inputs: the manifest's folder
+    if isinstance(s.get("calib_data"), (str, os.PathLike)):
+        record["calib_data"] = os.path.abspath(os.fspath(s["calib_data"]))
+    # JSON-ready: sets sorted (their order means nothing), tuples kept in order (--shapes profiles).
+    record = {k: sorted(v) if isinstance(v, (frozenset, set)) else list(v) if isinstance(v, tuple) else v
+              for k, v in sorted(record.items())}
+    return Resolved(model, s.get("out"), opts, record)
+
+
+class Artifact:
+    """A compiled artifact folder: ``folder``, ``manifest``, ``fidelity``, ``load()``, ``eval()``.
+
+    Invariant: an artifact written without ``out`` lives in a temporary folder this object
+    owns; it is removed by ``close()``, on leaving a ``with`` block, or when the object is
+    garbage-collected (or the interpreter exits). One written to ``out`` is never removed.
+    """
+
+    def __init__(self, folder: str, manifest: dict[str, Any], owned_root: str | None = None):
+        import shutil
+        import weakref
+
+        self.folder = folder
+        self.manifest = manifest
+        self._cleanup = weakref.finalize(self, shutil.rmtree, owned_root, True) if owned_root else None
+
+    @property
+    def fidelity(self) -> dict[str, Any]:
+        return self.manifest["fidelity"]
+
+    @property
+    def temporary(self) -> bool:
+        return self._cleanup is not None
+
+    def load(self, plan=None, threads: int | None = None, cfg: str | None = None):
+        """The artifact ready to run (see ``genzip.load``)."""
+        from genzip.runtime.open import open_artifact
+
+        return open_artifact(self.folder, plan=plan, threads=threads, cfg=cfg)
+
+    def eval(self, **kwargs) -> dict[str, Any]:
+        """Generation quality (``genzip.runtime.evaluate.evaluate``; ``genzip eval``)."""
+        from genzip.runtime.evaluate import evaluate
+
+        return evaluate(self.folder, **kwargs)
+
+    def close(self) -> None:
+        if self._cleanup is not None:
+            self._cleanup()
+
+    def __enter__(self) -> Artifact:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Artifact({self.folder!r}, target={self.manifest.get('target')!r}, cosine={self.fidelity['cosine']:.6f})"
+
+
+# Named parameters of compile() besides **options, with the settings they stand for.
+_KEYWORD_SETTINGS = {"example_inputs": "inputs", "passes": "passes", "recipe": "recipe", "target": "target",
+                     "out": "out", "calib_data": "calib_data"}
+
+
+def option_keywords() -> set[str]:
+    """Every keyword ``genzip.compile`` takes (named parameters and ``**options``)."""
+    hints = setting_hints(in_file=False)
+    return (set(hints) - set(_KEYWORD_SETTINGS.values()) - {"model"}) | set(_KEYWORD_SETTINGS) | {"config", "progress"}
+
+
+def compile(  # genzip.compile(...): the public name; shadows the builtin only in this module
+    model: Any = None,
+    example_inputs: Any = None,
+    *,
+    passes: str | None = None,
+    recipe: str | Mapping[str, Any] | None = None,
+    target: str | None = None,
+    out: str | None = None,
+    calib_data: Any = None,
+    config: Any = None,
+    progress: bool | Callable[[str], None] = False,
+    **options: Any,
+) -> Artifact:
+    """Compile ``model`` and return its :class:`Artifact`. Python's ``genzip-compile``.
+
+    ``model``: an ``nn.Module`` (diffusers and transformers models too), an
+    ``onnx.ModelProto``, an ``onnx_ir.Model``, or any reference string the CLI takes
+    (None: the config's ``model``). ``example_inputs``: for a module, its call (tensor or
+    array, tuple or dict); otherwise feeds by input name or an ``.npz`` path (``--inputs``).
+    ``calib_data``: an ``.npz`` path or folder, a list or iterable of feed dicts, a
+    callable returning one, or ModelOpt's ``forward_loop(model)``. ``target`` defaults to
+    the config's, else ``"ort"``. ``config``: a TOML/YAML/JSON file or an artifact's
+    ``genzip.json`` (keywords override it). ``**options``: every other ``genzip-compile``
+    flag by its name (``seed``, ``min_cosine``, ``verify``, ``force``, ``shapes``, ...).
+    Without ``out`` the artifact goes to a temporary folder the returned object owns.
+    """
+    import tempfile
+
+    in_memory = model is not None and not isinstance(model, (str, os.PathLike))
+    explicit: dict[str, Any] = {"passes": passes, "recipe": recipe, "target": target, "out": out}
+    explicit.update(options)
+    if model is not None and not in_memory:
+        explicit["model"] = os.fspath(model)
+    if not in_memory and example_inputs is not None:
+        explicit["inputs"] = example_inputs
+    unknown = set(options) - (option_keywords() - set(_KEYWORD_SETTINGS) - {"config", "progress"})
+    if unknown:
+        from genzip.errors import did_you_mean
+
+        key = sorted(unknown)[0]
+        raise GenzipError(f"genzip.compile got an unknown keyword '{key}'{did_you_mean(key, option_keywords())}",
+                          f"its keywords are: {', '.join(sorted(option_keywords()))}")
+    settings = resolve_settings(config, explicit)
+    if calib_data is not None:
+        settings["calib_data"] = calib_data
+    if in_memory:
+        settings["model"] = model
+    resolved = build_compile(settings)
+    owned = None
+    out_dir = resolved.out
+    if out_dir is None:
+        owned = tempfile.mkdtemp(prefix="genzip-")
+        out_dir = os.path.join(owned, "artifact")
+    record = dict(resolved.record)
+    if in_memory:
+        record["model"] = None  # an in-memory model cannot be named; rebuild with model= given again
+    report = progress if callable(progress) else (_notebook_progress() if progress else None)
+    try:
+        manifest = compile_model(resolved.model, out_dir, resolved.options, report,
+                                 example_call=example_inputs if in_memory else None, config=record)
+    except BaseException:
+        if owned:
+            import shutil
+
+            shutil.rmtree(owned, ignore_errors=True)
+        raise
+    return Artifact(os.path.abspath(out_dir), manifest, owned)
+
+
+def _notebook_progress() -> Callable[[str], None]:
+    """Progress as a tqdm bar (``tqdm.auto``: a widget in a notebook, text in a terminal)
+    whose description is the current stage."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=None, bar_format="genzip {desc} [{elapsed}]", leave=False)
+
+    def report(message: str) -> None:
+        bar.set_description_str(message)
+        bar.update(1)
+
+    return report
+
+
+class _CallableModule(types.ModuleType):
+    """``genzip.compile`` stays the driver module (``genzip.compile.compile_model``,
+    ``CompileOptions`` import from it) and is callable: ``genzip.compile(model, ...)``."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Artifact:
+        return compile(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

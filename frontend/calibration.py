@@ -98,6 +98,17 @@ def text_windows(folder, *, batch: int, seq_len: int, like: Feeds, samples: int 
     return [{name: w.astype(like[name].dtype)} for w in windows]
 
 
+def example_sizes(like: Feeds, *, batch: int, text_len: int = 0, seq_len: int = 0) -> dict[str, int]:
+    """Batch, text and sequence lengths of the example inputs (the user's may differ from the
+    defaults), so a self-recorded calibration set has the shapes the export traced."""
+    first = next(iter(like.values()))
+    text = like.get("encoder_hidden_states")
+    ids = like.get("input_ids")
+    return {"batch": int(first.shape[0]) if first.ndim else batch,
+            "text_len": int(text.shape[1]) if text is not None and text.ndim == 3 else text_len,
+            "seq_len": int(ids.shape[1]) if ids is not None and ids.ndim == 2 else seq_len}
+
+
 def preset_calibration(module, family: str, *, batch: int, seed: int, like: Feeds, text_len: int = 0,
                        seq_len: int = 0, weights=None) -> Callable[[], list[Feeds]]:
     """Trained presets (``weights`` = their folder) calibrate on their own noise schedule

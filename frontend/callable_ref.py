@@ -71,7 +71,7 @@ def _call(func, ref: str, seed: int, batch: int | None):
     return func(**kwargs)
 
 
-def _as_call(result, ref: str):
+def as_module_call(result, ref: str):
     import torch
 
     if not (isinstance(result, (tuple, list)) and len(result) == 2):
@@ -96,11 +96,11 @@ def _as_call(result, ref: str):
     raise GenzipError(f"'{ref}' returned example inputs of type {type(inputs).__name__}", _FIX_RETURN)
 
 
-def load_callable(ref: str, *, seed: int, batch: int | None) -> SourceModel:
+def load_callable(ref: str, *, seed: int, batch: int | None, user=None) -> SourceModel:
     """Import and call the function, then export and verify the module it returns."""
     from genzip.frontend.from_torch import source_from_torch
     from genzip.frontend.torch_io import common_batch
 
-    module, call = _as_call(_call(_resolve(ref), ref, seed, batch), ref)
+    module, call = as_module_call(_call(_resolve(ref), ref, seed, batch), ref)
     info = {"family": None, "class": type(module).__name__, "batch": common_batch(call), "seed": seed}
-    return source_from_torch(module, call, source=ref, kind="callable", info=info)
+    return source_from_torch(module, call, source=ref, kind="callable", info=info, user=user)

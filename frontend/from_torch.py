@@ -9,6 +9,7 @@ and ``info["dynamic"]`` is False (a warning is logged).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Sequence
@@ -16,11 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils import _pytree as pytree
 
 from genzip.errors import GenzipError
 from genzip.frontend import torch_io
 from genzip.frontend.source import SourceModel
 from genzip.frontend.torch_export import EXPORT_ERRORS, Exported, export_onnx, export_or_fail, first_line
+from genzip.frontend.user_inputs import Spec, UserData, calibration_samples, check_inputs
 from genzip.frontend.verify import fidelity, run_onnx
 
 logger = logging.getLogger(__name__)
@@ -73,6 +76,50 @@ def _try_dynamic(module, call, batch: int, names: Sequence[str], what: str):
         return None
 
 
+def call_input_names(module: torch.nn.Module, call: torch_io.Call) -> list[str]:
+    """The graph input name of each tensor leaf of ``call`` (keyword inputs: their key;
+    positional ones: the forward parameter's name, as the exporter names them)."""
+    args, kwargs = call
+    try:
+        params = [p.name for p in inspect.signature(module.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    names = []
+    for i, arg in enumerate(args):
+        base = params[i] if i < len(params) else f"input_{i}"
+        count = len(torch_io.input_leaves(((arg,), {})))
+        names += [base] if count == 1 else [f"{base}_{j}" for j in range(count)]
+    return names + [name or f"input_{k}" for k, (name, _) in enumerate(torch_io.input_leaves(((), kwargs)))]
+
+
+def call_specs(module: torch.nn.Module, call: torch_io.Call, *, free: bool = False) -> list[Spec]:
+    """Input specs of ``call``: axis 0 free (the batch is exported dynamic), other dims as
+    traced; ``free``: every dim free (what a replacement example call may change)."""
+    specs = []
+    for name, (_, tensor) in zip(call_input_names(module, call), torch_io.input_leaves(call)):
+        shape = tuple(None if free or axis == 0 else d for axis, d in enumerate(tensor.shape))
+        specs.append((name, torch_io.to_numpy(tensor[:0] if tensor.dim() else tensor).dtype, shape))
+    return specs
+
+
+def with_user_inputs(module: torch.nn.Module, call: torch_io.Call, feeds: dict[str, np.ndarray]) -> torch_io.Call:
+    """``call`` with its tensor leaves replaced by the user's arrays (checked by name,
+    dtype and rank first): the export then traces, and fidelity is measured, on them."""
+    feeds = check_inputs(call_specs(module, call, free=True), feeds)
+    names = iter(call_input_names(module, call))
+    flat, tree = pytree.tree_flatten(call)
+    flat = [torch.from_numpy(np.ascontiguousarray(feeds[next(names)])) if isinstance(x, torch.Tensor) else x
+            for x in flat]
+    return pytree.tree_unflatten(flat, tree)
+
+
+def _user_calibration(module, call, user: UserData | None) -> list[dict[str, np.ndarray]] | None:
+    if user is None or user.calib is None:
+        return None
+    return calibration_samples(call_specs(module, call), user.calib)
+
+
 def source_from_torch(
     module: torch.nn.Module,
     call: torch_io.Call,
@@ -82,6 +129,7 @@ def source_from_torch(
     output_names: Sequence[str] | None = None,
     info: dict[str, Any] | None = None,
     dynamic: bool = True,
+    user: UserData | None = None,
 ) -> SourceModel:
     """Export, verify and wrap ``module(*args, **kwargs)``.
 
@@ -89,9 +137,15 @@ def source_from_torch(
     after the output structure). Adds to ``info``: ``module`` (the eager module),
     ``reference_outputs`` (eager outputs on ``example_inputs``, by ONNX output
     name), ``dynamic`` (bool), ``dynamic_axes``, ``export_s``, ``removed_noops``.
+
+    ``user`` (``--inputs`` / ``--calib-data``) is checked before the export: its example
+    inputs replace ``call``, and its calibration set lands in ``info["calibration"]``.
     """
     module.eval()
     what = f"'{source}'"
+    if user is not None and user.inputs is not None:
+        call = with_user_inputs(module, call, user.inputs)
+    calibration = _user_calibration(module, call, user)
     if output_names is None:
         output_names = [n for n, _ in _eager(module, call, None)]
     if not output_names:
@@ -111,6 +165,10 @@ def source_from_torch(
         what, elapsed, bool(exported.dynamic_axes), fid["cosine"],
     )
     info = dict(info or {})
+    if calibration is not None:
+        # The exporter names the graph inputs; samples follow them by position.
+        rename = dict(zip(call_input_names(module, call), exported.input_names))
+        info["calibration"] = [{rename.get(k, k): v for k, v in s.items()} for s in calibration]
     info.update(
         module=module,
         reference_outputs=reference,

@@ -143,7 +143,22 @@ def _kv_cache_source(folder: Path, module, class_name: str, seed: int) -> Source
                        example_inputs=out["example_inputs"], fidelity=out["fidelity"], info=info)
 
 
-def load_hf_folder(folder: Path, *, seed: int, batch: int | None, kv_cache: bool = False) -> SourceModel:
+def folder_family(folder: Path) -> str | None:
+    """The family of a local HF folder from its config.json alone (no weights read):
+    "dit", "unet", "diffusers", "llm", or None when the config says neither."""
+    try:
+        _, config = _read_config(folder)
+    except GenzipError:
+        return None
+    if config.get("_class_name"):
+        from genzip.frontend.hf_inputs import diffusers_family
+
+        return diffusers_family(config["_class_name"])
+    return "llm" if config.get("architectures") else None
+
+
+def load_hf_folder(folder: Path, *, seed: int, batch: int | None, kv_cache: bool = False,
+                   user=None) -> SourceModel:
     """Load, export and verify a local Hugging Face model folder; ``kv_cache`` exports a
     causal LM as the prefill/decode graph with past/present key-values."""
     from genzip.frontend import hf_inputs
@@ -178,4 +193,13 @@ def load_hf_folder(folder: Path, *, seed: int, batch: int | None, kv_cache: bool
             "pass a folder written by a diffusers or transformers save_pretrained()",
         )
     info = {"family": family, "class": class_name, "path": str(folder), "batch": batch, "seed": seed}
-    return source_from_torch(module, call, source=str(folder), kind=kind, output_names=outputs, info=info)
+    source = source_from_torch(module, call, source=str(folder), kind=kind, output_names=outputs, info=info,
+                               user=user)
+    if family == "dit":  # no data given: record the model's own denoising trajectory, as presets do
+        from genzip.frontend.calibration import example_sizes, preset_calibration
+
+        sizes = example_sizes(source.example_inputs, batch=batch, text_len=77)
+        del sizes["seq_len"]
+        source.info.setdefault("calibration", preset_calibration(module, "dit", like=source.example_inputs,
+                                                                 seed=seed, **sizes))
+    return source

@@ -15,11 +15,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from genzip.errors import GenzipError
 from genzip.frontend.callable_ref import is_callable_ref
 from genzip.frontend.presets import PRESETS
 from genzip.frontend.source import SourceModel
+from genzip.frontend.user_inputs import UserData
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +30,8 @@ def _looks_like_path(ref: str) -> bool:
     return os.sep in ref or "/" in ref or ref.startswith((".", "~")) or ref.lower().endswith(".onnx")
 
 
-def load_model(ref: str, *, seed: int = 0, batch: int | None = None, kv_cache: bool = False) -> SourceModel:
+def load_model(ref: str, *, seed: int = 0, batch: int | None = None, kv_cache: bool = False,
+               user: UserData | None = None) -> SourceModel:
     """Load ``ref`` (preset, .onnx file, local HF folder or ``module:function``).
 
     ``seed`` seeds random weights (presets) and example inputs; ``batch``
@@ -46,6 +49,10 @@ def load_model(ref: str, *, seed: int = 0, batch: int | None = None, kv_cache: b
     ``kv_cache`` (local transformers causal-LM folders only) exports the decoder with
     past/present key-values (:mod:`genzip.frontend.hf_kv_cache`); ``info`` then also
     has ``kv_cache`` (cache shape facts) and ``extra_files`` (tokenizer files to copy).
+
+    ``user`` carries the user's example inputs and calibration set
+    (:mod:`genzip.frontend.user_inputs`); both are checked before any export, the inputs
+    become ``example_inputs`` and the set ``info["calibration"]``.
     """
     if not isinstance(ref, str) or not ref.strip():
         raise GenzipError(
@@ -60,22 +67,25 @@ def load_model(ref: str, *, seed: int = 0, batch: int | None = None, kv_cache: b
             f"--kv-cache needs a local transformers causal-LM folder, and '{ref}' is a {kind} reference",
             "pass the model's save_pretrained() folder, or drop --kv-cache",
         )
+    if kv_cache and user is not None and (user.inputs is not None or user.calib is not None):
+        raise GenzipError("--inputs and --calib-data do not apply to a --kv-cache export (its inputs are the "
+                          "prefill/decode cache layout)", "drop --inputs/--calib-data, or drop --kv-cache")
     if kind == "preset":
         from genzip.frontend.presets import load_preset
 
-        return load_preset(ref, seed=seed, batch=batch)
+        return load_preset(ref, seed=seed, batch=batch, user=user)
     path = Path(ref).expanduser()
     if kind == "onnx":
         from genzip.frontend.onnx_file import load_onnx_file
 
-        return load_onnx_file(path, seed=seed, batch=batch)
+        return load_onnx_file(path, seed=seed, batch=batch, user=user)
     if kind == "folder":
         from genzip.frontend.hf_folder import load_hf_folder
 
-        return load_hf_folder(path, seed=seed, batch=batch, kv_cache=kv_cache)
+        return load_hf_folder(path, seed=seed, batch=batch, kv_cache=kv_cache, user=user)
     from genzip.frontend.callable_ref import load_callable
 
-    return load_callable(ref, seed=seed, batch=batch)
+    return load_callable(ref, seed=seed, batch=batch, user=user)
 
 
 def classify_ref(ref: str) -> str:
@@ -104,3 +114,100 @@ def classify_ref(ref: str) -> str:
 
     get_preset(ref)  # raises the unknown-reference error with did-you-mean
     raise AssertionError("unreachable")
+
+
+def _is_torch_module(obj: Any) -> bool:
+    import torch
+
+    return isinstance(obj, torch.nn.Module)
+
+
+def classify_object(obj: Any) -> str:
+    """Say what an in-memory model is ("object": a torch module, "onnx-object": an ONNX
+    ``ModelProto`` or ``onnx_ir.Model``) without loading it; anything else is an error."""
+    import onnx
+    import onnx_ir as ir
+
+    if isinstance(obj, (onnx.ModelProto, ir.Model)):
+        return "onnx-object"
+    if _is_torch_module(obj):
+        return "object"
+    raise GenzipError(
+        f"cannot compile a {type(obj).__name__}",
+        "pass a torch.nn.Module (diffusers and transformers models are), an onnx.ModelProto, an onnx_ir.Model, "
+        "or a reference string (preset, .onnx file, folder, package.module:function)",
+    )
+
+
+def object_family(obj: Any) -> str | None:
+    """The family of a diffusers/transformers model object ("dit", "unet", "llm"), else None."""
+    config = getattr(obj, "config", None)
+    if config is None:
+        return None
+    from genzip.frontend import hf_inputs
+
+    if type(obj).__module__.startswith("diffusers"):
+        return hf_inputs.diffusers_family(type(obj).__name__)
+    if type(obj).__module__.startswith("transformers") and hasattr(obj, "generate"):
+        return "llm"
+    return None
+
+
+def load_object(obj: Any, example_inputs: Any = None, *, seed: int = 0, user: UserData | None = None) -> SourceModel:
+    """Export and verify an in-memory model (``genzip.compile``).
+
+    A torch module runs on ``example_inputs`` (a tensor, a tuple of tensors or a dict name ->
+    tensor); diffusers denoisers and transformers causal LMs may omit them (genzip builds
+    them as for their folders). An ONNX model's ``example_inputs`` are feeds by input name.
+    """
+    kind = classify_object(obj)
+    name = type(obj).__name__
+    if kind == "onnx-object":
+        import onnx
+        import onnx_ir as ir
+
+        from genzip.frontend.onnx_file import source_from_onnx
+
+        model = ir.from_proto(obj) if isinstance(obj, onnx.ModelProto) else obj
+        if example_inputs is not None:
+            user = UserData(inputs=dict(example_inputs), calib=user.calib if user else None)
+        return source_from_onnx(model, source=f"python:{name}", seed=seed, batch=None, user=user)
+    from genzip.frontend import hf_inputs
+    from genzip.frontend.from_torch import source_from_torch
+    from genzip.frontend.torch_io import common_batch
+
+    family, outputs = object_family(obj), None
+    obj.eval()
+    if example_inputs is not None:
+        import numpy as np
+        import torch
+        from torch.utils import _pytree as pytree
+
+        from genzip.frontend.callable_ref import as_module_call
+
+        # NumPy arrays are welcome too: the call is made of tensors.
+        example_inputs = pytree.tree_map(lambda x: torch.from_numpy(x) if isinstance(x, np.ndarray) else x,
+                                         example_inputs)
+        _, call = as_module_call((obj, example_inputs), f"python:{name}")
+    elif family in ("dit", "unet", "diffusers"):
+        call, outputs = hf_inputs.diffusers_call(obj, batch=2, seed=seed), hf_inputs.DIFFUSERS_OUTPUTS
+    elif family == "llm":
+        call, outputs = hf_inputs.causal_lm_call(obj, batch=1, seed=seed), hf_inputs.CAUSAL_LM_OUTPUTS
+    else:
+        raise GenzipError(f"genzip cannot build example inputs for a {name}",
+                          "pass example_inputs (a tensor, a tuple of tensors or a dict name -> tensor)")
+    if family in ("dit", "unet", "diffusers"):
+        outputs = hf_inputs.DIFFUSERS_OUTPUTS
+    elif family == "llm":
+        outputs = hf_inputs.CAUSAL_LM_OUTPUTS
+    info = {"family": family, "class": name, "batch": common_batch(call), "seed": seed}
+    source = source_from_torch(obj, call, source=f"python:{name}", kind="object", output_names=outputs,
+                               info=info, user=user)
+    if family == "dit":  # no data given: the model's own denoising trajectory, as for presets and folders
+        from genzip.frontend.calibration import example_sizes, preset_calibration
+
+        sizes = example_sizes(source.example_inputs, batch=2, text_len=77)
+        del sizes["seq_len"]
+        source.info.setdefault("calibration", preset_calibration(obj, "dit", like=source.example_inputs,
+                                                                 seed=seed, **sizes))
+    return source

@@ -12,6 +12,7 @@ from google.protobuf.message import DecodeError
 from genzip.errors import GenzipError
 from genzip.frontend.onnx_inputs import synthesize_inputs
 from genzip.frontend.source import SourceModel
+from genzip.frontend.user_inputs import UserData, calibration_samples, check_inputs, specs_of_graph
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +34,26 @@ def _check_external_data(path: Path, model: ir.Model) -> None:
             )
 
 
-def load_onnx_file(path: Path, *, seed: int, batch: int | None) -> SourceModel:
-    """Load ``path``; example inputs are synthesized from the graph input types."""
+def source_from_onnx(model: ir.Model, *, source: str, seed: int, batch: int | None, user: UserData | None = None,
+                     info: dict | None = None) -> SourceModel:
+    """Wrap an ONNX model: the user's example inputs (checked against the graph inputs) or
+    ones synthesized from the input types; the user's calibration set, checked the same way."""
+    specs = specs_of_graph(model.graph)
+    dims: dict[str, int] = {}
+    if user is not None and user.inputs is not None:
+        feeds = check_inputs(specs, user.inputs)
+    else:
+        feeds, dims = synthesize_inputs(model.graph, seed=seed, batch=batch)
+    if dims:
+        logger.info("%s: symbolic dims for example inputs: %s", source, dims)
+    info = {"family": None, **(info or {}), "dims": dims}
+    if user is not None and user.calib is not None:
+        info["calibration"] = calibration_samples(specs, user.calib)
+    return SourceModel(model=model, source=source, kind="onnx", example_inputs=feeds, fidelity=None, info=info)
+
+
+def load_onnx_file(path: Path, *, seed: int, batch: int | None, user: UserData | None = None) -> SourceModel:
+    """Load ``path``; example inputs are the user's or synthesized from the graph input types."""
     if not path.is_file():
         raise GenzipError(f"ONNX file '{path}' does not exist", "check the path")
     try:
@@ -48,8 +67,4 @@ def load_onnx_file(path: Path, *, seed: int, batch: int | None) -> SourceModel:
     if model.ir_version < 3 or not model.opset_imports or not model.graph.outputs:
         raise _invalid(path, "no IR version, opset or graph outputs")
     _check_external_data(path, model)
-    feeds, dims = synthesize_inputs(model.graph, seed=seed, batch=batch)
-    if dims:
-        logger.info("%s: symbolic dims for example inputs: %s", path, dims)
-    info = {"family": None, "path": str(path), "dims": dims}
-    return SourceModel(model=model, source=str(path), kind="onnx", example_inputs=feeds, fidelity=None, info=info)
+    return source_from_onnx(model, source=str(path), seed=seed, batch=batch, user=user, info={"path": str(path)})

@@ -142,7 +142,7 @@ def _load_trained(spec: _Preset) -> Any:
     return module
 
 
-def load_preset(name: str, *, seed: int, batch: int | None):
+def load_preset(name: str, *, seed: int, batch: int | None, user=None):
     """Build, export and verify preset ``name``."""
     import torch
 
@@ -163,13 +163,15 @@ def load_preset(name: str, *, seed: int, batch: int | None):
     info = {"family": spec.family, "preset": name, "class": type(module).__name__, "batch": batch, "seed": seed}
     if spec.weights is not None:
         info["weights"] = spec.weights
-    source = source_from_torch(module, call, source=name, kind="preset", output_names=outputs, info=info)
-    # Seeded calibration inputs that are not the example (fidelity) inputs; sampled lazily.
-    from genzip.frontend.calibration import preset_calibration
+    source = source_from_torch(module, call, source=name, kind="preset", output_names=outputs, info=info, user=user)
+    # Seeded calibration inputs that are not the example (fidelity) inputs; sampled lazily
+    # (unless the user gave a calibration set). Shaped like the example inputs, which may be the user's.
+    from genzip.frontend.calibration import example_sizes, preset_calibration
     from genzip.frontend.trained import WEIGHTS
 
-    source.info["calibration"] = preset_calibration(
-        module, spec.family, batch=batch, seed=seed, like=source.example_inputs,
-        text_len=spec.text_len, seq_len=spec.seq_len, weights=WEIGHTS / spec.weights if spec.weights else None,
-    )
+    sizes = example_sizes(source.example_inputs, batch=batch, text_len=spec.text_len, seq_len=spec.seq_len)
+    source.info.setdefault("calibration", preset_calibration(
+        module, spec.family, like=source.example_inputs, seed=seed, **sizes,
+        weights=WEIGHTS / spec.weights if spec.weights else None,
+    ))
     return source

@@ -37,10 +37,11 @@ def run_for(name: str, args: argparse.Namespace) -> int:
             if cls.requires_facts:
                 w(f"{'':<20}   requires: {', '.join(sorted(cls.requires_facts))}\n")
     elif name == "recipes":
-        from genzip.tools.recipes import RECIPES
+        from genzip.tools.recipes import RECIPES, recipe_parameters
 
         for rname, (spec, doc) in RECIPES.items():
-            w(f"{rname:<12} {spec}\n{'':<12} {doc}\n")
+            params = [p for p in recipe_parameters(rname) if "." not in p]
+            w(f"{rname:<12} {spec}\n{'':<12} {doc}\n{'':<12} parameters: {' '.join(params)}\n")
     else:
         from genzip.frontend import PRESETS
 

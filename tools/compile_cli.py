@@ -7,11 +7,9 @@ import os
 import sys
 
 from genzip._version import __version__
-from genzip.compile import TARGETS, CompileOptions, compile_model
-from genzip.errors import GenzipError
+from genzip.compile import TARGETS, build_compile, compile_model, default_out, resolve_settings
 from genzip.metrics import MIN_COSINE
 from genzip.tools.cli_common import Progress, add_common_flags, guarded
-from genzip.tools.recipes import expand_recipe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="genzip-compile",
         description="Compile a model (ONNX file, Hugging Face folder, module:function, or preset) into an artifact folder.",
     )
-    p.add_argument("model", help="path.onnx | HF folder | package.module:function | preset (tiny-pixart, tiny-llama, bench-dit, bench-dit-4k)")
+    p.add_argument("model", nargs="?", default=None,
+                   help="path.onnx | HF folder | package.module:function | preset (tiny-pixart, tiny-llama, bench-dit, "
+                        "bench-dit-4k); may come from --config")
     p.add_argument("--target", default="ort", choices=TARGETS, help="artifact kind (default: ort)")
     p.add_argument("--out", help="artifact folder (default: ./<model>.<target>)")
     p.add_argument("--passes", default="", metavar="SPEC", help="pipeline, e.g. 'canonicalize-attn,dce'")
@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(one graph for prefill and decode; `genzip generate` runs it)")
     p.add_argument("--reproducer-dir", default=None,
                    help="where a failing pass leaves its reproducer (default: OUT.reproducer)")
+    p.add_argument("--inputs", metavar="FILE.npz",
+                   help="example inputs (one array per model input, by name); fidelity is measured on them")
+    p.add_argument("--calib-data", metavar="FILE.npz|DIR",
+                   help="calibration set: .npz with samples on a new leading axis or on the batch axis, "
+                        "or a folder of one-sample .npz files")
+    p.add_argument("--config", metavar="FILE",
+                   help="settings file (TOML, YAML, JSON) or an artifact's genzip.json; flags override it")
     trt = p.add_argument_group("TensorRT (--target trt)")
     trt.add_argument("--shapes", action="append", default=[], metavar="NAME:MIN:OPT:MAX,...",
                      help="one optimization profile per flag, trtexec shape syntax (e.g. hidden_states:1x4x64x64:2x4x64x64:4x4x64x64); "
@@ -57,44 +64,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _default_out(model: str, target: str) -> str:
-    base = os.path.basename(os.path.normpath(model.split(":")[0]))
-    base = base[:-5] if base.endswith(".onnx") else base
-    return f"{base or 'model'}.{target}"
+def explicit_settings(argv: list[str] | None) -> dict:
+    """The settings the user typed (not argparse's defaults), so they override a config file."""
+    quiet = build_parser()
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    given = vars(quiet.parse_args(argv))
+    for flag in ("debug", "quiet", "config", "help", "version"):
+        given.pop(flag, None)
+    if "print_ir_after" in given:
+        given["print_ir_after"] = frozenset(given["print_ir_after"])
+    if "shapes" in given:
+        given["shapes"] = tuple(given["shapes"])
+    return given
 
 
 def _run(args: argparse.Namespace) -> int:
-    out = args.out or _default_out(args.model, args.target)
-    spec = expand_recipe(args.recipe, args.passes) if args.recipe else args.passes
-    trt_options = None
-    if not 0.0 <= args.min_cosine <= 1.0:
-        raise GenzipError(f"--min-cosine {args.min_cosine} is outside [0, 1]", "pass a cosine such as 0.99 or 0.9")
-    if args.target == "trt":
-        from genzip.backends.trt_build import TrtBuildOptions
-        from genzip.backends.trt_profiles import parse_shapes
-
-        for flag in args.shapes:
-            parse_shapes(flag)  # a malformed --shapes fails before the model loads
-        trt_options = TrtBuildOptions(
-            precision=args.precision, shapes=tuple(args.shapes), workspace_gib=args.workspace_gib,
-            hardware_compatible=args.hardware_compatible, version_compatible=args.version_compatible,
-            timing_cache=args.timing_cache, plugin_form=args.plugin_form,
-        )
-    opts = CompileOptions(
-        target=args.target,
-        passes=spec,
-        force=args.force,
-        seed=args.seed,
-        verify=args.verify,
-        print_ir_after=frozenset(args.print_ir_after),
-        print_ir_after_change=args.print_ir_after_change,
-        pass_timing=args.pass_timing,
-        reproducer_dir=args.reproducer_dir or os.path.abspath(out.rstrip("/")) + ".reproducer",
-        trt=trt_options,
-        min_cosine=args.min_cosine,
-        kv_cache=args.kv_cache,
-    )
-    manifest = compile_model(args.model, out, opts, progress=Progress(not args.quiet))
+    settings = resolve_settings(args.config, explicit_settings(args.argv))
+    resolved = build_compile(settings)
+    out = resolved.out or default_out(resolved.model, resolved.options.target)
+    opts = resolved.options
+    if opts.reproducer_dir is None:
+        opts.reproducer_dir = os.path.abspath(out.rstrip("/")) + ".reproducer"
+    manifest = compile_model(resolved.model, out, opts, progress=Progress(not args.quiet), config=resolved.record)
     fid = manifest["fidelity"]
     sys.stdout.write(
         f"wrote {out} (target {manifest['target']}; cosine {fid['cosine']:.6f} vs {fid['reference']})\n"
@@ -104,6 +96,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = argv
     return guarded("genzip-compile", _run, args)
 
 

@@ -31,7 +31,8 @@ NEEDS = (CALIBRATION, TORCH_MODULE, EXAMPLE_INPUTS)
 # How a user supplies each need, for the one-line error.
 _FIXES = {
     CALIBRATION: "give the pass a calibration set with data=FILE.npz (one array per graph input, "
-                 "samples on axis 0), e.g. calibrate{data=calib.npz}, or use a preset",
+                 "samples on axis 0), e.g. calibrate{data=calib.npz}, or the whole compile one with "
+                 "--calib-data FILE.npz|DIR (genzip.compile(calib_data=...)), or use a preset",
     TORCH_MODULE: "compile a PyTorch source (preset, Hugging Face folder or package.module:function) "
                   "so genzip holds the eager module",
     EXAMPLE_INPUTS: "pass example inputs with the model",
