@@ -18,7 +18,7 @@ from genzip.errors import GenzipError
 from genzip.frontend import load_model
 from genzip.frontend.loader import classify_ref
 from genzip.metrics import MIN_COSINE
-from genzip.ort_session import run_model
+from genzip.ort_session import run_model, run_user_model
 from genzip.passes import Instrumentation, build_pipeline, run_pipeline
 from genzip.passes.infra.context import CALIBRATION, EXAMPLE_INPUTS, TORCH_MODULE, PassContext, check_needs
 
@@ -97,7 +97,10 @@ def compile_model(
     reference_label = "pytorch-eager"
     if reference is None:
         _stage(progress, "running the unmodified model for the fidelity reference")
-        reference = run_model(source.model, feeds)
+        # ORT failing on the user's own model is the user's problem to fix (one line, exit 2),
+        # not a genzip bug; the file is opened by path, so its external data stays on disk.
+        reference = run_user_model(source.info.get("path") or source.model, feeds, f"'{source.source}'",
+                                   synthesized=source.info.get("inputs_synthesized", False))
         reference_label = "source-onnx"
 
     model = source.model

@@ -51,5 +51,5 @@ def load_onnx_file(path: Path, *, seed: int, batch: int | None) -> SourceModel:
     feeds, dims = synthesize_inputs(model.graph, seed=seed, batch=batch)
     if dims:
         logger.info("%s: symbolic dims for example inputs: %s", path, dims)
-    info = {"family": None, "path": str(path), "dims": dims}
+    info = {"family": None, "path": str(path), "dims": dims, "inputs_synthesized": True}
     return SourceModel(model=model, source=str(path), kind="onnx", example_inputs=feeds, fidelity=None, info=info)
