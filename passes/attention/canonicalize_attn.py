@@ -101,11 +101,15 @@ def _set_metadata(node: ir.Node, wanted: dict[str, str]) -> bool:
     return changed
 
 
-def _warn_unrecognised(model: ir.Model) -> None:
-    left = sum(
+def _unrecognised_chains(model: ir.Model) -> int:
+    return sum(
         1 for g in model_graphs(model) for n in g
         if n.op_type == "Softmax" and any(u.op_type == "MatMul" for u, _ in n.outputs[0].uses())
     )
+
+
+def _warn_unrecognised(model: ir.Model) -> None:
+    left = _unrecognised_chains(model)
     if left:
         logger.warning(
             "canonicalize-attn: %d Softmax->MatMul chain(s) were not recognised as attention "
@@ -117,6 +121,19 @@ class CanonicalizeAttentionPass(GenzipPass):
     name = "canonicalize-attn"
     summary = "rewrite every attention into one canonical 4D opset-23 Attention node"
     ensures_facts = frozenset({"attention-canonical"})
+
+    def noop_problem(self, model: ir.Model, result: GenzipPassResult, later: tuple[GenzipPass, ...]) -> str | None:
+        """Finding no attention is a problem only when a later pass needs some.
+
+        A canonical model (a second run) is not: its attention is already canonical.
+        """
+        users = [p.name for p in later if "attention-canonical" in p.requires_facts]
+        if result.stats.get("attention_nodes", 0) or not users:
+            return None
+        left = _unrecognised_chains(model)
+        seen = (f"{left} Softmax->MatMul chain(s) it does not recognise as attention" if left
+                else "no Attention node and no MatMul->Softmax->MatMul chain")
+        return f"found no attention ({seen}), and {', '.join(users)} after it need(s) attention"
 
     def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         # Refuse before touching anything, so a refused model is left as it came.
