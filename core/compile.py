@@ -6,9 +6,10 @@ is checked before the model is loaded, so bad input fails fast and writes nothin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from genzip.backends.artifact import check_out_dir
@@ -62,6 +63,46 @@ def _stage(progress: Callable[[str], None] | None, message: str) -> None:
     logger.info(message)
 
 
+class _ProgressHandler(logging.Handler):
+    """Shows the frontend's INFO records (export, verification) as progress lines and
+    passes warnings on to the root logger's handlers, as propagation would."""
+
+    def __init__(self, progress: Callable[[str], None]):
+        super().__init__(logging.INFO)
+        self.progress = progress
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < logging.WARNING:
+            self.progress(record.getMessage())
+            return
+        for handler in logging.getLogger().handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
+
+
+@contextlib.contextmanager
+def _frontend_progress(progress: Callable[[str], None] | None) -> Iterator[None]:
+    """While the model loads (an export takes ~10 s), show what the frontend is doing.
+
+    Only when its INFO records would not be logged anyway (no duplicates under --debug);
+    the logger's level and handlers are restored afterwards.
+    """
+    log = logging.getLogger("genzip.frontend")
+    if progress is None or log.isEnabledFor(logging.INFO):
+        yield
+        return
+    handler, level, propagate = _ProgressHandler(progress), log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # the handler forwards warnings itself; INFO must not reach the root's
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
+
+
 def pass_context(source, seed: int, progress: Callable[[str], None] | None) -> PassContext:
     """The context every pass of this compile receives, from what the frontend loaded."""
     return PassContext(
@@ -91,7 +132,8 @@ def compile_model(
     check_needs(pipeline.passes, _PROVIDES[kind], _SOURCE_WORDS[kind])
 
     _stage(progress, f"loading {model_ref}")
-    source = load_model(model_ref, seed=opts.seed, kv_cache=opts.kv_cache)
+    with _frontend_progress(progress):
+        source = load_model(model_ref, seed=opts.seed, kv_cache=opts.kv_cache)
     feeds = source.example_inputs
     reference = source.info.get("reference_outputs")
     reference_label = "pytorch-eager"
