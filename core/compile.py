@@ -6,12 +6,13 @@ is checked before the model is loaded, so bad input fails fast and writes nothin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import sys
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from genzip.frontend.hf_folder import folder_family
 from genzip.frontend.loader import classify_object, classify_ref, load_object, object_family
 from genzip.frontend.user_inputs import UserData, read_calib_path, read_npz
 from genzip.metrics import MIN_COSINE
-from genzip.ort_session import run_model
+from genzip.ort_session import run_model, run_user_model
 from genzip.passes import Instrumentation, build_pipeline, run_pipeline
 from genzip.passes.infra.context import CALIBRATION, EXAMPLE_INPUTS, TORCH_MODULE, PassContext, check_needs
 
@@ -72,6 +73,46 @@ def _stage(progress: Callable[[str], None] | None, message: str) -> None:
     if progress:
         progress(message)
     logger.info(message)
+
+
+class _ProgressHandler(logging.Handler):
+    """Shows the frontend's INFO records (export, verification) as progress lines and
+    passes warnings on to the root logger's handlers, as propagation would."""
+
+    def __init__(self, progress: Callable[[str], None]):
+        super().__init__(logging.INFO)
+        self.progress = progress
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < logging.WARNING:
+            self.progress(record.getMessage())
+            return
+        for handler in logging.getLogger().handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
+
+
+@contextlib.contextmanager
+def _frontend_progress(progress: Callable[[str], None] | None) -> Iterator[None]:
+    """While the model loads (an export takes ~10 s), show what the frontend is doing.
+
+    Only when its INFO records would not be logged anyway (no duplicates under --debug);
+    the logger's level and handlers are restored afterwards.
+    """
+    log = logging.getLogger("genzip.frontend")
+    if progress is None or log.isEnabledFor(logging.INFO):
+        yield
+        return
+    handler, level, propagate = _ProgressHandler(progress), log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # the handler forwards warnings itself; INFO must not reach the root's
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
 
 
 def pass_context(source, seed: int, progress: Callable[[str], None] | None) -> PassContext:
@@ -141,16 +182,20 @@ def compile_model(
 
     label = model_ref if isinstance(model_ref, str) else f"a {type(model_ref).__name__}"
     _stage(progress, f"loading {label}")
-    if isinstance(model_ref, str):
-        source = load_model(model_ref, seed=opts.seed, kv_cache=opts.kv_cache, user=user)
-    else:
-        source = load_object(model_ref, example_call, seed=opts.seed, user=user)
+    with _frontend_progress(progress):
+        if isinstance(model_ref, str):
+            source = load_model(model_ref, seed=opts.seed, kv_cache=opts.kv_cache, user=user)
+        else:
+            source = load_object(model_ref, example_call, seed=opts.seed, user=user)
     feeds = source.example_inputs
     reference = source.info.get("reference_outputs")
     reference_label = "pytorch-eager"
     if reference is None:
         _stage(progress, "running the unmodified model for the fidelity reference")
-        reference = run_model(source.model, feeds)
+        # ORT failing on the user's own model is the user's problem to fix (one line, exit 2),
+        # not a genzip bug; the file is opened by path, so its external data stays on disk.
+        reference = run_user_model(source.info.get("path") or source.model, feeds, f"'{source.source}'",
+                                   synthesized=source.info.get("inputs_synthesized", False))
         reference_label = "source-onnx"
 
     model = source.model

@@ -50,6 +50,7 @@ def _feeds(exported: Exported, call: torch_io.Call) -> dict[str, np.ndarray]:
 
 def _check(exported: Exported, module, call, names: Sequence[str], what: str):
     """``(fidelity dict, eager outputs by ONNX output name)`` at ``call``."""
+    logger.info("checking the ONNX export of %s against eager PyTorch", what)
     expected = [torch_io.to_numpy(t) for _, t in _eager(module, call, len(names))]
     got = run_onnx(exported.model, _feeds(exported, call), what)
     fid = fidelity(got, expected, names, what)
@@ -60,6 +61,7 @@ def _try_dynamic(module, call, batch: int, names: Sequence[str], what: str):
     """Dynamic-batch export checked at two batch sizes, or None when that fails."""
     trace_call = call if batch >= 2 else torch_io.double_batch(call)
     other_call = torch_io.take_batch(call, 1) if batch >= 2 else trace_call
+    logger.info("exporting %s to ONNX with a dynamic batch (torch.export, then the dynamo exporter)", what)
     try:
         exported = export_onnx(module, trace_call, dynamic=True, output_names=names, what=what)
     except (torch.onnx.OnnxExporterError, *EXPORT_ERRORS) as e:
@@ -156,6 +158,7 @@ def source_from_torch(
         logger.info("%s: inputs share no batch axis 0; exporting with static shapes", what)
     result = _try_dynamic(module, call, batch, output_names, what) if dynamic and batch else None
     if result is None:
+        logger.info("exporting %s to ONNX with static shapes (torch.export, then the dynamo exporter)", what)
         exported = export_or_fail(module, call, dynamic=False, output_names=output_names, what=what)
         result = exported, _check(exported, module, call, output_names, what)
     exported, (fid, reference) = result

@@ -46,7 +46,8 @@ def source_from_onnx(model: ir.Model, *, source: str, seed: int, batch: int | No
         feeds, dims = synthesize_inputs(model.graph, seed=seed, batch=batch)
     if dims:
         logger.info("%s: symbolic dims for example inputs: %s", source, dims)
-    info = {"family": None, **(info or {}), "dims": dims}
+    synthesized = user is None or user.inputs is None
+    info = {"family": None, **(info or {}), "dims": dims, "inputs_synthesized": synthesized}
     if user is not None and user.calib is not None:
         info["calibration"] = calibration_samples(specs, user.calib)
     return SourceModel(model=model, source=source, kind="onnx", example_inputs=feeds, fidelity=None, info=info)

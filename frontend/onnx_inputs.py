@@ -10,7 +10,8 @@ Dims:
 
 Values: floats ~ N(0, 1); integers uniform in [0, ``DEFAULT_DIM``) (safe as
 token ids / indices for most models), except inputs named ``*mask*``, which
-are all ones; booleans are all True.
+are all ones, and integers the graph constrains (Gather indices, TopK k, Split
+sizes, Slice axes, ...: see ``_integer_feeds``); booleans are all True.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import onnx_ir as ir
 
 from genzip.errors import GenzipError
+from genzip.frontend._integer_feeds import fill_integers, integer_rule
 
 DEFAULT_DIM = 16
 _BATCH_NAME = re.compile(r"batch|^(n|b|bs)$", re.IGNORECASE)
@@ -50,7 +52,7 @@ def synthesize_inputs(
     batch_like = _batch_like_symbols(inputs)
     rng = np.random.default_rng(seed)
     chosen: dict[str, int] = {}
-    feeds: dict[str, np.ndarray] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     for value in inputs:
         if value.shape is None or value.dtype is None:
             raise GenzipError(
@@ -68,8 +70,23 @@ def synthesize_inputs(
             if sym is not None:
                 size = chosen.setdefault(sym, size)
             dims.append(size)
-        feeds[value.name] = _random(value.name, value.dtype, tuple(dims), rng)
+        shapes[value.name] = tuple(dims)
+    # Values second: an integer input's valid range can depend on another input's chosen shape.
+    feeds: dict[str, np.ndarray] = {}
+    for value in inputs:
+        shape = shapes[value.name]
+        rule = integer_rule(value, shapes) if _is_integer(value.dtype) and "mask" not in value.name.lower() else None
+        if rule is None:
+            feeds[value.name] = _random(value.name, value.dtype, shape, rng)
+            continue
+        if rule.length is not None and len(shape) == 1 and not isinstance(value.shape[0], int):
+            shape = (rule.length,)
+        feeds[value.name] = fill_integers(rule, shape, value.dtype.numpy(), rng, DEFAULT_DIM)
     return feeds, chosen
+
+
+def _is_integer(dtype: ir.DataType) -> bool:
+    return dtype.is_integer()
 
 
 def _random(name: str, dtype: ir.DataType, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:

@@ -10,27 +10,15 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx_ir as ir
-import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from genzip.errors import GenzipError
 from genzip.metrics import EXPORT_MIN_COSINE, cosine, is_faithful, max_abs_err
+from genzip.ort_session import ORT_ERRORS, make_session, ort_failure
 
 logger = logging.getLogger(__name__)
 
 
 REFERENCE = "pytorch-eager"
-
-_ORT_ERRORS = (
-    ort_state.Fail,
-    ort_state.InvalidArgument,
-    ort_state.InvalidGraph,
-    ort_state.InvalidProtobuf,
-    ort_state.NoSuchFile,
-    ort_state.NotImplemented,
-    ort_state.RuntimeException,
-)
-
 
 def run_onnx(model: ir.Model, feeds: dict[str, np.ndarray], what: str) -> list[np.ndarray]:
     """Run ``model`` in onnxruntime (CPU) and return all outputs.
@@ -42,14 +30,11 @@ def run_onnx(model: ir.Model, feeds: dict[str, np.ndarray], what: str) -> list[n
         path = os.path.join(tmp, "model.onnx")
         ir.save(model, path, external_data="model.onnx.data")
         try:
-            options = ort.SessionOptions()
-            options.log_severity_level = 3  # errors only
-            session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            session = make_session(path)  # genzip's session settings, as every later run uses
             return session.run(None, feeds)
-        except _ORT_ERRORS as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        except ORT_ERRORS as e:
             raise GenzipError(
-                f"the ONNX export of {what} does not run in onnxruntime: {first}",
+                f"the ONNX export of {what} does not run in onnxruntime: {ort_failure(e)}",
                 "this is an exporter bug; please report it with the model reference",
             ) from e
 

@@ -31,8 +31,11 @@ pipeline stacks its CFG batch as ``[cond, null]``, the reverse of the artifact's
 ``[uncond, cond]``; such a pair is swapped in and out around the call, so ASC shares
 the half it was searched on.
 
-The exported graph has no attention-mask input: a mask with zeros (padded
-prompt embeddings) is ignored with a warning.
+The exported graph has no attention-mask input, so a mask with zeros (padded
+prompt embeddings, whose output would then differ from PyTorch) is refused with
+an error that says so; an all-ones mask is accepted. Latents, timesteps and
+conditioning are checked against the artifact's input shapes before the call, so a
+prompt or resolution the export does not take names the sizes it does.
 """
 
 from __future__ import annotations
@@ -165,7 +168,13 @@ class DiffusersTransformer:
                                        dtype=np.float32).reshape(-1), (batch,)).copy()
         cond = self._conditioning(encoder_hidden_states, class_labels, batch)
         if encoder_attention_mask is not None and not bool(torch.all(encoder_attention_mask != 0)):
-            logger.warning("genzip transformer: encoder_attention_mask has zeros; the compiled graph ignores it")
+            text = next((s["shape"] for s in self.model.inputs if s["name"] == self.cond_input), None)
+            raise GenzipError(
+                "this genzip transformer takes no encoder_attention_mask (its exported graph has no mask input), "
+                "and the mask given has zeros: padded prompt tokens would be attended to, unlike in PyTorch",
+                f"pass prompt embeddings without padding (mask all ones; the artifact takes {text}) "
+                "or use the PyTorch transformer for padded prompts",
+            )
         if self._last_t is not None and float(t.max()) > self._last_t:
             self.reset()  # timesteps went up: a new sampling run
         self._last_t = float(t.max())
@@ -177,6 +186,7 @@ class DiffusersTransformer:
         swap = layout == "cond-uncond"
         order = np.r_[half:batch, 0:half] if swap else slice(None)
         feeds = {"hidden_states": latents[order], "timestep": t[order], self.cond_input: cond[order]}
+        check_inputs(feeds, self.model.inputs)  # names the accepted sizes, before ORT's raw error
         result = self.model.call(feeds, step, cfg_pair=cfg_pair)
         out = torch.from_numpy(np.ascontiguousarray(result[order]) if swap else result)
         if not return_dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 
 import onnx_ir as ir
@@ -365,14 +364,56 @@ def test_no_attention_below_opset_23_keeps_its_opset():
     assert proto_bytes(model) == snapshot
 
 
-def test_untyped_decomposed_chain_is_left_alone_with_a_warning(caplog):
+def test_untyped_decomposed_chain_is_typed_and_rewritten():
+    """Exporters other than torch.export leave values untyped: the pass types them itself."""
     model = model_from_text(DECOMPOSED_4D, infer=False)
+    result = _canonicalize(model)
+    assert result.modified and op_counts(model) == {"Attention": 1}
+    _assert_canonical(_attention(model)[0], 0.25)
+
+
+def test_untyped_softmax_without_attention_is_left_as_it_came():
+    text = """<ir_version: 10, opset_import: ["" : 23]>
+g (float[2,3,5] s, float[2,5,4] v) => (float[2,3,4] y) {
+  p = Softmax <axis=0> (s)
+  y = MatMul(p, v)
+}"""
+    model = model_from_text(text, infer=False)
     snapshot = proto_bytes(model)
-    with caplog.at_level(logging.WARNING, logger="genzip.passes.attention.canonicalize_attn"):
-        result = CanonicalizeAttentionPass()(model)
-    assert result.modified is False
+    assert CanonicalizeAttentionPass()(model).modified is False
     assert proto_bytes(model) == snapshot
-    assert "infer-shapes" in caplog.text
+
+
+# TorchScript's SDPA (dynamo=False): Q and K^T are each scaled by sqrt(1/sqrt(D)), with D read
+# off Q's shape in the graph; the values carry no types, so the pattern sees no constant scale.
+TORCHSCRIPT_SCALE = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,2,7,16] q, float[1,2,7,16] k, float[1,2,7,16] v) => (float[1,2,7,16] y) {
+  shape = Shape(q)
+  start = Constant <value = int64[1] {-1}> ()
+  end = Constant <value = int64[1] {9223372036854775807}> ()
+  d = Slice(shape, start, end)
+  df = Cast <to = 1> (d)
+  sd = Sqrt(df)
+  one = Constant <value = float[1] {1.0}> ()
+  inv = Div(one, sd)
+  invf = Cast <to = 1> (inv)
+  half = Sqrt(invf)
+  kt = Transpose <perm = [0,1,3,2]> (k)
+  qs = Mul(q, half)
+  kts = Mul(kt, half)
+  s = MatMul(qs, kts)
+  p = Softmax <axis = -1> (s)
+  y = MatMul(p, v)
+}"""
+
+
+def test_scale_computed_from_shapes_in_the_graph():
+    model = model_from_text(TORCHSCRIPT_SCALE, infer=False)
+    result = _canonicalize(model)
+    assert result.stats["from_decomposed"] == 1 and op_counts(model) == {"Attention": 1}
+    (node,) = _attention(model)
+    _assert_canonical(node, 0.25)  # 1/sqrt(16), from sqrt(0.25) on Q times sqrt(0.25) on K^T
+    assert [v.name for v in node.inputs] == ["q", "k", "v"]
 
 
 def test_mask_that_broadcasts_the_scores_up_is_not_fused():

@@ -9,6 +9,7 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
+from helpers_onnx import proto_bytes
 from share_artifacts import compiled
 
 from genzip.errors import GenzipError
@@ -161,10 +162,13 @@ def _bare_attention_model():
 
 def test_negative_no_block_is_unmodified():
     model = _bare_attention_model()
-    before = ir.to_proto(model).SerializeToString()
-    (record,) = run_pipeline(model, build_pipeline("share-attn", initial_facts=frozenset({"attention-canonical"})))
+    before = proto_bytes(model)
+    with pytest.raises(GenzipError, match="share-attn' was asked for but changed nothing: .*no-shared-projection"):
+        run_pipeline(model, build_pipeline("share-attn", initial_facts=frozenset({"attention-canonical"})))
+    (record,) = run_pipeline(model, build_pipeline("share-attn{allow-noop=true}",
+                                                   initial_facts=frozenset({"attention-canonical"})))
     assert record.modified is False
-    assert ir.to_proto(model).SerializeToString() == before
+    assert proto_bytes(model) == before  # only the facts record differs
 
 
 def test_spec_round_trip_and_precondition():

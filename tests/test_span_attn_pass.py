@@ -128,7 +128,9 @@ def test_bad_plans(tmp_path, content, message):
 
 def test_not_modified_when_nothing_matches():
     m = model()
-    record = apply(m, "span-attn{alpha=100}")  # every span covers N
+    with pytest.raises(GenzipError, match="span-attn' was asked for but changed nothing: .*span-covers-sequence"):
+        apply(m, "span-attn{alpha=100}")
+    record = apply(m, "span-attn{alpha=100 allow-noop=true}")  # every span covers N
     assert not record.modified and record.stats["skipped_span_covers_sequence"] == 2
     assert not m.functions
 

@@ -101,8 +101,11 @@ def test_fraction_layers_and_residual_outputs():
 
 def test_nothing_to_do_is_not_modified():
     m = model(causal_last=True)
-    assert not apply(m, "window-attn{tokens=100}").modified  # window covers N=64
-    record = apply(m, "window-attn{tokens=4 layers=2}")  # the only selected node is causal
+    # Asked for and changing nothing is an error that says why, unless allow-noop=true.
+    with pytest.raises(GenzipError, match="window-attn' was asked for but changed nothing: .*window-covers-sequence"):
+        apply(m, "window-attn{tokens=100}")
+    assert not apply(m, "window-attn{tokens=100 allow-noop=true}").modified  # window covers N=64
+    record = apply(m, "window-attn{tokens=4 layers=2 allow-noop=true}")  # the only selected node is causal
     assert not record.modified and record.stats["skipped_causal"] == 1
     assert ops(m).count("ai.onnx.Attention") == 3 and not m.functions
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +34,20 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
+class _ThirdPartyRootFilter(logging.Filter):
+    """Drops records libraries send through the root logger (onnxruntime.quantization's
+    "Please consider to run pre-processing before quantization"), which no logger name
+    can silence."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "root":
+            return True
+        return not any(f"{os.sep}{lib}{os.sep}" in record.pathname for lib in _QUIET_ROOT_USERS)
+
+
+_QUIET_ROOT_USERS = ("onnxruntime", "onnxscript", "onnx_ir", "diffusers", "transformers")
+
+
 def setup_logging(debug: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
@@ -40,6 +55,12 @@ def setup_logging(debug: bool) -> None:
         stream=sys.stderr,
     )
     if not debug:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_ThirdPartyRootFilter())
+        # diffusers and transformers configure their own loggers' levels from these when first
+        # imported (after this runs), e.g. diffusers' "accelerate was not found" warning.
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         # torch's exporter and diffusers are chatty at WARNING about things users can't act on.
         for noisy in ("torch", "torch.onnx", "torch._dynamo", "diffusers", "transformers", "onnxscript"):
             logging.getLogger(noisy).setLevel(logging.ERROR)

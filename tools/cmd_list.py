@@ -36,6 +36,7 @@ def run_for(name: str, args: argparse.Namespace) -> int:
                 w(f"{'':<20}   options: {opts}\n")
             if cls.requires_facts:
                 w(f"{'':<20}   requires: {', '.join(sorted(cls.requires_facts))}\n")
+        w("every pass also takes allow-noop=false (bool): true accepts a rewrite that changes nothing\n")
     elif name == "recipes":
         from genzip.tools.recipes import RECIPES, recipe_parameters
 

@@ -23,6 +23,7 @@ from genzip.metadata import ATTN_INDEX_KEY as INDEX_KEY
 from genzip.metadata import ATTN_KIND_KEY as KIND_KEY
 from genzip.metadata import ATTN_KIND_REASON_KEY as KIND_REASON_KEY
 from genzip.metadata import ATTN_SCOPE_KEY as SCOPE_KEY
+from genzip.metadata import SHARE_LAYOUT_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -155,15 +156,30 @@ def refuse_unknown(sites: list[AttentionSite], pass_name: str, fix: str) -> None
             )
 
 
-def no_op_warning(pass_name: str, sites: list[AttentionSite], skipped: dict[str, int]) -> None:
-    """Warn that a pass replaced nothing although the model has attention, and why."""
-    if not sites:
-        return
+# Ops that replace canonical attention, and the pass that writes each.
+_REPLACED_BY = {"WindowAttention": "window-attn", "SpanAttention": "span-attn"}
+
+
+def no_op_reason(pass_name: str, model: ir.Model, sites: list[AttentionSite], skipped: dict[str, int],
+                 wanted: str = "self-attention") -> str:
+    """Why a pass replaced no attention, logged as a warning and returned (for NoOpError)."""
+    earlier = sorted({_REPLACED_BY[n.op_type] for n in ir.traversal.RecursiveGraphIterator(model.graph)
+                      if n.domain == "genzip" and n.op_type in _REPLACED_BY})
+    if model.metadata_props.get(SHARE_LAYOUT_KEY):
+        earlier.append("share-attn")
     kinds = collections.Counter(s.kind for s in sites)
-    why = [f"{c} classified {k}" for k, c in sorted(kinds.items()) if k != "self"]
-    why += [f"{c} skipped: {r}" for r, c in sorted(skipped.items())]
-    logger.warning("%s replaced none of the %d attention(s): %s", pass_name, len(sites),
-                   "; ".join(why) or "none selected")
+    if not kinds.get("self") and earlier:
+        why = f"found no {wanted}: {' and '.join(earlier)} before it replaced them"
+        if pass_name == "share-attn" and "window-attn" in earlier:
+            why += "; use share-attn's own window modes instead"
+    elif not sites:
+        why = f"found no {wanted}: the model has no attention canonicalize-attn recognised"
+    else:
+        parts = [f"{c} classified {k}" for k, c in sorted(kinds.items()) if k != "self"]
+        parts += [f"{c} skipped: {r}" for r, c in sorted(skipped.items())]
+        why = f"replaced none of the {len(sites)} attention(s): {'; '.join(parts) or 'none selected'}"
+    logger.warning("%s %s", pass_name, why)
+    return why
 
 
 def attention_sites(model: ir.Model) -> list[AttentionSite]:

@@ -9,8 +9,12 @@ Matched chain (rank 4 ``[B, H, S, D]``, or rank 3 ``[B*H, S, D]``)::
     scores = scores | Add(scores, mask)
     y      = MatMul(Softmax(scores, axis=last), v)
 
-Every ``c`` must be a one-element constant; their product is the explicit
-``scale`` of the new node. ``kT`` is resolved back to K when it is
+Every ``c`` must evaluate to one number; their product is the explicit ``scale``
+of the new node. A ``c`` is a constant, or a scale the exporter computes in the
+graph from shape values (TorchScript's ``Sqrt(Div(1, Sqrt(Cast(Slice(Shape(q))))))``
+on each of Q and Kᵀ): ``_evaluate`` folds such subgraphs of Shape / Gather / Slice /
+Cast / Sqrt / Div / Mul / ... with numpy, reading ``Shape`` off static dims, so the
+scale need not be constant-foldable by ONNX (Q's other dims may be symbolic). ``kT`` is resolved back to K when it is
 ``Transpose(k, perm=[0,1,3,2])`` (``[0,2,1]`` at rank 3) or torch's
 ``Reshape(Transpose(Reshape(k, [-1,S,D]), [0,2,1]), [B,H,D,S])``; any other
 ``kT`` gets a ``Transpose`` inserted. Rank-3 chains are wrapped in
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import _ir_utils, pattern
 from onnxscript.rewriter._basics import MatchFailureError
@@ -47,14 +52,105 @@ def _shape(value: ir.Value | None, what: str) -> ir.Shape:
     return value.shape
 
 
+_MAX_DEPTH = 16
+_UNARY = {"Sqrt": np.sqrt, "Reciprocal": np.reciprocal, "Identity": lambda x: x, "Neg": np.negative,
+          "Exp": np.exp, "Log": np.log}
+_BINARY = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Pow": np.power}
+
+
+def _shape_value(node: ir.Node) -> np.ndarray | None:
+    src = node.inputs[0]
+    if src is None or src.shape is None:
+        return None
+    dims = list(src.shape)
+    start, end = node.attributes.get_int("start", 0), node.attributes.get_int("end", len(dims))
+    picked = dims[start:end]
+    if all(isinstance(d, int) for d in picked):
+        return np.array(picked, np.int64)
+    # Symbolic dims stay None: Gather/Slice may still pick only static ones (the head dim).
+    return np.array([d if isinstance(d, int) else None for d in picked], dtype=object)
+
+
+def _numeric(a: np.ndarray) -> np.ndarray | None:
+    """``a`` as numbers; None while it still holds a symbolic dim."""
+    if a.dtype != object:
+        return a
+    return None if any(v is None for v in a.reshape(-1)) else a.astype(np.int64)
+
+
+def _slice(data: np.ndarray, args: list[np.ndarray]) -> np.ndarray:
+    starts, ends = args[0], args[1]
+    axes = args[2] if len(args) > 2 else np.arange(len(starts))
+    steps = args[3] if len(args) > 3 else np.ones(len(starts), np.int64)
+    index = [slice(None)] * data.ndim
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        index[int(a)] = slice(int(s), int(e), int(st))
+    return data[tuple(index)]
+
+
+def _evaluate(value: ir.Value | None, depth: int = 0) -> np.ndarray | None:
+    """``value`` computed with numpy from constants and static shapes, or None."""
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return value.const_value.numpy()
+    node = value.producer()
+    if node is None or depth > _MAX_DEPTH or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
+        return None
+    op = node.op_type
+    if op == "Shape":
+        return _shape_value(node)
+    if op == "Constant":
+        attr = node.attributes.get("value")
+        return attr.value.numpy() if attr is not None and attr.type == ir.AttributeType.TENSOR else None
+    args = [_evaluate(v, depth + 1) for v in node.inputs if v is not None]
+    if any(a is None for a in args) or not args:
+        return None
+    if op == "Gather" and len(args) == 2 and args[1].dtype != object:
+        return np.take(args[0], args[1], axis=node.attributes.get_int("axis", 0))
+    if op == "Slice" and len(args) >= 3 and all(a.dtype != object for a in args[1:]):
+        return _slice(args[0], args[1:])
+    args = [_numeric(a) for a in args]
+    if any(a is None for a in args):
+        return None
+    x = args[0]
+    with np.errstate(all="ignore"):
+        if op in _UNARY:
+            return _UNARY[op](x)
+        if op in _BINARY and len(args) == 2:
+            return _BINARY[op](x, args[1]).astype(np.result_type(x, args[1]))
+        if op == "Div" and len(args) == 2:
+            if np.issubdtype(x.dtype, np.integer):
+                return np.trunc(x / args[1]).astype(x.dtype)
+            return np.divide(x, args[1])
+        if op == "Cast":
+            return x.astype(ir.DataType(node.attributes.get_int("to")).numpy())
+        if op in ("Unsqueeze", "Squeeze", "Reshape") and len(args) == 2:
+            return x.reshape(-1)[:1].reshape(()) if x.size == 1 else None
+    return None
+
+
+def scalar(value: ir.Value | None) -> float | None:
+    """The one number ``value`` holds (a constant, or computed from shapes), else None."""
+    number = _ir_utils.get_singleton_value(value) if value is not None and value.const_value is not None else None
+    if number is not None:
+        return float(number)
+    folded = _evaluate(value)
+    folded = _numeric(folded) if folded is not None else None
+    if folded is None or folded.size != 1 or not np.issubdtype(folded.dtype, np.number):
+        return None
+    return float(folded.reshape(()))
+
+
 def _factor(op_tag: str | None, const: ir.Value | None, operand_rank: int, what: str) -> float:
     """The multiplier one scaling node contributes (1.0 when there is none)."""
     if op_tag is None:
         return 1.0
-    number = _ir_utils.get_singleton_value(const)
-    # A one-element constant of higher rank than its operand would broadcast the rank up.
-    if number is None or const.shape is None or len(const.shape) > operand_rank:
-        raise MatchFailureError(f"{what} is not a one-element constant", const)
+    number = scalar(const)
+    # A one-element scale of higher rank than its operand would broadcast the rank up.
+    rank = len(const.shape) if const is not None and const.shape is not None else None
+    if number is None or rank is None or rank > operand_rank:
+        raise MatchFailureError(f"{what} is not one number", const)
     if op_tag == "Mul":
         return float(number)
     if number == 0:

@@ -34,8 +34,10 @@ from __future__ import annotations
 import logging
 
 import onnx.helper
+import onnx.shape_inference
 import onnx_ir as ir
 import onnxscript.optimizer
+from onnx_ir.passes import common as common_passes
 from onnxscript.rewriter import pattern
 from onnxscript.version_converter import ConvertVersionPass
 from onnxscript.version_converter._version_converter import VersionConverterError
@@ -64,6 +66,45 @@ def _has_decomposed(model: ir.Model, rules: pattern.RewriteRuleSet) -> bool:
         for node in graph:
             if any(rule.match(model, graph, node) for rule in rules):
                 return True
+    return False
+
+
+# Folded outputs above this many elements stay computations (fold-constants' default).
+_FOLD_LIMIT = 1 << 20
+
+
+def _value_types(model: ir.Model) -> list[tuple[ir.Value, ir.Shape | None, ir.TypeProtocol | None]]:
+    return [(v, v.shape, v.type) for g in model_graphs(model) for n in g for v in n.outputs]
+
+
+def _type_untyped_chains(model: ir.Model, rules: pattern.RewriteRuleSet) -> bool:
+    """Type the graph when that is what keeps its Softmax->MatMul chains from matching.
+
+    Exporters other than torch.export (TorchScript's ``dynamo=False``, Optimum) leave
+    intermediate values untyped, and build reshape targets from ``Shape`` values; ONNX
+    shape inference with data propagation types them. Kept only when a chain then
+    matches, so a model without attention serializes as it came.
+    """
+    if not _unrecognised_chains(model) or _has_decomposed(model, rules):
+        return False
+    before = _value_types(model)
+    try:
+        common_passes.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+    except (onnx.shape_inference.InferenceError, ValueError) as e:
+        logger.info("canonicalize-attn: shape inference failed (%s); chains stay untyped", e)
+    if _has_decomposed(model, rules):
+        # The chains will be rewritten: fold the shape arithmetic too, so sequence dims the
+        # exporter computes from Shape values become static where the graph is (as after
+        # fold-constants,infer-shapes), and self-attention's Q and K lengths compare equal.
+        onnxscript.optimizer.fold_constants(model, output_size_limit=_FOLD_LIMIT)
+        try:
+            common_passes.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+        except (onnx.shape_inference.InferenceError, ValueError) as e:
+            logger.info("canonicalize-attn: shape inference after folding failed (%s)", e)
+        logger.info("canonicalize-attn: typed and folded the graph to match its attention chains")
+        return True
+    for value, shape, type_ in before:
+        value.shape, value.type = shape, type_
     return False
 
 
@@ -101,11 +142,15 @@ def _set_metadata(node: ir.Node, wanted: dict[str, str]) -> bool:
     return changed
 
 
-def _warn_unrecognised(model: ir.Model) -> None:
-    left = sum(
+def _unrecognised_chains(model: ir.Model) -> int:
+    return sum(
         1 for g in model_graphs(model) for n in g
         if n.op_type == "Softmax" and any(u.op_type == "MatMul" for u, _ in n.outputs[0].uses())
     )
+
+
+def _warn_unrecognised(model: ir.Model) -> None:
+    left = _unrecognised_chains(model)
     if left:
         logger.warning(
             "canonicalize-attn: %d Softmax->MatMul chain(s) were not recognised as attention "
@@ -118,23 +163,38 @@ class CanonicalizeAttentionPass(GenzipPass):
     summary = "rewrite every attention into one canonical 4D opset-23 Attention node"
     ensures_facts = frozenset({"attention-canonical"})
 
+    def noop_problem(self, model: ir.Model, result: GenzipPassResult, later: tuple[GenzipPass, ...]) -> str | None:
+        """Finding no attention is a problem only when a later pass needs some.
+
+        A canonical model (a second run) is not: its attention is already canonical.
+        """
+        users = [p.name for p in later if "attention-canonical" in p.requires_facts]
+        if result.stats.get("attention_nodes", 0) or not users:
+            return None
+        left = _unrecognised_chains(model)
+        seen = (f"{left} Softmax->MatMul chain(s) it does not recognise as attention" if left
+                else "no Attention node and no MatMul->Softmax->MatMul chain")
+        return f"found no attention ({seen}), and {', '.join(users)} after it need(s) attention"
+
     def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         # Refuse before touching anything, so a refused model is left as it came.
         for node in _attention_nodes(model):
             attn_normalize.check_supported(node)
         rules = attention_rules()
+        live_before = live_nodes(model)
+        typed = _type_untyped_chains(model, rules)
         untyped = untyped_constants(model)
         raised = model.opset_imports.get("", ATTENTION_OPSET) < ATTENTION_OPSET and _has_decomposed(model, rules)
         if raised:
             _raise_opset(model)
-        live_before = live_nodes(model)
+        live_before |= live_nodes(model)  # the converter's nodes, and what folding made
         from_decomposed = rules.apply_to_model(model)
         # Undo the rewriter's typing of Constant outputs, so a model without a match
         # serializes exactly as it came.
         restore_types(untyped)
-        if from_decomposed:
+        if from_decomposed or typed:
             remove_orphans(live_before)  # scale constants, key transposes
-        modified = raised or from_decomposed > 0
+        modified = typed or raised or from_decomposed > 0
         stats = {"attention_nodes": 0, "from_decomposed": from_decomposed, "from_3d": 0, "self": 0, "cross": 0}
         for node in _attention_nodes(model):
             d = attn_normalize.head_dim(node)

@@ -98,6 +98,10 @@ class ShareAttentionPass(GenzipPass):
     requires_facts = frozenset({"attention-canonical"})
     # Attention now also lives in If branches, without canonical metadata.
     invalidates_facts = frozenset({"attention-canonical"})
+    ensures_facts = frozenset({"attention-shared"})
+    conflicts_facts = {"attention-windowed": "window-attn before it replaces the self-attention share-attn would "
+                                             "share; use share-attn's own window modes (share-attn{window=F}) instead"}
+    transforming = True
 
     def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         refuse_int8_scores(model, "share-attn")
@@ -127,8 +131,8 @@ class ShareAttentionPass(GenzipPass):
                 continue
             blocks.append((site, found))
         if not blocks:
-            af.no_op_warning("share-attn", all_sites, skipped)
-            return GenzipPassResult(model, False, {"layers": 0})
+            why = af.no_op_reason("share-attn", model, all_sites, skipped)
+            return GenzipPassResult(model, False, {"layers": 0}, noop_reason=why)
         modes = ir.Value(name=MODES_INPUT, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([len(blocks)]))
         modes.const_value = ir.tensor(np.zeros(len(blocks), dtype=np.int64), name=MODES_INPUT)
         model.graph.inputs.append(modes)

@@ -129,6 +129,7 @@ class SpanAttentionPass(GenzipPass):
     Options = SpanAttentionOptions
     summary = "replace causal self-attention with per-head span genzip.SpanAttention (MoA)"
     requires_facts = frozenset({"attention-canonical"})
+    transforming = True
 
     def _rules(self, layers: list[af.AttentionSite]) -> tuple[list[list[tuple[float, float]]], int]:
         """Per layer, per head (alpha, beta); and the sink count."""
@@ -189,10 +190,13 @@ class SpanAttentionPass(GenzipPass):
             stats["causal_padding_masks"] = len(padded)
             skipped["padding-mask"] += len(padded)
         stats.update({f"skipped_{k.replace('-', '_')}": c for k, c in sorted(skipped.items())})
+        why = None
         if not replaced:
             not_causal = sum(1 for s in sites if s.kind == "self") - len(layers) - len(padded)
-            af.no_op_warning("span-attn", sites, {**skipped, **({"not causal": not_causal} if not_causal else {})})
-        return GenzipPassResult(model, replaced > 0, stats)
+            why = af.no_op_reason("span-attn", model, sites,
+                                  {**skipped, **({"not causal": not_causal} if not_causal else {})},
+                                  wanted="causal self-attention")
+        return GenzipPassResult(model, replaced > 0, stats, noop_reason=why)
 
     def _replace(self, model, site: af.AttentionSite, rule, sinks: int, flops: dict) -> str | None:
         node = site.node

@@ -92,6 +92,10 @@ class WindowAttentionPass(GenzipPass):
     Options = WindowAttentionOptions
     summary = "replace self-attention with sliding-window genzip.WindowAttention (no residual: WA-RS is share-attn)"
     requires_facts = frozenset({"attention-canonical"})
+    ensures_facts = frozenset({"attention-windowed"})
+    conflicts_facts = {"attention-shared": "share-attn before it moved the self-attention into its mode switches; "
+                                           "use share-attn's own window modes instead"}
+    transforming = True
 
     def _window(self, n: int | ir.SymbolicDim, site: af.AttentionSite) -> int:
         return resolve_window(self.options, n, f"window-attn: attention {site.index} ({site.scope or site.node.name})")
@@ -157,9 +161,8 @@ class WindowAttentionPass(GenzipPass):
             "windows": sorted(windows),
         }
         stats.update({f"skipped_{k.replace('-', '_')}": c for k, c in sorted(skipped.items())})
-        if not replaced:
-            af.no_op_warning("window-attn", sites, skipped)
-        return GenzipPassResult(model, replaced > 0, stats)
+        why = af.no_op_reason("window-attn", model, sites, skipped) if not replaced else None
+        return GenzipPassResult(model, replaced > 0, stats, noop_reason=why)
 
     def _replace(self, model: ir.Model, site: af.AttentionSite, w: int, group: int) -> str | None:
         node = site.node

@@ -13,6 +13,13 @@ A pass declares:
 * ``run(model, context) -> GenzipPassResult`` carrying an honest ``modified``
   flag and a ``stats`` dict.
 
+A *transforming* pass (``transforming = True``) was asked for to rewrite something:
+when it changes nothing, ``noop_problem`` says why and the pass manager refuses
+the pipeline (``NoOpError``, exit 2) unless the spec gave the pass
+``allow-noop=true``, an option every pass accepts (parsed here, not by the pass).
+``conflicts_facts`` names facts after which the pass cannot do its work; the spec
+parser refuses such an order before any model loads.
+
 ``pass_(model, context)`` checks every required fact on the graph, runs the
 pass, checks every ensured fact on the graph again (:mod:`~genzip.passes.infra.facts`:
 a pass that breaks its promise fails here), and only then records the facts in
@@ -40,6 +47,16 @@ class GenzipPassResult(ir.passes.PassResult):
     """``PassResult`` plus per-pass statistics (counts, FLOPs, ...)."""
 
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Set by a transforming pass that did not do what it was asked: why (see noop_problem).
+    noop_reason: str | None = None
+
+
+# The option every pass accepts (handled by the infrastructure, not the pass's Options).
+ALLOW_NOOP = "allow-noop"
+
+
+class NoOpError(GenzipError):
+    """A transforming pass that was asked for changed nothing."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -69,8 +86,13 @@ class GenzipPass(ir.passes.InPlacePass):
     ensures_facts: ClassVar[frozenset[str]] = frozenset()
     # Facts that stop holding once this pass modified the graph.
     invalidates_facts: ClassVar[frozenset[str]] = frozenset()
+    # fact -> why this pass cannot work after a pass that ensured it (checked at parse time).
+    conflicts_facts: ClassVar[dict[str, str]] = {}
+    # A rewrite the user asks for: changing nothing is an error unless allow-noop=true.
+    transforming: ClassVar[bool] = False
 
-    def __init__(self, options: Any | None = None):
+    def __init__(self, options: Any | None = None, *, allow_noop: bool = False):
+        self.allow_noop = allow_noop
         self.options = options if options is not None else self.Options()
         if not isinstance(self.options, self.Options):
             raise TypeError(f"{self.name}: options must be {self.Options.__name__}")
@@ -81,6 +103,18 @@ class GenzipPass(ir.passes.InPlacePass):
     def needs(self) -> frozenset[str]:
         """Context fields this configured pass reads (see ``context.NEEDS``)."""
         return frozenset()
+
+    def noop_problem(self, model: ir.Model, result: GenzipPassResult, later: tuple[GenzipPass, ...]) -> str | None:
+        """Why this run did nothing it was asked to (``None``: it did its work).
+
+        ``later`` are the passes after this one in the pipeline. The default: a
+        transforming pass that reported no change, or set ``result.noop_reason``.
+        """
+        if not self.transforming:
+            return None
+        if result.noop_reason:
+            return result.noop_reason
+        return None if result.modified else "it found nothing to rewrite"
 
     def __call__(self, model: ir.Model, context: PassContext | None = None) -> GenzipPassResult:
         if not isinstance(model, ir.Model):

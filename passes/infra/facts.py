@@ -19,6 +19,10 @@ import onnx_ir as ir
 _FACTS: dict[str, tuple[str, str]] = {
     "attention-canonical": ("genzip.passes.attention._facts:canonical_problem",
                             "every ONNX Attention node is in canonicalize-attn's canonical form"),
+    "attention-windowed": ("genzip.passes.attention._facts:windowed_problem",
+                           "window-attn replaced the self-attention it selected (the rest stays dense)"),
+    "attention-shared": ("genzip.passes.attention._facts:shared_problem",
+                         "share-attn moved the self-attention blocks it selected into its mode switches"),
     "quant-annotated": ("genzip.passes.quant._facts:annotated_problem",
                         "quantizable nodes carry valid genzip.quant specs"),
     "quant-calibrated": ("genzip.passes.quant._facts:calibrated_problem",

@@ -5,6 +5,8 @@ After each pass that reports ``modified``, the graph is verified (``verify``:
 ``none``). IR can be printed after named passes or after every change, each
 pass is timed, and a pass failure writes a reproducer folder holding the model
 exactly as it was before the failing pass plus the spec string that reproduces it.
+A transforming pass that changed nothing it was asked to stops the pipeline with
+``NoOpError`` (a user error saying why) unless its spec says ``allow-noop=true``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import onnx_ir as ir
 
 from genzip.errors import GenzipError
 from genzip.passes.infra.context import EMPTY, PassContext, check_needs
+from genzip.passes.infra.contract import ALLOW_NOOP, NoOpError
 from genzip.passes.infra.invariants import verify
 from genzip.passes.infra.pipeline import Pipeline
 
@@ -108,6 +111,12 @@ def run_pipeline(model: ir.Model, pipeline: Pipeline, inst: Instrumentation | No
                 message += f" (reproducer: {repro})"
             raise PassFailure(message, item.name, repro) from e
         seconds = time.perf_counter() - start
+        problem = pass_.noop_problem(model, result, pipeline.passes[index + 1:])
+        if problem and not pass_.allow_noop:
+            raise NoOpError(f"pass '{item.name}' was asked for but changed nothing: {problem}",
+                            f"fix the pipeline or the model, or give it {ALLOW_NOOP}=true to accept that")
+        if problem:
+            logger.info("pass %s changed nothing (allowed): %s", item, problem)
         stats = dict(getattr(result, "stats", {}) or {})
         records.append(PassRecord(item.name, str(item), bool(result.modified), seconds, stats))
         logger.info("pass %s: modified=%s %.3fs %s", item, result.modified, seconds, stats)

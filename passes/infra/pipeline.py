@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from genzip.errors import GenzipError
-from genzip.passes.infra.contract import GenzipPass, build_options
+from genzip.passes.infra.contract import ALLOW_NOOP, GenzipPass, _convert, build_options
 from genzip.passes.infra.registry import get_pass_class
 from genzip.passes.infra.spec import PassSpec, parse_pipeline, print_pipeline
 
@@ -30,16 +30,22 @@ def build_pipeline(spec: str, initial_facts: frozenset[str] = frozenset()) -> Pi
     facts = set(initial_facts)
     for item in specs:
         cls = get_pass_class(item.name)
-        options = build_options(cls, dict(item.options))
+        raw = dict(item.options)
+        allow_noop = _convert(raw.pop(ALLOW_NOOP, "false"), bool, f"{item.name}{{{ALLOW_NOOP}}}")
+        options = build_options(cls, raw)
         missing = cls.requires_facts - facts
         if missing:
             fact = sorted(missing)[0]
             provider = _provider_of(fact)
             fix = f"put {provider} before it" if provider else "establish it earlier in the pipeline"
             raise GenzipError(f"pass '{item.name}' requires '{fact}' but nothing before it ensures that", fix)
+        for fact, why in cls.conflicts_facts.items():
+            if fact in facts:
+                raise GenzipError(f"pass '{item.name}' cannot run after a pass that ensures '{fact}': {why}",
+                                  "drop one of them or reorder the pipeline (see `genzip passes`)")
         facts -= cls.invalidates_facts
         facts |= cls.ensures_facts
-        passes.append(cls(options))
+        passes.append(cls(options, allow_noop=allow_noop))
     return Pipeline(tuple(specs), tuple(passes))
 
 

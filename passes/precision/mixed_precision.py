@@ -95,6 +95,7 @@ class MixedPrecisionPass(GenzipPass):
     Options = Options
     requires_facts = frozenset({"quant-annotated", "sensitivity-measured"})
     ensures_facts = frozenset({"quant-annotated"})
+    transforming = True
 
     def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         opts: Options = self.options
@@ -130,7 +131,9 @@ class MixedPrecisionPass(GenzipPass):
                  "avg_weight_bits": summary["avg_weight_bits"], "avg_activation_bits": summary["avg_activation_bits"],
                  "objective_value": round(alloc.objective, 6)}
         # The summary in metadata_props is always (re)written, so the model always changes.
-        return GenzipPassResult(model, True, {**stats, "annotations_changed": modified})
+        why = None if modified else (f"the allocation under {opts.budget} keeps every one of the {len(layers)} "
+                                     f"layer(s) at the format it was annotated with")
+        return GenzipPassResult(model, True, {**stats, "annotations_changed": modified}, noop_reason=why)
 
     def _solve(self, params, formats, bits, cost, allowed):
         opts: Options = self.options

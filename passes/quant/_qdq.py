@@ -146,6 +146,11 @@ def reroute(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
         name = old.name
         old.name = f"{name}.pre_quant"
         new.name = name
+        # A graph output must be typed; the replacement computes the same tensor.
+        if new.type is None:
+            new.type = old.type
+        if new.shape is None:
+            new.shape = old.shape
 
 
 def drop_if_unused(graph: ir.Graph, value: ir.Value) -> None:

@@ -34,6 +34,7 @@ what ``annotate-precision`` froze with a different insertion.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from typing import Literal
 
@@ -126,6 +127,7 @@ class QuantPass(GenzipPass):
     requires_facts = frozenset({"quant-annotated"})
     ensures_facts = frozenset({"quantized"})
     invalidates_facts = frozenset({"quant-annotated", "quant-calibrated"})
+    transforming = True
 
     def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         scheme = self.options.scheme
@@ -186,4 +188,9 @@ class QuantPass(GenzipPass):
         stats = {**counts, "Q": ops.count("QuantizeLinear"), "DQ": ops.count("DequantizeLinear"),
                  "MatMulInteger": ops.count("MatMulInteger") + ops.count("MatMulIntegerToFloat"), "weight_bytes": after,
                  "weight_ratio": round(after / before, 4) if before else 1.0}
-        return GenzipPassResult(model, bool(todo), stats)
+        why = None
+        if not counts["quantized"]:
+            kept = collections.Counter(spec.keep for _, spec in todo if spec.keep is not None)
+            why = (f"quantized no layer: {len(todo)} annotated"
+                   + (f", all kept ({', '.join(f'{c} {k}' for k, c in kept.most_common(3))})" if kept else ""))
+        return GenzipPassResult(model, bool(todo), stats, noop_reason=why)

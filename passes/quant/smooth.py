@@ -177,6 +177,7 @@ class SmoothPass(GenzipPass):
     Options = Options
     requires_facts = frozenset({"quant-annotated"})
     invalidates_facts = frozenset({"quant-calibrated"})
+    transforming = True
 
     def needs(self) -> frozenset[str]:
         return calibration_need(self.options.data)
@@ -186,7 +187,10 @@ class SmoothPass(GenzipPass):
         graph = model.graph
         groups = _groups(model)
         if not groups:
-            return GenzipPassResult(model, False, {"smoothed": 0})
+            annotated = annotated_nodes(model)
+            why = (f"no annotated MatMul/Gemm with a static activation to balance ({len(annotated)} annotated "
+                   f"layer(s), {sum(1 for _, sp in annotated if sp.keep is not None)} kept)")
+            return GenzipPassResult(model, False, {"smoothed": 0}, noop_reason=why)
         samples = data_mod.resolve(opts.data, context, self.name)
         samples = samples[: opts.samples] if opts.samples else samples
         data_mod.check_feeds(model, samples)

@@ -1,0 +1,67 @@
+"""Models past the in-memory limit reach ORT by path with external data, never as one protobuf:
+the session helpers and calibrate (the limit is lowered to 0 here instead of building 2 GB)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx_ir as ir
+from helpers_onnx import model_from_text
+
+import genzip.ort_session as ort_session
+from genzip.passes import build_pipeline, run_pipeline
+from genzip.passes.infra.context import PassContext
+
+MLP = """
+<ir_version: 9, opset_import: ["" : 23]>
+g (float[2, 8] x) => (float[2, 8] y) <float[8, 8] w1 = {W1}, float[8, 8] w2 = {W2}> {
+    h = MatMul (x, w1)
+    r = Relu (h)
+    y = MatMul (r, w2)
+}
+""".replace("W1", ",".join(str(i % 7 - 3) for i in range(64))).replace("W2", ",".join(str(i % 5 - 2) for i in range(64)))
+
+
+def _spy(monkeypatch) -> list[type]:
+    kinds: list[type] = []
+    real = ort_session.make_session
+
+    def spy(source, *args, **kwargs):
+        kinds.append(type(source))
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(ort_session, "make_session", spy)
+    return kinds
+
+
+def _calibrated(model: ir.Model) -> list[float]:
+    feeds = [{"x": np.random.default_rng(s).standard_normal((2, 8)).astype(np.float32)} for s in range(3)]
+    spec = "annotate-precision{keep-defaults=false},calibrate{use-cache=false}"
+    run_pipeline(model, build_pipeline(spec), context=PassContext(calibration=feeds))
+    return [json.loads(n.metadata_props["genzip.quant.calib"])["amax"] for n in model.graph
+            if "genzip.quant.calib" in n.metadata_props]
+
+
+def test_calibrate_by_path_matches_in_memory(monkeypatch):
+    kinds = _spy(monkeypatch)
+    small = _calibrated(model_from_text(MLP))
+    assert kinds == [bytes] and len(small) == 2
+    monkeypatch.setattr(ort_session, "IN_MEMORY_LIMIT", 0)
+    kinds.clear()
+    model = model_from_text(MLP)
+    outputs = [v.name for v in model.graph.outputs]
+    assert _calibrated(model) == small
+    assert kinds == [str]  # a path to the temporary model with external data
+    assert [v.name for v in model.graph.outputs] == outputs  # the probe outputs were taken off again
+
+
+def test_run_model_by_path_matches(monkeypatch):
+    model = model_from_text(MLP)
+    feeds = {"x": np.ones((2, 8), np.float32)}
+    expected = ort_session.run_model(model, feeds)
+    monkeypatch.setattr(ort_session, "IN_MEMORY_LIMIT", 0)
+    kinds = _spy(monkeypatch)
+    got = ort_session.run_model(model, feeds)
+    assert kinds == [str]
+    np.testing.assert_array_equal(got["y"], expected["y"])
