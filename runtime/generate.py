@@ -21,7 +21,7 @@ from genzip.backends.artifact import read_manifest
 from genzip.backends.ort_backend import artifact_model_path
 from genzip.errors import GenzipError
 from genzip.ort_session import make_session
-from genzip.runtime._kv_cache import BoundKVCache
+from genzip.runtime._kv_cache import BoundKVCache, session_slots
 from genzip.runtime._sampling import Sampling, next_tokens
 
 
@@ -36,11 +36,12 @@ class Generation:
     prefill_s: float
     decode_tokens_per_s: float | None
     peak_kv_bytes: int
+    kv_bytes: int = 0  # what the cache holds at capacity (peak_kv_bytes counts both ping-pong sides)
 
     def summary(self) -> dict[str, Any]:
         return {"text": self.text, "tokens": self.sequences.tolist(), "new_tokens": self.new_tokens,
                 "prefill_s": self.prefill_s, "decode_tokens_per_s": self.decode_tokens_per_s,
-                "peak_kv_bytes": self.peak_kv_bytes}
+                "peak_kv_bytes": self.peak_kv_bytes, "kv_bytes": self.kv_bytes}
 
 
 def is_kv_cache_llm(manifest: dict[str, Any]) -> bool:
@@ -62,9 +63,8 @@ class CausalLM:
         self.model_path, _ = artifact_model_path(folder, self.manifest)
         self.session = make_session(self.model_path, threads=threads)
         self.backend = "onnxruntime"
-        names = [o.name for o in self.session.get_outputs()]
-        self._logits, self._present = names[0], names[1:]
-        self._past = [i.name for i in self.session.get_inputs()][3:]
+        self._logits = self.session.get_outputs()[0].name
+        self.slots = session_slots(self.session)  # float32, or int8 + scales after kv-quant
         self._tokenizer = None
 
     @property
@@ -113,8 +113,13 @@ class CausalLM:
             return set()
         return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
-    def _step(self, cache: BoundKVCache, ids: np.ndarray) -> np.ndarray:
-        """One graph run over ``ids`` ``[batch, seq]``; returns the last position's logits."""
+    def new_cache(self, batch: int, capacity: int) -> BoundKVCache:
+        """An empty cache of ``capacity`` tokens in the dtypes the graph declares."""
+        return BoundKVCache(slots=self.slots, batch=batch, kv_heads=self.spec["kv_heads"], capacity=capacity)
+
+    def _step(self, cache: BoundKVCache, ids: np.ndarray, all_positions: bool = False) -> np.ndarray:
+        """One graph run over ``ids`` ``[batch, seq]``; returns the last position's logits
+        (every position's with ``all_positions``)."""
         batch, seq = ids.shape
         io = self.session.io_binding()
         total = cache.length + seq
@@ -126,7 +131,20 @@ class CausalLM:
         cache.bind(io, seq)
         self.session.run_with_iobinding(io)
         cache.advance(seq)
-        return io.get_outputs()[0].numpy()[:, -1]
+        logits = io.get_outputs()[0].numpy()
+        return logits if all_positions else logits[:, -1]
+
+    def score(self, ids, chunk: int = 1) -> np.ndarray:
+        """Teacher-forced logits ``[batch, seq, vocab]`` of ``ids`` fed through the cache
+        ``chunk`` tokens per graph run (``chunk=1``: every position is a decode step, so
+        a quantized or evicting cache is measured as generation would use it)."""
+        ids = self._ids(ids)
+        batch, seq = ids.shape
+        self._check_length(seq, 0)
+        cache = self.new_cache(batch, seq)
+        step = max(1, int(chunk))
+        return np.concatenate([self._step(cache, ids[:, i:i + step], all_positions=True)
+                               for i in range(0, seq, step)], axis=1)
 
     def generate(self, prompt, max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, eos_token_id=None, seed: int = 0) -> Generation:
@@ -144,9 +162,7 @@ class CausalLM:
         self._check_length(prompt_len, max_new_tokens)
         eos = self._eos(eos_token_id)
         rng = np.random.default_rng(seed)
-        cache = BoundKVCache(layers=self.spec["layers"], batch=batch, kv_heads=self.spec["kv_heads"],
-                             head_dim=self.spec["head_dim"], capacity=prompt_len + max_new_tokens,
-                             past_names=self._past, present_names=self._present)
+        cache = self.new_cache(batch, prompt_len + max_new_tokens)
         start = time.perf_counter()
         logits = self._step(cache, ids)
         prefill_s = time.perf_counter() - start
@@ -169,4 +185,5 @@ class CausalLM:
         if self.tokenizer is not None:
             text = [self.tokenizer.decode(row[prompt_len:].tolist(), skip_special_tokens=True) for row in sequences]
         return Generation(sequences, new, text, round(prefill_s, 6),
-                          round(steps * batch / decode_s, 2) if steps and decode_s > 0 else None, cache.peak_bytes)
+                          round(steps * batch / decode_s, 2) if steps and decode_s > 0 else None, cache.peak_bytes,
+                          cache.bytes)
