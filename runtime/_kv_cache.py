@@ -74,7 +74,13 @@ class BoundKVCache:
         # _bufs[side][j]: side 0/1 of the ping-pong, j over the slots.
         self._bufs = [[np.zeros(batch * kv_heads * capacity * s.last_dim, s.dtype) for s in slots]
                       for _ in range(2)]
+        # Pointers taken once: numpy's .ctypes costs microseconds per call, every step.
+        self._ptrs = [[b.ctypes.data for b in side] for side in self._bufs]
         self._side = 0  # the side holding the current past
+        # The step's IOBinding and its all-ones mask / logits buffers (genzip.runtime.generate).
+        self.io = None
+        self.ones: np.ndarray | None = None
+        self.logits: np.ndarray | None = None
 
     @property
     def bytes(self) -> int:
@@ -92,12 +98,11 @@ class BoundKVCache:
         """Bind ``past`` (``length`` tokens) and ``present`` (``length + seq``) for one step."""
         if self.length + seq > self.capacity:
             raise ValueError(f"KV cache of capacity {self.capacity} cannot take {self.length + seq} tokens")
-        past, present = self._bufs[self._side], self._bufs[1 - self._side]
-        for slot, buf in zip(self.slots, past):
-            io.bind_input(slot.past, "cpu", 0, slot.dtype, self._dims(slot, self.length), buf.ctypes.data)
-        for slot, buf in zip(self.slots, present):
-            io.bind_output(slot.present, "cpu", 0, slot.dtype, self._dims(slot, self.length + seq),
-                           buf.ctypes.data)
+        past, present = self._ptrs[self._side], self._ptrs[1 - self._side]
+        for slot, ptr in zip(self.slots, past):
+            io.bind_input(slot.past, "cpu", 0, slot.dtype, self._dims(slot, self.length), ptr)
+        for slot, ptr in zip(self.slots, present):
+            io.bind_output(slot.present, "cpu", 0, slot.dtype, self._dims(slot, self.length + seq), ptr)
 
     def advance(self, seq: int) -> None:
         """After the run: the present side becomes the past."""

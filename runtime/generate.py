@@ -64,6 +64,8 @@ class CausalLM:
         self.session = make_session(self.model_path, threads=threads)
         self.backend = "onnxruntime"
         self._logits = self.session.get_outputs()[0].name
+        vocab = self.session.get_outputs()[0].shape[-1]
+        self._vocab = vocab if isinstance(vocab, int) else int(self.manifest["kv_cache"]["vocab_size"])
         self.slots = session_slots(self.session)  # float32, or int8 + scales after kv-quant
         self._tokenizer = None
 
@@ -119,20 +121,35 @@ class CausalLM:
 
     def _step(self, cache: BoundKVCache, ids: np.ndarray, all_positions: bool = False) -> np.ndarray:
         """One graph run over ``ids`` ``[batch, seq]``; returns the last position's logits
-        (every position's with ``all_positions``)."""
+        (every position's with ``all_positions``).
+
+        Every input and output is bound by pointer to a buffer that lives as long as the
+        cache (one IOBinding per cache, rebound each step), so ORT allocates nothing and
+        nothing is converted through an OrtValue: the per-step Python cost stays small
+        against the graph's own run time."""
         batch, seq = ids.shape
-        io = self.session.io_binding()
         total = cache.length + seq
-        positions = np.broadcast_to(np.arange(cache.length, total, dtype=np.int64), (batch, seq)).copy()
-        io.bind_cpu_input("input_ids", np.ascontiguousarray(ids))
-        io.bind_cpu_input("attention_mask", np.ones((batch, total), np.int64))
-        io.bind_cpu_input("position_ids", positions)
-        io.bind_output(self._logits, "cpu")  # first, so get_outputs()[0] is the logits
+        if cache.io is None:
+            cache.io = self.session.io_binding()
+            cache.ones = np.ones(batch * cache.capacity, np.int64)  # any prefix is an all-ones mask
+            cache.ones_ptr = cache.ones.ctypes.data
+        io = cache.io
+        logits_size = batch * seq * self._vocab
+        if cache.logits is None or cache.logits.size < logits_size:
+            cache.logits = np.empty(logits_size, np.float32)
+            cache.logits_ptr = cache.logits.ctypes.data
+        ids = np.ascontiguousarray(ids, np.int64)
+        positions = np.ascontiguousarray(np.broadcast_to(np.arange(cache.length, total, dtype=np.int64),
+                                                         (batch, seq)))
+        io.bind_input("input_ids", "cpu", 0, np.int64, [batch, seq], ids.ctypes.data)
+        io.bind_input("attention_mask", "cpu", 0, np.int64, [batch, total], cache.ones_ptr)
+        io.bind_input("position_ids", "cpu", 0, np.int64, [batch, seq], positions.ctypes.data)
+        io.bind_output(self._logits, "cpu", 0, np.float32, [batch, seq, self._vocab], cache.logits_ptr)
         cache.bind(io, seq)
         self.session.run_with_iobinding(io)
         cache.advance(seq)
-        logits = io.get_outputs()[0].numpy()
-        return logits if all_positions else logits[:, -1]
+        logits = cache.logits[:logits_size].reshape(batch, seq, self._vocab)
+        return logits if all_positions else logits[:, -1]  # views, valid until the next step
 
     def score(self, ids, chunk: int = 1) -> np.ndarray:
         """Teacher-forced logits ``[batch, seq, vocab]`` of ``ids`` fed through the cache
@@ -143,12 +160,16 @@ class CausalLM:
         self._check_length(seq, 0)
         cache = self.new_cache(batch, seq)
         step = max(1, int(chunk))
-        return np.concatenate([self._step(cache, ids[:, i:i + step], all_positions=True)
+        return np.concatenate([self._step(cache, ids[:, i:i + step], all_positions=True).copy()
                                for i in range(0, seq, step)], axis=1)
 
     def generate(self, prompt, max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, eos_token_id=None, seed: int = 0) -> Generation:
+                 top_k: int = 0, top_p: float = 1.0, eos_token_id=None, seed: int = 0,
+                 prefill_chunk: int | None = None) -> Generation:
         """Continue ``prompt`` (text, or ids ``[seq]`` / ``[batch, seq]``) by up to ``max_new_tokens``.
+
+        ``prefill_chunk`` feeds a long prompt through the cache that many tokens per graph
+        run (same result; the attention scores of one run stay ``chunk x total`` in size).
 
         ``eos_token_id`` (int or list; default: the model's generation config) stops a
         sequence; finished sequences are padded with their EOS until all are done.
@@ -163,8 +184,12 @@ class CausalLM:
         eos = self._eos(eos_token_id)
         rng = np.random.default_rng(seed)
         cache = self.new_cache(batch, prompt_len + max_new_tokens)
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise GenzipError(f"prefill_chunk {prefill_chunk} must be >= 1", "pass 1 or more, or None")
+        step = prefill_chunk or prompt_len
         start = time.perf_counter()
-        logits = self._step(cache, ids)
+        for i in range(0, prompt_len, step):
+            logits = self._step(cache, ids[:, i:i + step])
         prefill_s = time.perf_counter() - start
         out, done = [ids], np.zeros(batch, bool)
         decode_start = time.perf_counter()

@@ -14,6 +14,7 @@ import torch
 
 import genzip
 from genzip.compile import CompileOptions, compile_source
+from genzip.errors import GenzipError
 from genzip.frontend.loader import load_model
 from genzip.runtime import _eval_data
 from genzip.runtime._eval_llm import log_softmax, perplexity
@@ -100,3 +101,13 @@ def test_kv8_cache_bytes(lms):
     d = lms["fp32"].spec["head_dim"]
     assert fp32.kv_bytes * (d + 4) == kv8.kv_bytes * 4 * d
     assert fp32.peak_kv_bytes == 2 * fp32.kv_bytes
+
+
+def test_chunked_prefill_gives_the_same_tokens(lms, windows):
+    lm = lms["kv8"]
+    prompt = windows[:2, :40]
+    whole = lm.generate(prompt, max_new_tokens=8, eos_token_id=[])
+    chunked = lm.generate(prompt, max_new_tokens=8, eos_token_id=[], prefill_chunk=7)
+    np.testing.assert_array_equal(whole.sequences, chunked.sequences)
+    with pytest.raises(GenzipError, match="prefill_chunk 0"):
+        lm.generate(prompt, max_new_tokens=2, prefill_chunk=0)
