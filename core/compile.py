@@ -28,6 +28,7 @@ from genzip.metrics import MIN_COSINE
 from genzip.ort_session import run_model, run_user_model
 from genzip.passes import Instrumentation, build_pipeline, run_pipeline
 from genzip.passes.infra.context import CALIBRATION, EXAMPLE_INPUTS, TORCH_MODULE, PassContext, check_needs
+from genzip.passes.quant._kv_layout import quantize_feeds
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +188,16 @@ def compile_model(
             source = load_model(model_ref, seed=opts.seed, kv_cache=opts.kv_cache, user=user)
         else:
             source = load_object(model_ref, example_call, seed=opts.seed, user=user)
+    return compile_source(source, out_dir, opts, progress, pipeline, config=config)
+
+
+def compile_source(source, out_dir: str, options: CompileOptions, progress: Callable[[str], None] | None = None,
+                   pipeline=None, *, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run ``options.passes`` over a loaded ``SourceModel`` (its model is rewritten in
+    place) and write the artifact: several artifacts can share one export this way."""
+    opts = options
+    pipeline = pipeline if pipeline is not None else build_pipeline(opts.passes)
+    check_out_dir(out_dir, opts.force)
     feeds = source.example_inputs
     reference = source.info.get("reference_outputs")
     reference_label = "pytorch-eager"
@@ -213,6 +224,8 @@ def compile_model(
         # For an ONNX file the reference already is this model's ORT output.
         fp32_outputs = reference if reference_label == "source-onnx" else run_model(model, feeds)
     records = run_pipeline(model, pipeline, inst, pass_context(source, opts.seed, progress))
+    # kv-quant turns the float past inputs into int8 + scales: the example inputs follow.
+    source = dataclasses.replace(source, example_inputs=quantize_feeds(model, source.example_inputs))
     _stage(progress, f"writing {opts.target} artifact to {out_dir}")
     compiled = Compiled(model, source, str(pipeline), records, reference, reference_label, fp32_outputs, config)
     return write_artifact(compiled, out_dir, target=opts.target, force=opts.force, trt_options=opts.trt,

@@ -12,6 +12,7 @@ SHARE_LAYOUT_KEY = "genzip.share_attn"  # JSON layout of share-attn's mode switc
 INT8_SCORES_KEY = "genzip.quant.attention_int8"  # number of attentions with int8 scores
 SENSITIVITY_KEY = "genzip.sensitivity"  # JSON sensitivity table
 PRECISION_PLAN_KEY = "genzip.mixed_precision"  # JSON mixed-precision allocation
+KV_QUANT_KEY = "genzip.kv_quant"  # JSON int8 KV-cache layout (passes/quant/kv_quant.py)
 
 # --- node keys -----------------------------------------------------------------------
 ATTN_KIND_KEY = "genzip.attn.kind"  # "self" | "cross" | "unknown" (passes/attention/_classify.py)

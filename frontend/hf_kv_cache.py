@@ -110,7 +110,52 @@ def _export(wrapper: KVCacheDecoder, args: tuple, spec: dict[str, Any], what: st
             "compile it without --kv-cache, or export it to ONNX yourself and pass the .onnx file",
         ) from e
     _name_io(model.graph, spec["layers"])
+    _native_gqa(model)
     return model
+
+
+def _const_ints(value: ir.Value) -> list[int] | None:
+    tensor = value.const_value
+    if tensor is None and value.producer() is not None and value.producer().op_type == "Constant":
+        tensor = value.producer().attributes["value"].as_tensor()
+    return None if tensor is None else [int(x) for x in np.asarray(tensor.numpy()).ravel()]
+
+
+def _repeated_kv_source(value: ir.Value) -> ir.Value | None:
+    """``x`` when ``value`` is transformers' ``repeat_kv(x)``: ``Reshape(Expand(Unsqueeze(x, 2)))``
+    from ``[b, kv_heads, t, d]`` to ``[b, heads, t, d]`` (each KV head repeated in place)."""
+    reshape = value.producer()
+    expand = reshape.inputs[0].producer() if reshape is not None and reshape.op_type == "Reshape" else None
+    unsqueeze = expand.inputs[0].producer() if expand is not None and expand.op_type == "Expand" else None
+    if unsqueeze is None or unsqueeze.op_type != "Unsqueeze" or _const_ints(unsqueeze.inputs[1]) != [2]:
+        return None
+    source = unsqueeze.inputs[0]
+    if source.shape is None or value.shape is None or len(source.shape) != 4 or len(value.shape) != 4:
+        return None
+    kv, heads = source.shape[1], value.shape[1]
+    ok = isinstance(kv, int) and isinstance(heads, int) and heads % kv == 0 and source.shape[3] == value.shape[3]
+    return source if ok else None
+
+
+def _native_gqa(model: ir.Model) -> int:
+    """Feed every ``Attention`` the un-repeated K/V: ONNX ``Attention`` groups query heads over
+    KV heads itself (query head h reads KV head h // (heads / kv_heads), repeat_kv's order),
+    so the two per-layer copies of the whole cache that repeat_kv makes at every decode step
+    go away. Returns the inputs rewired (the export check that follows proves the function)."""
+    rewired = 0
+    for node in model.graph:
+        if node.op_type != "Attention" or len(node.inputs) < 3:
+            continue
+        for index in (1, 2):
+            source = _repeated_kv_source(node.inputs[index])
+            if source is not None:
+                node.replace_input_with(index, source)
+                rewired += 1
+    if rewired:
+        from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+        RemoveUnusedNodesPass()(model)
+    return rewired
 
 
 def _sym(value: ir.Value, axis: int) -> str | None:

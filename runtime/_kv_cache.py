@@ -18,45 +18,91 @@ reads the past once and writes it once, into the bound buffer): no allocation, n
 copy to or from NumPy, no feed conversion. ``session.run`` instead allocates a new
 ``present`` per layer per step and hands it back through NumPy. Peak cache memory
 is fixed up front: ``2 (ping-pong) * 2 (K, V) * layers * batch * kv_heads *
-capacity * head_dim * 4`` bytes (``peak_bytes``).
+capacity * head_dim * 4`` bytes (``peak_bytes``) for a float32 cache.
+
+Dtypes come from the graph: every cache input ``past_key_values.X`` is paired with
+the output ``present.X`` and bound with the element type and last dimension the
+session declares, so an int8 cache (``kv-quant``: int8 rows plus a float32 scale per
+head and token, ``*_scale`` with last dim 1) gets int8 and float32 buffers. ``bytes``
+is one side of the ping-pong (what the cache holds); ``peak_bytes`` both sides.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+               "tensor(float16)": np.float16}
+PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """One cache tensor: ``past`` input, ``present`` output, element type, last dimension."""
+
+    past: str
+    present: str
+    dtype: type
+    last_dim: int
+
+
+def session_slots(session) -> list[Slot]:
+    """Every ``past_key_values.X`` input of ``session`` with its ``present.X`` output."""
+    outputs = {o.name for o in session.get_outputs()}
+    slots = []
+    for value in session.get_inputs():
+        if not value.name.startswith(PAST_PREFIX):
+            continue
+        present = PRESENT_PREFIX + value.name[len(PAST_PREFIX):]
+        if present not in outputs or value.type not in _ORT_DTYPES or not isinstance(value.shape[-1], int):
+            raise ValueError(f"cache input {value.name} ({value.type}, {value.shape}) has no matching "
+                             f"{present} output of a known dtype and fixed last dimension")
+        slots.append(Slot(value.name, present, _ORT_DTYPES[value.type], int(value.shape[-1])))
+    return slots
 
 
 class BoundKVCache:
-    """``layers`` key/value pairs of capacity ``capacity`` tokens; ``length`` tokens filled."""
+    """``slots`` cache tensors of capacity ``capacity`` tokens; ``length`` tokens filled."""
 
-    def __init__(self, *, layers: int, batch: int, kv_heads: int, head_dim: int, capacity: int,
-                 past_names: list[str], present_names: list[str]):
-        self.shape = (batch, kv_heads, head_dim)
+    def __init__(self, *, slots: list[Slot], batch: int, kv_heads: int, capacity: int):
+        self.slots = slots
+        self.batch, self.kv_heads = batch, kv_heads
         self.capacity = capacity
         self.length = 0
-        self.past_names, self.present_names = past_names, present_names
-        size = batch * kv_heads * capacity * head_dim
-        # _bufs[side][j]: side 0/1 of the ping-pong, j over (layer, key|value).
-        self._bufs = [[np.zeros(size, np.float32) for _ in range(2 * layers)] for _ in range(2)]
+        # _bufs[side][j]: side 0/1 of the ping-pong, j over the slots.
+        self._bufs = [[np.zeros(batch * kv_heads * capacity * s.last_dim, s.dtype) for s in slots]
+                      for _ in range(2)]
+        # Pointers taken once: numpy's .ctypes costs microseconds per call, every step.
+        self._ptrs = [[b.ctypes.data for b in side] for side in self._bufs]
         self._side = 0  # the side holding the current past
+        # The step's IOBinding and its all-ones mask / logits buffers (genzip.runtime.generate).
+        self.io = None
+        self.ones: np.ndarray | None = None
+        self.logits: np.ndarray | None = None
+
+    @property
+    def bytes(self) -> int:
+        """What the cache holds at capacity (one side of the ping-pong)."""
+        return sum(b.nbytes for b in self._bufs[0])
 
     @property
     def peak_bytes(self) -> int:
         return sum(b.nbytes for side in self._bufs for b in side)
 
-    def _dims(self, tokens: int) -> list[int]:
-        b, h, d = self.shape
-        return [b, h, tokens, d]
+    def _dims(self, slot: Slot, tokens: int) -> list[int]:
+        return [self.batch, self.kv_heads, tokens, slot.last_dim]
 
     def bind(self, io, seq: int) -> None:
         """Bind ``past`` (``length`` tokens) and ``present`` (``length + seq``) for one step."""
         if self.length + seq > self.capacity:
             raise ValueError(f"KV cache of capacity {self.capacity} cannot take {self.length + seq} tokens")
-        past, present = self._bufs[self._side], self._bufs[1 - self._side]
-        for name, buf in zip(self.past_names, past):
-            io.bind_input(name, "cpu", 0, np.float32, self._dims(self.length), buf.ctypes.data)
-        for name, buf in zip(self.present_names, present):
-            io.bind_output(name, "cpu", 0, np.float32, self._dims(self.length + seq), buf.ctypes.data)
+        past, present = self._ptrs[self._side], self._ptrs[1 - self._side]
+        for slot, ptr in zip(self.slots, past):
+            io.bind_input(slot.past, "cpu", 0, slot.dtype, self._dims(slot, self.length), ptr)
+        for slot, ptr in zip(self.slots, present):
+            io.bind_output(slot.present, "cpu", 0, slot.dtype, self._dims(slot, self.length + seq), ptr)
 
     def advance(self, seq: int) -> None:
         """After the run: the present side becomes the past."""
@@ -64,6 +110,6 @@ class BoundKVCache:
         self.length += seq
 
     def layer(self, j: int) -> np.ndarray:
-        """A view of key/value ``j`` (``2 * layer + (0 key | 1 value)``) as filled so far."""
-        n = int(np.prod(self._dims(self.length)))
-        return self._bufs[self._side][j][:n].reshape(self._dims(self.length))
+        """A view of slot ``j`` as filled so far."""
+        dims = self._dims(self.slots[j], self.length)
+        return self._bufs[self._side][j][: int(np.prod(dims))].reshape(dims)

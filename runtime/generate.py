@@ -21,7 +21,7 @@ from genzip.backends.artifact import read_manifest
 from genzip.backends.ort_backend import artifact_model_path
 from genzip.errors import GenzipError
 from genzip.ort_session import make_session
-from genzip.runtime._kv_cache import BoundKVCache
+from genzip.runtime._kv_cache import BoundKVCache, session_slots
 from genzip.runtime._sampling import Sampling, next_tokens
 
 
@@ -36,11 +36,12 @@ class Generation:
     prefill_s: float
     decode_tokens_per_s: float | None
     peak_kv_bytes: int
+    kv_bytes: int = 0  # what the cache holds at capacity (peak_kv_bytes counts both ping-pong sides)
 
     def summary(self) -> dict[str, Any]:
         return {"text": self.text, "tokens": self.sequences.tolist(), "new_tokens": self.new_tokens,
                 "prefill_s": self.prefill_s, "decode_tokens_per_s": self.decode_tokens_per_s,
-                "peak_kv_bytes": self.peak_kv_bytes}
+                "peak_kv_bytes": self.peak_kv_bytes, "kv_bytes": self.kv_bytes}
 
 
 def is_kv_cache_llm(manifest: dict[str, Any]) -> bool:
@@ -62,9 +63,10 @@ class CausalLM:
         self.model_path, _ = artifact_model_path(folder, self.manifest)
         self.session = make_session(self.model_path, threads=threads)
         self.backend = "onnxruntime"
-        names = [o.name for o in self.session.get_outputs()]
-        self._logits, self._present = names[0], names[1:]
-        self._past = [i.name for i in self.session.get_inputs()][3:]
+        self._logits = self.session.get_outputs()[0].name
+        vocab = self.session.get_outputs()[0].shape[-1]
+        self._vocab = vocab if isinstance(vocab, int) else int(self.manifest["kv_cache"]["vocab_size"])
+        self.slots = session_slots(self.session)  # float32, or int8 + scales after kv-quant
         self._tokenizer = None
 
     @property
@@ -113,24 +115,61 @@ class CausalLM:
             return set()
         return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
-    def _step(self, cache: BoundKVCache, ids: np.ndarray) -> np.ndarray:
-        """One graph run over ``ids`` ``[batch, seq]``; returns the last position's logits."""
+    def new_cache(self, batch: int, capacity: int) -> BoundKVCache:
+        """An empty cache of ``capacity`` tokens in the dtypes the graph declares."""
+        return BoundKVCache(slots=self.slots, batch=batch, kv_heads=self.spec["kv_heads"], capacity=capacity)
+
+    def _step(self, cache: BoundKVCache, ids: np.ndarray, all_positions: bool = False) -> np.ndarray:
+        """One graph run over ``ids`` ``[batch, seq]``; returns the last position's logits
+        (every position's with ``all_positions``).
+
+        Every input and output is bound by pointer to a buffer that lives as long as the
+        cache (one IOBinding per cache, rebound each step), so ORT allocates nothing and
+        nothing is converted through an OrtValue: the per-step Python cost stays small
+        against the graph's own run time."""
         batch, seq = ids.shape
-        io = self.session.io_binding()
         total = cache.length + seq
-        positions = np.broadcast_to(np.arange(cache.length, total, dtype=np.int64), (batch, seq)).copy()
-        io.bind_cpu_input("input_ids", np.ascontiguousarray(ids))
-        io.bind_cpu_input("attention_mask", np.ones((batch, total), np.int64))
-        io.bind_cpu_input("position_ids", positions)
-        io.bind_output(self._logits, "cpu")  # first, so get_outputs()[0] is the logits
+        if cache.io is None:
+            cache.io = self.session.io_binding()
+            cache.ones = np.ones(batch * cache.capacity, np.int64)  # any prefix is an all-ones mask
+            cache.ones_ptr = cache.ones.ctypes.data
+        io = cache.io
+        logits_size = batch * seq * self._vocab
+        if cache.logits is None or cache.logits.size < logits_size:
+            cache.logits = np.empty(logits_size, np.float32)
+            cache.logits_ptr = cache.logits.ctypes.data
+        ids = np.ascontiguousarray(ids, np.int64)
+        positions = np.ascontiguousarray(np.broadcast_to(np.arange(cache.length, total, dtype=np.int64),
+                                                         (batch, seq)))
+        io.bind_input("input_ids", "cpu", 0, np.int64, [batch, seq], ids.ctypes.data)
+        io.bind_input("attention_mask", "cpu", 0, np.int64, [batch, total], cache.ones_ptr)
+        io.bind_input("position_ids", "cpu", 0, np.int64, [batch, seq], positions.ctypes.data)
+        io.bind_output(self._logits, "cpu", 0, np.float32, [batch, seq, self._vocab], cache.logits_ptr)
         cache.bind(io, seq)
         self.session.run_with_iobinding(io)
         cache.advance(seq)
-        return io.get_outputs()[0].numpy()[:, -1]
+        logits = cache.logits[:logits_size].reshape(batch, seq, self._vocab)
+        return logits if all_positions else logits[:, -1]  # views, valid until the next step
+
+    def score(self, ids, chunk: int = 1) -> np.ndarray:
+        """Teacher-forced logits ``[batch, seq, vocab]`` of ``ids`` fed through the cache
+        ``chunk`` tokens per graph run (``chunk=1``: every position is a decode step, so
+        a quantized or evicting cache is measured as generation would use it)."""
+        ids = self._ids(ids)
+        batch, seq = ids.shape
+        self._check_length(seq, 0)
+        cache = self.new_cache(batch, seq)
+        step = max(1, int(chunk))
+        return np.concatenate([self._step(cache, ids[:, i:i + step], all_positions=True).copy()
+                               for i in range(0, seq, step)], axis=1)
 
     def generate(self, prompt, max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, eos_token_id=None, seed: int = 0) -> Generation:
+                 top_k: int = 0, top_p: float = 1.0, eos_token_id=None, seed: int = 0,
+                 prefill_chunk: int | None = None) -> Generation:
         """Continue ``prompt`` (text, or ids ``[seq]`` / ``[batch, seq]``) by up to ``max_new_tokens``.
+
+        ``prefill_chunk`` feeds a long prompt through the cache that many tokens per graph
+        run (same result; the attention scores of one run stay ``chunk x total`` in size).
 
         ``eos_token_id`` (int or list; default: the model's generation config) stops a
         sequence; finished sequences are padded with their EOS until all are done.
@@ -144,11 +183,13 @@ class CausalLM:
         self._check_length(prompt_len, max_new_tokens)
         eos = self._eos(eos_token_id)
         rng = np.random.default_rng(seed)
-        cache = BoundKVCache(layers=self.spec["layers"], batch=batch, kv_heads=self.spec["kv_heads"],
-                             head_dim=self.spec["head_dim"], capacity=prompt_len + max_new_tokens,
-                             past_names=self._past, present_names=self._present)
+        cache = self.new_cache(batch, prompt_len + max_new_tokens)
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise GenzipError(f"prefill_chunk {prefill_chunk} must be >= 1", "pass 1 or more, or None")
+        step = prefill_chunk or prompt_len
         start = time.perf_counter()
-        logits = self._step(cache, ids)
+        for i in range(0, prompt_len, step):
+            logits = self._step(cache, ids[:, i:i + step])
         prefill_s = time.perf_counter() - start
         out, done = [ids], np.zeros(batch, bool)
         decode_start = time.perf_counter()
@@ -169,4 +210,5 @@ class CausalLM:
         if self.tokenizer is not None:
             text = [self.tokenizer.decode(row[prompt_len:].tolist(), skip_special_tokens=True) for row in sequences]
         return Generation(sequences, new, text, round(prefill_s, 6),
-                          round(steps * batch / decode_s, 2) if steps and decode_s > 0 else None, cache.peak_bytes)
+                          round(steps * batch / decode_s, 2) if steps and decode_s > 0 else None, cache.peak_bytes,
+                          cache.bytes)

@@ -6,11 +6,12 @@ autograd graph, and the LM loss is back-propagated to get ``G[l] = dL/dA[l]``.
 Restricting head h to a span rule keeps the entries ``K`` (j <= i and
 (j < sinks or i - j < span)) and renormalizes each row (what the sparse softmax
 does), ``A' = A·K / rowsum(A·K)``; the first-order loss change is
-``sum(G · (A' - A))`` (MoA's attention-influence profile). Metric ``gradient``
-takes its magnitude per window: on a calibration text the model fits poorly
-(random weights) the signed term is often negative for the sparsest rules, and
-a minimizer would exploit that artifact instead of keeping the model close to
-dense. Metric ``mass`` is the attention probability the rule drops (mean over
+``sum(G · (A' - A))`` (``influence``). Metric ``gradient`` is MoA's attention
+influence instead: dropping one entry (i, j) alone and renormalizing its row
+changes the loss by ``ΔL_ij = -A_ij (G_ij - Σ_n G_in A_in) / (1 - A_ij)``, and a
+rule costs the sum over the entries it drops of ``|ΔL_ij|`` (each entry's absolute
+effect, so effects of opposite sign cannot cancel, and a minimizer cannot exploit
+the signed sum where the model fits the text poorly). Metric ``mass`` is the attention probability the rule drops (mean over
 rows), a gradient-free proxy. Both are >= 0 and exactly 0 for a rule whose span
 covers N.
 
@@ -35,8 +36,8 @@ from genzip.passes.attention.span_attn import resolve_span
 
 logger = logging.getLogger(__name__)
 
-# Default calibration text: plain English prose, tokenized as UTF-8 bytes (the
-# tiny-llama preset has a 256-token vocabulary; larger vocabularies take bytes as ids).
+# Default calibration text: plain English prose, tokenized with the model's tokenizer when
+# it has one, else as UTF-8 bytes (the tiny-llama preset has a 256-token vocabulary).
 CALIBRATION_TEXT = (
     "The river bends twice before it reaches the town, and in spring the water rises over the low "
     "meadow where the children play. Old stone walls divide the fields, and each wall has a gate that "
@@ -88,6 +89,15 @@ def influence(attn: np.ndarray, grad: np.ndarray, keep: np.ndarray) -> np.ndarra
     return ((renorm - attn) * grad).sum(axis=(0, 2, 3))
 
 
+def moa_influence(attn: np.ndarray, grad: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Per head MoA influence of dropping the entries outside ``keep``: the sum over dropped
+    entries of ``|A (G - ΣGA) / (1 - A)|`` ([B, H, N, N] x2 -> [H], batch-summed)."""
+    row = (grad * attn).sum(-1, keepdims=True)
+    # An entry with A = 1 is its row's whole mass: a kept diagonal in every rule, never dropped.
+    effect = np.abs(attn * (grad - row) / np.maximum(1.0 - attn, 1e-12))
+    return (effect * ~keep).sum(axis=(0, 2, 3))
+
+
 def dropped_mass(attn: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Per head attention probability outside ``keep``, mean over batch and rows: -> [H]."""
     return (attn * ~keep).sum(-1).mean(axis=(0, 2))
@@ -96,12 +106,19 @@ def dropped_mass(attn: np.ndarray, keep: np.ndarray) -> np.ndarray:
 def head_cost(metric: str, attn: np.ndarray, grad: np.ndarray, keep: np.ndarray) -> np.ndarray:
     if metric == "mass":
         return dropped_mass(attn, keep)
-    return np.abs(influence(attn, grad, keep))
+    return moa_influence(attn, grad, keep)
 
 
-def token_windows(text: str, n: int, vocab: int, max_windows: int) -> np.ndarray:
-    """Non-overlapping [W, n] windows of the text's UTF-8 bytes (ids mod ``vocab``)."""
-    ids = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64) % vocab
+def token_windows(text: str, n: int, vocab: int, max_windows: int, tokenizer=None) -> np.ndarray:
+    """Non-overlapping [W, n] windows of the text tokenized by the model's own ``tokenizer``
+    (a transformers tokenizer); without one, of its UTF-8 bytes (ids mod ``vocab``)."""
+    if tokenizer is not None:
+        ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], np.int64)
+        if len(ids) and (ids.min() < 0 or ids.max() >= vocab):
+            raise GenzipError(f"moa-search: the tokenizer gives ids up to {ids.max()}, outside the model's "
+                              f"{vocab}-token vocabulary", "use the tokenizer saved with this model")
+    else:
+        ids = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64) % vocab
     count = min(max_windows, len(ids) // n)
     if count < 1:
         raise GenzipError(f"moa-search: calibration text has {len(ids)} tokens, fewer than one window of {n}",
@@ -111,7 +128,7 @@ def token_windows(text: str, n: int, vocab: int, max_windows: int) -> np.ndarray
 
 def profile_module(
     module, *, lengths: Sequence[int], configs: Sequence[tuple[float, float]], sinks: int,
-    text: str = CALIBRATION_TEXT, max_windows: int = 8, metric: str = "gradient",
+    text: str = CALIBRATION_TEXT, max_windows: int = 8, metric: str = "gradient", tokenizer=None,
 ) -> Profile:
     """Profile an eager causal LM (transformers ``*ForCausalLM``) on ``text``.
 
@@ -139,7 +156,7 @@ def profile_module(
     used = []
     module.eval()
     for k, n in enumerate(lengths):
-        windows = token_windows(text, n, vocab, max_windows)
+        windows = token_windows(text, n, vocab, max_windows, tokenizer)
         used.append(len(windows))
         spans = [resolve_span(a, b, n, sinks) for a, b in configs]
         masks = {s: keep_mask(n, s, sinks) for s in set(spans)}

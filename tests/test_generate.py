@@ -70,18 +70,18 @@ def test_cache_is_bound_in_place(pair):
     """ORT writes present into the preallocated buffer; the ping-pong past is what session.run gives."""
     _, model, _ = pair
     spec = model.spec
-    cache = BoundKVCache(layers=spec["layers"], batch=1, kv_heads=spec["kv_heads"], head_dim=spec["head_dim"],
-                         capacity=8, past_names=model._past, present_names=model._present)
+    cache = model.new_cache(1, 8)
+    assert isinstance(cache, BoundKVCache)
     buffers = [b.ctypes.data for side in cache._bufs for b in side]
     ids = np.array([[1, 5, 9]], np.int64)
     model._step(cache, ids)
     model._step(cache, np.array([[4]], np.int64))
     assert [b.ctypes.data for side in cache._bufs for b in side] == buffers  # never reallocated
-    past = {n: np.zeros((1, spec["kv_heads"], 0, spec["head_dim"]), np.float32) for n in model._past}
+    past = {s.past: np.zeros((1, spec["kv_heads"], 0, spec["head_dim"]), np.float32) for s in model.slots}
     ref = model(input_ids=np.array([[1, 5, 9, 4]], np.int64), attention_mask=np.ones((1, 4), np.int64),
                 position_ids=np.arange(4)[None], **past)
     np.testing.assert_allclose(cache.layer(0), ref["present.0.key"], atol=1e-5)
-    assert cache.peak_bytes == 2 * 2 * spec["layers"] * spec["kv_heads"] * 8 * spec["head_dim"] * 4
+    assert cache.peak_bytes == 2 * cache.bytes == 2 * 2 * spec["layers"] * spec["kv_heads"] * 8 * spec["head_dim"] * 4
 
 
 def _cli(capsys, *argv):

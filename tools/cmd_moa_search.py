@@ -3,7 +3,10 @@
 Invariant: the written plan is ``{"alphas": [L][H], "betas": [L][H], "sinks": int}``
 (what ``span-attn{plan=FILE}`` reads; L = causal attention layers, H = query heads)
 plus informational keys (``budget``, ``max_distinct``, ``lengths``, ``density``,
-``metric``, ``predicted_cost``, ``rules``, ``calibration_windows``). Every layer uses at most ``--max-distinct``
+``metric``, ``predicted_cost``, ``rules``, ``calibration_windows``, ``tokenizer``).
+Calibration text is tokenized with the model's own tokenizer when it has one (a
+folder's ``tokenizer.json``, a trained preset's committed one; trained presets then
+default to their training-split text), else taken as UTF-8 bytes. Every layer uses at most ``--max-distinct``
 distinct rules, and the mean density (kept causal pairs / dense causal pairs) over
 all heads is within ``--budget`` at every profiled length.
 """
@@ -62,6 +65,23 @@ def _default_lengths(source) -> list[int]:
     raise GenzipError("moa-search: cannot tell the model's sequence length", "give --lengths N1,N2")
 
 
+def _tokenizer(source):
+    """(the model's own transformers tokenizer or None, whether it is a trained preset's):
+    a folder's ``tokenizer.json``, or the committed weights folder of a trained preset."""
+    import os
+
+    folder, trained = source.info.get("path"), False
+    if source.info.get("weights"):
+        from genzip.runtime import _eval_data
+
+        folder, trained = str(_eval_data.weights_folder(source.info["weights"])), True
+    if not folder or not os.path.isfile(os.path.join(folder, "tokenizer.json")):
+        return None, False
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True), trained
+
+
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.budget <= 1:
         raise GenzipError(f"moa-search: --budget must be in (0, 1], got {args.budget}", "write --budget 0.5")
@@ -91,8 +111,14 @@ def run(args: argparse.Namespace) -> int:
     # Fail fast on an impossible budget, before profiling.
     moa_milp.check_feasible(moa_profile.density_table(lengths, configs, args.sinks), args.budget,
                             int(config.num_hidden_layers), int(config.num_attention_heads), args.max_distinct)
+    tokenizer, trained = _tokenizer(source)
+    if args.text is None and trained:
+        # A trained LM profiles on its own training-split text: long enough for long windows.
+        from genzip.frontend.trained import _kjv
+
+        text = "\n\n".join(_kjv.split("train")[: 40 * args.windows])
     prof = moa_profile.profile_module(module, lengths=lengths, configs=configs, sinks=args.sinks,
-                                      text=text, max_windows=args.windows, metric=args.metric)
+                                      text=text, max_windows=args.windows, metric=args.metric, tokenizer=tokenizer)
     sel = moa_milp.select_rules(prof.loss, prof.density, budget=args.budget, max_distinct=args.max_distinct)
     plan = {
         "alphas": [[configs[c][0] for c in row] for row in sel.choice.tolist()],
@@ -103,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         "metric": args.metric, "predicted_cost": sel.objective / len(lengths),
         "rules": [sorted({configs[c] for c in row}) for row in sel.choice.tolist()],
         "calibration_windows": prof.windows,
+        "tokenizer": "model" if tokenizer is not None else "utf-8 bytes",
     }
     try:
         with open(args.out, "w", encoding="utf-8") as f:

@@ -29,6 +29,8 @@ _FACTS: dict[str, tuple[str, str]] = {
                          "every annotation with static activations has an activation range"),
     "quantized": ("genzip.passes.quant._facts:quantized_problem",
                   "no quantization annotation is left unconsumed"),
+    "kv-int8": ("genzip.passes.quant._kv_facts:kv_int8_problem",
+                "every KV-cache input and output is int8 with a float32 scale per head and token"),
     "sensitivity-measured": ("genzip.passes.precision._facts:measured_problem",
                              "the model carries a sensitivity table for its annotated layers"),
 }

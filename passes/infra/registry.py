@@ -23,6 +23,7 @@ _PASSES: dict[str, str] = {
     "calibrate": "genzip.passes.quant.calibrate:CalibratePass",
     "quant": "genzip.passes.quant.quant:QuantPass",
     "smooth": "genzip.passes.quant.smooth:SmoothPass",
+    "kv-quant": "genzip.passes.quant.kv_quant:KVQuantPass",
     "sensitivity": "genzip.passes.precision.sensitivity:SensitivityPass",
     "mixed-precision": "genzip.passes.precision.mixed_precision:MixedPrecisionPass",
 }

@@ -1,0 +1,327 @@
+"""``python benchmarks/bench_decode.py``: LLM decode speed, KV bytes and perplexity, genzip vs peers.
+
+    python benchmarks/bench_decode.py [--contexts 512,2048,8192] [--new-tokens 32] [--rounds 2]
+        [--variants fp32,w4a16,kv8] [--peers ort-genai,transformers] [--hidden 512 --layers 4 ...]
+        [--ppl-contexts 128,512] [--ppl-windows 16] [--threads 2] [--json]
+
+Speed. One random-weight Llama (config built here from the flags, GQA, saved with
+``save_pretrained`` into a temporary folder with trained-llama's tokenizer) is what
+every engine reads: genzip compiles it with ``--kv-cache`` once per variant
+(``fp32``, ``w4a16``, ``kv8`` = ``kv-quant``, ``w4a16-kv8``); onnxruntime-genai's
+model builder (``python -m onnxruntime_genai.models.builder -i FOLDER -o OUT -p fp32
+-e cpu``) exports it and its generate API runs it; transformers runs it eagerly with
+its ``DynamicCache``. Per round, per context, per engine (interleaved in this one
+process): a seeded random prompt of ``context`` tokens, greedy decoding of
+``--new-tokens`` tokens with EOS off; the decode rate counts the steps after the
+first new token (which the prefill produces), timed around the decode loop only.
+All engines run ``--threads`` intra-op threads. KV bytes: genzip's bound cache at
+capacity (one side of its ping-pong); onnxruntime-genai's shared past/present buffer
+(``2 * layers * kv_heads * max_length * head_dim * 4``, the shape it allocates);
+transformers' cache tensors after the run.
+
+Perplexity. trained-llama (the only model with real held-out text) compiled the same
+way, scored on the KJV held-out chapters cut into non-overlapping windows of each
+``--ppl-contexts`` length (up to its 512 positions; longer contexts get ``null`` and
+the reason), fed through the bound cache 128 tokens per run (the int8 cache
+quantizes every token it stores, so chunked and token-by-token scoring agree).
+
+``--json`` prints one object: ``speed`` rows (engine, context, tokens_per_s median
+and all rounds, kv_bytes), ``perplexity`` rows, ``skipped`` peers with the reason,
+the configs and the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import _common
+import numpy as np
+
+from genzip.errors import GenzipError
+
+VARIANTS = {
+    "fp32": "",
+    "w4a16": "annotate-precision{scheme=w4a16 keep-defaults=false},quant{scheme=w4a16}",
+    "kv8": "kv-quant",
+    "w4a16-kv8": "annotate-precision{scheme=w4a16 keep-defaults=false},quant{scheme=w4a16},kv-quant",
+}
+PEERS = ("ort-genai", "transformers")
+TRAINED = "trained-llama"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--contexts", default="512,2048,8192", help="prompt lengths for speed (default 512,2048,8192)")
+    parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per run (default 32)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
+    parser.add_argument("--variants", default="fp32,w4a16,kv8", help=f"genzip variants: {', '.join(VARIANTS)}")
+    parser.add_argument("--peers", default=",".join(PEERS), help="peers: ort-genai, transformers, or none")
+    parser.add_argument("--hidden", type=int, default=512, help="speed model hidden size (default 512)")
+    parser.add_argument("--layers", type=int, default=4, help="speed model layers (default 4)")
+    parser.add_argument("--heads", type=int, default=8, help="speed model query heads (default 8)")
+    parser.add_argument("--kv-heads", type=int, default=4, help="speed model KV heads (default 4)")
+    parser.add_argument("--intermediate", type=int, default=1408, help="speed model MLP width (default 1408)")
+    parser.add_argument("--prefill-chunk", type=int, default=512, help="genzip prefill tokens per run (default 512)")
+    parser.add_argument("--ppl-contexts", default="128,512",
+                        help="trained-llama perplexity window lengths, or none (default 128,512)")
+    parser.add_argument("--ppl-windows", type=int, default=16, help="held-out windows per context (default 16)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every engine (default 2)")
+    parser.add_argument("--seed", type=int, default=0, help="weights and prompt seed (default 0)")
+    parser.add_argument("--work", default=None, help="folder for the model and artifacts (default: a temp dir)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _ints(text: str, what: str) -> list[int]:
+    if text.strip().lower() == "none":
+        return []
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise GenzipError(f"{what} '{text}' is not a comma-separated list of integers",
+                          f"pass e.g. --{what} 512,2048") from None
+    if any(v < 2 for v in values):
+        raise GenzipError(f"{what} {values} must be >= 2 tokens each", f"pass e.g. --{what} 512,2048")
+    return values
+
+
+def _names(text: str, known, what: str) -> list[str]:
+    names = [] if text.strip().lower() == "none" else [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise GenzipError(f"unknown {what} {bad}", f"use some of {', '.join(known)}")
+    return names
+
+
+# ---- models ------------------------------------------------------------------------------
+
+def speed_folder(root: str, args, max_positions: int) -> str:
+    """A random-weight Llama of the flags' size with trained-llama's tokenizer, saved under ``root``."""
+    import torch
+    import transformers
+
+    from genzip.runtime import _eval_data
+
+    tok_dir = _eval_data.weights_folder(TRAINED)
+    config = transformers.LlamaConfig(
+        vocab_size=1024, hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+        max_position_embeddings=max_positions, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        tie_word_embeddings=False)
+    torch.manual_seed(args.seed)
+    model = transformers.LlamaForCausalLM(config).eval()
+    folder = os.path.join(root, "speed-llama")
+    model.save_pretrained(folder, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(tok_dir / name, os.path.join(folder, name))
+    return folder
+
+
+def compile_variants(folder: str, variants: list[str], root: str, tag: str, threads: int) -> dict:
+    """One ``--kv-cache`` export of ``folder``, compiled into each variant; name -> CausalLM."""
+    import onnx_ir as ir
+
+    import genzip
+    from genzip.compile import CompileOptions, compile_source
+    from genzip.frontend.loader import load_model
+
+    source = load_model(folder, kv_cache=True)
+    out = {}
+    for name in variants:
+        copy = dataclasses.replace(source, model=ir.from_proto(ir.to_proto(source.model)))
+        dest = os.path.join(root, f"{tag}-{name}")
+        compile_source(copy, dest, CompileOptions(target="ort", passes=VARIANTS[name], force=True, min_cosine=0.5))
+        out[name] = genzip.load(dest, threads=threads)
+    return out
+
+
+# ---- engines: each returns (decode tokens/s, kv bytes) -------------------------------------
+
+def run_genzip(lm, ids: np.ndarray, new: int, chunk: int) -> tuple[float, int]:
+    gen = lm.generate(ids, max_new_tokens=new, eos_token_id=[], prefill_chunk=chunk)
+    return gen.decode_tokens_per_s, gen.kv_bytes
+
+
+class OrtGenai:
+    """onnxruntime-genai on its model builder's export of the same folder."""
+
+    def __init__(self, folder: str, root: str, threads: int):
+        import onnxruntime_genai as og
+
+        out = os.path.join(root, "ort-genai")
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", folder, "-o", out, "-p", "fp32",
+               "-e", "cpu", "-c", os.path.join(root, "ort-genai-cache")]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise GenzipError(f"onnxruntime-genai's model builder failed: {done.stderr.strip().splitlines()[-1:]}",
+                              "run it by hand to see why: " + " ".join(cmd))
+        config_path = os.path.join(out, "genai_config.json")
+        with open(config_path) as f:
+            config = json.load(f)
+        config["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = threads
+        with open(config_path, "w") as f:
+            json.dump(config, f, indent=2)
+        self.og, self.model = og, og.Model(out)
+        dec = config["model"]["decoder"]
+        self.per_token = 2 * dec["num_hidden_layers"] * dec["num_key_value_heads"] * dec["head_size"] * 4
+        self.version = og.__version__
+
+    def run(self, ids: np.ndarray, new: int) -> tuple[float, int]:
+        og = self.og
+        length = ids.shape[1] + new
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=length, min_length=length, do_sample=False)
+        gen = og.Generator(self.model, params)
+        gen.append_tokens(ids[0].astype(np.int32))
+        gen.generate_next_token()  # the first new token (from the prefill)
+        start = time.perf_counter()
+        for _ in range(new - 1):
+            gen.generate_next_token()
+        elapsed = time.perf_counter() - start
+        return (new - 1) / elapsed, self.per_token * length
+
+
+class Eager:
+    """transformers eager (its default SDPA attention) with a DynamicCache."""
+
+    def __init__(self, folder: str, threads: int):
+        import torch
+        import transformers
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        self.version = transformers.__version__
+
+    def run(self, ids: np.ndarray, new: int, chunk: int) -> tuple[float, int]:
+        torch = self.torch
+        with torch.no_grad():
+            from transformers import DynamicCache
+
+            cache = DynamicCache()
+            x = torch.from_numpy(ids)
+            for i in range(0, x.shape[1], chunk):
+                out = self.model(input_ids=x[:, i:i + chunk], past_key_values=cache, use_cache=True)
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+            start = time.perf_counter()
+            for _ in range(new - 1):
+                out = self.model(input_ids=token, past_key_values=cache, use_cache=True)
+                token = out.logits[:, -1].argmax(-1, keepdim=True)
+            elapsed = time.perf_counter() - start
+        kv = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+        return (new - 1) / elapsed, kv
+
+
+# ---- the benchmark -----------------------------------------------------------------------
+
+def speed(args, root: str, contexts: list[int], variants: list[str], peers: list[str]) -> tuple[list, dict, dict]:
+    max_positions = max(contexts) + args.new_tokens
+    folder = speed_folder(root, args, max_positions)
+    engines, skipped = {}, {}
+    for name, lm in compile_variants(folder, variants, root, "speed", args.threads).items():
+        engines[f"genzip-{name}"] = lambda ids, lm=lm: run_genzip(lm, ids, args.new_tokens, args.prefill_chunk)
+    if "ort-genai" in peers:
+        try:
+            og = OrtGenai(folder, root, args.threads)
+            engines["ort-genai"] = lambda ids: og.run(ids, args.new_tokens)
+        except ImportError:
+            skipped["ort-genai"] = "onnxruntime-genai is not installed (pip install 'genzip[bench]')"
+    if "transformers" in peers:
+        eager = Eager(folder, args.threads)
+        engines["transformers"] = lambda ids: eager.run(ids, args.new_tokens, args.prefill_chunk)
+    rng = np.random.default_rng(args.seed)
+    prompts = {c: rng.integers(1, 1024, size=(1, c), dtype=np.int64) for c in contexts}
+    rates: dict[tuple[str, int], list[float]] = {}
+    kv: dict[tuple[str, int], int] = {}
+    for _ in range(args.rounds):
+        for c in contexts:
+            for name, run in engines.items():
+                rate, kv[(name, c)] = run(prompts[c])
+                rates.setdefault((name, c), []).append(rate)
+    rows = []
+    for (name, c), values in rates.items():
+        base = statistics.median(rates[("genzip-fp32", c)]) if ("genzip-fp32", c) in rates else None
+        median = statistics.median(values)
+        rows.append({"engine": name, "context": c, "tokens_per_s": round(median, 2),
+                     "rounds": [round(v, 2) for v in values], "kv_bytes": kv[(name, c)],
+                     "vs_genzip_fp32": round(median / base, 3) if base else None})
+    model = {"hidden": args.hidden, "layers": args.layers, "heads": args.heads, "kv_heads": args.kv_heads,
+             "intermediate": args.intermediate, "vocab": 1024, "max_positions": max_positions,
+             "weights": f"random (seed {args.seed})"}
+    return rows, skipped, model
+
+
+def perplexity_rows(args, root: str, ppl_contexts: list[int], variants: list[str]) -> list[dict]:
+    from genzip.runtime import _eval_data
+    from genzip.runtime._eval_llm import log_softmax, perplexity
+
+    lms = compile_variants(str(_eval_data.weights_folder(TRAINED)), variants, root, "ppl", args.threads)
+    limit = next(iter(lms.values())).spec["max_positions"]
+    tok = _eval_data.tokenizer(TRAINED)
+    rows = []
+    for c in ppl_contexts:
+        if c > limit:
+            rows.append({"context": c, "perplexity": None,
+                         "why": f"{TRAINED} has {limit} positions (trained on 128-token windows)"})
+            continue
+        windows = _eval_data.heldout_token_windows(tok, c, args.ppl_windows)
+        ppl = {name: perplexity(log_softmax(lm.score(windows, chunk=128).astype(np.float64)), windows)
+               for name, lm in lms.items()}
+        for name, value in ppl.items():
+            rows.append({"variant": name, "context": c, "windows": len(windows), "perplexity": round(value, 3),
+                         "vs_fp32": round(value / ppl["fp32"] - 1, 5) if "fp32" in ppl else None})
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    contexts = _ints(args.contexts, "contexts")
+    ppl_contexts = _ints(args.ppl_contexts, "ppl-contexts")
+    variants = _names(args.variants, VARIANTS, "variants")
+    peers = _names(args.peers, PEERS, "peers")
+    if args.new_tokens < 2:
+        raise GenzipError(f"--new-tokens {args.new_tokens} leaves no decode step to time", "pass 2 or more")
+    if "fp32" not in variants:
+        variants = ["fp32", *variants]  # the reference of every ratio
+    load_before = os.getloadavg()
+    root = args.work or tempfile.mkdtemp(prefix="genzip-bench-decode-")
+    os.makedirs(root, exist_ok=True)
+    try:
+        rows, skipped, model = speed(args, root, contexts, variants, peers) if contexts else ([], {}, None)
+        ppl = perplexity_rows(args, root, ppl_contexts, variants) if ppl_contexts else []
+    finally:
+        if args.work is None:
+            shutil.rmtree(root, ignore_errors=True)
+    result = {"speed": rows, "perplexity": ppl, "skipped": skipped, "speed_model": model,
+              "new_tokens": args.new_tokens, "rounds": args.rounds, "threads": args.threads,
+              "loadavg_before": [round(x, 2) for x in load_before],
+              "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    for row in rows:
+        print(f"{row['engine']:>18} ctx {row['context']:>6}: {row['tokens_per_s']:8.2f} tok/s "
+              f"(x{row['vs_genzip_fp32']} vs genzip-fp32)  KV {row['kv_bytes'] / 2**20:8.2f} MiB")
+    for row in ppl:
+        if row.get("perplexity") is None:
+            print(f"perplexity ctx {row['context']}: n/a ({row['why']})")
+        else:
+            print(f"perplexity {row['variant']:>10} ctx {row['context']:>4}: {row['perplexity']:.3f} "
+                  f"({100 * row['vs_fp32']:+.2f}% vs fp32)")
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return _common.main("bench_decode.py", __doc__, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""``python benchmarks/bench_decode.py --json`` on a tiny random Llama: every engine runs,
+a missing peer is skipped with its reason, and bad flags exit 2 in one line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import bench_scripts
+
+
+def test_bench_decode_json():
+    rc, out, err = bench_scripts.run(
+        "bench_decode.py", "--contexts", "24,40", "--new-tokens", "4", "--rounds", "1", "--hidden", "64",
+        "--layers", "1", "--heads", "4", "--kv-heads", "2", "--intermediate", "128", "--prefill-chunk", "16",
+        "--variants", "fp32,kv8", "--ppl-contexts", "none", "--json", "--quiet")
+    assert rc == 0, err[-2000:]
+    result = json.loads(out)
+    engines = {r["engine"] for r in result["speed"]}
+    expected = {"genzip-fp32", "genzip-kv8", "transformers"}
+    if importlib.util.find_spec("onnxruntime_genai") is None:
+        assert "not installed" in result["skipped"]["ort-genai"]
+    else:
+        expected.add("ort-genai")
+    assert engines == expected
+    rows = {(r["engine"], r["context"]): r for r in result["speed"]}
+    for row in rows.values():
+        assert row["tokens_per_s"] > 0 and len(row["rounds"]) == 1 and row["kv_bytes"] > 0
+    # The int8 cache: head_dim 16 -> 16 + 4 bytes per head and token instead of 64.
+    assert rows[("genzip-kv8", 40)]["kv_bytes"] * 64 == rows[("genzip-fp32", 40)]["kv_bytes"] * 20
+    assert rows[("genzip-fp32", 24)]["vs_genzip_fp32"] == 1.0
+    assert len(result["loadavg_before"]) == 3
+
+
+def test_bench_decode_bad_flags_exit_2():
+    for argv, words in [(["--contexts", "512,x"], "not a comma-separated list"),
+                        (["--variants", "fp32,int3"], "unknown variants"),
+                        (["--new-tokens", "1"], "no decode step")]:
+        rc, _, err = bench_scripts.run("bench_decode.py", *argv)
+        assert rc == 2 and err.count("\n") == 1 and words in err, err
