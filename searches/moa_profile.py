@@ -99,9 +99,13 @@ def head_cost(metric: str, attn: np.ndarray, grad: np.ndarray, keep: np.ndarray)
     return np.abs(influence(attn, grad, keep))
 
 
-def token_windows(text: str, n: int, vocab: int, max_windows: int) -> np.ndarray:
-    """Non-overlapping [W, n] windows of the text's UTF-8 bytes (ids mod ``vocab``)."""
-    ids = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64) % vocab
+def token_windows(text: str, n: int, vocab: int, max_windows: int, token_ids: np.ndarray | None = None) -> np.ndarray:
+    """Non-overlapping [W, n] windows of ``token_ids`` (the text as the model's own tokenizer
+    encodes it) or, without them, of the text's UTF-8 bytes (ids mod ``vocab``)."""
+    if token_ids is not None:
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    else:
+        ids = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64) % vocab
     count = min(max_windows, len(ids) // n)
     if count < 1:
         raise GenzipError(f"moa-search: calibration text has {len(ids)} tokens, fewer than one window of {n}",
@@ -112,8 +116,12 @@ def token_windows(text: str, n: int, vocab: int, max_windows: int) -> np.ndarray
 def profile_module(
     module, *, lengths: Sequence[int], configs: Sequence[tuple[float, float]], sinks: int,
     text: str = CALIBRATION_TEXT, max_windows: int = 8, metric: str = "gradient",
+    token_ids: np.ndarray | None = None,
 ) -> Profile:
     """Profile an eager causal LM (transformers ``*ForCausalLM``) on ``text``.
+
+    ``token_ids``: the text encoded by the model's own tokenizer (a trained model only
+    behaves as it learned on its own tokens); default: UTF-8 bytes mod vocab.
 
     Side effect: the module is switched to eager attention (the only kernel that
     returns attention probabilities); its weights are not touched.
@@ -139,7 +147,7 @@ def profile_module(
     used = []
     module.eval()
     for k, n in enumerate(lengths):
-        windows = token_windows(text, n, vocab, max_windows)
+        windows = token_windows(text, n, vocab, max_windows, token_ids)
         used.append(len(windows))
         spans = [resolve_span(a, b, n, sinks) for a, b in configs]
         masks = {s: keep_mask(n, s, sinks) for s in set(spans)}

@@ -62,6 +62,24 @@ def _default_lengths(source) -> list[int]:
     raise GenzipError("moa-search: cannot tell the model's sequence length", "give --lengths N1,N2")
 
 
+def _trained_tokens(preset: str | None, text_file: str | None, text: str):
+    """(token ids, description): a trained LM preset profiles on its own tokenizer's ids, of
+    training-split KJV text unless --text is given (never the held-out chapters); other
+    models on the text's UTF-8 bytes mod vocab (token ids, description)."""
+    from genzip.runtime import _eval_data
+
+    if preset not in _eval_data.LLM_PRESETS:
+        return None, "UTF-8 bytes mod vocab"
+    from genzip.frontend.trained import _kjv, _lm
+
+    docs = [text] if text_file is not None else _kjv.split("train")[:TRAIN_CHAPTERS]
+    where = "--text" if text_file is not None else f"the first {TRAIN_CHAPTERS} KJV training-split chapters"
+    return _lm.encode(_eval_data.tokenizer(preset), docs).numpy(), f"{preset} tokenizer, {where}"
+
+
+TRAIN_CHAPTERS = 20
+
+
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.budget <= 1:
         raise GenzipError(f"moa-search: --budget must be in (0, 1], got {args.budget}", "write --budget 0.5")
@@ -87,12 +105,14 @@ def run(args: argparse.Namespace) -> int:
         raise GenzipError(f"moa-search: '{args.model}' is not a torch causal LM",
                           "use an LLM preset (tiny-llama), a transformers folder or a module:function")
     lengths = args.lengths or _default_lengths(source)
+    token_ids, tokens = _trained_tokens(source.info.get("preset"), args.text, text)
     config = module.config
     # Fail fast on an impossible budget, before profiling.
     moa_milp.check_feasible(moa_profile.density_table(lengths, configs, args.sinks), args.budget,
                             int(config.num_hidden_layers), int(config.num_attention_heads), args.max_distinct)
     prof = moa_profile.profile_module(module, lengths=lengths, configs=configs, sinks=args.sinks,
-                                      text=text, max_windows=args.windows, metric=args.metric)
+                                      text=text, max_windows=args.windows, metric=args.metric,
+                                      token_ids=token_ids)
     sel = moa_milp.select_rules(prof.loss, prof.density, budget=args.budget, max_distinct=args.max_distinct)
     plan = {
         "alphas": [[configs[c][0] for c in row] for row in sel.choice.tolist()],
@@ -102,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         "density": [round(d, 6) for d in sel.density],
         "metric": args.metric, "predicted_cost": sel.objective / len(lengths),
         "rules": [sorted({configs[c] for c in row}) for row in sel.choice.tolist()],
-        "calibration_windows": prof.windows,
+        "calibration_windows": prof.windows, "calibration_tokens": tokens,
     }
     try:
         with open(args.out, "w", encoding="utf-8") as f:
