@@ -79,6 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timing-images", type=int, default=8, help="images per timed sampling")
     p.add_argument("--plot", help="PNG: attention FLOPs saved vs accuracy / Fréchet distance of the plans")
     p.add_argument("--keep", help="write the artifacts and plans here (default: a temporary folder)")
+    p.add_argument("--reuse", action="store_true",
+                   help="with --keep: reuse an artifact already there with the same source and passes, "
+                        "and a plan file already searched at that δ")
     p.add_argument("--json", action="store_true")
 
 
@@ -88,10 +91,17 @@ def _spec(passes: str) -> str:
     return expand_recipe(passes[len("recipe:"):]) if passes.startswith("recipe:") else passes
 
 
-def _compile(name: str, passes: str, folder: str, say) -> tuple[str, dict, float]:
+def _compile(name: str, passes: str, folder: str, say, reuse: bool = False) -> tuple[str, dict, float]:
+    from genzip.backends.artifact import read_manifest
     from genzip.compile import CompileOptions, compile_model
+    from genzip.passes import build_pipeline
 
     out = os.path.join(folder, name)
+    if reuse and os.path.isfile(os.path.join(out, "genzip.json")):
+        manifest = read_manifest(out)
+        if manifest["passes"] == str(build_pipeline(passes)) and manifest["source"] == PRESET:
+            say(f"reusing {out} ({passes or 'no passes'})")
+            return out, manifest, 0.0
     t0 = time.perf_counter()
     say(f"compiling {name}: {passes or '(no passes)'}")
     manifest = compile_model(PRESET, out, CompileOptions(passes=passes, min_cosine=0.0, force=True))
@@ -145,8 +155,14 @@ class _Quality:
 
 def _search_plan(model, delta: float, args, path: str, schedule: dict) -> dict:
     from genzip.runtime import conditioning
+    from genzip.runtime.plan import load_plan
     from genzip.searches.ditfastattn import flops_saved, greedy_search
 
+    if args.reuse and os.path.isfile(path):
+        plan = load_plan(path)
+        if plan.steps == args.steps:
+            return {"plan": plan, "path": path, "methods": plan.counts(), "calls": None, "search_s": None,
+                    "attn_flops_saved": flops_saved(model, plan)}
     cond, uncond = conditioning.class_pair(model, np.arange(10, dtype=np.int64), "calibration labels")
     t0 = time.perf_counter()
     found = greedy_search(model, cond, uncond, delta=delta, steps=args.steps, cfg=args.cfg, seed=args.seed,
@@ -184,11 +200,11 @@ def run(args) -> int:
             runs.append((name, model, plan))
             return model
 
-        fp32_dir, man, s = _compile("fp32", "", folder, say)
+        fp32_dir, man, s = _compile("fp32", "", folder, say, args.reuse)
         fp32 = add("fp32", "reference", fp32_dir, man, s)
         for name, passes in QUANT_METHODS.items():
             if name in methods:
-                d, man, s = _compile(name, _spec(passes), folder, say)
+                d, man, s = _compile(name, _spec(passes), folder, say, args.reuse)
                 extra = {}
                 if name == "w8a8-hadamard":
                     extra["rotated"] = _pass_stats(man, "smooth").get("rotated")
@@ -197,12 +213,12 @@ def run(args) -> int:
         if "window" in methods:
             for w in args.windows:
                 d, man, s = _compile(f"window-{w:g}", f"canonicalize-attn,window-attn{{window={w:g}}},dce", folder,
-                                     say)
+                                     say, args.reuse)
                 st = _pass_stats(man, "window-attn")
                 add(f"window {w:g}", "window", d, man, s, extra={"window": w, "attn_stats": st})
         plans: dict[float, dict] = {}
         if "plans" in methods or "combined" in methods:
-            d, man, s = _compile("share", _spec("recipe:share"), folder, say)
+            d, man, s = _compile("share", _spec("recipe:share"), folder, say, args.reuse)
             share = PlannedModel(d)
             deltas = sorted(set(args.deltas) | ({args.combined_delta} if args.combined_delta is not None else set()))
             for delta in deltas:
@@ -224,7 +240,7 @@ def run(args) -> int:
         ref = rows[0]
         if "combined" in methods:
             delta = args.combined_delta if args.combined_delta is not None else _pick_delta(rows, ref)
-            d, man, s = _compile("share-w8a8", _spec("recipe:share-w8a8"), folder, say)
+            d, man, s = _compile("share-w8a8", _spec("recipe:share-w8a8"), folder, say, args.reuse)
             plan = plans[delta]
             add(f"combined: share-w8a8 + plan δ={delta:g}", "combined", d, man, s, plan["plan"],
                 extra={"delta": delta, **{k: v for k, v in plan.items() if k != "plan"}})
