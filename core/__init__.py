@@ -17,7 +17,7 @@ from genzip.errors import GenzipError
 __all__ = ["GenzipError", "__version__", "load"]
 
 
-def load(artifact: str, plan=None, threads: int | None = None):
+def load(artifact: str, plan=None, threads: int | None = None, cfg: str | None = None):
     """Open a compiled artifact folder for inference: its TensorRT engine where tensorrt and
     a GPU are present, else ONNX Runtime (``model.backend`` says which; DiT artifacts: ORT).
 
@@ -26,7 +26,9 @@ def load(artifact: str, plan=None, threads: int | None = None):
     comes back as ``genzip.runtime.diffusers_adapter.DiffusersTransformer``, which also
     works as a diffusers pipeline's ``transformer`` (PixArt-style text pipelines and
     the class-conditional ``DiTPipeline``); ``plan`` (a path or ``runtime.plan.Plan``)
-    applies an attention-sharing plan to a share-attn artifact. A KV-cache LLM artifact
+    applies an attention-sharing plan to a share-attn artifact, and ``cfg`` says which of its
+    calls are CFG pairs (``"uncond-cond"``, ``"cond-uncond"``, ``"none"``; default: read off
+    class labels, else none; see the adapter's docstring). A KV-cache LLM artifact
     (``genzip-compile FOLDER --kv-cache``) comes back as ``genzip.runtime.generate.CausalLM``,
     with ``generate(prompt or input_ids, max_new_tokens, ...)``.
     """
@@ -43,7 +45,10 @@ def load(artifact: str, plan=None, threads: int | None = None):
         from genzip.runtime.diffusers_adapter import DiffusersTransformer
         from genzip.runtime.plan import load_plan
 
-        return DiffusersTransformer(artifact, load_plan(plan) if isinstance(plan, str) else plan, threads=threads)
+        return DiffusersTransformer(artifact, load_plan(plan) if isinstance(plan, str) else plan, threads=threads,
+                                    cfg=cfg)
+    if cfg is not None:
+        raise GenzipError(f"artifact {artifact} is not a DiT artifact, so cfg= does not apply", "drop cfg=")
     if plan is not None:
         raise GenzipError(f"artifact {artifact} is not a DiT artifact, so a plan cannot apply", "drop the plan")
     return load_artifact(artifact, threads=threads)

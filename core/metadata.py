@@ -29,6 +29,9 @@ NAMESPACE_KEY = "namespace"
 
 # --- share-attn modes ----------------------------------------------------------------
 # The int64 fed per layer to a share-attn artifact's ``attn_modes`` input.
-# MODE_FULL_RESIDUAL is full attention that also refreshes the WA-RS residual cache.
+# MODE_FULL_RESIDUAL is full attention that also refreshes the WA-RS residual cache;
+# MODE_FULL_CFG_RESIDUAL is ASC's full attention (conditional half) that refreshes it too,
+# the half's residual copied to both halves, as DiTFastAttn's reference does.
 MODE_FULL, MODE_FULL_RESIDUAL, MODE_WINDOW, MODE_SHARE_STEP, MODE_FULL_CFG, MODE_WINDOW_CFG = range(6)
+MODE_FULL_CFG_RESIDUAL = 6
 SHARE_MODES_INPUT = "attn_modes"

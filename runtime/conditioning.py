@@ -91,12 +91,16 @@ def class_pair(model, labels: np.ndarray, where: str) -> tuple[np.ndarray, np.nd
     return cond, np.full_like(cond, null)
 
 
-def default_conditioning(model, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def default_conditioning(model, batch: int, seed: int, distinct: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Seeded random ``(cond, uncond)`` of the artifact's conditioning: prompt embeddings of its
-    text shape (negative: zeros), or class labels (negative: the null class)."""
+    text shape (negative: zeros), or class labels (negative: the null class; ``distinct``: no
+    label twice while there are enough classes)."""
     rng = np.random.default_rng(seed + 1)
     if conditioning_input(model) == CLASS:
-        return class_pair(model, rng.integers(0, null_class(model), size=batch), "default labels")
+        null = null_class(model)
+        if distinct and batch <= null:
+            return class_pair(model, np.sort(rng.choice(null, size=batch, replace=False)), "default labels")
+        return class_pair(model, rng.integers(0, null, size=batch), "default labels")
     spec = next(s for s in model.inputs if s["name"] == TEXT)
     tokens, dim = spec["shape"][1], spec["shape"][2]
     cond = rng.standard_normal((batch, tokens, dim)).astype(np.float32)

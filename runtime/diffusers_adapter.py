@@ -10,16 +10,26 @@ out, and carries ``config`` (``in_channels``, ``out_channels``, ``sample_size``,
 With a plan (``set_plan``), steps are counted by ``StepClock`` (a new timestep is a
 new step; a timestep larger than the previous one starts a new sampling run and
 clears the caches) and caches are keyed by call identity (``caches``), so the
-number of transformer calls per step does not matter. A call is a CFG pair, for
-ASC, when its batch is even and its two halves of latents are identical (the
-pipeline duplicates the latents); otherwise share-cfg methods run unshared.
+number of transformer calls per step does not matter.
+
+Which calls are CFG pairs (for ASC, which computes one half and copies it) is never
+guessed from the latents: two prompts sampled from the same seed have identical
+latent halves too. It comes from ``cfg``, given to ``genzip.load`` or the constructor:
+
+* ``"uncond-cond"``: every even batch is ``[uncond, cond]`` (diffusers' text pipelines,
+  PixArt and SD3, with ``guidance_scale > 1``; genzip's own sampler);
+* ``"cond-uncond"``: every even batch is ``[cond, uncond]``;
+* ``"none"``: no call is a pair (``guidance_scale <= 1``, or a batch of prompts);
+* ``None`` (default): class-conditional artifacts read the labels — a call is a pair
+  when exactly one half is all null-class labels (the unconditional half, by
+  definition of the null class); text artifacts then have no pair, and a plan with
+  share-cfg steps logs once that ``cfg=`` is needed for them to share.
 
 A class-conditional DiT artifact (``class_labels`` input) answers the call of
 ``DiTPipeline`` (``transformer(latents, timestep=, class_labels=).sample``). That
 pipeline stacks its CFG batch as ``[cond, null]``, the reverse of the artifact's
-``[uncond, cond]``; a CFG pair whose second half is all null-class labels is
-therefore swapped in and out around the call, so ASC shares the half it was
-searched on.
+``[uncond, cond]``; such a pair is swapped in and out around the call, so ASC shares
+the half it was searched on.
 
 The exported graph has no attention-mask input: a mask with zeros (padded
 prompt embeddings) is ignored with a warning.
@@ -57,13 +67,22 @@ def _config(model: PlannedModel) -> dict[str, Any]:
     return config
 
 
+CFG_LAYOUTS = ("uncond-cond", "cond-uncond", "none")
+
+
 class DiffusersTransformer:
     """A compiled DiT artifact behaving like a diffusers transformer (see module docstring)."""
 
-    def __init__(self, artifact: str, plan: plans.Plan | None = None, threads: int | None = None):
+    def __init__(self, artifact: str, plan: plans.Plan | None = None, threads: int | None = None,
+                 cfg: str | None = None):
         import torch
         from diffusers.configuration_utils import FrozenDict
 
+        if cfg is not None and cfg not in CFG_LAYOUTS:
+            raise GenzipError(f"cfg={cfg!r} is not a CFG batch layout",
+                              f"use one of {', '.join(CFG_LAYOUTS)} (or leave it unset)")
+        self.cfg = cfg
+        self._warned_cfg = False
         self.model = PlannedModel(artifact, plan, threads=threads)
         self.config = FrozenDict(_config(self.model))
         self.dtype = torch.float32
@@ -112,6 +131,29 @@ class DiffusersTransformer:
                               f"use labels below {self.null_class} ({self.null_class}: the null class)")
         return labels
 
+    def _layout(self, cond: np.ndarray, batch: int) -> str:
+        """This call's CFG layout: ``cfg`` when given, else read off class labels (module docstring)."""
+        if batch % 2:
+            return "none"
+        if self.cfg is not None:
+            return self.cfg
+        if self.null_class is not None:
+            half = batch // 2
+            null = [bool(np.all(cond[s] == self.null_class)) for s in (slice(0, half), slice(half, batch))]
+            some = [bool(np.any(cond[s] == self.null_class)) for s in (slice(half, batch), slice(0, half))]
+            if null[0] and not some[0]:
+                return "uncond-cond"
+            if null[1] and not some[1]:
+                return "cond-uncond"
+            return "none"
+        counts = self.model.plan.counts() if self.model.plan is not None else {}
+        if not self._warned_cfg and any(counts.get(m) for m in (plans.SHARE_CFG, plans.FULL_CFG, plans.WINDOW_CFG)):
+            self._warned_cfg = True
+            logger.warning("genzip transformer: the plan's share-cfg steps run unshared because the CFG batch layout "
+                           "is unknown; pass cfg='uncond-cond' to genzip.load (diffusers text pipelines with "
+                           "guidance_scale > 1)")
+        return "none"
+
     def forward(self, hidden_states, encoder_hidden_states=None, timestep=None, added_cond_kwargs=None,
                 cross_attention_kwargs=None, attention_mask=None, encoder_attention_mask=None,
                 return_dict: bool = True, class_labels=None, **unused):
@@ -129,10 +171,10 @@ class DiffusersTransformer:
         self._last_t = float(t.max())
         step = self.clock.observe(t)
         half = batch // 2
-        cfg_pair = batch % 2 == 0 and np.array_equal(latents[:half], latents[half:])
-        # DiTPipeline's [cond, null] order: swap to the artifact's [uncond, cond] (module docstring)
-        swap = (cfg_pair and self.null_class is not None and np.all(cond[half:] == self.null_class)
-                and not np.all(cond[:half] == self.null_class))
+        layout = self._layout(cond, batch)
+        cfg_pair = layout in ("uncond-cond", "cond-uncond")
+        # [cond, uncond] (DiTPipeline): swap to the artifact's [uncond, cond] (module docstring)
+        swap = layout == "cond-uncond"
         order = np.r_[half:batch, 0:half] if swap else slice(None)
         feeds = {"hidden_states": latents[order], "timestep": t[order], self.cond_input: cond[order]}
         result = self.model.call(feeds, step, cfg_pair=cfg_pair)

@@ -93,7 +93,8 @@ class PlannedModel:
     def modes(self, step: int, cfg_pair: bool) -> list[int]:
         modes = self.plan.modes(step) if self.plan is not None else [plans.MODE_FULL] * self.layers
         if not cfg_pair:  # no (uncond, cond) halves in this call: ASC has nothing to share
-            swap = {plans.MODE_FULL_CFG: plans.MODE_FULL, plans.MODE_WINDOW_CFG: plans.MODE_WINDOW}
+            swap = {plans.MODE_FULL_CFG: plans.MODE_FULL, plans.MODE_WINDOW_CFG: plans.MODE_WINDOW,
+                    plans.MODE_FULL_CFG_RESIDUAL: plans.MODE_FULL_RESIDUAL}
             modes = [swap.get(m, m) for m in modes]
         return modes
 
@@ -131,9 +132,9 @@ class PlannedModel:
         return dict(zip(self.output_names, self.session.run(self.output_names, run_feeds)))
 
     def commit(self, slot: Slot, modes: list[int], outs: dict[str, np.ndarray]) -> None:
-        """Keep what later steps may read: every block output, and residuals that mode 1 refreshed."""
+        """Keep what later steps may read: every block output, and residuals that modes 1 and 6 refreshed."""
         for lay, mode in zip(self.layout.layers, modes):
             i = lay["layer"]
             slot.block[i] = outs[lay["block_out"]]
-            if mode == plans.MODE_FULL_RESIDUAL:
+            if mode in plans.REFRESH_MODES:
                 slot.residual[i] = outs[lay["residual_out"]]

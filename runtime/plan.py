@@ -5,6 +5,11 @@ Schema (JSON, version 1)::
     {"schema": 1, "steps": S, "layers": L, "window": w,
      "methods": [[method of step 0, ..., method of step S-1] for each of L layers]}
 
+A list of per-layer lists of DiTFastAttn reference method names (``full_attn``,
+``output_share``, ``residual_window_attn``, ``full_attn+cfg_attn_share``,
+``residual_window_attn+cfg_attn_share``; its ``blocks_methods``, written as JSON) loads
+as the same plan (``from_reference``).
+
 Methods: ``full``, ``window-residual`` (WA-RS), ``share-step`` (AST),
 ``share-cfg`` (ASC: full attention on the conditional half, reused for the
 unconditional half; same as ``full+share-cfg``), ``window-residual+share-cfg``,
@@ -12,8 +17,11 @@ unconditional half; same as ``full+share-cfg``), ``window-residual+share-cfg``,
 
 Invariant of a ``Plan`` (checked by ``validate`` on construction and load):
 step 0 is ``full`` in every layer, and every ``window-residual*`` step of a
-layer comes after a ``full`` step of that layer, the only method that produces
-the residual (``full - window``) it reuses. ``window`` is the window in tokens the
+layer comes after a step of that layer that computes full attention (``full``,
+``full+share-cfg``/``share-cfg``): those produce the residual (``full - window``)
+it reuses. As in DiTFastAttn's reference, a WA-RS step reuses the residual of
+the layer's latest full-attention step, ASC or not (an ASC step's residual is
+its conditional half's, copied to both halves). ``window`` is the window in tokens the
 plan was made for (informational; the artifact's window is what runs).
 """
 
@@ -27,6 +35,7 @@ from genzip.errors import GenzipError
 from genzip.metadata import (  # noqa: F401 - the mode numbers are part of this module's API
     MODE_FULL,
     MODE_FULL_CFG,
+    MODE_FULL_CFG_RESIDUAL,
     MODE_FULL_RESIDUAL,
     MODE_SHARE_STEP,
     MODE_WINDOW,
@@ -39,10 +48,13 @@ SHARE_CFG, WINDOW_CFG, FULL_CFG = "share-cfg", "window-residual+share-cfg", "ful
 METHODS = (FULL, WINDOW, SHARE_STEP, SHARE_CFG, WINDOW_CFG, FULL_CFG)
 
 # Integer mode per layer fed to a share-attn artifact's ``attn_modes`` input (see
-# passes/attention/share_attn.py). FULL_RESIDUAL is ``full`` that also refreshes the residual
-# cache; the runtime picks it only when a later WA-RS step of the layer needs it.
+# passes/attention/share_attn.py). FULL_RESIDUAL / FULL_CFG_RESIDUAL are ``full`` /
+# ``full+share-cfg`` that also refresh the residual cache; the runtime picks them only when
+# a later WA-RS step of the layer needs it.
 MODE_OF = {FULL: MODE_FULL, WINDOW: MODE_WINDOW, SHARE_STEP: MODE_SHARE_STEP,
            SHARE_CFG: MODE_FULL_CFG, FULL_CFG: MODE_FULL_CFG, WINDOW_CFG: MODE_WINDOW_CFG}
+REFRESHING = {MODE_FULL: MODE_FULL_RESIDUAL, MODE_FULL_CFG: MODE_FULL_CFG_RESIDUAL}
+REFRESH_MODES = frozenset(REFRESHING.values())
 
 # One- or two-letter codes for progress lines.
 SHORT = {FULL: "F", WINDOW: "W", SHARE_STEP: "S", SHARE_CFG: "C", FULL_CFG: "C", WINDOW_CFG: "WC"}
@@ -50,6 +62,11 @@ SHORT = {FULL: "F", WINDOW: "W", SHARE_STEP: "S", SHARE_CFG: "C", FULL_CFG: "C",
 
 def uses_residual(method: str) -> bool:
     return method in (WINDOW, WINDOW_CFG)
+
+
+def computes_full(method: str) -> bool:
+    """Methods that compute full attention, so can refresh the WA-RS residual."""
+    return method in (FULL, FULL_CFG, SHARE_CFG)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,15 +96,15 @@ class Plan:
         out = []
         for layer in range(self.layers):
             mode = MODE_OF[self.method(layer, step)]
-            if mode == MODE_FULL and self._residual_needed(layer, step):
-                mode = MODE_FULL_RESIDUAL
+            if mode in REFRESHING and self._residual_needed(layer, step):
+                mode = REFRESHING[mode]
             out.append(mode)
         return out
 
     def _residual_needed(self, layer: int, step: int) -> bool:
         """Whether a WA-RS step of ``layer`` after ``step`` reads the residual made here."""
         for later in self.methods[layer][step + 1:]:
-            if later == FULL:
+            if computes_full(later):
                 return False
             if uses_residual(later):
                 return True
@@ -133,10 +150,30 @@ def validate(plan: Plan) -> None:
             if uses_residual(method) and not have_residual:
                 raise _bad(f"layer {layer} step {step} is '{method}' but no earlier 'full' step of that "
                            f"layer produced the residual it needs")
-            have_residual |= method == FULL
+            have_residual |= computes_full(method)
+
+
+# DiTFastAttn's reference code (thu-nics/DiTFastAttn) names methods per block and step.
+REFERENCE_NAMES = {"full_attn": FULL, "output_share": SHARE_STEP, "residual_window_attn": WINDOW,
+                   "full_attn+cfg_attn_share": FULL_CFG, "residual_window_attn+cfg_attn_share": WINDOW_CFG}
+
+
+def from_reference(methods: object, where: str = "plan") -> Plan:
+    """A plan in the reference repo's form: a list per transformer block of per-step method names."""
+    if not isinstance(methods, list) or not methods or not all(isinstance(r, list) and r for r in methods):
+        raise _bad(f"{where}: a reference-format plan is a non-empty list of per-block method lists")
+    for row in methods:
+        for name in row:
+            if name not in REFERENCE_NAMES:
+                raise _bad(f"{where}: reference method {name!r} has no genzip equivalent "
+                           f"(known: {', '.join(REFERENCE_NAMES)})")
+    rows = tuple(tuple(REFERENCE_NAMES[m] for m in row) for row in methods)
+    return Plan(len(rows[0]), len(rows), 0, rows)
 
 
 def from_json(data: object, where: str = "plan") -> Plan:
+    if isinstance(data, list):
+        return from_reference(data, where)
     if not isinstance(data, dict):
         raise _bad(f"{where} is not a JSON object")
     if data.get("schema") != SCHEMA:

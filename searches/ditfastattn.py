@@ -23,9 +23,10 @@ Cost (bounded, reported as ``calls``): at most ``1 + (S−1)·(4L + 2)`` transfo
 calls — per step one reference call, up to 4 candidates per layer, and one call
 that commits the chosen methods' caches.
 
-During the search every full step refreshes the residual (mode 1), so a WA-RS
-candidate always reuses the residual of the layer's latest ``full`` step, which
-is exactly what the runtime feeds for the final plan.
+During the search every committed full-attention step (``full`` and ``full+share-cfg``)
+refreshes the residual (modes 1 and 6), so a WA-RS candidate always reuses the
+residual of the layer's latest full-attention step, which is exactly what the runtime
+feeds for the final plan and what DiTFastAttn's reference does.
 """
 
 from __future__ import annotations
@@ -66,9 +67,9 @@ class SearchResult:
 
 
 def _search_modes(methods: list[str], refresh: bool) -> list[int]:
-    """Modes of a call; committed full steps refresh the residual, trial calls need not."""
-    full = P.MODE_FULL_RESIDUAL if refresh else P.MODE_FULL
-    return [full if m == P.FULL else P.MODE_OF[m] for m in methods]
+    """Modes of a call; committed full-attention steps refresh the residual, trial calls need not."""
+    modes = [P.MODE_OF[m] for m in methods]
+    return [P.REFRESHING.get(m, m) for m in modes] if refresh else modes
 
 
 def greedy_search(model: PlannedModel, prompt: np.ndarray, negative: np.ndarray, *, delta: float, steps: int,
@@ -128,7 +129,8 @@ def attention_flops(plan: P.Plan, full: float, window: float) -> float:
     A full step that refreshes the residual also pays for the window attention.
     """
     per_mode = {P.MODE_FULL: full, P.MODE_FULL_RESIDUAL: full + window, P.MODE_WINDOW: window,
-                P.MODE_SHARE_STEP: 0.0, P.MODE_FULL_CFG: full / 2, P.MODE_WINDOW_CFG: window / 2}
+                P.MODE_SHARE_STEP: 0.0, P.MODE_FULL_CFG: full / 2, P.MODE_WINDOW_CFG: window / 2,
+                P.MODE_FULL_CFG_RESIDUAL: (full + window) / 2}
     return sum(per_mode[m] for t in range(plan.steps) for m in plan.modes(t))
 
 

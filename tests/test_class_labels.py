@@ -110,9 +110,18 @@ def test_cli_plan_with_class_label_calibration(arts, tmp_path, capsys):
         assert (plan.steps, plan.layers) == (STEPS, 2) and summary["calls"] <= summary["max_calls"]
         assert all(row == ("full",) + (method,) * (STEPS - 1) for row in plan.methods)
     assert summary["attn_flops_saved"] == pytest.approx(1 - 1 / STEPS)
-    # no calibration file: seeded default labels
+    # no calibration file: seeded default labels, several distinct ones
+    capsys.readouterr()
     assert genzip_cli.main(["plan", share, "--delta", "0.05", "--steps", str(STEPS), "--out",
-                            str(tmp_path / "p.json"), "--quiet"]) == 0
+                            str(tmp_path / "p.json"), "--quiet", "--json", "--conditions", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["conditions"] == 3
+    from genzip.runtime.conditioning import default_conditioning
+    from genzip.runtime.model import PlannedModel
+
+    labels, null = default_conditioning(PlannedModel(share), 6, seed=0, distinct=True)
+    assert len(set(labels.tolist())) == 6 and set(null.tolist()) == {1000}
+    assert genzip_cli.main(["plan", share, "--out", str(tmp_path / "q.json"), "--conditions", "0", "--quiet"]) == 2
+    assert "--conditions 0 must be >= 1" in capsys.readouterr().err
 
 
 def test_cli_sample_with_labels(arts, tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from genzip.errors import GenzipError
@@ -58,9 +59,50 @@ def test_modes_refresh_residual_only_when_needed():
         ["full", "window-residual", "full", "share-step"],
         ["full", "share-step", "share-cfg", "window-residual+share-cfg"],
     ]))
-    assert plan.modes(0) == [P.MODE_FULL_RESIDUAL, P.MODE_FULL_RESIDUAL]
+    # layer 1: the WA-RS+ASC step reads the residual of the share-cfg step (the layer's latest
+    # full-attention step), so that step refreshes it and step 0 need not.
+    assert plan.modes(0) == [P.MODE_FULL_RESIDUAL, P.MODE_FULL]
     assert plan.modes(1) == [P.MODE_WINDOW, P.MODE_SHARE_STEP]
-    assert plan.modes(2) == [P.MODE_FULL, P.MODE_FULL_CFG]
+    assert plan.modes(2) == [P.MODE_FULL, P.MODE_FULL_CFG_RESIDUAL]
     assert plan.modes(3) == [P.MODE_SHARE_STEP, P.MODE_WINDOW_CFG]
     with pytest.raises(GenzipError, match="step 4 is beyond"):
         plan.modes(4)
+
+
+def _reference_need_compute_residual(steps_method: list[str]) -> list[bool]:
+    """DiTFastAttn's FastAttnProcessor.compute_need_compute_residual, restated from its
+    reference code (modules/fast_attn_processor.py): a step whose method contains
+    'full_attn' computes the residual when a later step contains 'residual_window_attn'
+    before any later step containing 'full_attn'."""
+    need = []
+    for i, method in enumerate(steps_method):
+        found = False
+        if "full_attn" in method:
+            for later in steps_method[i + 1:]:
+                if "residual_window_attn" in later:
+                    found = True
+                if "full_attn" in later:
+                    break
+        need.append(found)
+    return need
+
+
+def test_reference_format_plan_replays_the_reference_refresh_pattern(tmp_path):
+    rng = np.random.default_rng(0)
+    names = list(P.REFERENCE_NAMES)
+    blocks = []
+    for _ in range(40):  # random reference plans, each made valid by a full first step
+        row = ["full_attn"] + [names[k] for k in rng.integers(0, len(names), 11)]
+        blocks.append(row)
+    path = tmp_path / "blocks_methods.json"
+    path.write_text(json.dumps(blocks))
+    plan = P.load_plan(str(path))
+    assert plan.layers == 40 and plan.steps == 12
+    refresh = {P.MODE_FULL_RESIDUAL, P.MODE_FULL_CFG_RESIDUAL}
+    for layer, row in enumerate(blocks):
+        got = [plan.modes(t)[layer] in refresh for t in range(plan.steps)]
+        assert got == _reference_need_compute_residual(row), row
+    assert any(m == P.MODE_FULL_CFG_RESIDUAL for t in range(12) for m in plan.modes(t))
+    path.write_text(json.dumps([["full_attn", "residual_window_attn+without_residual"]]))
+    with pytest.raises(GenzipError, match="no genzip equivalent"):
+        P.load_plan(str(path))

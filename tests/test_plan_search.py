@@ -79,6 +79,7 @@ def test_cli_plan(share, tmp_path, capsys):
     summary = json.loads(captured.out)
     assert "step 4/4" in captured.err  # progress
     assert summary["methods"]["share-step"] == 2 * (STEPS - 1)
+    assert summary["conditions"] == 4 and "on 4 conditions" in captured.err  # DiTFastAttn: several prompts
     assert summary["attn_flops_saved"] == pytest.approx(1 - 1 / STEPS)  # only step 0 computes attention
     assert summary["calls"] <= summary["max_calls"]
     assert P.load_plan(str(out)).steps == STEPS

@@ -213,6 +213,28 @@ def test_w8a8_dynamic_is_per_token_int8_gemm(form, op):
     assert cosine(ref, got) > 0.999
 
 
+@pytest.mark.parametrize("form", ["ort", "onnx"])
+def test_w4a8_dynamic_is_per_channel_int4_weights_with_per_token_activations(form):
+    """ViDiT-Q's W4A8: int4 weights (stored int4, widened to int8 for ORT's int8 GEMM)."""
+    model = mlp(tokens=6, dims=(64, 64, 32))
+    feeds = feeds_for(model, seed=5)[0]
+    ref = run(model, feeds)
+    w8 = mlp(tokens=6, dims=(64, 64, 32))
+    apply(w8, "annotate-precision{scheme=w8a8-dynamic keep-defaults=false},quant")
+    spec = f"annotate-precision{{scheme=w4a8-dynamic keep-defaults=false}},quant{{scheme=w4a8-dynamic dynamic-form={form}}}"
+    (_, result) = apply(model, spec)
+    op = "MatMulIntegerToFloat" if form == "ort" else "MatMulInteger"
+    assert result.stats["MatMulInteger"] == 2 and len(_nodes(model, op)) == 2 and not _nodes(model, "MatMul")
+    for mmi in _nodes(model, op):
+        cast = mmi.inputs[1].producer()
+        assert cast.op_type == "Cast" and cast.inputs[0].const_value.dtype == ir.DataType.INT4
+        q = cast.inputs[0].const_value.numpy().astype(np.int8)
+        assert q.min() >= -8 and q.max() <= 7 and len(np.unique(q)) > 8  # 4-bit levels, all used
+    got, got8 = run(model, feeds), run(w8, feeds)
+    assert 0.98 < cosine(ref, got) < cosine(ref, got8)  # int4 weights: close, and coarser than int8
+    assert result.stats["weight_ratio"] < 0.2  # int4 + fp32 scales vs fp32 weights
+
+
 def test_dynamic_gemm_with_bias():
     model = gemm()
     feeds = feeds_for(model, seed=5)[0]

@@ -78,7 +78,7 @@ def _pipe_latents(pipe, c, u, steps=STEPS):
 @pytest.mark.parametrize("plan", [None, MIXED], ids=["no-plan", "mixed-plan"])
 def test_drop_in_pipeline_transformer_matches_sampler(arts, plan):
     share, _ = arts
-    transformer = genzip.load(share, plan=plan)
+    transformer = genzip.load(share, plan=plan, cfg="uncond-cond")
     assert transformer.config.in_channels == 4 and transformer.config.out_channels == 8
     assert transformer.dtype == torch.float32
     c, u = _cond(transformer.model)
@@ -91,6 +91,31 @@ def test_drop_in_pipeline_transformer_matches_sampler(arts, plan):
     feeds = transformer.model.manifest["inputs"]
     assert "output" in transformer(**{s["name"]: np.zeros([2 if isinstance(d, str) else d for d in s["shape"]],
                                                           np.float32) for s in feeds})
+
+
+def test_two_prompts_from_one_seed_are_not_a_cfg_pair(arts):
+    """Identical latent halves do not make a CFG pair: without cfg=, a plan's share-cfg step
+    computes each prompt's own attention (ASC would copy one prompt's over the other's)."""
+    share, _ = arts
+    asc = _plan([["full", "share-cfg", "share-cfg", "share-cfg"]] * 2)
+    c, u = _cond(genzip.load(share).model)
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    two = torch.from_numpy(np.concatenate([c, u]))
+    outs = {}
+    for cfg in (None, "none", "uncond-cond"):
+        transformer = genzip.load(share, plan=asc, cfg=cfg)
+        for t in (900, 700):
+            outs[cfg] = transformer(torch.cat([x, x]), encoder_hidden_states=two, timestep=torch.tensor([t, t]),
+                                    return_dict=False)[0].numpy()
+    alone = genzip.load(share, plan=asc, cfg="none")
+    for t in (900, 700):
+        first = alone(x, encoder_hidden_states=two[:1], timestep=torch.tensor([t]), return_dict=False)[0].numpy()
+    np.testing.assert_allclose(outs[None][:1], first, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(outs[None], outs["none"])
+    # Declared a pair, step 1 copies the second half's attention over the first: different output.
+    assert np.abs(outs["uncond-cond"][:1] - first).max() > 1e-3
+    with pytest.raises(GenzipError, match="not a CFG batch layout"):
+        genzip.load(share, cfg="cond-first")
 
 
 def test_split_cfg_calls_use_their_own_caches(arts):

@@ -86,6 +86,32 @@ def test_gated_simulation_matches_the_real_quantized_graph(tmp_path):
     np.testing.assert_allclose(sim, real, atol=1e-5 * np.abs(fp).max())  # ... exactly as quant does
 
 
+def test_gated_simulation_of_the_dynamic_formats_matches_quant(tmp_path):
+    """Per-token formats (ViDiT-Q w8a8-dynamic / w4a8-dynamic) are mixed-precision candidates:
+    their gates reproduce quant's per-token int8 GEMMs, mixed with a static layer."""
+    model = mlp(dims=(64, 64, 64, 32), tokens=16)
+    calib = feeds_for(model, 5, n=3)
+    plan = {"mm0": "w4a8-dynamic", "mm1": "w8a8", "mm2": "w8a8-dynamic"}
+    write_plan(str(tmp_path / "p.json"), plan, {})
+    quantized = mlp(dims=(64, 64, 64, 32), tokens=16)
+    apply(quantized, f"annotate-precision{{plan={tmp_path / 'p.json'}}},calibrate{{use-cache=false}},"
+          "quant{dynamic-form=onnx}", calib)
+    ops = [n.op_type for n in quantized.graph]
+    assert ops.count("MatMulInteger") == 2 and ops.count("DequantizeLinear") == 2  # w8a8: activation + weight DQ
+    proto = ir.to_proto(model).SerializeToString()
+    layers = [i for i, n in enumerate(model.graph) if n.op_type == "MatMul"]
+    amax, _ = probe.activation_amax(proto, [model.graph.node(i).inputs[0].name for i in layers], calib)
+    gated = ir.from_proto(onnx.ModelProto.FromString(proto))
+    gates = probe.build_gated(gated, layers, ["w8a8", "w8a8-dynamic", "w4a8-dynamic"], amax, 32)
+    held_out = feeds_for(model, 99)[0]
+    fp = run(model, held_out)
+    assert np.array_equal(run(gated, {**held_out, **probe.gate_feeds(gates, {})}), fp)
+    sim = run(gated, {**held_out, **probe.gate_feeds(gates, dict(enumerate(plan.values())))})
+    real = run(quantized, held_out)
+    assert np.abs(sim - fp).max() > 1e-2
+    np.testing.assert_allclose(sim, real, atol=1e-5 * np.abs(fp).max())
+
+
 def test_cache_hit_skips_every_run_and_keys_on_settings(tmp_path):
     calib = feeds_for(mlp(), 3, n=2)
     spec = SENS.replace("samples=2", f"samples=2 cache={tmp_path}")

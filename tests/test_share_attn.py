@@ -112,6 +112,24 @@ def test_share_cfg_with_identical_halves_equals_full(arts):
     np.testing.assert_allclose(wcfg["output"], full["output"], rtol=0, atol=1e-5)
 
 
+def test_share_cfg_refresh_gives_the_conditional_halfs_residual_on_both_halves(arts):
+    """Mode 6 (ASC full step that refreshes, DiTFastAttn's reference rule): output as mode 4,
+    residual = full - window of the conditional half, copied over the batch."""
+    share, _ = arts
+    sess = _session(share)
+    feeds = dict(np.load(os.path.join(share, "inputs.npz")))
+    asc = _run(sess, {**feeds, "attn_modes": np.array([4, 4])})
+    asc_refresh = _run(sess, {**feeds, "attn_modes": np.array([6, 6])})
+    np.testing.assert_array_equal(asc_refresh["output"], asc["output"])
+    cond = {k: np.concatenate([v[1:], v[1:]]) for k, v in feeds.items()}
+    cond_refresh = _run(sess, {**cond, "attn_modes": np.array([1, 1])})
+    for i in (0, 1):
+        r = asc_refresh[f"attn_residual_out.{i}"]
+        assert r.shape == (2, 4, 256, 16) and np.abs(r).max() > 0
+        np.testing.assert_array_equal(r[0], r[1])
+        np.testing.assert_allclose(r, cond_refresh[f"attn_residual_out.{i}"], rtol=0, atol=1e-6)
+
+
 def test_window_residual_with_unchanged_qkv_equals_full(arts):
     share, _ = arts
     sess = _session(share)
@@ -127,7 +145,7 @@ def test_window_residual_with_unchanged_qkv_equals_full(arts):
 
 def test_modes_match_plan_constants():
     assert (P.MODE_FULL, P.MODE_FULL_RESIDUAL, P.MODE_WINDOW, P.MODE_SHARE_STEP,
-            P.MODE_FULL_CFG, P.MODE_WINDOW_CFG) == (0, 1, 2, 3, 4, 5)
+            P.MODE_FULL_CFG, P.MODE_WINDOW_CFG, P.MODE_FULL_CFG_RESIDUAL) == (0, 1, 2, 3, 4, 5, 6)
 
 
 def _bare_attention_model():

@@ -135,3 +135,26 @@ def test_an_optimized_graph_ort_cannot_reload_is_dropped(arts):
     assert not os.path.exists(os.path.join(share, "model.ort.onnx"))
     assert PlannedModel(share).model_path == os.path.join(share, "model.onnx")
     assert PlannedModel(quant).model_path == os.path.join(quant, "model.ort.onnx")
+
+
+@pytest.mark.parametrize("scheme", ["w8a8-dynamic", "w4a8-dynamic"])
+def test_per_token_dynamic_projections_share_too(tmp_path_factory, scheme):
+    """ViDiT-Q's per-token forms combine with share-attn: each block moves whole, its shared
+    q/k/v quantizer included, so the all-full switch is the quantized model bit for bit and an
+    ASC step (which computes, and so quantizes, one half) with identical halves equals full."""
+    quant = f"canonicalize-attn,annotate-precision{{scheme={scheme}}},quant{{scheme={scheme}}}"
+    share, base = compiled(tmp_path_factory, quant + ",share-attn{tokens=32}"), compiled(tmp_path_factory, quant)
+    with open(os.path.join(share, "genzip.json")) as f:
+        (stats,) = [r["stats"] for r in json.load(f)["pass_stats"] if r["pass"].startswith("share-attn")]
+    assert stats["layers"] == 2
+    model = ir.load(os.path.join(share, "model.onnx"))
+    top = collections.Counter(n.op_type for n in model.graph)
+    inner = collections.Counter(n.op_type for n in ir.traversal.RecursiveGraphIterator(model.graph)) - top
+    assert inner["MatMulIntegerToFloat"] == 8 and inner["ReduceMax"] == 4  # q/k/v share one quantizer per block
+    feeds = dict(np.load(os.path.join(base, "inputs.npz")))
+    ref = make_session(os.path.join(base, "model.onnx")).run(["output"], feeds)[0]
+    sess = make_session(os.path.join(share, "model.onnx"))
+    np.testing.assert_array_equal(sess.run(["output"], feeds)[0], ref)
+    same = {k: np.concatenate([v[1:], v[1:]]) for k, v in feeds.items()}
+    full = sess.run(["output"], same)[0]
+    np.testing.assert_array_equal(sess.run(["output"], {**same, "attn_modes": np.array([4, 4])})[0], full)

@@ -3,8 +3,10 @@
 DiTFastAttn greedy search (``genzip.searches.ditfastattn``) on calibration conditions:
 ``--calib`` is an ``.npz`` with ``prompt_embeds`` (and ``negative_prompt_embeds``)
 for a text DiT, or ``class_labels`` (int64 [B]; unconditional half: the null class)
-for a class-conditional DiT (or ``--labels 1,500``), else seeded random embeddings /
-labels. Writes the plan, a layer x step heatmap PNG (``--heatmap``, default: the
+for a class-conditional DiT (or ``--labels 1,500``), else ``--conditions N`` (default 4)
+seeded random conditions searched together as one batch: distinct class labels, or
+random prompt embeddings against zero negatives (DiTFastAttn calibrates on several
+prompts; one condition overfits the plan to it). Writes the plan, a layer x step heatmap PNG (``--heatmap``, default: the
 plan path with ``.png``), and prints the method counts, attention FLOPs saved and
 the search cost.
 """
@@ -29,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", help=".npz of calibration prompt_embeds [B,T,C] (and negative_prompt_embeds), "
                    "or class_labels [B] for a class-conditional DiT")
     p.add_argument("--labels", help="class-conditional DiT: comma-separated calibration class labels")
+    p.add_argument("--conditions", type=int, default=4,
+                   help="without --calib/--labels: how many seeded random conditions to calibrate on (default 4)")
     p.add_argument("--loss", default="dfa", help="dfa (DiTFastAttn relative error, default) or rel-l1")
     p.add_argument("--out", required=True, help="plan JSON to write")
     p.add_argument("--heatmap", help="PNG path (default: OUT with .png)")
@@ -46,11 +50,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps < 1:
         raise GenzipError(f"--steps {args.steps} must be >= 1", "pass a positive step count")
+    if args.conditions < 1:
+        raise GenzipError(f"--conditions {args.conditions} must be >= 1", "pass a positive count")
     model = PlannedModel(args.artifact, threads=args.threads)
-    cond, uncond = conditioning(model, args.calib, 1, args.seed, args.labels)
+    cond, uncond = conditioning(model, args.calib, args.conditions, args.seed, args.labels, distinct=True)
     say = Progress(not args.quiet)
     bound = 1 + (args.steps - 1) * (4 * max(model.layers, 1) + 2)
-    say(f"searching {args.steps} steps x {model.layers} layers, delta {args.delta}, at most {bound} calls")
+    say(f"searching {args.steps} steps x {model.layers} layers on {len(cond)} conditions, delta {args.delta}, "
+        f"at most {bound} calls")
 
     def progress(t, steps, methods, calls):
         say(f"step {t + 1}/{steps}: {calls} calls; methods " + " ".join(SHORT[m] for m in methods))
@@ -68,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     used, baseline = plan_flops(model, result.plan)
     summary = {
         "plan": args.out, "heatmap": png, "delta": args.delta, "loss": args.loss, "steps": args.steps, "layers": model.layers,
+        "conditions": len(cond),
         "methods": result.plan.counts(), "calls": result.calls, "max_calls": result.max_calls,
         "attn_flops_full": baseline, "attn_flops_plan": used,
         "attn_flops_saved": flops_saved(model, result.plan),

@@ -69,7 +69,7 @@ def compare_full(model, plan, cond, uncond, args) -> dict:
 
 
 def conditioning(model, path: str | None, batch: int, seed: int,
-                 labels: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 labels: str | None = None, distinct: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(cond, uncond) of the artifact's conditioning input (``genzip.runtime.conditioning``)."""
     from genzip.runtime import conditioning as C
 
@@ -81,7 +81,7 @@ def conditioning(model, path: str | None, batch: int, seed: int,
                               "pass --embeds FILE.npz with prompt_embeds, or drop --labels")
         return C.class_pair(model, C.parse_labels(labels), "--labels")
     if path is None:
-        return C.default_conditioning(model, batch, seed)
+        return C.default_conditioning(model, batch, seed, distinct)
     return C.from_npz(model, path)
 
 

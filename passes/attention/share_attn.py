@@ -14,13 +14,14 @@ mode  method (runtime/plan.py)     block output O / residual output R
 3     share-step (AST)             O = block-output input (previous step) / R = in
 4     full+share-cfg (ASC)         O = [o, o], o = block(X[B/2:]) / R = in
 5     window-residual+share-cfg    as 4 with Window + residual input[B/2:] / R = in
+6     full+share-cfg, refresh      as 4 / R = [r, r], r = Attention − Window on X[B/2:]
 ====  ===========================  =============================================
 
 Structure: ``If(mode == 3)`` returns the caches (AST); else one compute branch
 slices the batch (the whole batch, or its second half for ASC), runs the block
 once with an inner ``If`` choosing full ``Attention`` (mode 1 also refreshes the
-residual) or ``WindowAttention`` + residual, and tiles the output back over the
-batch (x1, or x2 for ASC). So each projection exists once, and the block's own
+residual; so does mode 6) or ``WindowAttention`` + residual, and tiles the output
+(and a refreshed residual) back over the batch (x1, or x2 for ASC). So each projection exists once, and the block's own
 weights move into that branch (``share_graph.move_initializers``; no copies). A
 quantized block (``quant`` before ``share-attn``: activation Q->DQ, weight DQ of
 int8 initializers) moves as a whole, which keeps ONNX Runtime's int8 GEMM fusion:
@@ -53,6 +54,7 @@ import onnx_ir as ir
 from genzip.errors import GenzipError
 from genzip.metadata import (
     MODE_FULL_CFG,
+    MODE_FULL_CFG_RESIDUAL,
     MODE_FULL_RESIDUAL,
     MODE_SHARE_STEP,
     MODE_WINDOW,
@@ -173,15 +175,19 @@ class ShareAttentionPass(GenzipPass):
 
         top = Builder(p)
         mode = top.op("Gather", modes, top.const(layer), axis=0)
-        modes_ = (MODE_FULL_RESIDUAL, MODE_WINDOW, MODE_SHARE_STEP, MODE_FULL_CFG, MODE_WINDOW_CFG)
+        modes_ = (MODE_FULL_RESIDUAL, MODE_WINDOW, MODE_SHARE_STEP, MODE_FULL_CFG, MODE_WINDOW_CFG,
+                  MODE_FULL_CFG_RESIDUAL)
         is_ = {k: top.op("Equal", mode, top.const(k)) for k in modes_}
-        half = top.op("Or", is_[MODE_FULL_CFG], is_[MODE_WINDOW_CFG])  # ASC: compute the conditional half only
+        # ASC: compute the conditional half only
+        half = top.op("Or", top.op("Or", is_[MODE_FULL_CFG], is_[MODE_WINDOW_CFG]), is_[MODE_FULL_CFG_RESIDUAL])
         windowed = top.op("Or", is_[MODE_WINDOW], is_[MODE_WINDOW_CFG])
+        refreshes = top.op("Or", is_[MODE_FULL_RESIDUAL], is_[MODE_FULL_CFG_RESIDUAL])
         c = Builder(f"{p}compute_")
         # Slice start 0 (whole batch) or B/2 (the conditional half), and Tile x1 or x2 back:
         # one computation, so each projection (and its weights) exists once.
         halfway = c.op("Div", c.op("Shape", block.x, end=1), c.const([2]))
         start = c.op("Where", half, halfway, c.const([0]))
+        copies = c.op("Where", half, c.const([2]), c.const([1]))
         end, axis0 = c.const([np.iinfo(np.int64).max]), c.const([0])
         x = c.op("Slice", block.x, start, end, axis0)
         res = c.op("Slice", res_in, start, end, axis0)
@@ -196,11 +202,12 @@ class ShareAttentionPass(GenzipPass):
             fb.nodes.append(full_attn)
             full_y = full_attn.outputs[0]
             full_y.name, full_y.dtype = f"{p}full_y", y.dtype
-            rb = Builder(f"{p}refresh_")  # mode 1: residual = full - window
-            refresh = rb.graph([rb.op("Sub", full_y, window_y(rb, qkv[:3]))], f"{p}refresh")
+            rb = Builder(f"{p}refresh_")  # modes 1 and 6: residual = full - window, over the whole batch
+            r_reps = rb.op("Concat", copies, rb.const([1] * (len(y.shape) - 1)), axis=0)
+            refresh = rb.graph([rb.op("Tile", rb.op("Sub", full_y, window_y(rb, qkv[:3])), r_reps)], f"{p}refresh")
             kb = Builder(f"{p}keep_")
             keep = kb.graph([kb.op("Identity", res_in)], f"{p}keep")
-            fa = fb.graph([fb.op("Identity", full_y), if_(fb, is_[MODE_FULL_RESIDUAL], refresh, keep, 1)], f"{p}full")
+            fa = fb.graph([fb.op("Identity", full_y), if_(fb, refreshes, refresh, keep, 1)], f"{p}full")
             sel = Builder(f"{p}attn_")
             out_y, out_r = if_(sel, windowed, wa, fa)
             made.extend(sel.nodes)
@@ -209,8 +216,7 @@ class ShareAttentionPass(GenzipPass):
 
         made, mapping = clone_nodes(block.nodes, {id(block.x): x}, f"{p}c_", {id(attn): variant})
         c.nodes.extend(made)
-        reps = c.op("Concat", c.op("Where", half, c.const([2]), c.const([1])), c.const([1] * (len(o.shape) - 1)),
-                    axis=0)
+        reps = c.op("Concat", copies, c.const([1] * (len(o.shape) - 1)), axis=0)
         compute_g = c.graph([c.op("Tile", mapping[id(o)], reps), made_r[0]], f"{p}compute")
         s = Builder(f"{p}step_")  # AST: the previous step's block output
         share_g = s.graph([s.op("Identity", prev_in), s.op("Identity", res_in)], f"{p}share_step")

@@ -1,4 +1,10 @@
-"""``window-attn``: DiTFastAttn window attention (WA-RS) substitution.
+"""``window-attn``: sliding-window attention substitution (DiTFastAttn's window, no residual).
+
+This is plain window attention: it does not add WA-RS's residual ``full − window``
+back (there is no earlier step to cache it from in a single-call graph). DiTFastAttn's
+WA-RS, with the residual cached at a full step and added on later steps, is
+``share-attn``'s mode 2; ``residual=true`` here only exposes ``full − window`` as a graph
+output.
 
 Invariant after the pass: every selected canonical self-attention node without a
 mask and with ``is_causal=0`` has been replaced by ``genzip.WindowAttention``
@@ -84,7 +90,7 @@ class WindowAttentionOptions:
 class WindowAttentionPass(GenzipPass):
     name = "window-attn"
     Options = WindowAttentionOptions
-    summary = "replace self-attention with sliding-window genzip.WindowAttention (DiTFastAttn WA-RS)"
+    summary = "replace self-attention with sliding-window genzip.WindowAttention (no residual: WA-RS is share-attn)"
     requires_facts = frozenset({"attention-canonical"})
 
     def _window(self, n: int | ir.SymbolicDim, site: af.AttentionSite) -> int:

@@ -19,14 +19,14 @@ import numpy as np
 import onnx_ir as ir
 
 from genzip.passes.quant import _scales as qs
-from genzip.passes.quant._formats import FORMATS, GEMM_ONLY, fake_weight
+from genzip.passes.quant._formats import DYNAMIC, FORMATS, GEMM_ONLY, fake_weight
 from genzip.passes.quant._qdq import Builder
 
 GATE = "genzip.sens"
 
 
 def allowed(op: str, fmt: str) -> bool:
-    return not (op == "Conv" and fmt in GEMM_ONLY)
+    return not (op == "Conv" and fmt in (*GEMM_ONLY, *DYNAMIC))
 
 
 def weight_gate(layer: int, fmt: str) -> str:
@@ -63,6 +63,11 @@ def activation_amax(proto_bytes: bytes, act_names: list[str], samples) -> tuple[
 
 
 def _act_qdq(b: Builder, x: ir.Value, dtype: str, amax: float) -> ir.Value:
+    if dtype == "int8-token":  # quant's per-token form, dequantized: (q - 128) * row_amax / 127
+        x_u8, row_amax, shift = b.quantize_tokens(x)
+        one = b.initializer("one", np.array(1.0, np.float32))
+        per_row = b.op("Div", row_amax, b.initializer("qmax", np.array(qs.INT8_MAX, np.float32)))
+        return b.op("Mul", b.op("DequantizeLinear", x_u8, one, shift), per_row)
     if dtype == "fp16":
         return b.op("Cast", b.op("Cast", x, to=ir.DataType.FLOAT16), to=ir.DataType.FLOAT)
     scale = b.initializer("scale", np.array(qs.floor_scale(amax / qs.qmax(dtype)), np.float32))

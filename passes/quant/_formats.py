@@ -25,7 +25,7 @@ class Format:
     scheme: str | None  # annotate-precision scheme; None = kept unquantized
     weight_bits: int
     act_bits: int
-    act_dtype: str | None  # fake activation quantizer: int8, float8e4m3fn, fp16, or None
+    act_dtype: str | None  # fake activation quantizer: int8, int8-token (per token, dynamic), float8e4m3fn, fp16, or None
 
 
 FORMATS: dict[str, Format] = {
@@ -34,12 +34,16 @@ FORMATS: dict[str, Format] = {
         Format("w8a8", "w8a8", 8, 8, "int8"),
         Format("w4a16", "w4a16", 4, 16, None),
         Format("w4a8", "w4a8", 4, 8, "int8"),
+        Format("w8a8-dynamic", "w8a8-dynamic", 8, 8, "int8-token"),
+        Format("w4a8-dynamic", "w4a8-dynamic", 4, 8, "int8-token"),
         Format("fp8", "fp8", 8, 8, "float8e4m3fn"),
         Format("fp16", None, 16, 16, "fp16"),
     )
 }
-# Formats that are MatMul/Gemm only (per-block int4 weights), as in annotate-precision.
+# Per-block int4 weights, MatMul/Gemm only (as in annotate-precision).
 GEMM_ONLY = ("w4a16", "w4a8")
+# Per-token dynamic activations (ViDiT-Q), MatMul/Gemm only; per-channel weights.
+DYNAMIC = ("w8a8-dynamic", "w4a8-dynamic")
 
 
 def fake_weight(w: np.ndarray, op: str, trans_b: bool, fmt: str, block: int = 32) -> np.ndarray:
@@ -51,13 +55,14 @@ def fake_weight(w: np.ndarray, op: str, trans_b: bool, fmt: str, block: int = 32
         scale = qs.block_scale(w, red_axis, block, "int4")
         full = qs.repeat_blocks(scale, red_axis, block, w.shape[red_axis])
         return (qs.quantize_int(w, full, 4).astype(np.float32) * full).astype(np.float32)
-    dtype = "float8e4m3fn" if fmt == "fp8" else "int8"
-    scale = qs.per_channel_scale(w, out_axis, dtype)
+    dtype = {"fp8": "float8e4m3fn", "w4a8-dynamic": "int4"}.get(fmt, "int8")
+    scale = qs.int4_channel_scale(w, out_axis) if dtype == "int4" else qs.per_channel_scale(w, out_axis, dtype)
     full = qs.expand(scale, w.ndim, out_axis)
     if dtype == "float8e4m3fn":
         q = np.clip(w / full, -qs.FP8_E4M3_MAX, qs.FP8_E4M3_MAX).astype(ml_dtypes.float8_e4m3fn)
         return (q.astype(np.float32) * full).astype(np.float32)
-    return (qs.quantize_int(w, full, 8).astype(np.float32) * full).astype(np.float32)
+    bits = 4 if dtype == "int4" else 8
+    return (qs.quantize_int(w, full, bits).astype(np.float32) * full).astype(np.float32)
 
 
 def _axes(op: str, trans_b: bool) -> tuple[int, int]:

@@ -50,7 +50,7 @@ def rewrite_merged(graph: ir.Graph, nodes: list[ir.Node], spec: QuantSpec, amax:
     if act.dynamic:
         if x.name not in shared:
             shared[x.name] = b.quantize_tokens(x)
-        y = b.token_gemm(shared[x.name], w, fused)
+        y = b.token_gemm(shared[x.name], w, fused, spec.weight.dtype)
     else:
         y = b.op("MatMul", b.qdq(x, amax, act.dtype), b.weight_dq(w, spec.weight))
     sizes = b.initializer("split", np.array([v.const_value.shape[1] for v in weights], np.int64))

@@ -99,13 +99,20 @@ class Builder(NodeBuilder):
         x_u8 = self.op("QuantizeLinear", self.op("Mul", x, inv), self.initializer("one", np.array(1.0, np.float32)), shift)
         return x_u8, amax, shift
 
-    def token_gemm(self, tokens: tuple[ir.Value, ir.Value, ir.Value], w_kn: np.ndarray, fused: bool) -> ir.Value:
-        """Per-token int8 activation x per-output-channel int8 W ([K, N]), float32 out.
+    def token_gemm(self, tokens: tuple[ir.Value, ir.Value, ir.Value], w_kn: np.ndarray, fused: bool,
+                   w_dtype: str = "int8") -> ir.Value:
+        """Per-token int8 activation x per-output-channel int8 or int4 W ([K, N]), float32 out.
         ``fused``: com.microsoft MatMulIntegerToFloat (scales applied in the MLAS GEMM
-        epilogue) instead of standard MatMulInteger -> Cast -> Mul."""
+        epilogue) instead of standard MatMulInteger -> Cast -> Mul. An int4 weight is
+        stored as int4 (half the bytes) and widened by a ``Cast`` to int8, which ORT
+        folds into the int8 GEMM's constant weight (ORT CPU has no int4 x int8 GEMM)."""
         x_u8, amax, shift = tokens
-        scale = qs.per_channel_scale(w_kn, 1, "int8")
-        w_q = self.initializer("weight_q", qs.quantize_int(w_kn, scale[None, :], 8))
+        scale = qs.int4_channel_scale(w_kn, 1) if w_dtype == "int4" else qs.per_channel_scale(w_kn, 1, w_dtype)
+        if w_dtype == "int4":
+            q = qs.quantize_int(w_kn, scale[None, :], 4).astype(ml_dtypes.int4)
+            w_q = self.op("Cast", self.initializer("weight_q4", q), to=ir.DataType.INT8)
+        else:
+            w_q = self.initializer("weight_q", qs.quantize_int(w_kn, scale[None, :], 8))
         w_scale = self.initializer("weight_scale", (scale / qs.INT8_MAX).astype(np.float32))
         if fused:
             one = self.initializer("one_scale", np.array(1.0, np.float32))

@@ -33,7 +33,9 @@ from genzip.metadata import QUANT_CALIB_KEY as CALIB_KEY
 from genzip.metadata import QUANT_KEY as META_KEY
 
 VERSION = 1
-SCHEMES = ("w8a8", "w8a8-dynamic", "w4a16", "w4a8", "fp8")
+SCHEMES = ("w8a8", "w8a8-dynamic", "w4a16", "w4a8", "w4a8-dynamic", "fp8")
+# Per-token dynamic int8 activations (ViDiT-Q), MatMul/Gemm only.
+DYNAMIC_SCHEMES = ("w8a8-dynamic", "w4a8-dynamic")
 QUANT_OPS = ("MatMul", "Gemm", "Conv")
 
 

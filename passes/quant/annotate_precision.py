@@ -43,9 +43,9 @@ from genzip.passes.infra.module_paths import module_path
 from genzip.passes.quant._attention import attention_spec, unsupported
 from genzip.passes.quant._formats import FORMATS
 from genzip.passes.quant._plan import check_keys, layer_keys, read_plan
-from genzip.passes.quant._spec import META_KEY, QuantSpec, TensorSpec, weight_axes, weight_value
+from genzip.passes.quant._spec import DYNAMIC_SCHEMES, META_KEY, QuantSpec, TensorSpec, weight_axes, weight_value
 
-Scheme = Literal["w8a8", "w8a8-dynamic", "w4a16", "w4a8", "fp8"]
+Scheme = Literal["w8a8", "w8a8-dynamic", "w4a16", "w4a8", "w4a8-dynamic", "fp8"]
 DEFAULT_KEEP = (
     r"(^|\.)(time_proj|timestep\w*|time_\w*embed\w*|t_embedder|adaln_single|emb)(\.|$)",
     r"(^|\.)(caption_projection|context_embedder|text_embedder|y_embedder)(\.|$)",
@@ -89,6 +89,8 @@ def _weight_spec(op: str, node: ir.Node, opts: Options) -> TensorSpec:
     out_axis, red_axis = weight_axes(node)
     if opts.scheme in ("w4a16", "w4a8"):
         return TensorSpec(input=1, dtype="int4", granularity="per-block", axis=red_axis, block_size=opts.block)
+    if opts.scheme == "w4a8-dynamic":  # ViDiT-Q W4A8: per-channel int4 weights
+        return TensorSpec(input=1, dtype="int4", granularity="per-channel", axis=out_axis)
     dtype = "float8e4m3fn" if opts.scheme == "fp8" else "int8"
     return TensorSpec(input=1, dtype=dtype, granularity="per-channel", axis=out_axis)
 
@@ -96,16 +98,16 @@ def _weight_spec(op: str, node: ir.Node, opts: Options) -> TensorSpec:
 def _activation_spec(opts: Options) -> TensorSpec | None:
     if opts.scheme == "w4a16":
         return None
-    if opts.scheme == "w8a8-dynamic":
+    if opts.scheme in DYNAMIC_SCHEMES:
         return TensorSpec(input=0, dtype="int8", granularity="per-token", dynamic=True)
     dtype = "float8e4m3fn" if opts.scheme == "fp8" else "int8"
     return TensorSpec(input=0, dtype=dtype, granularity="per-tensor")
 
 
 def _unsupported(node: ir.Node, opts: Options) -> str | None:
-    if node.op_type == "Conv" and opts.scheme in ("w8a8-dynamic", "w4a16", "w4a8"):
+    if node.op_type == "Conv" and opts.scheme in (*DYNAMIC_SCHEMES, "w4a16", "w4a8"):
         return f"{opts.scheme} covers MatMul/Gemm only"
-    if opts.scheme == "w8a8-dynamic" and node.op_type == "MatMul":
+    if opts.scheme in DYNAMIC_SCHEMES and node.op_type == "MatMul":
         x = node.inputs[0]
         if x is not None and x.shape is not None and len(x.shape) < 2:
             return "per-token needs a rank >= 2 activation"

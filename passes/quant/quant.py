@@ -45,14 +45,14 @@ from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
 from genzip.passes.quant._attention import rewrite_attention
 from genzip.passes.quant._merge import rewrite_merged, sibling_groups
 from genzip.passes.quant._qdq import Builder, drop_if_unused, reroute
-from genzip.passes.quant._spec import CALIB_KEY, META_KEY, QuantSpec, annotated_nodes, calib_of
+from genzip.passes.quant._spec import CALIB_KEY, DYNAMIC_SCHEMES, META_KEY, QuantSpec, annotated_nodes, calib_of
 
-MIN_OPSET = {"w8a8": 13, "w8a8-dynamic": 13, "fp8": 19, "w4a16": 21, "w4a8": 21}
+MIN_OPSET = {"w8a8": 13, "w8a8-dynamic": 13, "fp8": 19, "w4a16": 21, "w4a8": 21, "w4a8-dynamic": 21}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Options:
-    scheme: Literal["w8a8", "w8a8-dynamic", "w4a16", "w4a8", "fp8"] | None = None
+    scheme: Literal["w8a8", "w8a8-dynamic", "w4a16", "w4a8", "w4a8-dynamic", "fp8"] | None = None
     # w8a8-dynamic GEMM: "ort" = com.microsoft MatMulIntegerToFloat (fast on ORT CPU),
     # "onnx" = standard MatMulInteger -> Cast -> Mul.
     dynamic_form: Literal["ort", "onnx"] = "ort"
@@ -90,7 +90,7 @@ def _rewrite(graph: ir.Graph, node: ir.Node, spec: QuantSpec, amax: float | None
                 tokens = b.quantize_tokens(rest)
                 if first is None:
                     shared[x.name] = tokens
-            y = b.token_gemm(tokens, _gemm_kn(node, w).astype(np.float32), fused)
+            y = b.token_gemm(tokens, _gemm_kn(node, w).astype(np.float32), fused, spec.weight.dtype)
             if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:
                 c = node.inputs[2]
                 beta = node.attributes.get_float("beta", 1.0)
@@ -118,7 +118,7 @@ def _rewrite(graph: ir.Graph, node: ir.Node, spec: QuantSpec, amax: float | None
 
 class QuantPass(GenzipPass):
     name = "quant"
-    summary = "insert quantized weights and Q/DQ (w8a8, w8a8-dynamic, w4a16, w4a8, fp8) per the annotations"
+    summary = "insert quantized weights and Q/DQ (w8a8, w8a8-dynamic, w4a16, w4a8, w4a8-dynamic, fp8) per the annotations"
     Options = Options
     requires_facts = frozenset({"quant-annotated"})
     ensures_facts = frozenset({"quantized"})
@@ -154,7 +154,7 @@ class QuantPass(GenzipPass):
             if act is not None and not act.dynamic and calib is None:
                 raise GenzipError(
                     f"{node.name or spec.module} needs a calibrated activation range for {spec.scheme}",
-                    "put calibrate before quant (or use scheme w8a8-dynamic / w4a16)",
+                    "put calibrate before quant (or use scheme w8a8-dynamic / w4a8-dynamic / w4a16)",
                 )
             items.append((node, spec, calib["amax"] if calib else None))
         shared: dict = {}  # tensor name -> its per-token quantization (w8a8-dynamic)
@@ -174,7 +174,7 @@ class QuantPass(GenzipPass):
             counts["bos"] += spec.bos
         if counts["attention"]:
             model.metadata_props[INT8_SCORES_KEY] = str(counts["attention"])
-        if "w8a8-dynamic" in schemes and self.options.dynamic_form == "ort":
+        if schemes & set(DYNAMIC_SCHEMES) and self.options.dynamic_form == "ort":
             model.opset_imports.setdefault("com.microsoft", 1)
         after = _weight_bytes(graph)
         ops = [n.op_type for n in graph]

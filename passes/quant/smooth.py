@@ -1,4 +1,4 @@
-"""``smooth{alpha=... rotate=none|hadamard}``: balance activation outliers into weights.
+"""``smooth{alpha=... rotate=none|hadamard|random}``: balance activation outliers into weights.
 
 SmoothQuant / ViDiT-Q channel balancing for every tensor read by annotated,
 activation-quantized MatMul/Gemm nodes. Per input channel j, with a_j = max|X_j|
@@ -11,9 +11,12 @@ producer of X when that is exact: a LayerNormalization with constant scale/bias
 (scale and bias / s) or a GEMM (MatMul with constant weight, optionally + constant
 bias: its columns / s), provided X has no other reader; otherwise an explicit
 ``Mul(X, 1/s)`` is inserted in front of the group. ``rotate=hadamard`` then rotates
-by an orthonormal Hadamard matrix H (K a power of two): offline ``W'' = H^T W'``,
-online ``X'' = X' H`` (an fp32 MatMul left unannotated), spreading the remaining
-outliers over all channels.
+by an orthonormal Hadamard matrix H of order K (Sylvester times a Paley core, so
+384, 1152 and 4608 rotate too; see ``_rotation``): offline ``W'' = H^T W'``, online
+``X'' = X' H``, spreading the remaining outliers over all channels. H = A ⊗ B is
+applied as ``A^T · X' · B`` on X' viewed as [..., m, p] (fp32 MatMuls left
+unannotated). A width with no built-in Hadamard matrix is refused before anything
+changes; ``rotate=random`` uses a seeded random orthogonal A ⊗ B instead, at any width.
 
 Invariant: with quantization off the model computes the same function (up to float
 rounding); annotations stay valid. Run it after ``annotate-precision`` and before
@@ -30,9 +33,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from genzip.errors import GenzipError
 from genzip.passes.infra.context import PassContext, calibration_need
 from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
 from genzip.passes.quant import _calib_data as data_mod
+from genzip.passes.quant import _rotation
 from genzip.passes.quant._qdq import Builder, drop_if_unused
 from genzip.passes.quant._spec import annotated_nodes
 
@@ -42,7 +47,7 @@ S_RANGE = (1e-4, 1e4)
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Options:
     alpha: float = 0.5
-    rotate: Literal["none", "hadamard"] = "none"
+    rotate: Literal["none", "hadamard", "random"] = "none"
     samples: int = 0
     data: str | None = None
 
@@ -52,13 +57,45 @@ class Options:
 
 
 def hadamard(k: int) -> np.ndarray | None:
-    """Orthonormal Sylvester Hadamard matrix of order k, or None when k is not a power of 2."""
-    if k < 2 or k & (k - 1):
-        return None
-    h = np.ones((1, 1))
-    while h.shape[0] < k:
-        h = np.block([[h, h], [h, -h]])
-    return (h / np.sqrt(k)).astype(np.float32)
+    """Orthonormal Hadamard matrix of order k, or None when none is built in (see ``_rotation``)."""
+    factors = _rotation.hadamard_factors(k)
+    return None if factors is None else _rotation.full(factors)
+
+
+def _rotations(opts: Options, groups: dict[str, list[ir.Node]], seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each group's rotation factors; refuses (before any change) a width hadamard cannot rotate."""
+    if opts.rotate == "none":
+        return {}
+    out = {}
+    for name, nodes in groups.items():
+        k = _weight_kn(nodes[0]).shape[0]
+        if opts.rotate == "random":
+            out[name] = _rotation.random_factors(k, seed)
+            continue
+        factors = _rotation.hadamard_factors(k)
+        if factors is None:
+            raise GenzipError(
+                f"smooth{{rotate=hadamard}}: no Hadamard matrix of order {k} is built in (input '{name}'; "
+                f"widths 2^j times 1, a Paley order q+1 or 2(q+1) for a prime q, up to {_rotation.MAX_CORE})",
+                "use rotate=random (a seeded random orthogonal rotation) or rotate=none")
+        out[name] = factors
+    return out
+
+
+def _rotate(graph: ir.Graph, first: ir.Node, x: ir.Value, factors: tuple[np.ndarray, np.ndarray]) -> ir.Value:
+    """Insert ``x (A ⊗ B)`` before ``first``: one MatMul when A is 1×1, else A^T · x[..., m, p] · B."""
+    a, b_mat = factors
+    b = Builder(graph, f"{first.name}.rotate")
+    if a.shape[0] == 1:
+        y = b.op("MatMul", x, b.initializer("rotation", b_mat))
+    else:
+        mp = b.initializer("rotation_mp", np.array([a.shape[0], b_mat.shape[0]], dtype=np.int64))
+        split = b.op("Concat", b.op("Shape", x, end=-1), mp, axis=0)
+        t = b.op("MatMul", b.op("Reshape", x, split), b.initializer("rotation_b", b_mat))
+        t = b.op("MatMul", b.initializer("rotation_at", np.ascontiguousarray(a.T)), t)
+        y = b.op("Reshape", t, b.op("Shape", x))
+    graph.insert_before(first, b.nodes)
+    return y
 
 
 def _groups(model: ir.Model) -> dict[str, list[ir.Node]]:
@@ -153,6 +190,7 @@ class SmoothPass(GenzipPass):
         samples = data_mod.resolve(opts.data, context, self.name)
         samples = samples[: opts.samples] if opts.samples else samples
         data_mod.check_feeds(model, samples)
+        rotations = _rotations(opts, groups, context.seed)
         act = _channel_amax(model, sorted(groups), samples)
         counts = {"smoothed": 0, "layernorm": 0, "gemm": 0, "mul": 0, "rotated": 0}
         for name, nodes in groups.items():
@@ -172,16 +210,14 @@ class SmoothPass(GenzipPass):
                     n.replace_input_with(0, x_new)
                 how, x = "mul", x_new
             counts[how] += 1
-            h = hadamard(len(s)) if opts.rotate == "hadamard" else None
-            if h is not None:
-                b = Builder(graph, f"{nodes[0].name}.rotate")
-                x_rot = b.op("MatMul", x, b.initializer("hadamard", h))
-                graph.insert_before(nodes[0], b.nodes)
+            factors = rotations.get(name)
+            if factors is not None:
+                x_rot = _rotate(graph, nodes[0], x, factors)
                 for n in nodes:
                     n.replace_input_with(0, x_rot)
                 counts["rotated"] += 1
             for n, w in zip(nodes, weights):
                 w = s[:, None] * w
-                _set_weight(graph, n, h.T @ w if h is not None else w)
+                _set_weight(graph, n, _rotation.rotate_weight(factors, w) if factors is not None else w)
             counts["smoothed"] += 1
         return GenzipPassResult(model, True, counts)
