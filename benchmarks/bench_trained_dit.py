@@ -48,6 +48,7 @@ QUANT_METHODS = {
     "w8a8-dynamic": "recipe:w8a8-dynamic",
     "w8a8-attn": "recipe:w8a8-attn",
     "w4a8": "annotate-precision{scheme=w4a8},calibrate,quant{scheme=w4a8}",
+    "w4a8-dynamic": "recipe:w4a8-dynamic",
     "w4a16": "recipe:w4a16",
     "fp8": "recipe:fp8",
     "w8a8-smooth": "recipe:w8a8-smooth",
@@ -206,7 +207,7 @@ def run(args) -> int:
             if name in methods:
                 d, man, s = _compile(name, _spec(passes), folder, say, args.reuse)
                 extra = {}
-                if name == "w8a8-hadamard":
+                if name in ("w8a8-hadamard", "w8a8-smooth"):
                     extra["rotated"] = _pass_stats(man, "smooth").get("rotated")
                     extra["smoothed"] = _pass_stats(man, "smooth").get("smoothed")
                 add(name, "quant", d, man, s, extra=extra)
