@@ -2,7 +2,7 @@
 
     python benchmarks/bench_mixed.py [MODEL] [--formats LOW,HIGH] [--samples N] [--heldout N] [--random N] [--real] [--json]
 
-One process, one preset export (``MODEL``: ``bench-dit`` or ``tiny-llama``). Every
+One process, one preset export (``MODEL``: ``bench-dit``, ``tiny-llama`` or ``trained-llama``). Every
 allocation mixes the two ``--formats`` (default ``w4a16`` and ``w8a8``) over the
 layers ``annotate-precision`` marks quantizable, at the same average weight bits:
 
@@ -14,7 +14,10 @@ layers ``annotate-precision`` marks quantizable, at the same average weight bits
   under that budget with ``mixed-precision``'s objective (``auto``; LLMs also ``grad``).
 
 Evaluation is on held-out inputs (a separately seeded set, never the calibration
-set): each allocation's gates are set in the gated ORT session of
+set; for the trained LMs real held-out text: the first ``--heldout`` windows of the King
+James held-out chapters, which the model never trained on, where calibration and
+``sensitivity`` read training-split text, and each row also gets its held-out
+perplexity): each allocation's gates are set in the gated ORT session of
 ``sensitivity_probe`` (the arithmetic of the quantized graph, checked against
 ``quant`` in tests/test_sensitivity.py), metrics vs the FP32 export. Diffusion:
 SQNR (dB, higher is better) and content (1 − cos of low-passed outputs); LLMs: KL of
@@ -38,7 +41,7 @@ from genzip.passes.precision._metrics import sqnr_db
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", default="tiny-llama", help="bench-dit or tiny-llama")
+    p.add_argument("model", nargs="?", default="tiny-llama", help="bench-dit, tiny-llama or trained-llama")
     p.add_argument("--formats", default="w4a16,w8a8", help="LOW,HIGH formats to mix (default w4a16,w8a8)")
     p.add_argument("--samples", type=int, default=2, help="calibration samples per sensitivity run")
     p.add_argument("--heldout", type=int, default=4, help="held-out evaluation samples")
@@ -69,10 +72,29 @@ def _heldout(source, name: str, seed: int, n: int):
     from genzip.frontend.presets import get_preset
 
     spec = get_preset(name)
+    if name in _TRAINED_LMS:
+        # Real held-out text (the split the model never trained on), as genzip eval scores it.
+        from genzip.runtime import _eval_data
+
+        ids = source.example_inputs["input_ids"]
+        windows = _eval_data.heldout_token_windows(_eval_data.tokenizer(name), ids.shape[1], n * ids.shape[0])
+        return [{"input_ids": w.reshape(ids.shape).astype(ids.dtype)}
+                for w in windows[: len(windows) // ids.shape[0] * ids.shape[0]].reshape(-1, *ids.shape)]
     gen = preset_calibration(source.info["module"], spec.family, batch=source.info["batch"],
                              seed=seed + 5000, like=source.example_inputs, text_len=spec.text_len, seq_len=spec.seq_len)
     samples = gen()
     return [samples[i] for i in np.linspace(0, len(samples) - 1, min(n, len(samples))).round().astype(int)]
+
+
+def _perplexity(held, outs) -> float:
+    """exp(mean next-token NLL) over the held-out windows (first token of each unscored)."""
+    from genzip.runtime._eval_llm import log_softmax, perplexity
+
+    ids = np.concatenate([f["input_ids"] for f in held])
+    return perplexity(log_softmax(np.concatenate(outs).reshape(*ids.shape, -1)), ids)
+
+
+_TRAINED_LMS = ("trained-llama", "trained-moe")
 
 
 def _predicted(body: dict, group: list[list[str]], metric: str) -> float:
@@ -167,6 +189,7 @@ def run(args) -> int:
     held = _heldout(source, args.model, args.seed, args.heldout)
     refs = [make_session(fp_bytes).run([out_name], f)[0] for f in held]
     metrics = ("sqnr", "content") if body["family"] == "diffusion" else ("kl", "sqnr")
+    shown = (*metrics, "perplexity") if args.model in _TRAINED_LMS else metrics
     keys = [layer["key"] for layer in body["layers"]]
 
     def score(outs_per_alloc: list[list[np.ndarray]]) -> dict[str, float]:
@@ -174,6 +197,8 @@ def run(args) -> int:
         for m in metrics:
             v = float(np.mean([sm.measure(m, refs, outs) for outs in outs_per_alloc]))
             out[m] = sm.sqnr_db(v) if m == "sqnr" else v
+        if args.model in _TRAINED_LMS:
+            out["perplexity"] = float(np.mean([_perplexity(held, outs) for outs in outs_per_alloc]))
         return out
 
     rows = []
@@ -191,20 +216,23 @@ def run(args) -> int:
     result = {"model": args.model, "formats": [low, high], "layers": len(layers), "budget_bits": round(budget, 4),
               "sensitivity_runs": records[1].stats.get("runs"), "sensitivity_s": round(t_sens, 1),
               "calibration_samples": len(calib), "heldout_samples": len(held), "rows": rows,
+              "fp32_perplexity": _perplexity(held, refs) if args.model in _TRAINED_LMS else None,
+              "heldout": "KJV held-out chapters" if args.model in _TRAINED_LMS else "seeded inputs",
               "note": "sqnr in dB (higher is better); content = 1 - cos of low-passed outputs, kl: lower is better"}
     if args.json:
         print(json.dumps(result, indent=1))
     else:
-        _print_table(result, metrics, high, args.real)
+        _print_table(result, shown, high, args.real)
     return 0
 
 
 def _print_table(result: dict, metrics, high: str, real: bool) -> None:
-    fmt = lambda m, v: f"{v:.2f}" if m == "sqnr" else f"{v:.4g}"  # noqa: E731
+    fmt = lambda m, v: f"{v:.2f}" if m in ("sqnr", "perplexity") else f"{v:.4g}"  # noqa: E731
     print(f"{result['model']}: {result['layers']} layers, {'/'.join(result['formats'])}, "
           f"budget {result['budget_bits']:.3f} avg weight bits; "
           f"sensitivity {result['sensitivity_runs']} runs in {result['sensitivity_s']:.0f} s; "
-          f"{result['heldout_samples']} held-out samples")
+          f"{result['heldout_samples']} held-out samples ({result['heldout']})"
+          + (f"; FP32 perplexity {result['fp32_perplexity']:.2f}" if result["fp32_perplexity"] else ""))
     names = [f"{m} (dB)" if m == "sqnr" else m for m in metrics]
     head = ["allocation", "avg weight bits", f"# {high}", *names, f"Σ single-layer {metrics[0]} (calibration)"]
     head += [f"{n}, real quant graph" for n in names] if real else []

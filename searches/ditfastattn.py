@@ -74,7 +74,7 @@ def _search_modes(methods: list[str], refresh: bool) -> list[int]:
 
 def greedy_search(model: PlannedModel, prompt: np.ndarray, negative: np.ndarray, *, delta: float, steps: int,
                   cfg: float, seed: int = 0, scheduler: str = "dpm", loss: str = "dfa",
-                  progress=None) -> SearchResult:
+                  progress=None, scheduler_config: dict | None = None) -> SearchResult:
     if model.layout is None:
         raise GenzipError(f"artifact {model.folder} was compiled without share-attn, so there is nothing to plan",
                           "compile with --passes 'canonicalize-attn,share-attn'")
@@ -115,7 +115,10 @@ def greedy_search(model: PlannedModel, prompt: np.ndarray, negative: np.ndarray,
             progress(t, steps, methods, calls[0])
         return outs[model.main_output]
 
-    result = sample(model, prompt, negative, steps=steps, cfg=cfg, seed=seed, scheduler=scheduler, call=call)
+    # The plan is only valid for the trajectory it was searched on: a trained model's own
+    # noise schedule (scheduler_config) must be the one the search samples with.
+    result = sample(model, prompt, negative, steps=steps, cfg=cfg, seed=seed, scheduler=scheduler, call=call,
+                    scheduler_config=scheduler_config)
     plan = P.Plan(steps, layers, model.layout.window, tuple(tuple(r) for r in chosen))
     return SearchResult(plan, calls[0], 1 + (steps - 1) * (4 * layers + 2), losses, result.latents)
 

@@ -132,6 +132,9 @@ def profile_module(
 ) -> Profile:
     """Profile an eager causal LM (transformers ``*ForCausalLM``) on ``text``.
 
+    ``tokenizer``: the model's own (a trained model only behaves as it learned on its own
+    tokens); without one, the text's UTF-8 bytes mod vocab.
+
     Side effect: the module is switched to eager attention (the only kernel that
     returns attention probabilities); its weights are not touched.
     """

@@ -41,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from genzip.runtime import _eval_data
     from genzip.runtime.model import PlannedModel
     from genzip.runtime.plan import SHORT
     from genzip.searches.ditfastattn import flops_saved, greedy_search, heatmap, plan_flops
@@ -61,8 +62,13 @@ def run(args: argparse.Namespace) -> int:
     def progress(t, steps, methods, calls):
         say(f"step {t + 1}/{steps}: {calls} calls; methods " + " ".join(SHORT[m] for m in methods))
 
+    # trained-dit samples (genzip eval) with its training noise schedule; search on the same one.
+    schedule = None
+    if args.scheduler == "dpm" and _eval_data.trained_preset(model.manifest) in _eval_data.DIT_PRESETS:
+        schedule = _eval_data.dit_schedule()
     result = greedy_search(model, cond, uncond, delta=args.delta, steps=args.steps, cfg=args.cfg,
-                           seed=args.seed, scheduler=args.scheduler, loss=args.loss, progress=progress)
+                           seed=args.seed, scheduler=args.scheduler, loss=args.loss, progress=progress,
+                           scheduler_config=schedule)
     result.plan.save(args.out)
     png = args.heatmap or os.path.splitext(args.out)[0] + ".png"
     heatmap(result.plan, png, f"{os.path.basename(args.artifact)} delta={args.delta}")
