@@ -11,6 +11,7 @@ import onnx.numpy_helper as onh
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
+from onnx.reference import ReferenceEvaluator
 from quant_models import apply, feeds_for, mlp, run
 
 from genzip.errors import GenzipError
@@ -110,6 +111,61 @@ def test_gated_simulation_of_the_dynamic_formats_matches_quant(tmp_path):
     real = run(quantized, held_out)
     assert np.abs(sim - fp).max() > 1e-2
     np.testing.assert_allclose(sim, real, atol=1e-5 * np.abs(fp).max())
+
+
+def test_gated_simulation_of_bos_layers_matches_quant(tmp_path):
+    """MixDQ: a bos layer is probed as quant builds it (token 0 exact, tokens 1: quantized
+    with a range that ignores token 0's outliers), at static, dynamic and weight-only formats."""
+    model = mlp(dims=(64, 64, 64, 32), tokens=8)
+    bos = np.random.default_rng(3).standard_normal(64).astype(np.float32) * 30.0
+
+    def with_bos(feeds):
+        for f in feeds:
+            f["x"][:, 0, :] = bos
+        return feeds
+
+    calib = with_bos(feeds_for(model, 5, n=3))
+    plan = {"mm0": "w8a8", "mm1": "w8a8-dynamic", "mm2": "w4a16"}
+    write_plan(str(tmp_path / "p.json"), plan, {})
+    quantized = mlp(dims=(64, 64, 64, 32), tokens=8)
+    apply(quantized, f"annotate-precision{{plan={tmp_path / 'p.json'} bos=true bos-layers=.}},"
+          "calibrate{use-cache=false},quant{dynamic-form=onnx}", calib)
+    assert sum(n.op_type == "Expand" for n in quantized.graph) == 3  # three precomputed token-0 rows
+    proto = ir.to_proto(model).SerializeToString()
+    layers = [i for i, n in enumerate(model.graph) if n.op_type == "MatMul"]
+    keys = [probe.amax_key(model.graph.node(i).inputs[0].name, True) for i in layers]
+    amax, _ = probe.activation_amax(proto, keys, calib)
+    assert amax[keys[0]] < 0.2 * float(np.abs(bos).max())  # token 0's outliers left out of the range
+    gated = ir.from_proto(onnx.ModelProto.FromString(proto))
+    gates = probe.build_gated(gated, layers, ["w8a8", "w8a8-dynamic", "w4a16"], amax, 32, frozenset({0, 1, 2}))
+    held_out = with_bos(feeds_for(model, 99))[0]
+    fp = run(model, held_out)
+    np.testing.assert_allclose(run(gated, {**held_out, **probe.gate_feeds(gates, {})}), fp, rtol=1e-6, atol=1e-5)
+    sim = run(gated, {**held_out, **probe.gate_feeds(gates, dict(enumerate(plan.values())))})
+    # The ONNX reference: ORT fuses the w4a16 layer into MatMulNBits (rounds differently),
+    # and with graph optimizations off it gets the per-token int8 GEMM wrong.
+    real = ReferenceEvaluator(ir.to_proto(quantized)).run(None, held_out)[0]
+    assert np.abs(sim - fp).max() > 1e-2
+    np.testing.assert_allclose(sim[:, 0], fp[:, 0], rtol=1e-4, atol=1e-3)  # token 0 stays exact
+    np.testing.assert_allclose(sim, real, atol=1e-5 * np.abs(fp).max())
+
+
+def test_sensitivity_probes_bos_layers_as_bos(tmp_path):
+    """The pass passes its bos layers to the probe: token 0 costs nothing, so a bos layer's
+    measured error is smaller than the same layer probed without bos."""
+    def measured(bos: bool) -> list:
+        model = mlp(dims=(64, 64, 32), tokens=8)
+        feeds = feeds_for(model, 5, n=2)
+        for f in feeds:
+            f["x"][:, 0, :] = np.random.default_rng(3).standard_normal(64).astype(np.float32) * 30.0
+        flag = " bos=true bos-layers=." if bos else ""
+        apply(model, f"annotate-precision{{keep-defaults=false{flag}}},"
+              "sensitivity{candidates=w8a8 samples=2 metrics=sqnr use-cache=false}", feeds)
+        body = json.loads(model.metadata_props[RESULT_KEY])
+        return [layer["cost"]["sqnr"][0] for layer in body["layers"]]
+
+    with_bos, without = measured(True), measured(False)
+    assert all(b < w for b, w in zip(with_bos, without)), (with_bos, without)
 
 
 def test_cache_hit_skips_every_run_and_keys_on_settings(tmp_path):

@@ -9,7 +9,9 @@ quantization, gated by scalar graph inputs (all 0 = the FP model, bit-exact):
 
 ``DQ(Q_f(W))`` is the dequantized initializer ``quant`` writes and ``QDQ_c`` uses the
 absmax range ``calibrate`` would record on the same samples, so setting the gates of
-an allocation reproduces the arithmetic of the quantized graph. The extra
+an allocation reproduces the arithmetic of the quantized graph. A ``bos`` layer
+(MixDQ) is probed as ``quant`` builds it: tokens 1: through the fake quantizers, with
+a range that ignores token 0, and token 0's output from the fp32 weight. The extra
 elementwise work is O(weights + activations) per layer, small next to the GEMMs.
 """
 
@@ -37,8 +39,13 @@ def act_gate(layer: int, dtype: str) -> str:
     return f"{GATE}.l{layer}.{dtype}.a"
 
 
-def activation_amax(proto_bytes: bytes, act_names: list[str], samples) -> tuple[dict[str, float], list[dict]]:
-    """(absmax of each named tensor over ``samples``, the FP outputs of each sample)."""
+def amax_key(name: str, bos: bool) -> str:
+    """A ``bos`` layer's input range ignores token 0, so it is kept apart from the full one."""
+    return f"{name}#bos" if bos else name
+
+
+def activation_amax(proto_bytes: bytes, act_keys: list[str], samples) -> tuple[dict[str, float], list[dict]]:
+    """(absmax of each ``amax_key`` over ``samples``, the FP outputs of each sample)."""
     import onnx
 
     from genzip.ort_session import make_session
@@ -46,19 +53,22 @@ def activation_amax(proto_bytes: bytes, act_names: list[str], samples) -> tuple[
     probe = onnx.ModelProto.FromString(proto_bytes)
     outputs = [o.name for o in probe.graph.output]
     inputs = {i.name for i in probe.graph.input}
-    extra = sorted(set(act_names) - inputs - set(outputs))
+    extra = sorted({k.split("#")[0] for k in act_keys} - inputs - set(outputs))
     probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in extra)
     session = make_session(probe.SerializeToString())
     names = [o.name for o in session.get_outputs()]
-    amax = dict.fromkeys(act_names, 0.0)
+    amax = dict.fromkeys(act_keys, 0.0)
     refs = []
     for feeds in samples:
         got = dict(zip(names, session.run(names, feeds)))
         refs.append({k: got[k] for k in outputs})
-        for t in act_names:
-            x = feeds[t] if t in feeds else got[t]
+        for key in act_keys:
+            name, _, bos = key.partition("#")
+            x = feeds[name] if name in feeds else got[name]
+            if bos and x.ndim >= 2:
+                x = x[..., 1:, :]
             if x.size:
-                amax[t] = max(amax[t], float(np.max(np.abs(x))))
+                amax[key] = max(amax[key], float(np.max(np.abs(x))))
     return amax, refs
 
 
@@ -79,8 +89,9 @@ def _act_qdq(b: Builder, x: ir.Value, dtype: str, amax: float) -> ir.Value:
 
 
 def build_gated(model: ir.Model, layers: list[int], formats: list[str], amax: dict[str, float],
-                block: int) -> list[str]:
-    """Rewrite ``model`` (a private copy) in place; ``layers`` index ``list(model.graph)``.
+                block: int, bos: frozenset[int] = frozenset()) -> list[str]:
+    """Rewrite ``model`` (a private copy) in place; ``layers`` index ``list(model.graph)``,
+    ``bos`` holds the positions in ``layers`` of MixDQ ``bos`` MatMuls.
     Returns the names of the gate inputs."""
     graph = model.graph
     nodes = list(graph)
@@ -106,16 +117,39 @@ def build_gated(model: ir.Model, layers: list[int], formats: list[str], amax: di
             delta = b.initializer(f"{fmt}.dw", fake_weight(w, node.op_type, trans_b, fmt, block) - w)
             w_eff = b.op("Add", w_eff, b.op("Mul", gate(weight_gate(li, fmt)), delta))
         x = node.inputs[0]
-        x_eff = x
+        is_bos = li in bos
+        x_eff = rest = b.after_first_token(x) if is_bos else x
         for dtype in sorted({FORMATS[f].act_dtype for f in formats if allowed(node.op_type, f)} - {None}):
             sub = Builder(graph, f"{b.prefix}.{dtype}")
             sub.nodes = b.nodes  # one list: the Q/DQ nodes go where the gate needs them
-            fq = _act_qdq(sub, x, dtype, amax.get(x.name, 0.0))
-            x_eff = b.op("Add", x_eff, b.op("Mul", gate(act_gate(li, dtype)), b.op("Sub", fq, x)))
+            fq = _act_qdq(sub, rest, dtype, amax.get(amax_key(x.name, is_bos), 0.0))
+            x_eff = b.op("Add", x_eff, b.op("Mul", gate(act_gate(li, dtype)), b.op("Sub", fq, rest)))
         graph.insert_before(node, b.nodes)
         node.replace_input_with(0, x_eff)
         node.replace_input_with(1, w_eff)
+        if is_bos:
+            _bos_first_token(graph, node, x, w_value, Builder(graph, f"{b.prefix}.bos"))
     return gates
+
+
+def _bos_first_token(graph: ir.Graph, node: ir.Node, x: ir.Value, w: ir.Value, b: Builder) -> None:
+    """``node`` now computes tokens 1: only; put token 0's fp32 output in front (quant
+    writes that row as a constant), so downstream sees the full sequence."""
+    y = node.outputs[0]
+    uses = list(y.uses())  # before the Concat below becomes one more
+    zero = b.initializer("start", np.array([0], np.int64))
+    one = b.initializer("stop", np.array([1], np.int64))
+    axes = b.initializer("axes", np.array([-2], np.int64))
+    first = b.op("MatMul", b.op("Slice", x, zero, one, axes), w)
+    full = b.op("Concat", first, y, axis=-2)
+    graph.insert_after(node, b.nodes)
+    for user, index in uses:
+        user.replace_input_with(index, full)
+    for i, out in enumerate(graph.outputs):
+        if out is y:  # the graph output keeps its name (the probe reads outputs by name)
+            name, y.name = y.name, f"{y.name}.tokens_1"
+            full.name = name
+            graph.outputs[i] = full
 
 
 def gate_feeds(gates: list[str], assignment: dict[int, str]) -> dict[str, np.ndarray]:

@@ -157,7 +157,7 @@ class MixedPrecisionPass(GenzipPass):
         scheme = FORMATS[fmt].scheme
         opts = AnnotateOptions(scheme=scheme or old.scheme, block=block)
         # BOS splitting needs a static activation quantizer (w8a8, w4a8, fp8).
-        bos = old.bos and FORMATS[fmt].act_dtype in ("int8", "float8e4m3fn")
+        bos = old.bos  # quant and the sensitivity probe treat token 0 alike at every format
         spec = spec_for(node, old.module or "", opts, None if scheme else f"plan {fmt}", bos)
         raw = spec.to_json()
         changed = node.metadata_props.get(META_KEY) != raw

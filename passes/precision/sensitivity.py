@@ -42,7 +42,7 @@ from genzip.passes.precision._grad import as_module, first_order
 from genzip.passes.quant import _calib_data as data_mod
 from genzip.passes.quant._formats import FORMATS, fake_weight
 from genzip.passes.quant._plan import layer_keys
-from genzip.passes.quant._spec import annotated_nodes
+from genzip.passes.quant._spec import annotated_nodes, spec_of
 
 logger = logging.getLogger(__name__)
 DEFAULT_CONTENT = r"(^|\.)(attn2|ff)(\.|$)"
@@ -168,10 +168,11 @@ class SensitivityPass(GenzipPass):
     def _measure(self, proto: bytes, positions, layers, samples, metrics, out_name, module):
         opts: Options = self.options
         formats = list(opts.candidates)
-        acts = sorted({n.inputs[0].name for n in layers})
+        bos = frozenset(li for li, n in enumerate(layers) if n.op_type == "MatMul" and spec_of(n).bos)
+        acts = sorted({probe.amax_key(n.inputs[0].name, li in bos) for li, n in enumerate(layers)})
         amax, refs = probe.activation_amax(proto, acts, samples)
         gated = ir.from_proto(onnx.ModelProto.FromString(proto))  # a private copy to rewrite
-        gates = probe.build_gated(gated, positions, formats, amax, opts.block)
+        gates = probe.build_gated(gated, positions, formats, amax, opts.block, bos)
         from genzip.ort_session import make_session
 
         session = make_session(ir.to_proto(gated).SerializeToString())

@@ -73,8 +73,8 @@ def _bos_targets(model: ir.Model) -> dict[str, list[ir.Node]]:
     """Tensor -> the ``bos`` nodes reading it (static or dynamic): their token 0 is observed."""
     out: dict[str, list[ir.Node]] = {}
     for node, spec in annotated_nodes(model):
-        if spec.keep is None and spec.bos and spec.activation is not None:
-            out.setdefault(node.inputs[spec.activation.input].name, []).append(node)
+        if spec.keep is None and spec.bos:
+            out.setdefault(node.inputs[0].name, []).append(node)  # bos is MatMul only: input 0
     return out
 
 

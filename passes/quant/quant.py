@@ -101,8 +101,9 @@ def _rewrite(graph: ir.Graph, node: ir.Node, spec: QuantSpec, amax: float | None
                 if beta != 1.0:
                     c = b.op("Mul", c, b.initializer("beta", np.array(beta, np.float32)))
                 y = b.op("Add", y, c)
-        else:  # static BOS (MatMul only, see annotate-precision)
-            y = b.op("MatMul", b.qdq(rest, amax, act.dtype), b.weight_dq(w, spec.weight))
+        else:  # static or weight-only BOS (MatMul only, see annotate-precision)
+            x_q = rest if act is None else b.qdq(rest, amax, act.dtype)
+            y = b.op("MatMul", x_q, b.weight_dq(w, spec.weight))
         if spec.bos:
             y = b.concat_tokens(b.bos_output(y, bos_row @ w.astype(np.float32)), y)
         graph.insert_before(node, b.nodes)
