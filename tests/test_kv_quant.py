@@ -9,6 +9,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
 
+from genzip.errors import GenzipError
 from genzip.ort_session import make_session
 from genzip.passes import build_pipeline, run_pipeline
 from genzip.passes.infra.context import PassContext
@@ -98,7 +99,7 @@ def test_layers_option_selects_and_unselected_stay_float():
     assert "no past_key_values" in problem("kv-int8", _cache_graph())
 
 
-def test_no_cache_is_unchanged_and_twice_is_refused():
+def test_no_cache_is_refused_unchanged_and_twice_is_refused():
     plain = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
@@ -106,8 +107,9 @@ def test_no_cache_is_unchanged_and_twice_is_refused():
     before = ir.to_proto(model).SerializeToString()
     from genzip.passes.quant.kv_quant import KVQuantPass
 
-    result = KVQuantPass().run(model, PassContext())
-    assert result.modified is False and ir.to_proto(model).SerializeToString() == before
+    with pytest.raises(GenzipError, match="compile an LLM with --kv-cache"):
+        KVQuantPass().run(model, PassContext())
+    assert ir.to_proto(model).SerializeToString() == before
     model = _cache_graph(1)
     run_pipeline(model, build_pipeline("kv-quant"), context=PassContext())
     assert not any(n.op_type == "Concat" and n.outputs[0].name == "present.0.key" and

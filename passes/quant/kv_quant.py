@@ -124,9 +124,10 @@ class KVQuantPass(GenzipPass):
         graph = model.graph
         updates = [(o, c) for o, c in cache_updates(graph) if opts.selected(_layer(o.name) or 0)]
         if not updates:
-            logger.warning("kv-quant: no cache update Concat(past_key_values.*, new) -> present.* found; "
-                           "compile a transformers folder with --kv-cache")
-            return GenzipPassResult(model, False, {"quantized": 0})
+            # Its fact (an int8 cache) cannot hold on a graph without a cache: a user error,
+            # even under allow-noop.
+            raise GenzipError("kv-quant: no cache update Concat(past_key_values.*, new) -> present.* in the graph",
+                              "compile an LLM with --kv-cache (a transformers folder or preset)")
         scales = dict(_rewrite(graph, out, concat) for out, concat in updates)
         previous = json.loads(model.metadata_props.get(KV_QUANT_KEY, "{}")).get("scales", {})
         model.metadata_props[KV_QUANT_KEY] = json.dumps(
