@@ -13,21 +13,11 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 from quant_models import feeds_for, mlp
+from tiny_llm import one_layer_llama_folder
 
 from genzip.errors import GenzipError
 from genzip.passes import build_pipeline, run_pipeline
 from genzip.passes.infra.context import CALIBRATION, TORCH_MODULE, PassContext, check_needs
-
-
-def _llama_folder(path) -> str:
-    import torch
-    import transformers
-
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
-    transformers.LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
-    return str(path)
 
 
 def test_passes_declare_what_they_need():
@@ -87,7 +77,7 @@ def test_no_context_var_or_global_carries_pass_inputs():
 
 
 def test_compile_fails_fast_on_a_folder_without_calibration_data(tmp_path):
-    folder = _llama_folder(tmp_path / "llama")
+    folder = one_layer_llama_folder(tmp_path / "llama")
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "genzip.tools.compile_cli", folder, "--recipe", "w8a8",
                              "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)

@@ -100,12 +100,9 @@ def test_onnx_proto_and_ir_model_with_python_calibration(tmp_path):
 
 
 def test_transformers_object_with_a_calibration_generator():
-    import transformers
+    from tiny_llm import one_layer_llama
 
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
-    model = transformers.LlamaForCausalLM(config)
+    model = one_layer_llama()
     rng = np.random.default_rng(0)
 
     def samples():

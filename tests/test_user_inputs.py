@@ -14,6 +14,7 @@ import onnx
 import onnx.helper as oh
 import onnx.numpy_helper as onh
 import pytest
+from tiny_llm import one_layer_llama_folder
 
 from genzip.errors import GenzipError
 from genzip.frontend.user_inputs import calibration_samples, check_inputs
@@ -254,19 +255,8 @@ def test_module_function_refusals_come_before_the_export(user_module, tmp_path, 
              "--calib-data input 'x' has shape [6, 4, 8], which fits neither layout for the model's input [?, 5, 8]")
 
 
-def _llama_folder(path) -> str:
-    import torch
-    import transformers
-
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
-    transformers.LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
-    return str(path)
-
-
 def test_hf_folder_w8a8_works_with_calib_data_and_refuses_bad_layouts(tmp_path, capsys, monkeypatch):
-    folder = _llama_folder(tmp_path / "llama")
+    folder = one_layer_llama_folder(tmp_path / "llama")
     ids = np.random.default_rng(0).integers(0, 64, (4, 1, 16)).astype(np.int64)  # samples first
     np.savez(tmp_path / "calib.npz", input_ids=ids)
     np.savez(tmp_path / "in.npz", input_ids=ids[0])

@@ -61,3 +61,20 @@ def compile_kv_artifact(root: Path, arch: str = "llama", passes: str = "") -> tu
     out = Path(root) / f"{arch}.kv"
     compile_model(str(folder), str(out), CompileOptions(target="onnx", passes=passes, kv_cache=True))
     return folder, out
+
+
+def one_layer_llama():
+    """A seeded 1-layer GQA Llama (vocab 64, hidden 16, 2 heads / 1 KV head), no tokenizer."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
+    return transformers.LlamaForCausalLM(config)
+
+
+def one_layer_llama_folder(path) -> str:
+    """``one_layer_llama`` saved as a transformers folder at ``path``."""
+    one_layer_llama().save_pretrained(path, safe_serialization=True)
+    return str(path)
