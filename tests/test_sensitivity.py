@@ -20,6 +20,7 @@ from genzip.passes import build_pipeline
 from genzip.passes.precision import _metrics as sm
 from genzip.passes.precision import _probe as probe
 from genzip.passes.precision.sensitivity import RESULT_KEY
+from genzip.passes.quant._bos import range_key
 from genzip.passes.quant._plan import write_plan
 
 SENS = "annotate-precision{keep-defaults=false},sensitivity{candidates=w8a8,w4a16,w4a8,fp8,fp16 samples=2}"
@@ -133,7 +134,7 @@ def test_gated_simulation_of_bos_layers_matches_quant(tmp_path):
     assert sum(n.op_type == "Expand" for n in quantized.graph) == 3  # three precomputed token-0 rows
     proto = ir.to_proto(model).SerializeToString()
     layers = [i for i, n in enumerate(model.graph) if n.op_type == "MatMul"]
-    keys = [probe.amax_key(model.graph.node(i).inputs[0].name, True) for i in layers]
+    keys = [range_key(model.graph.node(i).inputs[0].name, True) for i in layers]
     amax, _ = probe.activation_amax(proto, keys, calib)
     assert amax[keys[0]] < 0.2 * float(np.abs(bos).max())  # token 0's outliers left out of the range
     gated = ir.from_proto(onnx.ModelProto.FromString(proto))

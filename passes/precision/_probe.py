@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from genzip.passes.quant import _bos as bos_mod
 from genzip.passes.quant import _scales as qs
 from genzip.passes.quant._formats import DYNAMIC, FORMATS, GEMM_ONLY, fake_weight
 from genzip.passes.quant._qdq import Builder
@@ -39,13 +40,8 @@ def act_gate(layer: int, dtype: str) -> str:
     return f"{GATE}.l{layer}.{dtype}.a"
 
 
-def amax_key(name: str, bos: bool) -> str:
-    """A ``bos`` layer's input range ignores token 0, so it is kept apart from the full one."""
-    return f"{name}#bos" if bos else name
-
-
 def activation_amax(proto_bytes: bytes, act_keys: list[str], samples) -> tuple[dict[str, float], list[dict]]:
-    """(absmax of each ``amax_key`` over ``samples``, the FP outputs of each sample)."""
+    """(absmax of each ``_bos.range_key`` over ``samples``, the FP outputs of each sample)."""
     import onnx
 
     from genzip.ort_session import make_session
@@ -53,7 +49,7 @@ def activation_amax(proto_bytes: bytes, act_keys: list[str], samples) -> tuple[d
     probe = onnx.ModelProto.FromString(proto_bytes)
     outputs = [o.name for o in probe.graph.output]
     inputs = {i.name for i in probe.graph.input}
-    extra = sorted({k.split("#")[0] for k in act_keys} - inputs - set(outputs))
+    extra = sorted({bos_mod.key_tensor(k) for k in act_keys} - inputs - set(outputs))
     probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in extra)
     session = make_session(probe.SerializeToString())
     names = [o.name for o in session.get_outputs()]
@@ -63,10 +59,8 @@ def activation_amax(proto_bytes: bytes, act_keys: list[str], samples) -> tuple[d
         got = dict(zip(names, session.run(names, feeds)))
         refs.append({k: got[k] for k in outputs})
         for key in act_keys:
-            name, _, bos = key.partition("#")
-            x = feeds[name] if name in feeds else got[name]
-            if bos and x.ndim >= 2:
-                x = x[..., 1:, :]
+            name = bos_mod.key_tensor(key)
+            x = bos_mod.ranged_values(key, feeds[name] if name in feeds else got[name])
             if x.size:
                 amax[key] = max(amax[key], float(np.max(np.abs(x))))
     return amax, refs
@@ -122,7 +116,7 @@ def build_gated(model: ir.Model, layers: list[int], formats: list[str], amax: di
         for dtype in sorted({FORMATS[f].act_dtype for f in formats if allowed(node.op_type, f)} - {None}):
             sub = Builder(graph, f"{b.prefix}.{dtype}")
             sub.nodes = b.nodes  # one list: the Q/DQ nodes go where the gate needs them
-            fq = _act_qdq(sub, rest, dtype, amax.get(amax_key(x.name, is_bos), 0.0))
+            fq = _act_qdq(sub, rest, dtype, amax.get(bos_mod.range_key(x.name, is_bos), 0.0))
             x_eff = b.op("Add", x_eff, b.op("Mul", gate(act_gate(li, dtype)), b.op("Sub", fq, rest)))
         graph.insert_before(node, b.nodes)
         node.replace_input_with(0, x_eff)
@@ -137,11 +131,7 @@ def _bos_first_token(graph: ir.Graph, node: ir.Node, x: ir.Value, w: ir.Value, b
     writes that row as a constant), so downstream sees the full sequence."""
     y = node.outputs[0]
     uses = list(y.uses())  # before the Concat below becomes one more
-    zero = b.initializer("start", np.array([0], np.int64))
-    one = b.initializer("stop", np.array([1], np.int64))
-    axes = b.initializer("axes", np.array([-2], np.int64))
-    first = b.op("MatMul", b.op("Slice", x, zero, one, axes), w)
-    full = b.op("Concat", first, y, axis=-2)
+    full = b.concat_tokens(b.op("MatMul", b.first_token(x), w), y)
     graph.insert_after(node, b.nodes)
     for user, index in uses:
         user.replace_input_with(index, full)

@@ -40,6 +40,7 @@ from genzip.passes.precision import _metrics as metrics_mod
 from genzip.passes.precision import _probe as probe
 from genzip.passes.precision._grad import as_module, first_order
 from genzip.passes.quant import _calib_data as data_mod
+from genzip.passes.quant._bos import range_key
 from genzip.passes.quant._formats import FORMATS, fake_weight
 from genzip.passes.quant._plan import layer_keys
 from genzip.passes.quant._spec import annotated_nodes, spec_of
@@ -169,7 +170,7 @@ class SensitivityPass(GenzipPass):
         opts: Options = self.options
         formats = list(opts.candidates)
         bos = frozenset(li for li, n in enumerate(layers) if n.op_type == "MatMul" and spec_of(n).bos)
-        acts = sorted({probe.amax_key(n.inputs[0].name, li in bos) for li, n in enumerate(layers)})
+        acts = sorted({range_key(n.inputs[0].name, li in bos) for li, n in enumerate(layers)})
         amax, refs = probe.activation_amax(proto, acts, samples)
         gated = ir.from_proto(onnx.ModelProto.FromString(proto))  # a private copy to rewrite
         gates = probe.build_gated(gated, positions, formats, amax, opts.block, bos)

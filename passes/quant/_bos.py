@@ -21,6 +21,23 @@ import numpy as np
 from genzip.errors import GenzipError
 
 MAX_SPREAD = 1e-3
+_BOS_SUFFIX = "#bos"
+
+
+def range_key(tensor: str, bos: bool) -> str:
+    """The key of an activation range: a ``bos`` layer's input range ignores token 0, so
+    it is kept apart from the same tensor's full range."""
+    return tensor + _BOS_SUFFIX if bos else tensor
+
+
+def key_tensor(key: str) -> str:
+    """The tensor a ``range_key`` measures."""
+    return key.removesuffix(_BOS_SUFFIX)
+
+
+def ranged_values(key: str, x: np.ndarray) -> np.ndarray:
+    """What the range ``key`` covers of its tensor ``x``: tokens 1: (axis -2) for a bos key."""
+    return x[..., 1:, :] if key.endswith(_BOS_SUFFIX) and x.ndim >= 2 else x
 
 
 def token0_stats(rows: list[np.ndarray]) -> dict[str, Any]:

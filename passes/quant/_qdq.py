@@ -124,9 +124,17 @@ class Builder(NodeBuilder):
 
     def after_first_token(self, x: ir.Value) -> ir.Value:
         """Tokens 1: along axis -2."""
+        return self._tokens(x, 1, INT64_MAX)
+
+    def first_token(self, x: ir.Value) -> ir.Value:
+        """Token 0 along axis -2 (kept as an axis of length 1)."""
+        return self._tokens(x, 0, 1)
+
+    def _tokens(self, x: ir.Value, start: int, end: int) -> ir.Value:
         axes = self.initializer("bos_axes", np.array([-2], np.int64))
-        one, end = self.initializer("bos_1", np.array([1], np.int64)), self.initializer("bos_end", np.array([INT64_MAX], np.int64))
-        return self.op("Slice", x, one, end, axes)
+        first = self.initializer(f"bos_{start}", np.array([start], np.int64))
+        last = self.initializer("bos_end" if end == INT64_MAX else f"bos_{end}", np.array([end], np.int64))
+        return self.op("Slice", x, first, last, axes)
 
     def bos_output(self, rest_y: ir.Value, row_out: np.ndarray) -> ir.Value:
         """The constant token-0 output ``row_out`` [N], broadcast to rest_y's shape with one token."""

@@ -65,7 +65,7 @@ def _targets(model: ir.Model) -> dict[str, list[ir.Node]]:
         if spec.keep is not None or act is None or act.dynamic:
             continue
         name = node.inputs[act.input].name
-        out.setdefault(name + ("#bos" if spec.bos else ""), []).append(node)
+        out.setdefault(bos_mod.range_key(name, spec.bos), []).append(node)
     return out
 
 
@@ -87,7 +87,7 @@ def _observe(model: ir.Model, keys: list[str], bos_tensors: list[str], samples, 
     by_name = {v.name: v for node in graph for v in node.outputs}
     by_name.update(graph.initializers)
     present = {v.name for v in graph.inputs} | {v.name for v in graph.outputs}
-    wanted = sorted({k.split("#")[0] for k in keys} | set(bos_tensors))
+    wanted = sorted({bos_mod.key_tensor(k) for k in keys} | set(bos_tensors))
     # The probed tensors become graph outputs only while the session is created; the session
     # opens the model by path when it is large (external data), never as one protobuf.
     extra = [by_name[t] for t in wanted if t not in present]
@@ -109,10 +109,7 @@ def _observe(model: ir.Model, keys: list[str], bos_tensors: list[str], samples, 
             x = got[t]
             rows[t].append(x[..., 0, :].reshape(-1, x.shape[-1]))
         for key in keys:
-            name, _, bos = key.partition("#")
-            x = got[name]
-            if bos and x.ndim >= 2:
-                x = x[..., 1:, :]
+            x = bos_mod.ranged_values(key, got[bos_mod.key_tensor(key)])
             if x.size == 0:
                 continue
             amax[key] = max(amax[key], float(np.max(np.abs(x))))
