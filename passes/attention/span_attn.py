@@ -33,6 +33,7 @@ from genzip import jsonfile
 from genzip.errors import GenzipError
 from genzip.passes.attention import _causal_mask as moa_mask
 from genzip.passes.attention import _flops as af
+from genzip.passes.attention import _span_kv
 from genzip.passes.attention._heads import attention_scale, gqa_group
 from genzip.passes.infra.context import PassContext
 from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
@@ -156,6 +157,9 @@ class SpanAttentionPass(GenzipPass):
         sites = af.attention_sites(model)
         af.refuse_unknown(sites, "span-attn", "span-attn needs every attention classified; re-export the model "
                           "so self attention reads Q's activation, or leave span-attn out")
+        kv_layers = [s for s in sites if s.kind == "self" and _span_kv.reads_past(s.node, model.graph)]
+        if kv_layers:
+            return self._run_kv_cache(model, kv_layers)
         cache: dict = {}  # masks are shared by all layers: prove each once
         mask_kinds = {id(s.node): causal_mask_kind(model, s.node, cache) for s in sites if s.kind == "self"}
         masked = {i for i, kind in mask_kinds.items() if kind == moa_mask.CAUSAL}
@@ -197,6 +201,27 @@ class SpanAttentionPass(GenzipPass):
                                   {**skipped, **({"not causal": not_causal} if not_causal else {})},
                                   wanted="causal self-attention")
         return GenzipPassResult(model, replaced > 0, stats, noop_reason=why)
+
+    def _run_kv_cache(self, model: ir.Model, layers: list[af.AttentionSite]) -> GenzipPassResult:
+        """A ``--kv-cache`` graph: run-time elastic spans and a per-layer evicting cache (``_span_kv``)."""
+        seq = self.options.seq
+        if seq is None:
+            raise GenzipError("span-attn: a KV-cache graph needs seq=N, the longest context it will serve "
+                              "(it sizes each layer's evicting cache)", "give span-attn{... seq=N}")
+        found = []
+        for site in layers:
+            kv = _span_kv.kv_site(site.node, model.graph)
+            if isinstance(kv, str) or gqa_group(site.node) is None or not isinstance(site.node.inputs[0].shape[1], int):
+                why = kv if isinstance(kv, str) else "its head counts are not static"
+                raise GenzipError(f"span-attn: KV-cache attention {site.index} ({site.node.name}): {why}",
+                                  "span-attn handles the float32 Concat(past, new) cache of genzip-compile --kv-cache")
+            found.append(kv)
+        rules, sinks = self._rules(layers)
+        caps = _span_kv.rewrite_kv_graph(model, found, rules, sinks, seq)
+        per_layer = [caps[kv.key.inputs[0].name] for kv in found]
+        stats = {"nodes_replaced": len(found), "kv_cache": True, "sinks": sinks, "seq": seq,
+                 "kv_capacity": per_layer, "kv_bytes_ratio_at_seq": round(sum(per_layer) / (len(per_layer) * seq), 4)}
+        return GenzipPassResult(model, True, stats)
 
     def _replace(self, model, site: af.AttentionSite, rule, sinks: int, flops: dict) -> str | None:
         node = site.node
