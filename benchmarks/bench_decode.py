@@ -1,13 +1,16 @@
 """``python benchmarks/bench_decode.py``: LLM decode speed, KV bytes and perplexity, genzip vs peers.
 
     python benchmarks/bench_decode.py [--contexts 512,2048,8192] [--new-tokens 32] [--rounds 2]
-        [--variants fp32,w4a16,kv8] [--peers ort-genai,transformers] [--hidden 512 --layers 4 ...]
+        [--variants fp32,w4a16,kv8,moa-0.5,moa-0.25] [--peers ort-genai,transformers] [--hidden 512 --layers 4 ...]
         [--ppl-contexts 128,512] [--ppl-windows 16] [--threads 2] [--json]
 
 Speed. One random-weight Llama (config built here from the flags, GQA, saved with
 ``save_pretrained`` into a temporary folder with trained-llama's tokenizer) is what
 every engine reads: genzip compiles it with ``--kv-cache`` once per variant
-(``fp32``, ``w4a16``, ``kv8`` = ``kv-quant``, ``w4a16-kv8``); onnxruntime-genai's
+(``fp32``, ``w4a16``, ``kv8`` = ``kv-quant``, ``w4a16-kv8``, and MoA ``moa-0.5`` /
+``moa-0.25`` = ``span-attn{alpha=0 beta=DENSITY sinks=4 seq=CONTEXT+NEW}``, compiled per
+context: elastic spans of density·N and an evicting cache of sinks + density·seq tokens
+per layer); onnxruntime-genai's
 model builder (``python -m onnxruntime_genai.models.builder -i FOLDER -o OUT -p fp32
 -e cpu``) exports it and its generate API runs it; transformers runs it eagerly with
 its ``DynamicCache``. Per round, per context, per engine (interleaved in this one
@@ -54,6 +57,11 @@ VARIANTS = {
     "kv8": "kv-quant",
     "w4a16-kv8": "annotate-precision{scheme=w4a16 keep-defaults=false},quant{scheme=w4a16},kv-quant",
 }
+# MoA variants: span-attn on the --kv-cache graph with the elastic rule span = density·N
+# (alpha 0, beta = density) and MOA_SINKS sinks, compiled per context with seq = the
+# longest length it serves, so each layer's evicting cache keeps sinks + density·seq tokens.
+MOA = {"moa-0.5": 0.5, "moa-0.25": 0.25}
+MOA_SINKS = 4
 PEERS = ("ort-genai", "transformers")
 TRAINED = "trained-llama"
 
@@ -62,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contexts", default="512,2048,8192", help="prompt lengths for speed (default 512,2048,8192)")
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per run (default 32)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
-    parser.add_argument("--variants", default="fp32,w4a16,kv8", help=f"genzip variants: {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default="fp32,w4a16,kv8", help=f"genzip variants: {', '.join([*VARIANTS, *MOA])}")
     parser.add_argument("--peers", default=",".join(PEERS), help="peers: ort-genai, transformers, or none")
     parser.add_argument("--hidden", type=int, default=512, help="speed model hidden size (default 512)")
     parser.add_argument("--layers", type=int, default=4, help="speed model layers (default 4)")
@@ -124,8 +132,17 @@ def speed_folder(root: str, args, max_positions: int) -> str:
     return folder
 
 
-def compile_variants(folder: str, variants: list[str], root: str, tag: str, threads: int) -> dict:
-    """One ``--kv-cache`` export of ``folder``, compiled into each variant; name -> CausalLM."""
+def variant_passes(name: str, seq: int) -> str:
+    """The pass pipeline of a variant; MoA's depends on ``seq``, the longest length served."""
+    if name in MOA:
+        return f"canonicalize-attn,span-attn{{alpha=0 beta={MOA[name]} sinks={MOA_SINKS} seq={seq}}}"
+    return VARIANTS[name]
+
+
+def compile_variants(folder: str, variants: list[str], root: str, tag: str, threads: int,
+                     seqs: list[int]) -> dict:
+    """One ``--kv-cache`` export of ``folder``, compiled into each variant; name -> {seq: CausalLM}
+    (one artifact per seq for MoA, the same artifact for every seq otherwise)."""
     import onnx_ir as ir
 
     import genzip
@@ -135,10 +152,15 @@ def compile_variants(folder: str, variants: list[str], root: str, tag: str, thre
     source = load_model(folder, kv_cache=True)
     out = {}
     for name in variants:
-        copy = dataclasses.replace(source, model=ir.from_proto(ir.to_proto(source.model)))
-        dest = os.path.join(root, f"{tag}-{name}")
-        compile_source(copy, dest, CompileOptions(target="ort", passes=VARIANTS[name], force=True, min_cosine=0.5))
-        out[name] = genzip.load(dest, threads=threads)
+        out[name] = {}
+        for seq in seqs if name in MOA else seqs[:1]:
+            copy = dataclasses.replace(source, model=ir.from_proto(ir.to_proto(source.model)))
+            dest = os.path.join(root, f"{tag}-{name}-{seq}")
+            compile_source(copy, dest, CompileOptions(target="ort", passes=variant_passes(name, seq), force=True,
+                                                      min_cosine=0.0 if name in MOA else 0.5))
+            out[name][seq] = genzip.load(dest, threads=threads)
+        if name not in MOA:
+            out[name] = dict.fromkeys(seqs, out[name][seqs[0]])
     return out
 
 
@@ -225,8 +247,10 @@ def speed(args, root: str, contexts: list[int], variants: list[str], peers: list
     max_positions = max(contexts) + args.new_tokens
     folder = speed_folder(root, args, max_positions)
     engines, skipped = {}, {}
-    for name, lm in compile_variants(folder, variants, root, "speed", args.threads).items():
-        engines[f"genzip-{name}"] = lambda ids, lm=lm: run_genzip(lm, ids, args.new_tokens, args.prefill_chunk)
+    seqs = [c + args.new_tokens for c in contexts]
+    for name, lms in compile_variants(folder, variants, root, "speed", args.threads, seqs).items():
+        engines[f"genzip-{name}"] = lambda ids, lms=lms: run_genzip(lms[ids.shape[1] + args.new_tokens], ids,
+                                                                    args.new_tokens, args.prefill_chunk)
     if "ort-genai" in peers:
         try:
             og = OrtGenai(folder, root, args.threads)
@@ -262,8 +286,9 @@ def perplexity_rows(args, root: str, ppl_contexts: list[int], variants: list[str
     from genzip.runtime import _eval_data
     from genzip.runtime._eval_llm import log_softmax, perplexity
 
-    lms = compile_variants(str(_eval_data.weights_folder(TRAINED)), variants, root, "ppl", args.threads)
-    limit = next(iter(lms.values())).spec["max_positions"]
+    lms = compile_variants(str(_eval_data.weights_folder(TRAINED)), variants, root, "ppl", args.threads,
+                           ppl_contexts)
+    limit = next(iter(next(iter(lms.values())).values())).spec["max_positions"]
     tok = _eval_data.tokenizer(TRAINED)
     rows = []
     for c in ppl_contexts:
@@ -272,8 +297,8 @@ def perplexity_rows(args, root: str, ppl_contexts: list[int], variants: list[str
                          "why": f"{TRAINED} has {limit} positions (trained on 128-token windows)"})
             continue
         windows = _eval_data.heldout_token_windows(tok, c, args.ppl_windows)
-        ppl = {name: perplexity(log_softmax(lm.score(windows, chunk=128).astype(np.float64)), windows)
-               for name, lm in lms.items()}
+        ppl = {name: perplexity(log_softmax(by_seq[c].score(windows, chunk=128).astype(np.float64)), windows)
+               for name, by_seq in lms.items()}
         for name, value in ppl.items():
             rows.append({"variant": name, "context": c, "windows": len(windows), "perplexity": round(value, 3),
                          "vs_fp32": round(value / ppl["fp32"] - 1, 5) if "fp32" in ppl else None})
@@ -283,7 +308,7 @@ def perplexity_rows(args, root: str, ppl_contexts: list[int], variants: list[str
 def run(args: argparse.Namespace) -> int:
     contexts = _ints(args.contexts, "contexts")
     ppl_contexts = _ints(args.ppl_contexts, "ppl-contexts")
-    variants = _names(args.variants, VARIANTS, "variants")
+    variants = _names(args.variants, [*VARIANTS, *MOA], "variants")
     peers = _names(args.peers, PEERS, "peers")
     if args.new_tokens < 2:
         raise GenzipError(f"--new-tokens {args.new_tokens} leaves no decode step to time", "pass 2 or more")
