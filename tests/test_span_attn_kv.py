@@ -41,15 +41,18 @@ def _compile(tiny, passes: str, name: str):
 
 def _span_reference(folder, plan: dict, ids: np.ndarray, prefill: int) -> np.ndarray:
     """Eager transformers logits, prefill then one token per step, with every attention
-    replaced by span attention over the full (dense) cache: N = keys seen."""
+    replaced by span attention over the full (dense) cache, each query's span taken at
+    its own length."""
     from transformers import AttentionInterface, AutoModelForCausalLM, DynamicCache
 
     def span_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
         heads, seq, total = query.shape[1], query.shape[2], key.shape[2]
         group = heads // key.shape[1]
         key, value = key.repeat_interleave(group, 1), value.repeat_interleave(group, 1)
-        rule = zip(plan["alphas"][module.layer_idx], plan["betas"][module.layer_idx])
-        spans = torch.tensor([resolve_span(a, b, total, plan["sinks"]) for a, b in rule])[:, None, None]
+        rule = list(zip(plan["alphas"][module.layer_idx], plan["betas"][module.layer_idx]))
+        # Each query's span at its own length (position + 1), as when it is decoded.
+        spans = torch.tensor([[resolve_span(a, b, n, plan["sinks"]) for n in range(total - seq + 1, total + 1)]
+                              for a, b in rule])[:, :, None]
         pq = torch.arange(total - seq, total)[:, None]
         pk = torch.arange(total)[None]
         ok = (pk <= pq) & ((pk < plan["sinks"]) | (pq - pk < spans))
@@ -95,14 +98,17 @@ def test_evicting_cache_matches_span_reference(tiny, tmp_path):
 
 
 def test_uniform_rule_with_eviction_matches_reference(tiny):
-    """One rule for every head (span = 3 + N/8, sinks 2, capacity 11 of 48)."""
+    """One rule for every head (span = 3 + N/8, sinks 2, capacity 11 of 48); scoring in
+    chunks of 7 (prefills that evict mid-chunk) equals one token per step."""
     rule = "alpha=3 beta=0.125 sinks=2"
     lm = _compile(tiny, f"canonicalize-attn,span-attn{{{rule} seq={SEQ}}}", "uniform")
     assert {s.keep for s in lm.slots} == {2 + resolve_span(3, 0.125, SEQ, 2)} == {11}
     plan = {"alphas": [[3.0] * 4] * 2, "betas": [[0.125] * 4] * 2, "sinks": 2}
     ids = np.random.default_rng(1).integers(3, lm.spec["vocab_size"], (1, 40))
-    np.testing.assert_allclose(_ours(lm, ids, prefill=16), _span_reference(str(tiny[0]), plan, ids, 16),
-                               rtol=1e-4, atol=1e-4)
+    want = _span_reference(str(tiny[0]), plan, ids, 16)
+    np.testing.assert_allclose(_ours(lm, ids, prefill=16), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lm.score(ids, chunk=7), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lm.score(ids, chunk=1), want, rtol=1e-4, atol=1e-4)
 
 
 def test_span_covering_everything_is_dense(tiny):

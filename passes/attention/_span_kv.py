@@ -10,10 +10,14 @@ Per layer the rewrite does two things.
 
 * **Elastic spans.** The mask becomes, per query head h, ``[1, Hq, S, L]`` (S new
   queries, L = P + S keys of the Concat, P the stored past): query i (absolute position
-  ``T0 + i``, ``T0 = N - S``) sees key j (absolute position ``pk(j) = j`` for ``j <
+  ``pq = T0 + i``, ``T0 = N - S``) sees key j (absolute position ``pk(j) = j`` for ``j <
   sinks``, else ``j + T0 - P``) iff ``pk <= pq`` and (``pk < sinks`` or ``pq - pk <
-  span_h``), with ``span_h = clamp(round(alpha_h + beta_h·N), max(sinks, 1), N)``
-  evaluated from N at run time (float64, round-half-even, as ``resolve_span``). The
+  span_h(pq + 1)``), with ``span_h(n) = clamp(round(alpha_h + beta_h·n), max(sinks, 1),
+  n)`` evaluated at run time (float64, round-half-even, as ``resolve_span``) at each
+  query's own length ``n = pq + 1``: in a decode step that is N, the current total, and
+  a prefill gives every query the span it would have had decoded one token at a time
+  (MoA's reference does the same: ``effective_length = query_index + 1``), so chunked
+  and token-by-token runs agree. The
   old mask (causal + ``attention_mask`` padding) is dropped: the values of
   ``attention_mask`` are no longer read, only its length (``generate()`` binds ones).
 * **Eviction.** ``present`` becomes ``Gather(K, idx, axis=2)`` with at most ``C``
@@ -108,7 +112,7 @@ def capacity(rule: list[tuple[float, float]], sinks: int, seq: int) -> int:
 
 
 class _Shared:
-    """Per-graph values every layer reuses: N (total length) as int64 and float64 scalars."""
+    """Per-graph values every layer reuses: N (the total length, int64 scalar), 0 and 1."""
 
     def __init__(self, graph: ir.Graph, b: NodeBuilder):
         mask = next((v for v in graph.inputs if v.name == MASK_INPUT), None)
@@ -116,14 +120,12 @@ class _Shared:
             raise GenzipError("span-attn: the KV-cache graph has no attention_mask input to read the length N from",
                               "compile the model with genzip-compile FOLDER --kv-cache")
         self.n = b.op("Squeeze", b.op("Gather", b.op("Shape", mask), b.ints(1), axis=0), b.ints(0))
-        self.n_f = b.op("Cast", self.n, to=ir.DataType.DOUBLE)
         self.zero, self.one = b.const(0), b.const(1)
 
 
 def _rewrite(graph: ir.Graph, site: KVSite, rule: list[tuple[float, float]], sinks: int, cap: int,
              shared: _Shared, b: NodeBuilder) -> None:
     q = site.node.inputs[0]
-    hq = q.shape[1]
     past = site.key.inputs[0]
     s = b.op("Squeeze", b.op("Gather", b.op("Shape", q), b.ints(2), axis=0), b.ints(0))
     p = b.op("Squeeze", b.op("Gather", b.op("Shape", past), b.ints(2), axis=0), b.ints(0))
@@ -134,11 +136,14 @@ def _rewrite(graph: ir.Graph, site: KVSite, rule: list[tuple[float, float]], sin
     pk = b.op("Where", b.op("Less", j, sinks_c), j, b.op("Add", j, b.op("Sub", t0, p)))
     pq = b.op("Add", b.op("Range", shared.zero, s, shared.one), t0)
     diff = b.op("Sub", b.op("Unsqueeze", pq, b.ints(1)), b.op("Unsqueeze", pk, b.ints(0)))  # [S, L]
-    alphas = b.const([a for a, _ in rule], np.float64)
-    betas = b.const([bb for _, bb in rule], np.float64)
-    raw = b.op("Cast", b.op("Round", b.op("Add", alphas, b.op("Mul", betas, shared.n_f))), to=ir.DataType.INT64)
-    span = b.op("Min", b.op("Max", raw, b.const(max(sinks, 1))), shared.n)  # [Hq]
-    in_span = b.op("Less", b.op("Unsqueeze", diff, b.ints(0)), b.op("Reshape", span, b.ints(hq, 1, 1)))
+    # Per query: its own length n = pq + 1 (what N was when that token was, or will be, decoded).
+    n = b.op("Add", pq, shared.one)  # [S]
+    n_f = b.op("Unsqueeze", b.op("Cast", n, to=ir.DataType.DOUBLE), b.ints(0))  # [1, S]
+    alphas = b.const([[a] for a, _ in rule], np.float64)  # [Hq, 1]
+    betas = b.const([[bb] for _, bb in rule], np.float64)
+    raw = b.op("Cast", b.op("Round", b.op("Add", alphas, b.op("Mul", betas, n_f))), to=ir.DataType.INT64)
+    span = b.op("Min", b.op("Max", raw, b.const(max(sinks, 1))), b.op("Unsqueeze", n, b.ints(0)))  # [Hq, S]
+    in_span = b.op("Less", b.op("Unsqueeze", diff, b.ints(0)), b.op("Unsqueeze", span, b.ints(2)))  # [Hq, S, L]
     sink = b.op("Unsqueeze", b.op("Less", pk, sinks_c), b.ints(0, 1))  # [1, 1, L]
     causal = b.op("Unsqueeze", b.op("GreaterOrEqual", diff, shared.zero), b.ints(0))  # [1, S, L]
     mask = b.op("Unsqueeze", b.op("And", causal, b.op("Or", sink, in_span)), b.ints(0))  # [1, Hq, S, L]
