@@ -2,7 +2,7 @@
 
     python benchmarks/bench_decode.py [--contexts 512,2048,8192] [--new-tokens 32] [--rounds 2]
         [--variants fp32,w4a16,kv8,moa-0.5,moa-0.25] [--peers ort-genai,transformers] [--hidden 512 --layers 4 ...]
-        [--ppl-contexts 128,512] [--ppl-windows 16] [--threads 2] [--json]
+        [--ppl-contexts 128,512] [--moa-plan PLAN.json] [--ppl-windows 16] [--threads 2] [--json]
 
 Speed. One random-weight Llama (config built here from the flags, GQA, saved with
 ``save_pretrained`` into a temporary folder with trained-llama's tokenizer) is what
@@ -25,7 +25,9 @@ transformers' cache tensors after the run.
 Perplexity. trained-llama (the only model with real held-out text) compiled the same
 way, scored on the KJV held-out chapters cut into non-overlapping windows of each
 ``--ppl-contexts`` length (up to its 512 positions; longer contexts get ``null`` and
-the reason), fed through the bound cache 128 tokens per run (the int8 cache
+the reason), with its KV bytes per sequence at that length (``--moa-plan PLAN.json``, a
+``genzip moa-search trained-llama`` plan, adds variant ``moa-plan``: ``span-attn{plan=PLAN
+seq=CONTEXT}``), fed through the bound cache 128 tokens per run (the int8 cache
 quantizes every token it stores, so chunked and token-by-token scoring agree).
 
 ``--json`` prints one object: ``speed`` rows (engine, context, tokens_per_s median
@@ -80,6 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefill-chunk", type=int, default=512, help="genzip prefill tokens per run (default 512)")
     parser.add_argument("--ppl-contexts", default="128,512",
                         help="trained-llama perplexity window lengths, or none (default 128,512)")
+    parser.add_argument("--moa-plan", default=None,
+                        help="a genzip moa-search plan for trained-llama: adds variant moa-plan to the perplexity rows")
     parser.add_argument("--ppl-windows", type=int, default=16, help="held-out windows per context (default 16)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every engine (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="weights and prompt seed (default 0)")
@@ -132,15 +136,17 @@ def speed_folder(root: str, args, max_positions: int) -> str:
     return folder
 
 
-def variant_passes(name: str, seq: int) -> str:
+def variant_passes(name: str, seq: int, plan: str | None = None) -> str:
     """The pass pipeline of a variant; MoA's depends on ``seq``, the longest length served."""
+    if name == "moa-plan":
+        return f"canonicalize-attn,span-attn{{plan={plan} seq={seq}}}"
     if name in MOA:
         return f"canonicalize-attn,span-attn{{alpha=0 beta={MOA[name]} sinks={MOA_SINKS} seq={seq}}}"
     return VARIANTS[name]
 
 
 def compile_variants(folder: str, variants: list[str], root: str, tag: str, threads: int,
-                     seqs: list[int]) -> dict:
+                     seqs: list[int], plan: str | None = None) -> dict:
     """One ``--kv-cache`` export of ``folder``, compiled into each variant; name -> {seq: CausalLM}
     (one artifact per seq for MoA, the same artifact for every seq otherwise)."""
     import onnx_ir as ir
@@ -153,13 +159,14 @@ def compile_variants(folder: str, variants: list[str], root: str, tag: str, thre
     out = {}
     for name in variants:
         out[name] = {}
-        for seq in seqs if name in MOA else seqs[:1]:
+        moa = name in MOA or name == "moa-plan"
+        for seq in seqs if moa else seqs[:1]:
             copy = dataclasses.replace(source, model=ir.from_proto(ir.to_proto(source.model)))
             dest = os.path.join(root, f"{tag}-{name}-{seq}")
-            compile_source(copy, dest, CompileOptions(target="ort", passes=variant_passes(name, seq), force=True,
-                                                      min_cosine=0.0 if name in MOA else 0.5))
+            compile_source(copy, dest, CompileOptions(target="ort", passes=variant_passes(name, seq, plan),
+                                                      force=True, min_cosine=0.0 if moa else 0.5))
             out[name][seq] = genzip.load(dest, threads=threads)
-        if name not in MOA:
+        if not moa:
             out[name] = dict.fromkeys(seqs, out[name][seqs[0]])
     return out
 
@@ -286,8 +293,10 @@ def perplexity_rows(args, root: str, ppl_contexts: list[int], variants: list[str
     from genzip.runtime import _eval_data
     from genzip.runtime._eval_llm import log_softmax, perplexity
 
+    if args.moa_plan:
+        variants = [*variants, "moa-plan"]
     lms = compile_variants(str(_eval_data.weights_folder(TRAINED)), variants, root, "ppl", args.threads,
-                           ppl_contexts)
+                           ppl_contexts, os.path.abspath(args.moa_plan) if args.moa_plan else None)
     limit = next(iter(next(iter(lms.values())).values())).spec["max_positions"]
     tok = _eval_data.tokenizer(TRAINED)
     rows = []
@@ -301,6 +310,7 @@ def perplexity_rows(args, root: str, ppl_contexts: list[int], variants: list[str
                for name, by_seq in lms.items()}
         for name, value in ppl.items():
             rows.append({"variant": name, "context": c, "windows": len(windows), "perplexity": round(value, 3),
+                         "kv_bytes": lms[name][c].new_cache(1, c).bytes,
                          "vs_fp32": round(value / ppl["fp32"] - 1, 5) if "fp32" in ppl else None})
     return rows
 
@@ -338,7 +348,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"perplexity ctx {row['context']}: n/a ({row['why']})")
         else:
             print(f"perplexity {row['variant']:>10} ctx {row['context']:>4}: {row['perplexity']:.3f} "
-                  f"({100 * row['vs_fp32']:+.2f}% vs fp32)")
+                  f"({100 * row['vs_fp32']:+.2f}% vs fp32)  KV {row['kv_bytes'] / 2**10:.1f} KiB")
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     return 0
