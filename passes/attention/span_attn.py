@@ -15,6 +15,12 @@ node stays (``skipped_padding_mask``). An attention canonicalize-attn left ``unk
 makes the pass refuse the model (GenzipError naming it and why); replacing nothing
 although the model has attention logs a warning saying why.
 
+On a ``genzip-compile --kv-cache`` graph (K/V read a ``past_key_values.*`` input) the
+pass instead keeps each layer's ``Attention`` and gives it a per-head span mask computed
+at run time from the current length, and makes each layer's cache evicting (sinks plus
+the widest span, sized by ``seq=``, which is then required): see ``_span_kv``. A cache
+form it cannot rewrite is a one-line GenzipError.
+
 ``plan=FILE`` gives per-layer, per-head rules as JSON
 ``{"alphas": [L][H], "betas": [L][H], "sinks": int}``; ``alpha=``/``beta=``/``sinks=``
 give one rule for every head.
@@ -48,7 +54,7 @@ class SpanAttentionOptions:
     alpha: float | None = None  # span = alpha + beta·N for every head
     beta: float | None = None
     sinks: int | None = None  # always-visible first tokens (default 0)
-    seq: int | None = None  # N to resolve spans with when the model's is symbolic
+    seq: int | None = None  # N to resolve spans with when symbolic; a KV-cache graph's longest context
 
     def __post_init__(self):
         uniform = self.alpha is not None or self.beta is not None
