@@ -109,6 +109,10 @@ def test_uniform_rule_with_eviction_matches_reference(tiny):
     np.testing.assert_allclose(_ours(lm, ids, prefill=16), want, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(lm.score(ids, chunk=7), want, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(lm.score(ids, chunk=1), want, rtol=1e-4, atol=1e-4)
+    pair = np.concatenate([ids[:, :10], ids[:, 20:30]])  # batch 2: each row as if alone
+    both = lm.generate(pair, max_new_tokens=30, eos_token_id=[]).sequences
+    rows = [lm.generate(pair[i:i + 1], max_new_tokens=30, eos_token_id=[]).sequences for i in range(2)]
+    np.testing.assert_array_equal(both, np.concatenate(rows))
 
 
 def test_span_covering_everything_is_dense(tiny):
