@@ -85,6 +85,8 @@ def test_evicting_cache_matches_span_reference(tiny, tmp_path):
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps(PLAN))
     lm = _compile(tiny, f"canonicalize-attn,span-attn{{plan={plan_file} seq={SEQ}}}", "plan")
+    manifest = json.loads((tiny[1] / "plan" / "genzip.json").read_text())
+    assert "evicting cache" in manifest["genai"]["why_not"]  # onnxruntime-genai cannot bind it
     keep = {s.past: s.keep for s in lm.slots}
     # layer 0: head 3 has span 40 (alpha) -> 42; layer 1: head 1 reaches round(4 + 0.2·48) = 14 -> 16
     assert keep["past_key_values.0.key"] == 42 and keep["past_key_values.1.value"] == 16
