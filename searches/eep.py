@@ -1,8 +1,8 @@
 """EEP (Efficient Expert Pruning): gradient-free evolutionary search of an expert plan.
 
-An individual is, per MoE layer, the kept experts (``keep`` of them) and EEP's merge
-matrix restricted to what merging means: the weight of each kept expert on itself and
-on each pruned expert (kept-to-kept entries stay 0). The population starts from the
+An individual is, per MoE layer, the kept experts (``keep`` of them) and EEP's two
+matrices restricted to what merging means: the merge weights and the router mapping of
+each kept expert on itself and on each pruned expert (kept-to-kept entries stay 0). The population starts from the
 router-frequency baseline (keep each layer's most-routed experts, no merging) and
 random keep sets; each generation makes children by per-layer crossover and mutation
 (swap a kept and a pruned expert in one layer, or add Gaussian noise to one layer's
@@ -29,27 +29,32 @@ from genzip.errors import GenzipError
 from genzip.passes.moe import _plan
 from genzip.searches import moe_experts
 
-_SIGMA = 0.05  # std of a merge-weight mutation (weights start at 0, self weights at 1)
+_SIGMA = 0.1  # std of a merge-weight mutation (weights start at 0, self weights at 1)
+
+
+def _table(keep: tuple[int, ...], m: np.ndarray) -> dict[int, dict[int, float]]:
+    """The plan table of a ``[K, E]`` matrix: entries that differ from the selection."""
+    table = {}
+    for row, t in enumerate(keep):
+        src = {s: round(float(m[row, s]), 4) for s in range(m.shape[1])
+               if round(float(m[row, s]), 4) != (1.0 if s == t else 0.0)}
+        if src:
+            table[t] = src
+    return table
 
 
 @dataclasses.dataclass(frozen=True)
 class Individual:
     keep: tuple[tuple[int, ...], ...]  # per layer, sorted kept experts
     weights: tuple[np.ndarray, ...]  # per layer [K, E]: row t = kept expert t's merge row
+    routers: tuple[np.ndarray, ...]  # per layer [K, E]: EEP's router mapping rows
 
     def key(self) -> tuple:
-        return self.keep, tuple(tuple(np.round(w, 4).ravel().tolist()) for w in self.weights)
+        return self.keep, tuple(tuple(np.round(w, 4).ravel().tolist()) for w in self.weights + self.routers)
 
     def plan(self, num_experts: int, top_k: int) -> _plan.ExpertPlan:
-        layers = {}
-        for i, (keep, w) in enumerate(zip(self.keep, self.weights)):
-            merge = {}
-            for row, t in enumerate(keep):
-                src = {s: round(float(w[row, s]), 4) for s in range(num_experts)
-                       if (s == t and round(float(w[row, s]), 4) != 1.0) or (s not in keep and round(float(w[row, s]), 4) != 0.0)}
-                if src:
-                    merge[t] = src
-            layers[i] = _plan.LayerPlan(keep, merge)
+        layers = {i: _plan.LayerPlan(keep, _table(keep, w), _table(keep, r))
+                  for i, (keep, w, r) in enumerate(zip(self.keep, self.weights, self.routers))}
         return _plan.ExpertPlan(layers, num_experts=num_experts, top_k=top_k)
 
 
@@ -61,7 +66,7 @@ def _selection(keep: tuple[int, ...], e: int) -> np.ndarray:
 
 def pruning_only(keeps: list[tuple[int, ...]], e: int) -> Individual:
     keeps = [tuple(sorted(k)) for k in keeps]
-    return Individual(tuple(keeps), tuple(_selection(k, e) for k in keeps))
+    return Individual(tuple(keeps), tuple(_selection(k, e) for k in keeps), tuple(_selection(k, e) for k in keeps))
 
 
 class Fitness:
@@ -134,26 +139,28 @@ def random_individual(rng: np.random.Generator, layers: int, e: int, keep: int) 
 def _crossover(rng, a: Individual, b: Individual) -> Individual:
     pick = rng.random(len(a.keep)) < 0.5
     return Individual(tuple(x if p else y for p, x, y in zip(pick, a.keep, b.keep)),
-                      tuple((x if p else y).copy() for p, x, y in zip(pick, a.weights, b.weights)))
+                      tuple((x if p else y).copy() for p, x, y in zip(pick, a.weights, b.weights)),
+                      tuple((x if p else y).copy() for p, x, y in zip(pick, a.routers, b.routers)))
 
 
 def _mutate(rng, ind: Individual, e: int, merge: bool) -> Individual:
-    keep, weights = list(ind.keep), [w.copy() for w in ind.weights]
+    keep, weights, routers = list(ind.keep), [w.copy() for w in ind.weights], [r.copy() for r in ind.routers]
     layer = int(rng.integers(len(keep)))
     pruned = [x for x in range(e) if x not in keep[layer]]
-    if not merge or rng.random() < 0.4:
+    if not merge or rng.random() < 0.3:
         out_pos = int(rng.integers(len(keep[layer])))
         new = list(keep[layer])
         new[out_pos] = int(rng.choice(pruned))
         keep[layer] = tuple(sorted(new))
-        weights[layer] = _selection(keep[layer], e)
+        weights[layer], routers[layer] = _selection(keep[layer], e), _selection(keep[layer], e)
     else:
-        w = weights[layer]
-        free = np.zeros_like(w, dtype=bool)
-        free[:, pruned] = True
-        free[np.arange(len(keep[layer])), list(keep[layer])] = True
-        w[free] += rng.normal(0.0, _SIGMA, size=int(free.sum()))
-    return Individual(tuple(keep), tuple(weights))
+        # EEP perturbs both matrices: merge weights on pruned experts and self, router mapping likewise.
+        for m in (weights[layer], routers[layer]):
+            free = np.zeros_like(m, dtype=bool)
+            free[:, pruned] = True
+            free[np.arange(len(keep[layer])), list(keep[layer])] = True
+            m[free] += rng.normal(0.0, _SIGMA, size=int(free.sum()))
+    return Individual(tuple(keep), tuple(weights), tuple(routers))
 
 
 def search(module: torch.nn.Module, fit_windows: torch.Tensor, *, keep: int, population: int = 8,

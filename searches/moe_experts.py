@@ -82,7 +82,8 @@ def applied(module: torch.nn.Module, plan: _plan.ExpertPlan):
                 saved.append((block, block.gate.weight.data, [(n, p.data) for n, p in params]))
                 for _, p in params:
                     p.data = torch.from_numpy(_plan.apply_to_stack(p.data.numpy(), lp))
-                block.gate.weight.data = block.gate.weight.data[list(lp.keep)]
+                block.gate.weight.data = torch.from_numpy(
+                    _plan.apply_to_stack(block.gate.weight.data.numpy(), lp, "router"))
                 _set_count(block, len(lp.keep))
         yield module
     finally:

@@ -12,7 +12,8 @@ experts in their new order; ``merge[t][s]`` is EEP's merge matrix entry: kept ex
 ``M[t, t]`` is 1 unless given and every other entry 0 unless given. So a plan without
 ``merge`` (or with zero weights) is plain pruning, and keeping every expert in order is
 the identity. The router keeps the rows of the kept experts (EEP's router slice; the
-softmax after it renormalizes over the kept logits).
+softmax after it renormalizes over the kept logits); an optional ``router`` table of the
+same form is EEP's router mapping matrix: kept router row ``t`` = ``sum_s R[t, s] g_s``.
 
 Invariant: :func:`load_plan` returns only plans that :func:`check_plan` accepts for the
 model's layer count, expert count and top-k; anything else is a one-line GenzipError.
@@ -35,19 +36,22 @@ FIX = 'write {"layers": {"0": {"keep": [...], "merge": {"kept": {"pruned": w}}}}
 class LayerPlan:
     keep: tuple[int, ...]
     merge: dict[int, dict[int, float]]  # kept target -> {source expert: weight}
+    router: dict[int, dict[int, float]] = dataclasses.field(default_factory=dict)  # the same, for router rows
 
-    def matrix(self, num_experts: int) -> np.ndarray:
-        """EEP's ``[K, E]`` merge matrix (rows: kept experts in order)."""
+    def matrix(self, num_experts: int, which: str = "merge") -> np.ndarray:
+        """EEP's ``[K, E]`` merge (or router mapping) matrix (rows: kept experts in order)."""
+        table = self.merge if which == "merge" else self.router
         m = np.zeros((len(self.keep), num_experts), dtype=np.float64)
         for row, t in enumerate(self.keep):
             m[row, t] = 1.0
-            for s, w in self.merge.get(t, {}).items():
+            for s, w in table.get(t, {}).items():
                 m[row, s] = w
         return m
 
     def is_identity(self, num_experts: int) -> bool:
-        return self.keep == tuple(range(num_experts)) and np.array_equal(self.matrix(num_experts),
-                                                                        np.eye(num_experts))
+        eye = np.eye(num_experts)
+        return self.keep == tuple(range(num_experts)) and np.array_equal(self.matrix(num_experts), eye) \
+            and np.array_equal(self.matrix(num_experts, "router"), eye)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +68,10 @@ class ExpertPlan:
                      if src}
             if merge:
                 entry["merge"] = merge
+            router = {str(t): {str(s): float(w) for s, w in sorted(src.items())}
+                      for t, src in sorted(lp.router.items()) if src}
+            if router:
+                entry["router"] = router
             layers[str(i)] = entry
         head = {k: v for k, v in (("num_experts", self.num_experts), ("top_k", self.top_k)) if v is not None}
         return {**head, "layers": layers}
@@ -73,6 +81,23 @@ def _int(x, what: str, where: str) -> int:
     if isinstance(x, bool) or not (isinstance(x, int) or isinstance(x, str) and x.strip().lstrip("-").isdigit()):
         raise GenzipError(f"{where}: {what} must be an integer, got {x!r}", FIX)
     return int(x)
+
+
+def _table(entry: dict, key: str, at: str) -> dict[int, dict[int, float]]:
+    raw = entry.get(key, {})
+    if not isinstance(raw, dict):
+        raise GenzipError(f"{at}: {key} must be an object {{kept: {{source: weight}}}}", FIX)
+    table: dict[int, dict[int, float]] = {}
+    for t, sources in raw.items():
+        if not isinstance(sources, dict):
+            raise GenzipError(f"{at}: {key}[{t}] must be an object {{source expert: weight}}", FIX)
+        row = {}
+        for s, w in sources.items():
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+                raise GenzipError(f"{at}: {key} weight {t}<-{s} must be a finite number, got {w!r}", FIX)
+            row[_int(s, f"a {key} source", at)] = float(w)
+        table[_int(t, f"a {key} target", at)] = row
+    return table
 
 
 def parse_plan(raw, where: str) -> ExpertPlan:
@@ -86,20 +111,7 @@ def parse_plan(raw, where: str) -> ExpertPlan:
         if not isinstance(entry, dict) or not isinstance(entry.get("keep"), list):
             raise GenzipError(f"{at} must be an object with a 'keep' list", FIX)
         keep = tuple(_int(e, "a kept expert", at) for e in entry["keep"])
-        merge_raw = entry.get("merge", {})
-        if not isinstance(merge_raw, dict):
-            raise GenzipError(f"{at}: merge must be an object {{kept: {{source: weight}}}}", FIX)
-        merge: dict[int, dict[int, float]] = {}
-        for t, sources in merge_raw.items():
-            if not isinstance(sources, dict):
-                raise GenzipError(f"{at}: merge[{t}] must be an object {{source expert: weight}}", FIX)
-            row = {}
-            for s, w in sources.items():
-                if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
-                    raise GenzipError(f"{at}: merge weight {t}<-{s} must be a finite number, got {w!r}", FIX)
-                row[_int(s, "a merge source", at)] = float(w)
-            merge[_int(t, "a merge target", at)] = row
-        layers[layer] = LayerPlan(keep, merge)
+        layers[layer] = LayerPlan(keep, _table(entry, "merge", at), _table(entry, "router", at))
     meta = {k: _int(raw[k], k, where) for k in ("num_experts", "top_k") if raw.get(k) is not None}
     return ExpertPlan(layers, **meta)
 
@@ -127,15 +139,16 @@ def check_plan(plan: ExpertPlan, *, layers: int, num_experts: int, top_k: int, w
         if len(lp.keep) < top_k:
             raise GenzipError(f"{at}: keeps {len(lp.keep)} experts, fewer than the top-{top_k} routing needs",
                               f"keep at least {top_k} experts per layer")
-        for t, sources in lp.merge.items():
-            if t not in lp.keep:
-                what = "out of range" if not 0 <= t < num_experts else "pruned"
-                raise GenzipError(f"{at}: merge into expert {t}, which is {what} (kept: {list(lp.keep)})",
-                                  "merge only into kept experts")
-            bad = [s for s in sources if not 0 <= s < num_experts]
-            if bad:
-                raise GenzipError(f"{at}: merge source expert {bad[0]} is out of range (0..{num_experts - 1})",
-                                  "use a plan made for this model")
+        for key, table in (("merge", lp.merge), ("router", lp.router)):
+            for t, sources in table.items():
+                if t not in lp.keep:
+                    what = "out of range" if not 0 <= t < num_experts else "pruned"
+                    raise GenzipError(f"{at}: {key} into expert {t}, which is {what} (kept: {list(lp.keep)})",
+                                      f"{key} only into kept experts")
+                bad = [s for s in sources if not 0 <= s < num_experts]
+                if bad:
+                    raise GenzipError(f"{at}: {key} source expert {bad[0]} is out of range (0..{num_experts - 1})",
+                                      "use a plan made for this model")
 
 
 def load_plan(path: str) -> ExpertPlan:
@@ -143,12 +156,13 @@ def load_plan(path: str) -> ExpertPlan:
     return parse_plan(raw, f"expert-prune plan '{path}'")
 
 
-def apply_to_stack(stack: np.ndarray, lp: LayerPlan) -> np.ndarray:
-    """``[E, ...]`` expert weights -> ``[K, ...]``: kept experts with the merges applied.
+def apply_to_stack(stack: np.ndarray, lp: LayerPlan, which: str = "merge") -> np.ndarray:
+    """``[E, ...]`` expert weights (``which="router"``: router rows) -> ``[K, ...]``: kept
+    experts with the merges (router mapping) applied.
 
-    A row of the merge matrix that is one-hot is copied, not recomputed, so an identity
+    A row of the matrix that is one-hot is copied, not recomputed, so an identity
     plan reproduces the weights bit for bit."""
-    m = lp.matrix(stack.shape[0])
+    m = lp.matrix(stack.shape[0], which)
     rows = []
     for row, t in zip(m, lp.keep):
         if np.count_nonzero(row) == 1 and row[t] == 1.0:

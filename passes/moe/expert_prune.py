@@ -3,7 +3,8 @@
 Invariant after the pass: in every MoE layer the plan names (see ``_plan`` for the
 file format and ``_moe_graph`` for how layers are found), the router weight holds
 only the kept experts' rows in the plan's order (the softmax after it renormalizes
-over them, as EEP's router slice does) and every per-expert weight tensor holds
+over them, as EEP's router slice does; a plan's ``router`` table mixes rows, EEP's router
+mapping) and every per-expert weight tensor holds
 ``M @ W``: kept expert ``t`` = ``sum_s M[t, s] W_s`` with EEP's merge matrix ``M``.
 TopK's ``k`` is unchanged, and every layer still has at least ``k`` experts. Layers
 the plan leaves out, and layers whose plan is the identity, are bit-identical.
@@ -55,11 +56,12 @@ def apply_layer(layer: _moe_graph.MoeLayer, lp: _plan.LayerPlan) -> int:
         before -= stack.const_value.numpy().nbytes
     weight = layer.router_weight.const_value.numpy()
     before += weight.nbytes
-    _set_const(layer.router_weight, np.take(weight, list(lp.keep), axis=layer.router_axis))
+    rows = np.moveaxis(weight, layer.router_axis, 0)  # [E, H]
+    _set_const(layer.router_weight, np.moveaxis(_plan.apply_to_stack(rows, lp, "router"), 0, layer.router_axis))
     before -= layer.router_weight.const_value.numpy().nbytes
     bias = layer.router_bias
     if bias is not None and bias.const_value is not None and bias.const_value.numpy().shape == (layer.num_experts,):
-        _set_const(bias, bias.const_value.numpy()[list(lp.keep)])
+        _set_const(bias, _plan.apply_to_stack(bias.const_value.numpy(), lp, "router"))
     for value in layer.logits:
         _with_last_dim(value, len(lp.keep))
     return before
