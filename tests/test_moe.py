@@ -173,3 +173,11 @@ def test_unexportable_routing_is_one_line_error_naming_the_module():
             as err:
         export_or_fail(model, call, dynamic=False, output_names=["logits"], what="tiny mixtral")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("argv", [("bench_eep.py", "--keeps", "0"), ("bench_moe_dispatch.py", "--repeat", "0")])
+def test_moe_benchmarks_refuse_bad_flags(argv):
+    import bench_scripts
+
+    rc, _, err = bench_scripts.run(*argv)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
