@@ -98,6 +98,14 @@ def _load_causal_lm(folder: Path):
         raise _load_failed(folder, e) from e
 
 
+def load_causal_lm_folder(folder: str | Path):
+    """The transformers causal LM saved in ``folder`` (FP32, eval mode, not exported);
+    a folder that is not one is a one-line GenzipError."""
+    folder = Path(folder)
+    _read_config(folder)
+    return _load_causal_lm(folder).eval()
+
+
 def exportable_experts(module) -> bool:
     """Switch a transformers mixture-of-experts model to its ``batched_mm`` experts.
 
