@@ -17,7 +17,7 @@ from genzip.errors import GenzipError
 __all__ = ["GenzipError", "__version__", "compile", "load"]
 
 
-def load(artifact: str, plan=None, threads: int | None = None, cfg: str | None = None):
+def load(artifact: str, plan=None, threads: int | None = None, cfg: str | None = None, providers=None):
     """Open a compiled artifact folder for inference: its TensorRT engine where tensorrt and
     a GPU are present, else ONNX Runtime (``model.backend`` says which; DiT artifacts: ORT).
 
@@ -31,10 +31,15 @@ def load(artifact: str, plan=None, threads: int | None = None, cfg: str | None =
     class labels, else none; see the adapter's docstring). A KV-cache LLM artifact
     (``genzip-compile FOLDER --kv-cache``) comes back as ``genzip.runtime.generate.CausalLM``,
     with ``generate(prompt or input_ids, max_new_tokens, ...)``.
+
+    ``providers``: ONNX Runtime execution providers, highest priority first: a string
+    (``"cuda,cpu"``, ``"CUDAExecutionProvider{device_id=1},CPUExecutionProvider"``), a
+    list of names, or ONNX Runtime's ``(name, options)`` pairs; default CPU. A provider
+    this onnxruntime build lacks raises ``GenzipError`` listing the ones it has.
     """
     from genzip.runtime.open import open_artifact
 
-    return open_artifact(artifact, plan=plan, threads=threads, cfg=cfg)
+    return open_artifact(artifact, plan=plan, threads=threads, cfg=cfg, providers=providers)
 
 
 def __getattr__(name: str):

@@ -29,6 +29,7 @@ from genzip.ort_session import run_model, run_user_model
 from genzip.passes import Instrumentation, build_pipeline, run_pipeline
 from genzip.passes.infra.context import CALIBRATION, EXAMPLE_INPUTS, TORCH_MODULE, PassContext, check_needs
 from genzip.passes.quant._kv_layout import quantize_feeds
+from genzip.providers import resolve_providers
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ class CompileOptions:
     # set (--calib-data: .npz, folder, feed dicts, a callable); see genzip.frontend.user_inputs.
     inputs: Any = None
     calib_data: Any = None
+    # ONNX Runtime providers of the fidelity gate (genzip.providers syntax; --device is the
+    # shorthand). Default CPU. The export check and calibration always run on CPU.
+    providers: str = ""
+    device: str = ""
 
 
 # What each kind of source hands the passes (see frontend.loader): presets attach a
@@ -176,6 +181,7 @@ def compile_model(
     if opts.target == "trt":
         require_tensorrt()
     pipeline = build_pipeline(opts.passes)
+    resolve_providers(opts.providers or None, opts.device or None)  # a provider this ORT lacks fails first
     check_out_dir(out_dir, opts.force)
     kind = classify_ref(model_ref) if isinstance(model_ref, str) else classify_object(model_ref)
     user = _user_data(opts)
@@ -229,7 +235,8 @@ def compile_source(source, out_dir: str, options: CompileOptions, progress: Call
     _stage(progress, f"writing {opts.target} artifact to {out_dir}")
     compiled = Compiled(model, source, str(pipeline), records, reference, reference_label, fp32_outputs, config)
     return write_artifact(compiled, out_dir, target=opts.target, force=opts.force, trt_options=opts.trt,
-                          min_cosine=opts.min_cosine)
+                          min_cosine=opts.min_cosine,
+                          providers=resolve_providers(opts.providers or None, opts.device or None))
 
 
 # --- genzip.compile(model, ...): settings from keywords, config files and flags -------------
@@ -240,7 +247,7 @@ _EXTRA_SETTINGS = {"model": str, "out": str, "recipe": str | dict}
 _INTERNAL_FIELDS = {"trt"}  # built from the TensorRT settings below
 # Not recorded in an artifact's configuration: where and how it was written, not what it is.
 _NOT_RECORDED = {"out", "force", "reproducer_dir", "recipe", "print_ir_after", "print_ir_after_change",
-                 "pass_timing"}
+                 "pass_timing", "providers", "device"}
 
 
 def _trt_fields() -> dict[str, Any]:
@@ -376,11 +383,11 @@ class Artifact:
     def temporary(self) -> bool:
         return self._cleanup is not None
 
-    def load(self, plan=None, threads: int | None = None, cfg: str | None = None):
+    def load(self, plan=None, threads: int | None = None, cfg: str | None = None, providers=None):
         """The artifact ready to run (see ``genzip.load``)."""
         from genzip.runtime.open import open_artifact
 
-        return open_artifact(self.folder, plan=plan, threads=threads, cfg=cfg)
+        return open_artifact(self.folder, plan=plan, threads=threads, cfg=cfg, providers=providers)
 
     def eval(self, **kwargs) -> dict[str, Any]:
         """Generation quality (``genzip.runtime.evaluate.evaluate``; ``genzip eval``)."""

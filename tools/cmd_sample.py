@@ -20,6 +20,7 @@ import sys
 import numpy as np
 
 from genzip.errors import GenzipError
+from genzip.tools.cli_common import add_provider_flags, providers_from
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=1, help="with --vs-full: (full, plan) pairs timed")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
+    add_provider_flags(p)
 
 
 def psnr(reference: np.ndarray, other: np.ndarray) -> float:
@@ -93,12 +95,12 @@ def run(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise GenzipError(f"--batch {args.batch} must be >= 1", "pass a positive batch")
     plan = load_plan(args.plan) if args.plan else None
-    model = PlannedModel(args.artifact, plan, threads=args.threads)
+    model = PlannedModel(args.artifact, plan, threads=args.threads, providers=providers_from(args))
     cond, uncond = conditioning(model, args.embeds, args.batch, args.seed, args.labels)
     summary = {
         "artifact": args.artifact, "plan": args.plan, "steps": args.steps, "cfg": args.cfg, "seed": args.seed,
         "batch": int(cond.shape[0]), "scheduler": args.scheduler, "out": args.out,
-        "methods": plan.counts() if plan else None,
+        "methods": plan.counts() if plan else None, "providers": model.session.get_providers(),
     }
     if args.vs_full:
         compared = compare_full(model, plan, cond, uncond, args)

@@ -9,7 +9,7 @@ import sys
 from genzip._version import __version__
 from genzip.compile import TARGETS, build_compile, compile_model, default_out, resolve_settings
 from genzip.metrics import MIN_COSINE
-from genzip.tools.cli_common import Progress, add_common_flags, guarded
+from genzip.tools.cli_common import Progress, add_common_flags, add_provider_flags, guarded
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-data", metavar="FILE.npz|DIR",
                    help="calibration set: .npz with samples on a new leading axis or on the batch axis, "
                         "or a folder of one-sample .npz files")
+    add_provider_flags(p)
     p.add_argument("--config", metavar="FILE",
                    help="settings file (TOML, YAML, JSON) or an artifact's genzip.json; flags override it")
     trt = p.add_argument_group("TensorRT (--target trt)")
