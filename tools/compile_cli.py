@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration set: .npz with samples on a new leading axis or on the batch axis, "
                         "or a folder of one-sample .npz files")
     add_provider_flags(p)
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
+                   help="artifact precision: fp16/bf16 convert the float32 export after every other pass "
+                        "(cast-float); the fidelity gate still compares with float32 eager PyTorch")
     p.add_argument("--config", metavar="FILE",
                    help="settings file (TOML, YAML, JSON) or an artifact's genzip.json; flags override it")
     trt = p.add_argument_group("TensorRT (--target trt)")

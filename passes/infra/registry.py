@@ -26,6 +26,7 @@ _PASSES: dict[str, str] = {
     "kv-quant": "genzip.passes.quant.kv_quant:KVQuantPass",
     "sensitivity": "genzip.passes.precision.sensitivity:SensitivityPass",
     "mixed-precision": "genzip.passes.precision.mixed_precision:MixedPrecisionPass",
+    "cast-float": "genzip.passes.precision.cast_float:CastFloatPass",
 }
 
 
