@@ -159,7 +159,7 @@ def write_artifact(compiled: Compiled, out_dir: str, *, target: str, force: bool
             manifest["ort"] = ort_section
         if "kv_cache" in source.info:
             manifest["kv_cache"] = source.info["kv_cache"]
-        for key in ("family", "preset", "dynamic"):
+        for key in ("family", "preset", "dynamic", "scheduler_config"):
             if key in source.info:
                 manifest.setdefault("source_info", {})[key] = source.info[key]
         write_json(os.path.join(tmp, MANIFEST), manifest)

@@ -67,7 +67,7 @@ def _source_preset(manifest: dict[str, Any]) -> str | None:
 
 def evaluate(artifact: str, vs: str | None = None, plan: str | plans.Plan | None = None, samples: int = 16,
              seed: int = 0, grid: str | None = None, *, steps: int = 20, cfg: float = 4.0,
-             scheduler: str = "dpm", threads: int | None = None, progress: bool = False,
+             scheduler: str | None = None, threads: int | None = None, progress: bool = False,
              providers=None) -> dict[str, Any]:
     """Quality figures of ``artifact`` (and against ``vs``); see the module docstring.
 

@@ -30,7 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg", type=float, default=4.5, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=1, help="images per run (the model sees 2x for CFG)")
-    p.add_argument("--scheduler", default="dpm", help="dpm (DPM-Solver++ multistep) or flow-euler")
+    p.add_argument("--scheduler", default=None, choices=("dpm", "flow-euler"),
+                   help="dpm (DPM-Solver++ multistep) or flow-euler, on the model's noise schedule when the artifact "
+                        "ships its pipeline's scheduler_config.json (default: that scheduler itself, else dpm with "
+                        "diffusers' defaults)")
     p.add_argument("--embeds", help=".npz with prompt_embeds [B,T,C] (and negative_prompt_embeds), "
                    "or class_labels [B] for a class-conditional DiT")
     p.add_argument("--labels", help="class-conditional DiT: comma-separated class labels, one image each")
@@ -90,7 +93,7 @@ def conditioning(model, path: str | None, batch: int, seed: int,
 def run(args: argparse.Namespace) -> int:
     from genzip.runtime.model import PlannedModel
     from genzip.runtime.plan import load_plan
-    from genzip.runtime.sampler import sample
+    from genzip.runtime.sampler import sample, scheduler_for
 
     if args.batch < 1:
         raise GenzipError(f"--batch {args.batch} must be >= 1", "pass a positive batch")
@@ -99,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     cond, uncond = conditioning(model, args.embeds, args.batch, args.seed, args.labels)
     summary = {
         "artifact": args.artifact, "plan": args.plan, "steps": args.steps, "cfg": args.cfg, "seed": args.seed,
-        "batch": int(cond.shape[0]), "scheduler": args.scheduler, "out": args.out,
+        "batch": int(cond.shape[0]), "scheduler": scheduler_for(model, args.scheduler)[1], "out": args.out,
         "methods": plan.counts() if plan else None, "providers": model.session.get_providers(),
     }
     if args.vs_full:
