@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=4.5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scheduler", default=None, choices=("dpm", "flow-euler"),
+    p.add_argument("--scheduler", default=None,
                    help="dpm (DPM-Solver++ multistep) or flow-euler, on the model's noise schedule when the artifact "
                         "ships its pipeline's scheduler_config.json (default: that scheduler itself, else dpm with "
                         "diffusers' defaults)")

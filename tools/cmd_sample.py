@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg", type=float, default=4.5, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=1, help="images per run (the model sees 2x for CFG)")
-    p.add_argument("--scheduler", default=None, choices=("dpm", "flow-euler"),
+    p.add_argument("--scheduler", default=None,
                    help="dpm (DPM-Solver++ multistep) or flow-euler, on the model's noise schedule when the artifact "
                         "ships its pipeline's scheduler_config.json (default: that scheduler itself, else dpm with "
                         "diffusers' defaults)")
