@@ -14,7 +14,7 @@ from __future__ import annotations
 from genzip._version import __version__
 from genzip.errors import GenzipError
 
-__all__ = ["GenzipError", "__version__", "compile", "load"]
+__all__ = ["GenzipError", "__version__", "compile", "load", "load_pipeline"]
 
 
 def load(artifact: str, plan=None, threads: int | None = None, cfg: str | None = None, providers=None):
@@ -40,6 +40,16 @@ def load(artifact: str, plan=None, threads: int | None = None, cfg: str | None =
     from genzip.runtime.open import open_artifact
 
     return open_artifact(artifact, plan=plan, threads=threads, cfg=cfg, providers=providers)
+
+
+def load_pipeline(artifact: str, plan=None, providers=None, threads: int | None = None):
+    """Open a pipeline artifact (``genzip-compile PIPELINE_FOLDER``) as the diffusers pipeline
+    it was compiled from, every neural component on ONNX Runtime (``providers``, as for
+    ``genzip.load``); ``plan`` applies an attention-sharing plan to the denoiser. Call it like
+    the original: ``pipe(class_labels=[207], num_inference_steps=25, generator=...)``."""
+    from genzip.runtime.pipeline import load_pipeline as open_pipeline
+
+    return open_pipeline(artifact, plan=plan, providers=providers, threads=threads)
 
 
 def __getattr__(name: str):

@@ -38,6 +38,15 @@ def make_scheduler(name: str, config: dict | None = None):
     return getattr(diffusers, _CLASSES[name])(**(config or {}))
 
 
+def scheduler_class(name: str):
+    """The diffusers scheduler class ``--scheduler NAME`` stands for."""
+    import diffusers
+
+    if name not in _CLASSES:
+        raise GenzipError(f"unknown scheduler '{name}'", f"use one of {', '.join(SCHEDULERS)}")
+    return getattr(diffusers, _CLASSES[name])
+
+
 def artifact_scheduler_config(model) -> dict | None:
     """The scheduler config an artifact compiled from a diffusers pipeline folder ships
     (``source_info.scheduler_config``, a copy of the pipeline's ``scheduler_config.json``), or None."""
@@ -74,8 +83,7 @@ def scheduler_for(model, name: str | None = None, config: dict | None = None):
         sched = make_scheduler(name or "dpm")
         return sched, f"{type(sched).__name__} (diffusers defaults: the artifact has no scheduler config)"
     if name is not None:
-        make_scheduler(name)  # an unknown name fails with the list
-        cls = getattr(diffusers, _CLASSES[name])
+        cls = scheduler_class(name)
     else:
         cls = getattr(diffusers, str(own.get("_class_name")), None)
         if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):

@@ -37,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embeds", help=".npz with prompt_embeds [B,T,C] (and negative_prompt_embeds), "
                    "or class_labels [B] for a class-conditional DiT")
     p.add_argument("--labels", help="class-conditional DiT: comma-separated class labels, one image each")
-    p.add_argument("--out", help="write the final latents here (.npz, key 'latents')")
+    p.add_argument("--out", help="write the final latents here (.npz, key 'latents'); a pipeline artifact "
+                   "writes images: image.png (one PNG per label, image-<i>.png for several)")
     p.add_argument("--vs-full", action="store_true",
                    help="also sample with the all-full plan, interleaved in this run: speedup, PSNR, FLOPs saved")
     p.add_argument("--repeat", type=int, default=1, help="with --vs-full: (full, plan) pairs timed")
@@ -97,6 +98,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch < 1:
         raise GenzipError(f"--batch {args.batch} must be >= 1", "pass a positive batch")
+    from genzip.runtime.pipeline import read_pipeline_manifest
+
+    if read_pipeline_manifest(args.artifact) is not None:  # genzip-compile PIPELINE_FOLDER: images
+        from genzip.tools.sample_pipeline import run_pipeline
+
+        return run_pipeline(args, providers_from(args))
     plan = load_plan(args.plan) if args.plan else None
     model = PlannedModel(args.artifact, plan, threads=args.threads, providers=providers_from(args))
     cond, uncond = conditioning(model, args.embeds, args.batch, args.seed, args.labels)

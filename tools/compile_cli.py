@@ -9,6 +9,7 @@ import sys
 from genzip._version import __version__
 from genzip.compile import TARGETS, build_compile, compile_model, default_out, resolve_settings
 from genzip.metrics import MIN_COSINE
+from genzip.pipeline import compile_pipeline, pipeline_class
 from genzip.tools.cli_common import Progress, add_common_flags, add_provider_flags, guarded
 
 
@@ -90,6 +91,11 @@ def _run(args: argparse.Namespace) -> int:
     opts = resolved.options
     if opts.reproducer_dir is None:
         opts.reproducer_dir = os.path.abspath(out.rstrip("/")) + ".reproducer"
+    if pipeline_class(resolved.model):
+        manifest = compile_pipeline(resolved.model, out, opts, progress=Progress(not args.quiet), config=resolved.record)
+        cosines = ", ".join(f"{part} {fid['cosine']:.6f}" for part, fid in manifest["fidelity"].items())
+        sys.stdout.write(f"wrote {out} ({manifest['pipeline']}, target {opts.target}; cosine {cosines})\n")
+        return 0
     manifest = compile_model(resolved.model, out, opts, progress=Progress(not args.quiet), config=resolved.record)
     fid = manifest["fidelity"]
     sys.stdout.write(
