@@ -151,6 +151,18 @@ def _kv_cache_source(folder: Path, module, class_name: str, seed: int) -> Source
                        example_inputs=out["example_inputs"], fidelity=out["fidelity"], info=info)
 
 
+SCHEDULER_CONFIG = "scheduler/scheduler_config.json"  # in a diffusers pipeline folder, and in the artifact
+
+
+def pipeline_scheduler(root: Path) -> dict[str, Any]:
+    """``extra_files`` and ``scheduler_config`` entries that ship a pipeline folder's own
+    scheduler config in the artifact (the sampler then uses it); empty for any other folder."""
+    path = root / SCHEDULER_CONFIG
+    if not (root / "model_index.json").is_file() or not path.is_file():
+        return {}
+    return {"extra_files": {SCHEDULER_CONFIG: str(path)}, "scheduler_config": SCHEDULER_CONFIG}
+
+
 def folder_family(folder: Path) -> str | None:
     """The family of a local HF folder from its config.json alone (no weights read):
     "dit", "unet", "diffusers", "llm", or None when the config says neither."""
@@ -172,6 +184,7 @@ def load_hf_folder(folder: Path, *, seed: int, batch: int | None, kv_cache: bool
     from genzip.frontend import hf_inputs
     from genzip.frontend.from_torch import source_from_torch
 
+    root = folder
     folder, config = _read_config(folder)
     if kv_cache and (config.get("_class_name") or not config.get("architectures")):
         raise GenzipError(
@@ -201,6 +214,7 @@ def load_hf_folder(folder: Path, *, seed: int, batch: int | None, kv_cache: bool
             "pass a folder written by a diffusers or transformers save_pretrained()",
         )
     info = {"family": family, "class": class_name, "path": str(folder), "batch": batch, "seed": seed}
+    info.update(pipeline_scheduler(root))
     source = source_from_torch(module, call, source=str(folder), kind=kind, output_names=outputs, info=info,
                                user=user)
     if family == "dit":  # no data given: record the model's own denoising trajectory, as presets do

@@ -73,7 +73,7 @@ def _search_modes(methods: list[str], refresh: bool) -> list[int]:
 
 
 def greedy_search(model: PlannedModel, prompt: np.ndarray, negative: np.ndarray, *, delta: float, steps: int,
-                  cfg: float, seed: int = 0, scheduler: str = "dpm", loss: str = "dfa",
+                  cfg: float, seed: int = 0, scheduler: str | None = None, loss: str = "dfa",
                   progress=None, scheduler_config: dict | None = None) -> SearchResult:
     if model.layout is None:
         raise GenzipError(f"artifact {model.folder} was compiled without share-attn, so there is nothing to plan",

@@ -27,6 +27,7 @@ _PASSES: dict[str, str] = {
     "sensitivity": "genzip.passes.precision.sensitivity:SensitivityPass",
     "mixed-precision": "genzip.passes.precision.mixed_precision:MixedPrecisionPass",
     "expert-prune": "genzip.passes.moe.expert_prune:ExpertPrunePass",
+    "cast-float": "genzip.passes.precision.cast_float:CastFloatPass",
 }
 
 
