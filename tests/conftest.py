@@ -8,6 +8,19 @@ import os
 import pytest
 
 
+def _no_cuda() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+# Triton reads TRITON_INTERPRET when it is first imported, and importing diffusers imports it,
+# so the CPU interpreter that tests/test_triton_kernels.py needs is chosen here, before any
+# test module is collected (a module importing diffusers at its top otherwise fixes it off).
+if "TRITON_INTERPRET" not in os.environ and _no_cuda():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+
 @pytest.fixture(scope="session")
 def pixart_ort(tmp_path_factory):
     """(folder, manifest) of `genzip-compile tiny-pixart --target ort --passes canonicalize-attn,dce`."""
