@@ -13,6 +13,7 @@ INT8_SCORES_KEY = "genzip.quant.attention_int8"  # number of attentions with int
 SENSITIVITY_KEY = "genzip.sensitivity"  # JSON sensitivity table
 PRECISION_PLAN_KEY = "genzip.mixed_precision"  # JSON mixed-precision allocation
 KV_QUANT_KEY = "genzip.kv_quant"  # JSON int8 KV-cache layout (passes/quant/kv_quant.py)
+CSKV_KEY = "genzip.cskv"  # JSON low-rank bi-branch KV-cache layout (passes/quant/cskv.py)
 
 # --- node keys -----------------------------------------------------------------------
 ATTN_KIND_KEY = "genzip.attn.kind"  # "self" | "cross" | "unknown" (passes/attention/_classify.py)

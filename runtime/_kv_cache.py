@@ -25,13 +25,21 @@ the output ``present.X`` and bound with the element type and last dimension the
 session declares, so an int8 cache (``kv-quant``: int8 rows plus a float32 scale per
 head and token, ``*_scale`` with last dim 1) gets int8 and float32 buffers. ``bytes``
 is one side of the ping-pong (what the cache holds); ``peak_bytes`` both sides.
+
+A ``cskv`` cache (low-rank features plus a window of recent full-precision rows) keeps
+its window in ``past_key_values.*_window`` slots, which hold ``min(tokens, window)``
+tokens (the window comes from the model's ``CSKV_KEY`` metadata); every other slot
+holds every token.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
+
+from genzip.metadata import CSKV_KEY
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
                "tensor(float16)": np.float16}
@@ -46,11 +54,17 @@ class Slot:
     present: str
     dtype: type
     last_dim: int
+    window: int | None = None  # holds at most this many (the latest) tokens
+
+    def tokens(self, length: int) -> int:
+        return length if self.window is None else min(length, self.window)
 
 
 def session_slots(session) -> list[Slot]:
     """Every ``past_key_values.X`` input of ``session`` with its ``present.X`` output."""
     outputs = {o.name for o in session.get_outputs()}
+    cskv = json.loads(session.get_modelmeta().custom_metadata_map.get(CSKV_KEY) or "{}")
+    windows = {slot["window_input"] for slot in cskv.get("slots", {}).values() if slot.get("window_input")}
     slots = []
     for value in session.get_inputs():
         if not value.name.startswith(PAST_PREFIX):
@@ -59,7 +73,8 @@ def session_slots(session) -> list[Slot]:
         if present not in outputs or value.type not in _ORT_DTYPES or not isinstance(value.shape[-1], int):
             raise ValueError(f"cache input {value.name} ({value.type}, {value.shape}) has no matching "
                              f"{present} output of a known dtype and fixed last dimension")
-        slots.append(Slot(value.name, present, _ORT_DTYPES[value.type], int(value.shape[-1])))
+        window = int(cskv["window"]) if value.name in windows else None
+        slots.append(Slot(value.name, present, _ORT_DTYPES[value.type], int(value.shape[-1]), window))
     return slots
 
 
@@ -72,7 +87,7 @@ class BoundKVCache:
         self.capacity = capacity
         self.length = 0
         # _bufs[side][j]: side 0/1 of the ping-pong, j over the slots.
-        self._bufs = [[np.zeros(batch * kv_heads * capacity * s.last_dim, s.dtype) for s in slots]
+        self._bufs = [[np.zeros(batch * kv_heads * s.tokens(capacity) * s.last_dim, s.dtype) for s in slots]
                       for _ in range(2)]
         # Pointers taken once: numpy's .ctypes costs microseconds per call, every step.
         self._ptrs = [[b.ctypes.data for b in side] for side in self._bufs]
@@ -92,7 +107,7 @@ class BoundKVCache:
         return sum(b.nbytes for side in self._bufs for b in side)
 
     def _dims(self, slot: Slot, tokens: int) -> list[int]:
-        return [self.batch, self.kv_heads, tokens, slot.last_dim]
+        return [self.batch, self.kv_heads, slot.tokens(tokens), slot.last_dim]
 
     def bind(self, io, seq: int) -> None:
         """Bind ``past`` (``length`` tokens) and ``present`` (``length + seq``) for one step."""
