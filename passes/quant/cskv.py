@@ -101,7 +101,7 @@ def _prefill_feeds(graph: ir.Graph, ids: np.ndarray) -> dict[str, np.ndarray]:
     for value in graph.inputs:
         if (value.name or "").startswith(PAST_PREFIX):
             feeds[value.name] = np.zeros((b, value.shape[1], 0, value.shape[3]), np.float32)
-    return feeds
+    return {v.name: feeds[v.name] for v in graph.inputs if v.name in feeds}
 
 
 def _activations(model: ir.Model, samples: list, names: list[str]) -> dict[str, np.ndarray]:
@@ -181,8 +181,8 @@ def _rewrite(graph: ir.Graph, out: ir.Value, concat: ir.Node, basis: np.ndarray,
     restored = _to_heads(b, b.op("MatMul", _from_heads(b, cached, rank), up), kv_heads, head_dim)
     used = restored
     if opts.window:
-        window_in = _cache_input(graph, past, past.name + WINDOW_SUFFIX, ir.DataType.FLOAT,
-                                 [batch, kv_heads, "past_window", head_dim])
+        window_in = _cache_input(graph, graph.inputs[list(graph.inputs).index(past) + int(opts.int8)],
+                                 past.name + WINDOW_SUFFIX, ir.DataType.FLOAT, [batch, kv_heads, "past_window", head_dim])
         # Slice clamps: with fewer than W tokens the window is all of them, the old part empty.
         window = b.op("Slice", b.op("Concat", window_in, new, axis=2), b.ints(-opts.window),
                       b.ints(_INT64_MAX), b.ints(2))
