@@ -7,7 +7,9 @@
 Speed. One random-weight Llama (config built here from the flags, GQA, saved with
 ``save_pretrained`` into a temporary folder with trained-llama's tokenizer) is what
 every engine reads: genzip compiles it with ``--kv-cache`` once per variant
-(``fp32``, ``w4a16``, ``kv8`` = ``kv-quant``, ``w4a16-kv8``); onnxruntime-genai's
+(``fp32``, ``w4a16``, ``kv8`` = ``kv-quant``, ``w4a16-kv8``, ``cskv50`` / ``cskv25`` =
+``cskv{ratio=0.5|0.25 window=16 int8=true}``, fitted on the compile's calibration
+windows: seeded random ids for the speed model, training-split KJV for trained-llama); onnxruntime-genai's
 model builder (``python -m onnxruntime_genai.models.builder -i FOLDER -o OUT -p fp32
 -e cpu``) exports it and its generate API runs it; transformers runs it eagerly with
 its ``DynamicCache``. Per round, per context, per engine (interleaved in this one
@@ -23,7 +25,9 @@ Perplexity. trained-llama (the only model with real held-out text) compiled the 
 way, scored on the KJV held-out chapters cut into non-overlapping windows of each
 ``--ppl-contexts`` length (up to its 512 positions; longer contexts get ``null`` and
 the reason), fed through the bound cache 128 tokens per run (the int8 cache
-quantizes every token it stores, so chunked and token-by-token scoring agree).
+quantizes every token it stores, so chunked and token-by-token scoring agree); the
+``cskv`` variants one token per run, since their full-precision window is the last
+``W`` tokens of each run (token by token is how decode uses it).
 
 ``--json`` prints one object: ``speed`` rows (engine, context, tokens_per_s median
 and all rounds, kv_bytes), ``perplexity`` rows, ``skipped`` peers with the reason,
@@ -53,6 +57,8 @@ VARIANTS = {
     "w4a16": "annotate-precision{scheme=w4a16 keep-defaults=false},quant{scheme=w4a16}",
     "kv8": "kv-quant",
     "w4a16-kv8": "annotate-precision{scheme=w4a16 keep-defaults=false},quant{scheme=w4a16},kv-quant",
+    "cskv50": "cskv{ratio=0.5 window=16 int8=true}",
+    "cskv25": "cskv{ratio=0.25 window=16 int8=true}",
 }
 PEERS = ("ort-genai", "transformers")
 TRAINED = "trained-llama"
@@ -258,6 +264,10 @@ def speed(args, root: str, contexts: list[int], variants: list[str], peers: list
     return rows, skipped, model
 
 
+def _ppl_chunk(variant: str) -> int:
+    return 1 if variant.startswith("cskv") else 128
+
+
 def perplexity_rows(args, root: str, ppl_contexts: list[int], variants: list[str]) -> list[dict]:
     from genzip.runtime import _eval_data
     from genzip.runtime._eval_llm import log_softmax, perplexity
@@ -272,10 +282,11 @@ def perplexity_rows(args, root: str, ppl_contexts: list[int], variants: list[str
                          "why": f"{TRAINED} has {limit} positions (trained on 128-token windows)"})
             continue
         windows = _eval_data.heldout_token_windows(tok, c, args.ppl_windows)
-        ppl = {name: perplexity(log_softmax(lm.score(windows, chunk=128).astype(np.float64)), windows)
-               for name, lm in lms.items()}
+        ppl = {name: perplexity(log_softmax(lm.score(windows, chunk=_ppl_chunk(name)).astype(np.float64)),
+                                windows) for name, lm in lms.items()}
         for name, value in ppl.items():
-            rows.append({"variant": name, "context": c, "windows": len(windows), "perplexity": round(value, 3),
+            rows.append({"variant": name, "context": c, "windows": len(windows), "chunk": _ppl_chunk(name),
+                         "perplexity": round(value, 3),
                          "vs_fp32": round(value / ppl["fp32"] - 1, 5) if "fp32" in ppl else None})
     return rows
 

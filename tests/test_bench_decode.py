@@ -13,11 +13,11 @@ def test_bench_decode_json():
     rc, out, err = bench_scripts.run(
         "bench_decode.py", "--contexts", "24,40", "--new-tokens", "4", "--rounds", "1", "--hidden", "64",
         "--layers", "1", "--heads", "4", "--kv-heads", "2", "--intermediate", "128", "--prefill-chunk", "16",
-        "--variants", "fp32,kv8", "--ppl-contexts", "none", "--json", "--quiet")
+        "--variants", "fp32,kv8,cskv25", "--ppl-contexts", "none", "--json", "--quiet")
     assert rc == 0, err[-2000:]
     result = json.loads(out)
     engines = {r["engine"] for r in result["speed"]}
-    expected = {"genzip-fp32", "genzip-kv8", "transformers"}
+    expected = {"genzip-fp32", "genzip-kv8", "genzip-cskv25", "transformers"}
     if importlib.util.find_spec("onnxruntime_genai") is None:
         assert "not installed" in result["skipped"]["ort-genai"]
     else:
@@ -28,6 +28,10 @@ def test_bench_decode_json():
         assert row["tokens_per_s"] > 0 and len(row["rounds"]) == 1 and row["kv_bytes"] > 0
     # The int8 cache: head_dim 16 -> 16 + 4 bytes per head and token instead of 64.
     assert rows[("genzip-kv8", 40)]["kv_bytes"] * 64 == rows[("genzip-fp32", 40)]["kv_bytes"] * 20
+    # cskv{ratio=0.25 window=16 int8}, 44 tokens (40 + 4 new): width 2 x 16 -> 8 int8 features
+    # + 2 scales per token, plus 16 window rows of 2 x 16 floats; fp32: 44 x 32 floats.
+    per_kv = 44 * (8 + 2 * 4) + 16 * 2 * 16 * 4
+    assert rows[("genzip-cskv25", 40)]["kv_bytes"] * 44 * 32 * 4 == rows[("genzip-fp32", 40)]["kv_bytes"] * per_kv
     assert rows[("genzip-fp32", 24)]["vs_genzip_fp32"] == 1.0
     assert len(result["loadavg_before"]) == 3
 
