@@ -124,7 +124,8 @@ def test_refusals():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])))
     with pytest.raises(GenzipError, match="no cache update"):
         run_pipeline(plain, build_pipeline("cskv{rank=2}"), context=context)
-    for bad in ("cskv", "cskv{rank=2 ratio=0.5}", "cskv{ratio=0}", "cskv{rank=2 window=-1}"):
+    assert build_pipeline("cskv").passes[0].options.ratio == 0.5
+    for bad in ("cskv{rank=2 ratio=0.5}", "cskv{ratio=0}", "cskv{rank=2 window=-1}"):
         with pytest.raises(GenzipError):
             build_pipeline(bad)
 

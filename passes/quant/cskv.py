@@ -57,13 +57,14 @@ from genzip.passes.quant._kv_layout import MIN_SCALE, QMAX, SCALE_SUFFIX
 from genzip.passes.quant.kv_quant import PAST_PREFIX, cache_updates
 
 _INT64_MAX = np.iinfo(np.int64).max
+DEFAULT_RATIO = 0.5
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Options:
     """``rank``: features per token and K/V (a multiple of kv_heads), or ``ratio``: the
-    fraction of the ``D`` channels kept (rounded up to a multiple of kv_heads); one of
-    the two. ``window``: recent tokens kept at full precision (0: none). ``int8``: the
+    fraction of the ``D`` channels kept (rounded up to a multiple of kv_heads); at most one
+    of the two (neither: ``ratio=0.5``). ``window``: recent tokens kept at full precision (0: none). ``int8``: the
     features in int8 with one scale per head and token. ``data``: calibration
     ``.npz``/``module:function`` (samples' ``input_ids``), else the compile's set."""
 
@@ -74,8 +75,10 @@ class Options:
     data: str | None = None
 
     def __post_init__(self):
-        if (self.rank is None) == (self.ratio is None):
-            raise ValueError("give exactly one of rank=R or ratio=F, e.g. cskv{ratio=0.5}")
+        if self.rank is not None and self.ratio is not None:
+            raise ValueError("give one of rank=R or ratio=F, e.g. cskv{ratio=0.5}")
+        if self.rank is None and self.ratio is None:
+            object.__setattr__(self, "ratio", DEFAULT_RATIO)
         if self.rank is not None and self.rank < 1:
             raise ValueError(f"rank={self.rank} must be >= 1")
         if self.ratio is not None and not 0 < self.ratio <= 1:
