@@ -30,7 +30,8 @@ quantizes every token it stores, so chunked and token-by-token scoring agree); t
 ``W`` tokens of each run (token by token is how decode uses it).
 
 ``--json`` prints one object: ``speed`` rows (engine, context, tokens_per_s median
-and all rounds, kv_bytes), ``perplexity`` rows, ``skipped`` peers with the reason,
+and all rounds, kv_bytes), ``perplexity`` rows (with trained-llama's cache bytes for
+one sequence of that context), ``skipped`` peers with the reason,
 the configs and the load average before and after.
 """
 
@@ -286,7 +287,7 @@ def perplexity_rows(args, root: str, ppl_contexts: list[int], variants: list[str
                                 windows) for name, lm in lms.items()}
         for name, value in ppl.items():
             rows.append({"variant": name, "context": c, "windows": len(windows), "chunk": _ppl_chunk(name),
-                         "perplexity": round(value, 3),
+                         "kv_bytes": lms[name].new_cache(1, c).bytes, "perplexity": round(value, 3),
                          "vs_fp32": round(value / ppl["fp32"] - 1, 5) if "fp32" in ppl else None})
     return rows
 
