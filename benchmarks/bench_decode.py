@@ -8,7 +8,7 @@ Speed. One random-weight Llama (config built here from the flags, GQA, saved wit
 ``save_pretrained`` into a temporary folder with trained-llama's tokenizer) is what
 every engine reads: genzip compiles it with ``--kv-cache`` once per variant
 (``fp32``, ``w4a16``, ``kv8`` = ``kv-quant``, ``w4a16-kv8``, ``cskv50`` / ``cskv25`` =
-``cskv{ratio=0.5|0.25 window=16 int8=true}``, fitted on the compile's calibration
+``cskv{ratio=0.5|0.25 window=16 int8=true}``, ``cskv25-nowindow`` without the window, fitted on the compile's calibration
 windows: seeded random ids for the speed model, training-split KJV for trained-llama); onnxruntime-genai's
 model builder (``python -m onnxruntime_genai.models.builder -i FOLDER -o OUT -p fp32
 -e cpu``) exports it and its generate API runs it; transformers runs it eagerly with
@@ -60,6 +60,7 @@ VARIANTS = {
     "w4a16-kv8": "annotate-precision{scheme=w4a16 keep-defaults=false},quant{scheme=w4a16},kv-quant",
     "cskv50": "cskv{ratio=0.5 window=16 int8=true}",
     "cskv25": "cskv{ratio=0.25 window=16 int8=true}",
+    "cskv25-nowindow": "cskv{ratio=0.25 int8=true}",
 }
 PEERS = ("ort-genai", "transformers")
 TRAINED = "trained-llama"
