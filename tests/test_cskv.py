@@ -178,3 +178,19 @@ def test_compressed_cache_runs_and_holds_fewer_bytes(lms):
     assert got.kv_bytes == 2 * (capacity * (2 + 4) + 4 * 8 * 4) and got.peak_kv_bytes == 2 * got.kv_bytes
     windows = np.random.default_rng(0).integers(0, 64, (2, 20))
     assert not np.allclose(lms["compressed"].score(windows, chunk=1), lms["fp32"].score(windows, chunk=1))
+
+
+def test_a_kv_cache_folder_provides_calibration(tmp_path):
+    """genzip-compile FOLDER --kv-cache --passes cskv passes the needs check before loading:
+    the folder's export brings prefill windows (frontend.calibration.kv_cache_calibration)."""
+    from genzip.compile import _provided
+    from genzip.frontend.calibration import kv_cache_calibration
+    from genzip.passes.infra.context import CALIBRATION, check_needs
+
+    assert CALIBRATION in _provided("folder", str(tmp_path), None, kv_cache=True)
+    assert CALIBRATION not in _provided("folder", str(tmp_path), None, kv_cache=False)
+    check_needs(build_pipeline("cskv").passes, _provided("folder", str(tmp_path), None, True), "a folder")
+    cache = {"layers": 1, "kv_heads": 2, "head_dim": 4, "vocab_size": 50, "max_positions": 32}
+    samples = kv_cache_calibration(tmp_path, seed=0, cache=cache)()
+    assert len(samples) == 8 and samples[0]["input_ids"].shape == (1, 32)
+    assert samples[0]["past_key_values.0.value"].shape == (1, 2, 0, 4)
