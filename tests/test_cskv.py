@@ -125,6 +125,9 @@ def test_refusals():
     with pytest.raises(GenzipError, match="no cache update"):
         run_pipeline(plain, build_pipeline("cskv{rank=2}"), context=context)
     assert build_pipeline("cskv").passes[0].options.ratio == 0.5
+    for both in ("cskv,kv-quant", "kv-quant,cskv"):
+        with pytest.raises(GenzipError, match="cannot run after"):
+            build_pipeline(both)
     for bad in ("cskv{rank=2 ratio=0.5}", "cskv{ratio=0}", "cskv{rank=2 window=-1}"):
         with pytest.raises(GenzipError):
             build_pipeline(bad)

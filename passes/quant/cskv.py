@@ -218,6 +218,7 @@ class CSKVPass(GenzipPass):
                "activations, a full-precision window of recent tokens, optionally int8")
     Options = Options
     ensures_facts = frozenset({"kv-lowrank"})
+    conflicts_facts = {"kv-int8": "kv-quant before it made the cache int8; run cskv{int8=true} instead"}
 
     def needs(self) -> frozenset[str]:
         return calibration_need(self.options.data)
