@@ -20,6 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from genzip.backends.artifact import MANIFEST, REPORT, hash_files, staged_folder, write_json
+from genzip.backends.genai_config import write_genai_config
 from genzip.backends.onnx_files import save_model
 from genzip.backends.ort_backend import write_checked_optimized
 from genzip.backends.precision_report import artifact_section
@@ -116,6 +117,11 @@ def write_artifact(compiled: Compiled, out_dir: str, *, target: str, force: bool
         np.savez(os.path.join(tmp, EXAMPLE_INPUTS), **source.example_inputs)
         names.append(EXAMPLE_INPUTS)
         names += _copy_extra_files(source.info.get("extra_files") or {}, tmp)
+        genai = None
+        if "kv_cache" in source.info and target in ("ort", "onnx"):
+            kv = source.info["kv_cache"]
+            genai_names, genai = write_genai_config(model, kv, kv.get("model_type", ""), tmp)
+            names += genai_names
         compiled_outputs = run_model(os.path.join(tmp, MODEL_NAME), source.example_inputs)
         fidelity, quant_fidelity = _fidelity(compiled, compiled_outputs, min_cosine)
         trt_section = ort_section = None
@@ -156,6 +162,8 @@ def write_artifact(compiled: Compiled, out_dir: str, *, target: str, force: bool
             manifest["ort"] = ort_section
         if "kv_cache" in source.info:
             manifest["kv_cache"] = source.info["kv_cache"]
+        if genai is not None:
+            manifest["genai"] = genai
         for key in ("family", "preset", "dynamic"):
             if key in source.info:
                 manifest.setdefault("source_info", {})[key] = source.info[key]

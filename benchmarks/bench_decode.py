@@ -16,7 +16,9 @@ its ``DynamicCache``. Per round, per context, per engine (interleaved in this on
 process): a seeded random prompt of ``context`` tokens, greedy decoding of
 ``--new-tokens`` tokens with EOS off; the decode rate counts the steps after the
 first new token (which the prefill produces), timed around the decode loop only.
-All engines run ``--threads`` intra-op threads. KV bytes: genzip's bound cache at
+genzip's artifacts also run in onnxruntime-genai's generate loop through the
+``genai_config.json`` they carry (engines ``genzip-VARIANT@ort-genai``; not kv8, whose
+int8 cache is not its layout). All engines run ``--threads`` intra-op threads. KV bytes: genzip's bound cache at
 capacity (one side of its ping-pong); onnxruntime-genai's shared past/present buffer
 (``2 * layers * kv_heads * max_length * head_dim * 4``, the shape it allocates);
 transformers' cache tensors after the run.
@@ -158,11 +160,26 @@ def run_genzip(lm, ids: np.ndarray, new: int, chunk: int) -> tuple[float, int]:
 
 
 class OrtGenai:
-    """onnxruntime-genai on its model builder's export of the same folder."""
+    """onnxruntime-genai's generate loop on a folder with a ``genai_config.json``: its model
+    builder's export of the HF folder (``build``), or a genzip artifact (``artifact``), whose
+    Concat cache it holds twice (past and present) at the last step."""
 
-    def __init__(self, folder: str, root: str, threads: int):
+    def __init__(self, og_folder: str, threads: int, copies: int):
         import onnxruntime_genai as og
 
+        config_path = os.path.join(og_folder, "genai_config.json")
+        with open(config_path) as f:
+            config = json.load(f)
+        config["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = threads
+        with open(config_path, "w") as f:
+            json.dump(config, f, indent=2)
+        self.og, self.model = og, og.Model(og_folder)
+        dec = config["model"]["decoder"]
+        self.per_token = copies * 2 * dec["num_hidden_layers"] * dec["num_key_value_heads"] * dec["head_size"] * 4
+        self.version = og.__version__
+
+    @classmethod
+    def build(cls, folder: str, root: str, threads: int) -> OrtGenai:
         out = os.path.join(root, "ort-genai")
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", folder, "-o", out, "-p", "fp32",
                "-e", "cpu", "-c", os.path.join(root, "ort-genai-cache")]
@@ -170,16 +187,13 @@ class OrtGenai:
         if done.returncode != 0:
             raise GenzipError(f"onnxruntime-genai's model builder failed: {done.stderr.strip().splitlines()[-1:]}",
                               "run it by hand to see why: " + " ".join(cmd))
-        config_path = os.path.join(out, "genai_config.json")
-        with open(config_path) as f:
-            config = json.load(f)
-        config["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = threads
-        with open(config_path, "w") as f:
-            json.dump(config, f, indent=2)
-        self.og, self.model = og, og.Model(out)
-        dec = config["model"]["decoder"]
-        self.per_token = 2 * dec["num_hidden_layers"] * dec["num_key_value_heads"] * dec["head_size"] * 4
-        self.version = og.__version__
+        return cls(out, threads, copies=1)
+
+    @classmethod
+    def artifact(cls, folder: str, threads: int) -> OrtGenai | None:
+        if not os.path.isfile(os.path.join(folder, "genai_config.json")):
+            return None  # kv-quant's int8 cache: not its layout (the manifest's genai.why_not)
+        return cls(folder, threads, copies=2)
 
     def run(self, ids: np.ndarray, new: int) -> tuple[float, int]:
         og = self.og
@@ -194,7 +208,6 @@ class OrtGenai:
             gen.generate_next_token()
         elapsed = time.perf_counter() - start
         return (new - 1) / elapsed, self.per_token * length
-
 
 class Eager:
     """transformers eager (its default SDPA attention) with a DynamicCache."""
@@ -233,12 +246,18 @@ def speed(args, root: str, contexts: list[int], variants: list[str], peers: list
     max_positions = max(contexts) + args.new_tokens
     folder = speed_folder(root, args, max_positions)
     engines, skipped = {}, {}
-    for name, lm in compile_variants(folder, variants, root, "speed", args.threads).items():
+    lms = compile_variants(folder, variants, root, "speed", args.threads)
+    for name, lm in lms.items():
         engines[f"genzip-{name}"] = lambda ids, lm=lm: run_genzip(lm, ids, args.new_tokens, args.prefill_chunk)
     if "ort-genai" in peers:
         try:
-            og = OrtGenai(folder, root, args.threads)
+            og = OrtGenai.build(folder, root, args.threads)
             engines["ort-genai"] = lambda ids: og.run(ids, args.new_tokens)
+            # genzip's own artifacts in onnxruntime-genai's C++ loop (their genai_config.json)
+            for name, lm in lms.items():
+                runner = OrtGenai.artifact(lm.folder, args.threads)
+                if runner is not None:
+                    engines[f"genzip-{name}@ort-genai"] = lambda ids, r=runner: r.run(ids, args.new_tokens)
         except ImportError:
             skipped["ort-genai"] = "onnxruntime-genai is not installed (pip install 'genzip[bench]')"
     if "transformers" in peers:

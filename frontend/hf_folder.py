@@ -133,7 +133,7 @@ def _kv_cache_source(folder: Path, module, class_name: str, seed: int) -> Source
     files = {f"{ARTIFACT_HF_DIR}/{n}": str(folder / n) for n in TOKENIZER_FILES if (folder / n).is_file()}
     gen = getattr(module, "generation_config", None)
     cache = dict(out["cache"], eos_token_id=getattr(gen, "eos_token_id", None),
-                 files=sorted(files), hf_dir=ARTIFACT_HF_DIR)
+                 files=sorted(files), hf_dir=ARTIFACT_HF_DIR, model_type=getattr(module.config, "model_type", ""))
     info = {
         "family": "llm", "class": class_name, "path": str(folder), "batch": 2, "seed": seed,
         "module": module, "reference_outputs": out["reference_outputs"], "dynamic": True,
