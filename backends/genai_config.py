@@ -10,8 +10,8 @@ builder's in-place GroupQueryAttention form).
 
 Invariant: the config is written only when onnxruntime-genai can bind the graph as it
 is: exactly those inputs and outputs, and float32/float16 ``[batch, kv_heads, seq,
-head_dim]`` caches with one dtype (``kv-quant``'s int8 cache and its scales, or a
-cache a pass re-shaped, are not its layout). Otherwise the manifest says why not.
+head_dim]`` caches with one dtype (``kv-quant``'s int8 cache and its scales, ``cskv``'s
+low-rank features, or a cache a pass re-shaped, are not its layout). Otherwise the manifest says why not.
 The tokenizer files are copied next to it, where onnxruntime-genai looks for them.
 """
 
@@ -24,6 +24,8 @@ import shutil
 from typing import Any
 
 import onnx_ir as ir
+
+from genzip.metadata import CSKV_KEY
 
 CONFIG_NAME = "genai_config.json"
 GENAI_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -38,6 +40,8 @@ _FLOATS = {ir.DataType.FLOAT: "float32", ir.DataType.FLOAT16: "float16"}
 
 def unsupported(model: ir.Model, layers: int) -> str | None:
     """Why onnxruntime-genai cannot bind this graph as it is, or None when it can."""
+    if CSKV_KEY in model.metadata_props:
+        return "cskv's cache holds low-rank features (and a window), not onnxruntime-genai's layout"
     inputs = {v.name: v for v in model.graph.inputs}
     outputs = {v.name: v for v in model.graph.outputs}
     past = [n for n in inputs if _PAST.match(n)]

@@ -12,6 +12,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
 
+from genzip.backends import genai_config
 from genzip.errors import GenzipError
 from genzip.ort_session import make_session
 from genzip.passes import build_pipeline, run_pipeline
@@ -67,6 +68,7 @@ def test_rewrite_matches_numpy_twin(int8):
     records = run_pipeline(model, build_pipeline(spec), context=PassContext(calibration=_calibration()))
     assert records[0].modified and records[0].stats["rank"] == 4 and records[0].stats["caches"] == 1
     assert problem("kv-lowrank", model) is None
+    assert "cskv" in genai_config.unsupported(model, 1)  # no genai_config.json for this cache
     names = ["input_ids", "past_key_values.0.key", *(["past_key_values.0.key_scale"] if int8 else []),
              "past_key_values.0.key_window"]
     assert [v.name for v in model.graph.inputs] == names
