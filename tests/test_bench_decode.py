@@ -21,7 +21,7 @@ def test_bench_decode_json():
     if importlib.util.find_spec("onnxruntime_genai") is None:
         assert "not installed" in result["skipped"]["ort-genai"]
     else:
-        expected |= {"ort-genai", "genzip-fp32@ort-genai"}  # kv8's int8 cache: no genai_config
+        expected |= {"ort-genai", "genzip-fp32@ort-genai"}  # kv8's int8 / cskv's low-rank cache: no genai_config
     assert engines == expected
     rows = {(r["engine"], r["context"]): r for r in result["speed"]}
     for row in rows.values():
