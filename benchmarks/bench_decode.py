@@ -17,8 +17,8 @@ process): a seeded random prompt of ``context`` tokens, greedy decoding of
 ``--new-tokens`` tokens with EOS off; the decode rate counts the steps after the
 first new token (which the prefill produces), timed around the decode loop only.
 genzip's artifacts also run in onnxruntime-genai's generate loop through the
-``genai_config.json`` they carry (engines ``genzip-VARIANT@ort-genai``; not kv8, whose
-int8 cache is not its layout). All engines run ``--threads`` intra-op threads. KV bytes: genzip's bound cache at
+``genai_config.json`` they carry (engines ``genzip-VARIANT@ort-genai``; not kv8 or cskv,
+whose int8 / low-rank caches are not its layout). All engines run ``--threads`` intra-op threads. KV bytes: genzip's bound cache at
 capacity (one side of its ping-pong); onnxruntime-genai's shared past/present buffer
 (``2 * layers * kv_heads * max_length * head_dim * 4``, the shape it allocates);
 transformers' cache tensors after the run.
