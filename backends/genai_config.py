@@ -10,8 +10,9 @@ builder's in-place GroupQueryAttention form).
 
 Invariant: the config is written only when onnxruntime-genai can bind the graph as it
 is: exactly those inputs and outputs, and float32/float16 ``[batch, kv_heads, seq,
-head_dim]`` caches with one dtype (``kv-quant``'s int8 cache and its scales, a
-cache a pass re-shaped, or ``span-attn``'s evicting cache, are not its layout). Otherwise the manifest says why not.
+head_dim]`` caches with one dtype (``kv-quant``'s int8 cache and its scales, ``cskv``'s
+low-rank features, ``span-attn``'s evicting cache, or a cache a pass re-shaped, are not its
+layout). Otherwise the manifest says why not.
 The tokenizer files are copied next to it, where onnxruntime-genai looks for them.
 """
 
@@ -25,7 +26,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from genzip.metadata import KV_CAPACITY_KEY
+from genzip.metadata import CSKV_KEY, KV_CAPACITY_KEY
 
 CONFIG_NAME = "genai_config.json"
 GENAI_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -43,6 +44,8 @@ def unsupported(model: ir.Model, layers: int) -> str | None:
     if KV_CAPACITY_KEY in model.metadata_props:
         return ("span-attn's evicting cache keeps at most a fixed number of tokens per layer "
                 f"({KV_CAPACITY_KEY}), while onnxruntime-genai binds past/present as the whole sequence")
+    if CSKV_KEY in model.metadata_props:
+        return "cskv's cache holds low-rank features (and a window), not onnxruntime-genai's layout"
     inputs = {v.name: v for v in model.graph.inputs}
     outputs = {v.name: v for v in model.graph.outputs}
     past = [n for n in inputs if _PAST.match(n)]

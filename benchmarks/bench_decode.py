@@ -7,10 +7,12 @@
 Speed. One random-weight Llama (config built here from the flags, GQA, saved with
 ``save_pretrained`` into a temporary folder with trained-llama's tokenizer) is what
 every engine reads: genzip compiles it with ``--kv-cache`` once per variant
-(``fp32``, ``w4a16``, ``kv8`` = ``kv-quant``, ``w4a16-kv8``, and MoA ``moa-0.5`` /
+(``fp32``, ``w4a16``, ``kv8`` = ``kv-quant``, ``w4a16-kv8``, MoA ``moa-0.5`` /
 ``moa-0.25`` = ``span-attn{alpha=0 beta=DENSITY sinks=4 seq=CONTEXT+NEW}``, compiled per
 context: elastic spans of density·N and an evicting cache of sinks + density·seq tokens
-per layer); onnxruntime-genai's
+per layer; ``cskv50`` / ``cskv25`` =
+``cskv{ratio=0.5|0.25 window=16 int8=true}``, ``cskv25-nowindow`` without the window, fitted on the compile's calibration
+windows: seeded random ids for the speed model, training-split KJV for trained-llama); onnxruntime-genai's
 model builder (``python -m onnxruntime_genai.models.builder -i FOLDER -o OUT -p fp32
 -e cpu``) exports it and its generate API runs it; transformers runs it eagerly with
 its ``DynamicCache``. Per round, per context, per engine (interleaved in this one
@@ -18,8 +20,8 @@ process): a seeded random prompt of ``context`` tokens, greedy decoding of
 ``--new-tokens`` tokens with EOS off; the decode rate counts the steps after the
 first new token (which the prefill produces), timed around the decode loop only.
 genzip's artifacts also run in onnxruntime-genai's generate loop through the
-``genai_config.json`` they carry (engines ``genzip-VARIANT@ort-genai``; not kv8, whose
-int8 cache is not its layout). All engines run ``--threads`` intra-op threads. KV bytes: genzip's bound cache at
+``genai_config.json`` they carry (engines ``genzip-VARIANT@ort-genai``; not kv8 or cskv,
+whose int8 / low-rank caches are not its layout). All engines run ``--threads`` intra-op threads. KV bytes: genzip's bound cache at
 capacity (one side of its ping-pong); onnxruntime-genai's shared past/present buffer
 (``2 * layers * kv_heads * max_length * head_dim * 4``, the shape it allocates);
 transformers' cache tensors after the run.
@@ -30,10 +32,13 @@ way, scored on the KJV held-out chapters cut into non-overlapping windows of eac
 the reason), with its KV bytes per sequence at that length (``--moa-plan PLAN.json``, a
 ``genzip moa-search trained-llama`` plan, adds variant ``moa-plan``: ``span-attn{plan=PLAN
 seq=CONTEXT}``), fed through the bound cache 128 tokens per run (the int8 cache
-quantizes every token it stores, so chunked and token-by-token scoring agree).
+quantizes every token it stores, so chunked and token-by-token scoring agree); the
+``cskv`` variants one token per run, since their full-precision window is the last
+``W`` tokens of each run (token by token is how decode uses it).
 
 ``--json`` prints one object: ``speed`` rows (engine, context, tokens_per_s median
-and all rounds, kv_bytes), ``perplexity`` rows, ``skipped`` peers with the reason,
+and all rounds, kv_bytes), ``perplexity`` rows (with trained-llama's cache bytes for
+one sequence of that context), ``skipped`` peers with the reason,
 the configs and the load average before and after.
 """
 
@@ -60,6 +65,9 @@ VARIANTS = {
     "w4a16": "annotate-precision{scheme=w4a16 keep-defaults=false},quant{scheme=w4a16}",
     "kv8": "kv-quant",
     "w4a16-kv8": "annotate-precision{scheme=w4a16 keep-defaults=false},quant{scheme=w4a16},kv-quant",
+    "cskv50": "cskv{ratio=0.5 window=16 int8=true}",
+    "cskv25": "cskv{ratio=0.25 window=16 int8=true}",
+    "cskv25-nowindow": "cskv{ratio=0.25 int8=true}",
 }
 # MoA variants: span-attn on the --kv-cache graph with the elastic rule span = density·N
 # (alpha 0, beta = density) and MOA_SINKS sinks, compiled per context with seq = the
@@ -201,6 +209,8 @@ class OrtGenai:
 
     @classmethod
     def build(cls, folder: str, root: str, threads: int) -> OrtGenai:
+        import onnxruntime_genai  # noqa: F401  (ImportError before the builder runs: the peer is skipped)
+
         out = os.path.join(root, "ort-genai")
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", folder, "-o", out, "-p", "fp32",
                "-e", "cpu", "-c", os.path.join(root, "ort-genai-cache")]
@@ -309,6 +319,10 @@ def speed(args, root: str, contexts: list[int], variants: list[str], peers: list
     return rows, skipped, model
 
 
+def _ppl_chunk(variant: str) -> int:
+    return 1 if variant.startswith("cskv") else 128
+
+
 def perplexity_rows(args, root: str, ppl_contexts: list[int], variants: list[str]) -> list[dict]:
     from genzip.runtime import _eval_data
     from genzip.runtime._eval_llm import log_softmax, perplexity
@@ -326,11 +340,11 @@ def perplexity_rows(args, root: str, ppl_contexts: list[int], variants: list[str
                          "why": f"{TRAINED} has {limit} positions (trained on 128-token windows)"})
             continue
         windows = _eval_data.heldout_token_windows(tok, c, args.ppl_windows)
-        ppl = {name: perplexity(log_softmax(by_seq[c].score(windows, chunk=128).astype(np.float64)), windows)
-               for name, by_seq in lms.items()}
+        ppl = {name: perplexity(log_softmax(by_seq[c].score(windows, chunk=_ppl_chunk(name)).astype(np.float64)),
+                                windows) for name, by_seq in lms.items()}
         for name, value in ppl.items():
-            rows.append({"variant": name, "context": c, "windows": len(windows), "perplexity": round(value, 3),
-                         "kv_bytes": lms[name][c].new_cache(1, c).bytes,
+            rows.append({"variant": name, "context": c, "windows": len(windows), "chunk": _ppl_chunk(name),
+                         "kv_bytes": lms[name][c].new_cache(1, c).bytes, "perplexity": round(value, 3),
                          "vs_fp32": round(value / ppl["fp32"] - 1, 5) if "fp32" in ppl else None})
     return rows
 

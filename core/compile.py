@@ -29,6 +29,7 @@ from genzip.ort_session import ORT_ERRORS, ort_failure, run_model, run_user_mode
 from genzip.passes import Instrumentation, build_pipeline, run_pipeline
 from genzip.passes.infra.context import CALIBRATION, EXAMPLE_INPUTS, TORCH_MODULE, PassContext, check_needs
 from genzip.passes.precision.cast_float import cast_feeds
+from genzip.passes.quant._cskv_layout import compress_feeds
 from genzip.passes.quant._kv_layout import quantize_feeds
 from genzip.providers import describe, resolve_providers
 
@@ -153,9 +154,11 @@ def _user_data(opts: CompileOptions) -> UserData | None:
     return UserData(inputs=inputs, calib=calib)
 
 
-def _provided(kind: str, model_ref: Any, user: UserData | None) -> frozenset[str]:
+def _provided(kind: str, model_ref: Any, user: UserData | None, kv_cache: bool = False) -> frozenset[str]:
     """What this source hands the passes, known before loading it."""
     provided = _PROVIDES[kind]
+    if kind == "folder" and kv_cache:
+        provided |= {CALIBRATION}  # prefill token windows (frontend.calibration.kv_cache_calibration)
     if user is not None and user.calib is not None:
         provided |= {CALIBRATION}
     if kind == "folder" and folder_family(Path(model_ref).expanduser()) == "dit":
@@ -190,7 +193,7 @@ def compile_model(
     check_out_dir(out_dir, opts.force)
     kind = classify_ref(model_ref) if isinstance(model_ref, str) else classify_object(model_ref)
     user = _user_data(opts)
-    check_needs(pipeline.passes, _provided(kind, model_ref, user), _SOURCE_WORDS[kind])
+    check_needs(pipeline.passes, _provided(kind, model_ref, user, opts.kv_cache), _SOURCE_WORDS[kind])
 
     label = model_ref if isinstance(model_ref, str) else f"a {type(model_ref).__name__}"
     _stage(progress, f"loading {label}")
@@ -235,10 +238,10 @@ def compile_source(source, out_dir: str, options: CompileOptions, progress: Call
         # For an ONNX file the reference already is this model's ORT output.
         fp32_outputs = reference if reference_label == "source-onnx" else run_model(model, feeds)
     records = run_pipeline(model, pipeline, inst, pass_context(source, opts.seed, progress))
-    # kv-quant turns the float past inputs into int8 + scales: the example inputs follow.
-    source = dataclasses.replace(source, example_inputs=quantize_feeds(model, source.example_inputs))
-    # cast-float turns float inputs into fp16/bf16: the example inputs follow.
-    source = dataclasses.replace(source, example_inputs=cast_feeds(model, source.example_inputs))
+    # kv-quant turns the float past inputs into int8 + scales, cskv into low-rank features
+    # plus a window, cast-float float inputs into fp16/bf16: the example inputs follow.
+    feeds = compress_feeds(model, quantize_feeds(model, source.example_inputs))
+    source = dataclasses.replace(source, example_inputs=cast_feeds(model, feeds))
     _stage(progress, f"writing {opts.target} artifact to {out_dir}")
     compiled = Compiled(model, source, str(pipeline), records, reference, reference_label, fp32_outputs, config)
     providers = resolve_providers(opts.providers or None, opts.device or None)

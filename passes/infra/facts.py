@@ -31,6 +31,8 @@ _FACTS: dict[str, tuple[str, str]] = {
                   "no quantization annotation is left unconsumed"),
     "kv-int8": ("genzip.passes.quant._kv_facts:kv_int8_problem",
                 "every KV-cache input and output is int8 with a float32 scale per head and token"),
+    "kv-lowrank": ("genzip.passes.quant._cskv_layout:kv_lowrank_problem",
+                   "every KV-cache input holds rank-r features (cskv) beside its basis and window"),
     "sensitivity-measured": ("genzip.passes.precision._facts:measured_problem",
                              "the model carries a sensitivity table for its annotated layers"),
 }

@@ -24,6 +24,7 @@ _PASSES: dict[str, str] = {
     "quant": "genzip.passes.quant.quant:QuantPass",
     "smooth": "genzip.passes.quant.smooth:SmoothPass",
     "kv-quant": "genzip.passes.quant.kv_quant:KVQuantPass",
+    "cskv": "genzip.passes.quant.cskv:CSKVPass",
     "sensitivity": "genzip.passes.precision.sensitivity:SensitivityPass",
     "mixed-precision": "genzip.passes.precision.mixed_precision:MixedPrecisionPass",
     "expert-prune": "genzip.passes.moe.expert_prune:ExpertPrunePass",

@@ -118,6 +118,8 @@ class KVQuantPass(GenzipPass):
     summary = "int8 KV cache (KV8) on --kv-cache graphs: int8 past/present with one scale per head and token"
     Options = Options
     ensures_facts = frozenset({"kv-int8"})
+    conflicts_facts = {"kv-lowrank": "cskv before it made the cache low-rank features; use cskv{int8=true} "
+                                     "for int8 features"}
 
     def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         opts: Options = self.options
