@@ -53,6 +53,9 @@ class CompileOptions:
     # set (--calib-data: .npz, folder, feed dicts, a callable); see genzip.frontend.user_inputs.
     inputs: Any = None
     calib_data: Any = None
+    # Where searching passes (sensitivity) run their units: a genzip.parallel executor
+    # (--workers / --ray-address); None runs them in this process.
+    executor: Any = None
 
 
 # What each kind of source hands the passes (see frontend.loader): presets attach a
@@ -116,7 +119,7 @@ def _frontend_progress(progress: Callable[[str], None] | None) -> Iterator[None]
         log.propagate = propagate
 
 
-def pass_context(source, seed: int, progress: Callable[[str], None] | None) -> PassContext:
+def pass_context(source, seed: int, progress: Callable[[str], None] | None, executor: Any = None) -> PassContext:
     """The context every pass of this compile receives, from what the frontend loaded."""
     return PassContext(
         example_inputs=source.example_inputs,
@@ -124,6 +127,7 @@ def pass_context(source, seed: int, progress: Callable[[str], None] | None) -> P
         torch_module=source.info.get("module"),
         seed=seed,
         progress=progress,
+        executor=executor,
     )
 
 
@@ -223,7 +227,7 @@ def compile_source(source, out_dir: str, options: CompileOptions, progress: Call
     if any(p.name == "quant" for p in pipeline.passes):
         # For an ONNX file the reference already is this model's ORT output.
         fp32_outputs = reference if reference_label == "source-onnx" else run_model(model, feeds)
-    records = run_pipeline(model, pipeline, inst, pass_context(source, opts.seed, progress))
+    records = run_pipeline(model, pipeline, inst, pass_context(source, opts.seed, progress, opts.executor))
     # kv-quant turns the float past inputs into int8 + scales: the example inputs follow.
     source = dataclasses.replace(source, example_inputs=quantize_feeds(model, source.example_inputs))
     _stage(progress, f"writing {opts.target} artifact to {out_dir}")
