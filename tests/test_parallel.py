@@ -11,7 +11,7 @@ import signal
 import sys
 
 import pytest
-from quant_models import apply, feeds_for, mlp
+from quant_models import feeds_for, mlp
 from share_artifacts import compiled
 
 from genzip import parallel
