@@ -202,6 +202,13 @@ class RayExecutor:
             self._owner = True
         self.workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
+    def sized(self, workers: int) -> RayExecutor:
+        """This cluster with ``workers`` actors per pool (benchmarks compare 1 and N in one run);
+        closing the view leaves the cluster up."""
+        view = object.__new__(RayExecutor)
+        view.ray, view._owner, view.workers = self.ray, False, workers
+        return view
+
     def pool(self, factory: Callable[..., Any], *args, threads: int | None = None) -> RayPool:
         """``threads`` is ignored: every Ray worker is single-threaded (one CPU each)."""
         return RayPool(self.ray, factory, args, self.workers, 1)
