@@ -29,6 +29,7 @@ load average before and after.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -103,8 +104,9 @@ def _plan_bench(args, variants, rounds, tmp):
     folder = args.artifact
     if folder is None:
         folder = os.path.join(tmp, "share")
-        rc = compile_cli.main([args.model, "--target", "ort", "--out", folder, "--passes",
-                               "canonicalize-attn,share-attn", "--quiet"])
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the report
+            rc = compile_cli.main([args.model, "--target", "ort", "--out", folder, "--passes",
+                                   "canonicalize-attn,share-attn", "--quiet"])
         if rc != 0:
             raise SystemExit(rc)
     model = PlannedModel(folder)
