@@ -95,12 +95,19 @@ class SerialExecutor:
 
 
 class _Host:
-    """The Ray actor: one worker object, built once per (re)start of the actor process."""
+    """The Ray actor: one worker object, built on the first unit after each (re)start of
+    the actor process. Its arguments come as references nested in every call, never as
+    constructor arguments: Ray cannot re-resolve those for a restarted actor reliably
+    (ray-project/ray#53727), while the pool holds these for as long as it lives."""
 
-    def __init__(self, factory, threads, *args):
-        self.worker = factory(*args, threads=threads)
+    def __init__(self, factory, threads):
+        self.factory, self.threads, self.worker = factory, threads, None
 
-    def call(self, method: str, unit, *shared):
+    def call(self, arg_refs: list, method: str, unit, *shared):
+        if self.worker is None:
+            import ray
+
+            self.worker = self.factory(*ray.get(arg_refs), threads=self.threads)
         return getattr(self.worker, method)(unit, *shared)
 
     def pid(self) -> int:
@@ -114,7 +121,7 @@ class RayPool:
         self.ray = ray
         actor = ray.remote(num_cpus=threads, max_restarts=RETRIES, max_task_retries=RETRIES)(_Host)
         self._args = [ray.put(a) for a in args]  # held here: a restarted actor reads them again
-        self.actors = [actor.remote(factory, threads, *self._args) for _ in range(workers)]
+        self.actors = [actor.remote(factory, threads) for _ in range(workers)]
 
     def pids(self) -> list[int]:
         """The actors' process ids (tests kill one)."""
@@ -135,7 +142,7 @@ class RayPool:
             while sent < len(units) or pending:
                 while idle and sent < len(units):
                     actor = idle.pop()
-                    pending[actor.call.remote(method, units[sent], *shared_refs)] = (sent, actor)
+                    pending[actor.call.remote(self._args, method, units[sent], *shared_refs)] = (sent, actor)
                     sent += 1
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
