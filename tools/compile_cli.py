@@ -9,7 +9,7 @@ import sys
 from genzip._version import __version__
 from genzip.compile import TARGETS, build_compile, compile_model, default_out, resolve_settings
 from genzip.metrics import MIN_COSINE
-from genzip.tools.cli_common import Progress, add_common_flags, add_dist_flags, guarded, search_executor
+from genzip.tools.cli_common import Progress, add_common_flags, add_dist_flags, guarded
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +71,7 @@ def explicit_settings(argv: list[str] | None) -> dict:
     for action in quiet._actions:
         action.default = argparse.SUPPRESS
     given = vars(quiet.parse_args(argv))
-    for flag in ("debug", "quiet", "config", "help", "version", "workers", "ray_address"):
+    for flag in ("debug", "quiet", "config", "help", "version"):
         given.pop(flag, None)
     if "print_ir_after" in given:
         given["print_ir_after"] = frozenset(given["print_ir_after"])
@@ -87,9 +87,7 @@ def _run(args: argparse.Namespace) -> int:
     opts = resolved.options
     if opts.reproducer_dir is None:
         opts.reproducer_dir = os.path.abspath(out.rstrip("/")) + ".reproducer"
-    with search_executor(args) as executor:  # sensitivity's probes, when --workers / --ray-address
-        opts.executor = executor
-        manifest = compile_model(resolved.model, out, opts, progress=Progress(not args.quiet), config=resolved.record)
+    manifest = compile_model(resolved.model, out, opts, progress=Progress(not args.quiet), config=resolved.record)
     fid = manifest["fidelity"]
     sys.stdout.write(
         f"wrote {out} (target {manifest['target']}; cosine {fid['cosine']:.6f} vs {fid['reference']})\n"
