@@ -14,6 +14,7 @@ from genzip.backends.onnx_files import save_model
 from genzip.backends.ort_fusions import fuse_integer_gemm_bias
 from genzip.metrics import OPTIMIZED_MIN_COSINE, cosine
 from genzip.ort_session import make_session, session_options
+from genzip.providers import describe, is_cpu_only
 
 logger = logging.getLogger("genzip")
 
@@ -21,14 +22,18 @@ OPTIMIZED_NAME = "model.ort.onnx"
 # EXTENDED fusions keep the model portable across CPUs; ALL would add
 # hardware-specific layouts (NCHWc) that are tied to the build machine.
 OPTIMIZATION_LEVEL = "extended"
-def artifact_model_path(folder: str, manifest: dict) -> tuple[str, str]:
+def artifact_model_path(folder: str, manifest: dict, providers=None) -> tuple[str, str]:
     """(path ORT should run, why) for an artifact: its stored ORT-optimized graph
-    (genzip's ORT fusions included) when this ORT version wrote it, else the portable
-    model, since an optimized graph may use kernels of the ORT that produced it."""
+    (genzip's ORT fusions included) when this ORT version wrote it and the session runs
+    on the CPU provider it was optimized for, else the portable model, since an optimized
+    graph may use kernels of the ORT and provider that produced it (genzip's integer
+    GEMM + bias fusion is a CPU kernel)."""
     optimized = (manifest.get("ort") or {}).get("optimized_model")
     model = os.path.join(folder, manifest["model"])
     if not optimized:
         return model, "no ORT-optimized graph in the artifact"
+    if not is_cpu_only(providers):
+        return model, f"{optimized} was optimized for the CPU provider, this session runs on {describe(providers)[0]}"
     path = os.path.join(folder, optimized)
     wrote = (manifest.get("versions") or {}).get("onnxruntime")
     if wrote != ort.__version__:

@@ -13,13 +13,14 @@ from genzip.backends.artifact import read_manifest
 from genzip.backends.ort_backend import artifact_model_path
 from genzip.errors import GenzipError
 from genzip.ort_session import make_session
+from genzip.providers import describe, resolve_providers
 
 logger = logging.getLogger(__name__)
 
 EXAMPLE_INPUTS = "inputs.npz"
 
 
-def _np_dtype(name: str) -> np.dtype:
+def np_dtype(name: str) -> np.dtype:
     if name == "bfloat16":
         import ml_dtypes
 
@@ -50,7 +51,7 @@ def check_inputs(feeds: dict[str, np.ndarray], specs: list[dict[str, Any]]) -> N
     bound: dict[str, int] = {}
     for spec in specs:
         arr = feeds[spec["name"]]
-        want = _np_dtype(spec["dtype"])
+        want = np_dtype(spec["dtype"])
         if arr.dtype != want:
             raise GenzipError(f"input '{spec['name']}' has dtype {arr.dtype}, expected {want}", f"cast it to {want}")
         shape = spec["shape"]
@@ -80,7 +81,7 @@ def synthetic_inputs(specs: list[dict[str, Any]], seed: int = 0, dims: dict[str,
     feeds = {}
     for spec in specs:
         shape = [d if isinstance(d, int) else dims.get(d, 1) for d in (spec["shape"] or [])]
-        dtype = _np_dtype(spec["dtype"])
+        dtype = np_dtype(spec["dtype"])
         if np.issubdtype(dtype, np.integer):
             feeds[spec["name"]] = rng.integers(0, 16, size=shape).astype(dtype)
         elif dtype == np.bool_:
@@ -95,17 +96,22 @@ class CompiledModel:
 
     ``backend`` is ``"tensorrt"`` when the artifact's engine can run here (see
     ``trt_runner.choose_backend``), else ``"onnxruntime"``; ``backend_reason`` says why.
-    ``prefer="onnxruntime"`` skips the engine.
+    ``prefer="onnxruntime"`` skips the engine, and so do ``providers`` (ONNX Runtime
+    execution providers, ``genzip.providers`` syntax; default CPU).
     """
 
-    def __init__(self, folder: str, threads: int | None = None, prefer: str = "auto"):
+    def __init__(self, folder: str, threads: int | None = None, prefer: str = "auto", providers=None):
         from genzip.backends.trt_runner import choose_backend
 
         self.folder = folder
         self.manifest = read_manifest(folder)
         self.backend, self.backend_reason = choose_backend(folder, self.manifest)
+        # Checked before anything opens, so a provider this ORT lacks fails in one line.
+        self.providers = resolve_providers(providers) if providers is not None else None
         if prefer == "onnxruntime" and self.backend != "onnxruntime":
             self.backend, self.backend_reason = "onnxruntime", "ONNX Runtime was asked for"
+        elif self.providers is not None and self.backend != "onnxruntime":
+            self.backend, self.backend_reason = "onnxruntime", "ONNX Runtime providers were asked for"
         logger.info("genzip: %s runs on %s: %s", folder, self.backend, self.backend_reason)
         self._trt = None
         self.model_path: str | None = None
@@ -117,9 +123,9 @@ class CompiledModel:
             return
         if not os.path.isfile(os.path.join(folder, self.manifest["model"])):
             raise GenzipError(f"{folder} lacks its model file {self.manifest['model']}", "recompile the artifact")
-        self.model_path, why = artifact_model_path(folder, self.manifest)
-        logger.info("genzip: ONNX Runtime runs %s", why)
-        self.session = make_session(self.model_path, threads=threads)
+        self.model_path, why = artifact_model_path(folder, self.manifest, self.providers)
+        logger.info("genzip: ONNX Runtime runs %s on %s", why, ", ".join(describe(self.providers)))
+        self.session = make_session(self.model_path, threads=threads, providers=self.providers)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     @property
@@ -143,5 +149,5 @@ class CompiledModel:
         return self.run(feeds)
 
 
-def load_artifact(folder: str, threads: int | None = None, prefer: str = "auto") -> CompiledModel:
-    return CompiledModel(folder, threads=threads, prefer=prefer)
+def load_artifact(folder: str, threads: int | None = None, prefer: str = "auto", providers=None) -> CompiledModel:
+    return CompiledModel(folder, threads=threads, prefer=prefer, providers=providers)

@@ -20,6 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from genzip.backends.artifact import MANIFEST, REPORT, hash_files, staged_folder, write_json
+from genzip.backends.genai_config import write_genai_config
 from genzip.backends.onnx_files import save_model
 from genzip.backends.ort_backend import write_checked_optimized
 from genzip.backends.precision_report import artifact_section
@@ -29,6 +30,7 @@ from genzip.describe import io_specs, op_histogram, versions
 from genzip.errors import GenzipError
 from genzip.metrics import MIN_COSINE, measure_fidelity
 from genzip.ort_session import run_model
+from genzip.providers import describe
 
 MODEL_NAME = "model.onnx"
 
@@ -105,7 +107,7 @@ def _fidelity(compiled: Compiled, outputs: dict[str, np.ndarray], min_cosine: fl
 
 
 def write_artifact(compiled: Compiled, out_dir: str, *, target: str, force: bool, trt_options=None,
-                   min_cosine: float = MIN_COSINE) -> dict[str, Any]:
+                   min_cosine: float = MIN_COSINE, providers=None) -> dict[str, Any]:
     """Write the artifact folder atomically; the cheap fidelity gate runs before any
     expensive build (TensorRT engine, ORT-optimized graph)."""
     model, source = compiled.model, compiled.source
@@ -116,7 +118,14 @@ def write_artifact(compiled: Compiled, out_dir: str, *, target: str, force: bool
         np.savez(os.path.join(tmp, EXAMPLE_INPUTS), **source.example_inputs)
         names.append(EXAMPLE_INPUTS)
         names += _copy_extra_files(source.info.get("extra_files") or {}, tmp)
-        compiled_outputs = run_model(os.path.join(tmp, MODEL_NAME), source.example_inputs)
+        genai = None
+        if "kv_cache" in source.info and target in ("ort", "onnx"):
+            kv = source.info["kv_cache"]
+            genai_names, genai = write_genai_config(model, kv, kv.get("model_type", ""), tmp)
+            names += genai_names
+        # The fidelity gate runs on the providers asked for (CPU by default); the ORT-optimized
+        # graph below is a CPU artifact and is checked on CPU against these outputs.
+        compiled_outputs = run_model(os.path.join(tmp, MODEL_NAME), source.example_inputs, providers=providers)
         fidelity, quant_fidelity = _fidelity(compiled, compiled_outputs, min_cosine)
         trt_section = ort_section = None
         if target == "trt":
@@ -139,7 +148,7 @@ def write_artifact(compiled: Compiled, out_dir: str, *, target: str, force: bool
             "inputs": inputs,
             "outputs": outputs,
             "files": hash_files(tmp, names),
-            "fidelity": fidelity,
+            "fidelity": dict(fidelity, providers=describe(providers)),
             "export_fidelity": source.fidelity,
             "pass_stats": [{"pass": r.spec, "modified": r.modified, "stats": r.stats} for r in compiled.records],
             "versions": versions(),
@@ -156,7 +165,9 @@ def write_artifact(compiled: Compiled, out_dir: str, *, target: str, force: bool
             manifest["ort"] = ort_section
         if "kv_cache" in source.info:
             manifest["kv_cache"] = source.info["kv_cache"]
-        for key in ("family", "preset", "dynamic"):
+        if genai is not None:
+            manifest["genai"] = genai
+        for key in ("family", "preset", "dynamic", "scheduler_config"):
             if key in source.info:
                 manifest.setdefault("source_info", {})[key] = source.info[key]
         write_json(os.path.join(tmp, MANIFEST), manifest)

@@ -1,20 +1,25 @@
 """``python benchmarks/bench_decode.py``: LLM decode speed, KV bytes and perplexity, genzip vs peers.
 
     python benchmarks/bench_decode.py [--contexts 512,2048,8192] [--new-tokens 32] [--rounds 2]
-        [--variants fp32,w4a16,kv8] [--peers ort-genai,transformers] [--hidden 512 --layers 4 ...]
-        [--ppl-contexts 128,512] [--ppl-windows 16] [--threads 2] [--json]
+        [--variants fp32,w4a16,kv8,moa-0.5,moa-0.25] [--peers ort-genai,transformers] [--hidden 512 --layers 4 ...]
+        [--ppl-contexts 128,512] [--moa-plan PLAN.json] [--ppl-windows 16] [--threads 2] [--json]
 
 Speed. One random-weight Llama (config built here from the flags, GQA, saved with
 ``save_pretrained`` into a temporary folder with trained-llama's tokenizer) is what
 every engine reads: genzip compiles it with ``--kv-cache`` once per variant
-(``fp32``, ``w4a16``, ``kv8`` = ``kv-quant``, ``w4a16-kv8``); onnxruntime-genai's
+(``fp32``, ``w4a16``, ``kv8`` = ``kv-quant``, ``w4a16-kv8``, and MoA ``moa-0.5`` /
+``moa-0.25`` = ``span-attn{alpha=0 beta=DENSITY sinks=4 seq=CONTEXT+NEW}``, compiled per
+context: elastic spans of density·N and an evicting cache of sinks + density·seq tokens
+per layer); onnxruntime-genai's
 model builder (``python -m onnxruntime_genai.models.builder -i FOLDER -o OUT -p fp32
 -e cpu``) exports it and its generate API runs it; transformers runs it eagerly with
 its ``DynamicCache``. Per round, per context, per engine (interleaved in this one
 process): a seeded random prompt of ``context`` tokens, greedy decoding of
 ``--new-tokens`` tokens with EOS off; the decode rate counts the steps after the
 first new token (which the prefill produces), timed around the decode loop only.
-All engines run ``--threads`` intra-op threads. KV bytes: genzip's bound cache at
+genzip's artifacts also run in onnxruntime-genai's generate loop through the
+``genai_config.json`` they carry (engines ``genzip-VARIANT@ort-genai``; not kv8, whose
+int8 cache is not its layout). All engines run ``--threads`` intra-op threads. KV bytes: genzip's bound cache at
 capacity (one side of its ping-pong); onnxruntime-genai's shared past/present buffer
 (``2 * layers * kv_heads * max_length * head_dim * 4``, the shape it allocates);
 transformers' cache tensors after the run.
@@ -22,7 +27,9 @@ transformers' cache tensors after the run.
 Perplexity. trained-llama (the only model with real held-out text) compiled the same
 way, scored on the KJV held-out chapters cut into non-overlapping windows of each
 ``--ppl-contexts`` length (up to its 512 positions; longer contexts get ``null`` and
-the reason), fed through the bound cache 128 tokens per run (the int8 cache
+the reason), with its KV bytes per sequence at that length (``--moa-plan PLAN.json``, a
+``genzip moa-search trained-llama`` plan, adds variant ``moa-plan``: ``span-attn{plan=PLAN
+seq=CONTEXT}``), fed through the bound cache 128 tokens per run (the int8 cache
 quantizes every token it stores, so chunked and token-by-token scoring agree).
 
 ``--json`` prints one object: ``speed`` rows (engine, context, tokens_per_s median
@@ -54,6 +61,11 @@ VARIANTS = {
     "kv8": "kv-quant",
     "w4a16-kv8": "annotate-precision{scheme=w4a16 keep-defaults=false},quant{scheme=w4a16},kv-quant",
 }
+# MoA variants: span-attn on the --kv-cache graph with the elastic rule span = density·N
+# (alpha 0, beta = density) and MOA_SINKS sinks, compiled per context with seq = the
+# longest length it serves, so each layer's evicting cache keeps sinks + density·seq tokens.
+MOA = {"moa-0.5": 0.5, "moa-0.25": 0.25}
+MOA_SINKS = 4
 PEERS = ("ort-genai", "transformers")
 TRAINED = "trained-llama"
 
@@ -62,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contexts", default="512,2048,8192", help="prompt lengths for speed (default 512,2048,8192)")
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per run (default 32)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
-    parser.add_argument("--variants", default="fp32,w4a16,kv8", help=f"genzip variants: {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default="fp32,w4a16,kv8", help=f"genzip variants: {', '.join([*VARIANTS, *MOA])}")
     parser.add_argument("--peers", default=",".join(PEERS), help="peers: ort-genai, transformers, or none")
     parser.add_argument("--hidden", type=int, default=512, help="speed model hidden size (default 512)")
     parser.add_argument("--layers", type=int, default=4, help="speed model layers (default 4)")
@@ -72,6 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefill-chunk", type=int, default=512, help="genzip prefill tokens per run (default 512)")
     parser.add_argument("--ppl-contexts", default="128,512",
                         help="trained-llama perplexity window lengths, or none (default 128,512)")
+    parser.add_argument("--moa-plan", default=None,
+                        help="a genzip moa-search plan for trained-llama: adds variant moa-plan to the perplexity rows")
     parser.add_argument("--ppl-windows", type=int, default=16, help="held-out windows per context (default 16)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every engine (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="weights and prompt seed (default 0)")
@@ -124,8 +138,19 @@ def speed_folder(root: str, args, max_positions: int) -> str:
     return folder
 
 
-def compile_variants(folder: str, variants: list[str], root: str, tag: str, threads: int) -> dict:
-    """One ``--kv-cache`` export of ``folder``, compiled into each variant; name -> CausalLM."""
+def variant_passes(name: str, seq: int, plan: str | None = None) -> str:
+    """The pass pipeline of a variant; MoA's depends on ``seq``, the longest length served."""
+    if name == "moa-plan":
+        return f"canonicalize-attn,span-attn{{plan={plan} seq={seq}}}"
+    if name in MOA:
+        return f"canonicalize-attn,span-attn{{alpha=0 beta={MOA[name]} sinks={MOA_SINKS} seq={seq}}}"
+    return VARIANTS[name]
+
+
+def compile_variants(folder: str, variants: list[str], root: str, tag: str, threads: int,
+                     seqs: list[int], plan: str | None = None) -> dict:
+    """One ``--kv-cache`` export of ``folder``, compiled into each variant; name -> {seq: CausalLM}
+    (one artifact per seq for MoA, the same artifact for every seq otherwise)."""
     import onnx_ir as ir
 
     import genzip
@@ -135,10 +160,16 @@ def compile_variants(folder: str, variants: list[str], root: str, tag: str, thre
     source = load_model(folder, kv_cache=True)
     out = {}
     for name in variants:
-        copy = dataclasses.replace(source, model=ir.from_proto(ir.to_proto(source.model)))
-        dest = os.path.join(root, f"{tag}-{name}")
-        compile_source(copy, dest, CompileOptions(target="ort", passes=VARIANTS[name], force=True, min_cosine=0.5))
-        out[name] = genzip.load(dest, threads=threads)
+        out[name] = {}
+        moa = name in MOA or name == "moa-plan"
+        for seq in seqs if moa else seqs[:1]:
+            copy = dataclasses.replace(source, model=ir.from_proto(ir.to_proto(source.model)))
+            dest = os.path.join(root, f"{tag}-{name}-{seq}")
+            compile_source(copy, dest, CompileOptions(target="ort", passes=variant_passes(name, seq, plan),
+                                                      force=True, min_cosine=0.0 if moa else 0.5))
+            out[name][seq] = genzip.load(dest, threads=threads)
+        if not moa:
+            out[name] = dict.fromkeys(seqs, out[name][seqs[0]])
     return out
 
 
@@ -150,11 +181,26 @@ def run_genzip(lm, ids: np.ndarray, new: int, chunk: int) -> tuple[float, int]:
 
 
 class OrtGenai:
-    """onnxruntime-genai on its model builder's export of the same folder."""
+    """onnxruntime-genai's generate loop on a folder with a ``genai_config.json``: its model
+    builder's export of the HF folder (``build``), or a genzip artifact (``artifact``), whose
+    Concat cache it holds twice (past and present) at the last step."""
 
-    def __init__(self, folder: str, root: str, threads: int):
+    def __init__(self, og_folder: str, threads: int, copies: int):
         import onnxruntime_genai as og
 
+        config_path = os.path.join(og_folder, "genai_config.json")
+        with open(config_path) as f:
+            config = json.load(f)
+        config["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = threads
+        with open(config_path, "w") as f:
+            json.dump(config, f, indent=2)
+        self.og, self.model = og, og.Model(og_folder)
+        dec = config["model"]["decoder"]
+        self.per_token = copies * 2 * dec["num_hidden_layers"] * dec["num_key_value_heads"] * dec["head_size"] * 4
+        self.version = og.__version__
+
+    @classmethod
+    def build(cls, folder: str, root: str, threads: int) -> OrtGenai:
         out = os.path.join(root, "ort-genai")
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", folder, "-o", out, "-p", "fp32",
                "-e", "cpu", "-c", os.path.join(root, "ort-genai-cache")]
@@ -162,16 +208,13 @@ class OrtGenai:
         if done.returncode != 0:
             raise GenzipError(f"onnxruntime-genai's model builder failed: {done.stderr.strip().splitlines()[-1:]}",
                               "run it by hand to see why: " + " ".join(cmd))
-        config_path = os.path.join(out, "genai_config.json")
-        with open(config_path) as f:
-            config = json.load(f)
-        config["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = threads
-        with open(config_path, "w") as f:
-            json.dump(config, f, indent=2)
-        self.og, self.model = og, og.Model(out)
-        dec = config["model"]["decoder"]
-        self.per_token = 2 * dec["num_hidden_layers"] * dec["num_key_value_heads"] * dec["head_size"] * 4
-        self.version = og.__version__
+        return cls(out, threads, copies=1)
+
+    @classmethod
+    def artifact(cls, folder: str, threads: int) -> OrtGenai | None:
+        if not os.path.isfile(os.path.join(folder, "genai_config.json")):
+            return None  # kv-quant's int8 cache: not its layout (the manifest's genai.why_not)
+        return cls(folder, threads, copies=2)
 
     def run(self, ids: np.ndarray, new: int) -> tuple[float, int]:
         og = self.og
@@ -186,7 +229,6 @@ class OrtGenai:
             gen.generate_next_token()
         elapsed = time.perf_counter() - start
         return (new - 1) / elapsed, self.per_token * length
-
 
 class Eager:
     """transformers eager (its default SDPA attention) with a DynamicCache."""
@@ -225,12 +267,21 @@ def speed(args, root: str, contexts: list[int], variants: list[str], peers: list
     max_positions = max(contexts) + args.new_tokens
     folder = speed_folder(root, args, max_positions)
     engines, skipped = {}, {}
-    for name, lm in compile_variants(folder, variants, root, "speed", args.threads).items():
-        engines[f"genzip-{name}"] = lambda ids, lm=lm: run_genzip(lm, ids, args.new_tokens, args.prefill_chunk)
+    seqs = [c + args.new_tokens for c in contexts]
+    lms = compile_variants(folder, variants, root, "speed", args.threads, seqs)
+    for name, by_seq in lms.items():
+        engines[f"genzip-{name}"] = lambda ids, by_seq=by_seq: run_genzip(by_seq[ids.shape[1] + args.new_tokens], ids,
+                                                                          args.new_tokens, args.prefill_chunk)
     if "ort-genai" in peers:
         try:
-            og = OrtGenai(folder, root, args.threads)
+            og = OrtGenai.build(folder, root, args.threads)
             engines["ort-genai"] = lambda ids: og.run(ids, args.new_tokens)
+            # genzip's own artifacts in onnxruntime-genai's C++ loop (their genai_config.json)
+            for name, by_seq in lms.items():
+                # one artifact per context for MoA; they carry no genai_config (evicting cache)
+                runner = OrtGenai.artifact(by_seq[seqs[0]].folder, args.threads)
+                if runner is not None:
+                    engines[f"genzip-{name}@ort-genai"] = lambda ids, r=runner: r.run(ids, args.new_tokens)
         except ImportError:
             skipped["ort-genai"] = "onnxruntime-genai is not installed (pip install 'genzip[bench]')"
     if "transformers" in peers:
@@ -262,8 +313,11 @@ def perplexity_rows(args, root: str, ppl_contexts: list[int], variants: list[str
     from genzip.runtime import _eval_data
     from genzip.runtime._eval_llm import log_softmax, perplexity
 
-    lms = compile_variants(str(_eval_data.weights_folder(TRAINED)), variants, root, "ppl", args.threads)
-    limit = next(iter(lms.values())).spec["max_positions"]
+    if args.moa_plan:
+        variants = [*variants, "moa-plan"]
+    lms = compile_variants(str(_eval_data.weights_folder(TRAINED)), variants, root, "ppl", args.threads,
+                           ppl_contexts, os.path.abspath(args.moa_plan) if args.moa_plan else None)
+    limit = next(iter(next(iter(lms.values())).values())).spec["max_positions"]
     tok = _eval_data.tokenizer(TRAINED)
     rows = []
     for c in ppl_contexts:
@@ -272,10 +326,11 @@ def perplexity_rows(args, root: str, ppl_contexts: list[int], variants: list[str
                          "why": f"{TRAINED} has {limit} positions (trained on 128-token windows)"})
             continue
         windows = _eval_data.heldout_token_windows(tok, c, args.ppl_windows)
-        ppl = {name: perplexity(log_softmax(lm.score(windows, chunk=128).astype(np.float64)), windows)
-               for name, lm in lms.items()}
+        ppl = {name: perplexity(log_softmax(by_seq[c].score(windows, chunk=128).astype(np.float64)), windows)
+               for name, by_seq in lms.items()}
         for name, value in ppl.items():
             rows.append({"variant": name, "context": c, "windows": len(windows), "perplexity": round(value, 3),
+                         "kv_bytes": lms[name][c].new_cache(1, c).bytes,
                          "vs_fp32": round(value / ppl["fp32"] - 1, 5) if "fp32" in ppl else None})
     return rows
 
@@ -283,7 +338,7 @@ def perplexity_rows(args, root: str, ppl_contexts: list[int], variants: list[str
 def run(args: argparse.Namespace) -> int:
     contexts = _ints(args.contexts, "contexts")
     ppl_contexts = _ints(args.ppl_contexts, "ppl-contexts")
-    variants = _names(args.variants, VARIANTS, "variants")
+    variants = _names(args.variants, [*VARIANTS, *MOA], "variants")
     peers = _names(args.peers, PEERS, "peers")
     if args.new_tokens < 2:
         raise GenzipError(f"--new-tokens {args.new_tokens} leaves no decode step to time", "pass 2 or more")
@@ -313,7 +368,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"perplexity ctx {row['context']}: n/a ({row['why']})")
         else:
             print(f"perplexity {row['variant']:>10} ctx {row['context']:>4}: {row['perplexity']:.3f} "
-                  f"({100 * row['vs_fp32']:+.2f}% vs fp32)")
+                  f"({100 * row['vs_fp32']:+.2f}% vs fp32)  KV {row['kv_bytes'] / 2**10:.1f} KiB")
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     return 0

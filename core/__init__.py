@@ -14,10 +14,10 @@ from __future__ import annotations
 from genzip._version import __version__
 from genzip.errors import GenzipError
 
-__all__ = ["GenzipError", "__version__", "compile", "load"]
+__all__ = ["GenzipError", "__version__", "compile", "load", "load_pipeline"]
 
 
-def load(artifact: str, plan=None, threads: int | None = None, cfg: str | None = None):
+def load(artifact: str, plan=None, threads: int | None = None, cfg: str | None = None, providers=None):
     """Open a compiled artifact folder for inference: its TensorRT engine where tensorrt and
     a GPU are present, else ONNX Runtime (``model.backend`` says which; DiT artifacts: ORT).
 
@@ -31,10 +31,25 @@ def load(artifact: str, plan=None, threads: int | None = None, cfg: str | None =
     class labels, else none; see the adapter's docstring). A KV-cache LLM artifact
     (``genzip-compile FOLDER --kv-cache``) comes back as ``genzip.runtime.generate.CausalLM``,
     with ``generate(prompt or input_ids, max_new_tokens, ...)``.
+
+    ``providers``: ONNX Runtime execution providers, highest priority first: a string
+    (``"cuda,cpu"``, ``"CUDAExecutionProvider{device_id=1},CPUExecutionProvider"``), a
+    list of names, or ONNX Runtime's ``(name, options)`` pairs; default CPU. A provider
+    this onnxruntime build lacks raises ``GenzipError`` listing the ones it has.
     """
     from genzip.runtime.open import open_artifact
 
-    return open_artifact(artifact, plan=plan, threads=threads, cfg=cfg)
+    return open_artifact(artifact, plan=plan, threads=threads, cfg=cfg, providers=providers)
+
+
+def load_pipeline(artifact: str, plan=None, providers=None, threads: int | None = None):
+    """Open a pipeline artifact (``genzip-compile PIPELINE_FOLDER``) as the diffusers pipeline
+    it was compiled from, every neural component on ONNX Runtime (``providers``, as for
+    ``genzip.load``); ``plan`` applies an attention-sharing plan to the denoiser. Call it like
+    the original: ``pipe(class_labels=[207], num_inference_steps=25, generator=...)``."""
+    from genzip.runtime.pipeline import load_pipeline as open_pipeline
+
+    return open_pipeline(artifact, plan=plan, providers=providers, threads=threads)
 
 
 def __getattr__(name: str):

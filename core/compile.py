@@ -25,15 +25,18 @@ from genzip.frontend.hf_folder import folder_family
 from genzip.frontend.loader import classify_object, classify_ref, load_object, object_family
 from genzip.frontend.user_inputs import UserData, read_calib_path, read_npz
 from genzip.metrics import MIN_COSINE
-from genzip.ort_session import run_model, run_user_model
+from genzip.ort_session import ORT_ERRORS, ort_failure, run_model, run_user_model
 from genzip.parallel import executor as search_executor
 from genzip.passes import Instrumentation, build_pipeline, run_pipeline
 from genzip.passes.infra.context import CALIBRATION, EXAMPLE_INPUTS, TORCH_MODULE, PassContext, check_needs
+from genzip.passes.precision.cast_float import cast_feeds
 from genzip.passes.quant._kv_layout import quantize_feeds
+from genzip.providers import describe, resolve_providers
 
 logger = logging.getLogger(__name__)
 
 TARGETS = ("onnx", "ort", "trt")
+DTYPES = ("fp32", "fp16", "bf16")
 
 
 @dataclasses.dataclass
@@ -54,6 +57,13 @@ class CompileOptions:
     # set (--calib-data: .npz, folder, feed dicts, a callable); see genzip.frontend.user_inputs.
     inputs: Any = None
     calib_data: Any = None
+    # ONNX Runtime providers of the fidelity gate (genzip.providers syntax; --device is the
+    # shorthand). Default CPU. The export check and calibration always run on CPU.
+    providers: str = ""
+    device: str = ""
+    # Precision of the artifact: fp16/bf16 append cast-float{dtype=...} after the other passes
+    # (the export and every pass stay float32; see passes/precision/cast_float.py).
+    dtype: str = "fp32"
     # Where searching passes (sensitivity) run their units (genzip.parallel): a local Ray
     # cluster of this many single-threaded workers, or an existing one at this address
     # (default $RAY_ADDRESS); neither: in this process. Results never depend on it.
@@ -182,7 +192,8 @@ def compile_model(
         raise GenzipError(f"unknown target '{opts.target}'", f"use one of {', '.join(TARGETS)}")
     if opts.target == "trt":
         require_tensorrt()
-    pipeline = build_pipeline(opts.passes)
+    pipeline = build_pipeline(with_dtype(opts.passes, opts.dtype))
+    resolve_providers(opts.providers or None, opts.device or None)  # a provider this ORT lacks fails first
     check_out_dir(out_dir, opts.force)
     kind = classify_ref(model_ref) if isinstance(model_ref, str) else classify_object(model_ref)
     user = _user_data(opts)
@@ -206,7 +217,7 @@ def compile_source(source, out_dir: str, options: CompileOptions, progress: Call
     place) and write the artifact: several artifacts can share one export this way.
     ``executor``: where searching passes run their units (``genzip.parallel``; None: here)."""
     opts = options
-    pipeline = pipeline if pipeline is not None else build_pipeline(opts.passes)
+    pipeline = pipeline if pipeline is not None else build_pipeline(with_dtype(opts.passes, opts.dtype))
     check_out_dir(out_dir, opts.force)
     feeds = source.example_inputs
     reference = source.info.get("reference_outputs")
@@ -236,10 +247,33 @@ def compile_source(source, out_dir: str, options: CompileOptions, progress: Call
     records = run_pipeline(model, pipeline, inst, pass_context(source, opts.seed, progress, executor))
     # kv-quant turns the float past inputs into int8 + scales: the example inputs follow.
     source = dataclasses.replace(source, example_inputs=quantize_feeds(model, source.example_inputs))
+    # cast-float turns float inputs into fp16/bf16: the example inputs follow.
+    source = dataclasses.replace(source, example_inputs=cast_feeds(model, source.example_inputs))
     _stage(progress, f"writing {opts.target} artifact to {out_dir}")
     compiled = Compiled(model, source, str(pipeline), records, reference, reference_label, fp32_outputs, config)
-    return write_artifact(compiled, out_dir, target=opts.target, force=opts.force, trt_options=opts.trt,
-                          min_cosine=opts.min_cosine)
+    providers = resolve_providers(opts.providers or None, opts.device or None)
+    try:
+        return write_artifact(compiled, out_dir, target=opts.target, force=opts.force, trt_options=opts.trt,
+                              min_cosine=opts.min_cosine, providers=providers)
+    except ORT_ERRORS as e:
+        if opts.dtype == "fp32":
+            raise
+        # ORT's CPU provider lacks most bf16 kernels: a dtype the providers cannot run is
+        # the user's choice to change, not a genzip bug.
+        raise GenzipError(
+            f"ONNX Runtime on {', '.join(describe(providers))} cannot run the {opts.dtype} model: {ort_failure(e)}",
+            f"use --dtype fp16 (ONNX Runtime's CPU provider runs it) or verify on a provider with {opts.dtype} "
+            "kernels (--device cuda)",
+        ) from e
+
+
+def with_dtype(spec: str, dtype: str) -> str:
+    """The pipeline ``spec`` with ``cast-float`` appended for an fp16/bf16 ``dtype``."""
+    if dtype not in DTYPES:
+        raise GenzipError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}", "pass --dtype fp32, fp16 or bf16")
+    if dtype == "fp32":
+        return spec
+    return ",".join(s for s in (spec.strip(), f"cast-float{{dtype={dtype}}}") if s)
 
 
 # --- genzip.compile(model, ...): settings from keywords, config files and flags -------------
@@ -250,7 +284,7 @@ _EXTRA_SETTINGS = {"model": str, "out": str, "recipe": str | dict}
 _INTERNAL_FIELDS = {"trt"}  # built from the TensorRT settings below
 # Not recorded in an artifact's configuration: where and how it was written, not what it is.
 _NOT_RECORDED = {"out", "force", "reproducer_dir", "recipe", "print_ir_after", "print_ir_after_change",
-                 "pass_timing", "workers", "ray_address"}
+                 "pass_timing", "providers", "device", "workers", "ray_address"}
 
 
 def _trt_fields() -> dict[str, Any]:
@@ -271,6 +305,7 @@ def setting_hints(*, in_file: bool) -> dict[str, Any]:
     hints.update(_EXTRA_SETTINGS)
     hints["target"] = typing.Literal["onnx", "ort", "trt"]
     hints["verify"] = typing.Literal["full", "structure", "none"]
+    hints["dtype"] = typing.Literal["fp32", "fp16", "bf16"]
     if in_file:
         hints["inputs"] = hints["calib_data"] = str
     return hints
@@ -386,11 +421,11 @@ class Artifact:
     def temporary(self) -> bool:
         return self._cleanup is not None
 
-    def load(self, plan=None, threads: int | None = None, cfg: str | None = None):
+    def load(self, plan=None, threads: int | None = None, cfg: str | None = None, providers=None):
         """The artifact ready to run (see ``genzip.load``)."""
         from genzip.runtime.open import open_artifact
 
-        return open_artifact(self.folder, plan=plan, threads=threads, cfg=cfg)
+        return open_artifact(self.folder, plan=plan, threads=threads, cfg=cfg, providers=providers)
 
     def eval(self, **kwargs) -> dict[str, Any]:
         """Generation quality (``genzip.runtime.evaluate.evaluate``; ``genzip eval``)."""

@@ -13,6 +13,7 @@ INT8_SCORES_KEY = "genzip.quant.attention_int8"  # number of attentions with int
 SENSITIVITY_KEY = "genzip.sensitivity"  # JSON sensitivity table
 PRECISION_PLAN_KEY = "genzip.mixed_precision"  # JSON mixed-precision allocation
 KV_QUANT_KEY = "genzip.kv_quant"  # JSON int8 KV-cache layout (passes/quant/kv_quant.py)
+KV_CAPACITY_KEY = "genzip.kv_capacity"  # JSON {past input: tokens kept} of an evicting cache (span-attn)
 
 # --- node keys -----------------------------------------------------------------------
 ATTN_KIND_KEY = "genzip.attn.kind"  # "self" | "cross" | "unknown" (passes/attention/_classify.py)

@@ -17,6 +17,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from genzip.errors import GenzipError
+from genzip.providers import resolve_providers
 
 # ORT 1.32's MatMulAddFusion rewrites a Q/DQ MatMul + Add on static 3-D shapes into
 # Reshape -> Gemm with a QuantizeLinear whose zero point type contradicts its
@@ -50,9 +51,28 @@ def session_options(threads: int | None = None, level: str = "all") -> ort.Sessi
 
 
 def make_session(path_or_bytes: str | bytes, threads: int | None = None, level: str = "all",
-                 options: ort.SessionOptions | None = None) -> ort.InferenceSession:
-    return ort.InferenceSession(path_or_bytes, options or session_options(threads, level), providers=PROVIDERS,
-                                disabled_optimizers=DISABLED_OPTIMIZERS)
+                 options: ort.SessionOptions | None = None, providers=None) -> ort.InferenceSession:
+    """A session with genzip's settings on ``providers`` (``genzip.providers.resolve_providers``'
+    result, or anything it takes; None: CPU only).
+
+    ONNX Runtime silently drops a provider that fails to initialize (a CUDA build without
+    a usable GPU): the session is refused then, so a run never claims a device it is not on.
+    """
+    chosen = resolve_providers(providers) if providers is not None and not _resolved(providers) else providers
+    chosen = chosen or tuple((name, {}) for name in PROVIDERS)
+    session = ort.InferenceSession(path_or_bytes, options or session_options(threads, level),
+                                   providers=[name for name, _ in chosen],
+                                   provider_options=[dict(opts) for _, opts in chosen],
+                                   disabled_optimizers=DISABLED_OPTIMIZERS)
+    got = session.get_providers()
+    if chosen[0][0] not in got:
+        raise GenzipError(f"ONNX Runtime did not start {chosen[0][0]} (the session runs on {', '.join(got)})",
+                          "check the CUDA/TensorRT libraries and the device (nvidia-smi), or run on --device cpu")
+    return session
+
+
+def _resolved(providers) -> bool:
+    return isinstance(providers, tuple) and all(isinstance(p, tuple) and isinstance(p[1], dict) for p in providers)
 
 
 # What ONNX Runtime raises for a model it cannot load or run (never genzip's own bugs).
@@ -119,10 +139,10 @@ def session_source(model_or_path) -> Iterator[str | bytes]:
         yield path
 
 
-def run_model(model_or_path, feeds: dict) -> dict:
-    """Outputs by name of an ``onnx_ir.Model`` (or a model file) on ``feeds``."""
+def run_model(model_or_path, feeds: dict, providers=None) -> dict:
+    """Outputs by name of an ``onnx_ir.Model`` (or a model file) on ``feeds`` (CPU unless ``providers``)."""
     with session_source(model_or_path) as source:
-        session = make_session(source)
+        session = make_session(source, providers=providers)
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds)))
 

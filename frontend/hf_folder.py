@@ -98,6 +98,14 @@ def _load_causal_lm(folder: Path):
         raise _load_failed(folder, e) from e
 
 
+def load_causal_lm_folder(folder: str | Path):
+    """The transformers causal LM saved in ``folder`` (FP32, eval mode, not exported);
+    a folder that is not one is a one-line GenzipError."""
+    folder = Path(folder)
+    _read_config(folder)
+    return _load_causal_lm(folder).eval()
+
+
 def exportable_experts(module) -> bool:
     """Switch a transformers mixture-of-experts model to its ``batched_mm`` experts.
 
@@ -133,7 +141,7 @@ def _kv_cache_source(folder: Path, module, class_name: str, seed: int) -> Source
     files = {f"{ARTIFACT_HF_DIR}/{n}": str(folder / n) for n in TOKENIZER_FILES if (folder / n).is_file()}
     gen = getattr(module, "generation_config", None)
     cache = dict(out["cache"], eos_token_id=getattr(gen, "eos_token_id", None),
-                 files=sorted(files), hf_dir=ARTIFACT_HF_DIR)
+                 files=sorted(files), hf_dir=ARTIFACT_HF_DIR, model_type=getattr(module.config, "model_type", ""))
     info = {
         "family": "llm", "class": class_name, "path": str(folder), "batch": 2, "seed": seed,
         "module": module, "reference_outputs": out["reference_outputs"], "dynamic": True,
@@ -141,6 +149,18 @@ def _kv_cache_source(folder: Path, module, class_name: str, seed: int) -> Source
     }
     return SourceModel(model=out["model"], source=str(folder), kind="transformers",
                        example_inputs=out["example_inputs"], fidelity=out["fidelity"], info=info)
+
+
+SCHEDULER_CONFIG = "scheduler/scheduler_config.json"  # in a diffusers pipeline folder, and in the artifact
+
+
+def pipeline_scheduler(root: Path) -> dict[str, Any]:
+    """``extra_files`` and ``scheduler_config`` entries that ship a pipeline folder's own
+    scheduler config in the artifact (the sampler then uses it); empty for any other folder."""
+    path = root / SCHEDULER_CONFIG
+    if not (root / "model_index.json").is_file() or not path.is_file():
+        return {}
+    return {"extra_files": {SCHEDULER_CONFIG: str(path)}, "scheduler_config": SCHEDULER_CONFIG}
 
 
 def folder_family(folder: Path) -> str | None:
@@ -164,6 +184,7 @@ def load_hf_folder(folder: Path, *, seed: int, batch: int | None, kv_cache: bool
     from genzip.frontend import hf_inputs
     from genzip.frontend.from_torch import source_from_torch
 
+    root = folder
     folder, config = _read_config(folder)
     if kv_cache and (config.get("_class_name") or not config.get("architectures")):
         raise GenzipError(
@@ -193,6 +214,7 @@ def load_hf_folder(folder: Path, *, seed: int, batch: int | None, kv_cache: bool
             "pass a folder written by a diffusers or transformers save_pretrained()",
         )
     info = {"family": family, "class": class_name, "path": str(folder), "batch": batch, "seed": seed}
+    info.update(pipeline_scheduler(root))
     source = source_from_torch(module, call, source=str(folder), kind=kind, output_names=outputs, info=info,
                                user=user)
     if family == "dit":  # no data given: record the model's own denoising trajectory, as presets do

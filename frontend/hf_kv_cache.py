@@ -31,7 +31,7 @@ import torch
 from genzip.errors import GenzipError
 from genzip.frontend import onnx_names
 from genzip.frontend.fx_cleanup import remove_noop_ops
-from genzip.frontend.torch_export import EXPORT_ERRORS, OPSET, _quiet_exporter, first_line
+from genzip.frontend.torch_export import EXPORT_ERRORS, OPSET, _quiet_exporter, first_line, moe_routing_error
 from genzip.frontend.verify import fidelity
 
 DECODE_STEPS = 4
@@ -105,6 +105,9 @@ def _export(wrapper: KVCacheDecoder, args: tuple, spec: dict[str, Any], what: st
             remove_noop_ops(ep)
             model = torch.onnx.export(ep, dynamo=True, opset_version=OPSET, verbose=False).model
     except (torch.onnx.OnnxExporterError, *EXPORT_ERRORS) as e:
+        routing = moe_routing_error(wrapper, e, what)
+        if routing is not None:
+            raise routing from e
         raise GenzipError(
             f"could not export {what} with a KV cache: {first_line(e)}",
             "compile it without --kv-cache, or export it to ONNX yourself and pass the .onnx file",

@@ -32,6 +32,27 @@ BATCH_DIM = "batch"
 EXPORT_ERRORS = (RuntimeError, AssertionError, ValueError, TypeError, NotImplementedError)
 
 
+def moe_routing_error(module: torch.nn.Module, error: BaseException, what: str) -> GenzipError | None:
+    """A one-line error naming the mixture-of-experts module whose routing ``error`` was
+    raised in (a frame of its ``forward``), or None when the failure was elsewhere."""
+    names = {id(m): n for n, m in module.named_modules()}
+    tb, culprit = error.__traceback__, None
+    while tb is not None:  # innermost MoE frame wins
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, torch.nn.Module) and id(owner) in names and any(
+                word in type(owner).__name__.lower() for word in ("moe", "expert")):
+            culprit = owner
+        tb = tb.tb_next
+    if culprit is None:
+        return None
+    return GenzipError(
+        f"cannot export the expert routing of '{names[id(culprit)] or type(culprit).__name__}' "
+        f"({type(culprit).__name__}) in {what}: {first_line(error)}",
+        "route by gathering each token's top-k expert weights (transformers: "
+        "model.set_experts_implementation('batched_mm')), or export it to ONNX yourself",
+    )
+
+
 @dataclasses.dataclass
 class Exported:
     model: ir.Model
@@ -114,6 +135,9 @@ def export_or_fail(
             "export it to ONNX yourself and pass the .onnx file",
         ) from e
     except EXPORT_ERRORS as e:
+        routing = moe_routing_error(module, e, what)
+        if routing is not None:
+            raise routing from e
         raise GenzipError(
             f"torch.export could not trace {what}: {first_line(e)}",
             "make the model's forward torch.export-compatible, or export it to ONNX yourself "

@@ -23,7 +23,7 @@ import numpy as np
 from genzip.errors import GenzipError
 from genzip.runtime import _eval_data, conditioning
 from genzip.runtime import _image_metrics as metrics
-from genzip.runtime.sampler import sample
+from genzip.runtime.sampler import sample, scheduler_for
 
 BATCH = 8  # images per sampler call (the model sees 2x for CFG)
 
@@ -50,7 +50,7 @@ def conditions(model, n: int, seed: int, preset: str | None) -> tuple[np.ndarray
     return cond, uncond, f"seeded random {kind} (seed {seed}); this model has no held-out conditions"
 
 
-def sample_all(model, cond, uncond, *, steps: int, cfg: float, seed: int, scheduler: str,
+def sample_all(model, cond, uncond, *, steps: int, cfg: float, seed: int, scheduler: str | None,
                scheduler_config: dict | None, bar=None) -> np.ndarray:
     """Final latents of every condition, in batches of what one call takes."""
     per_call = _images_per_call(model)
@@ -110,7 +110,7 @@ def write_grid(path: str, latents: np.ndarray, reference: np.ndarray | None, pix
         raise GenzipError(f"cannot write --grid {path}: {e.strerror}", "choose a writable .png path") from None
 
 
-def evaluate_dit(model, reference, *, samples: int, seed: int, steps: int, cfg: float, scheduler: str,
+def evaluate_dit(model, reference, *, samples: int, seed: int, steps: int, cfg: float, scheduler: str | None,
                  preset: str | None, grid: str | None, progress: bool) -> tuple[dict[str, Any], dict[str, str]]:
     """(figures, why) of a DiT artifact ``model`` (a ``PlannedModel``) and optional ``reference``;
     ``why`` names the reason of every figure left ``None``."""
@@ -120,7 +120,7 @@ def evaluate_dit(model, reference, *, samples: int, seed: int, steps: int, cfg: 
     trained = preset in _eval_data.DIT_PRESETS
     # trained-dit learned epsilon on its own DDPM betas: DPM-Solver must use them; a flow
     # scheduler has no betas to take (and is a mismatch the user chose).
-    schedule = _eval_data.dit_schedule() if trained and scheduler == "dpm" else None
+    schedule = _eval_data.dit_schedule() if trained and scheduler in (None, "dpm") else None
     runs = [("artifact", model)] + ([("reference", reference)] if reference is not None else [])
     per_call = _images_per_call(model)
     total = len(runs) * steps * -(-samples // per_call)
@@ -129,7 +129,8 @@ def evaluate_dit(model, reference, *, samples: int, seed: int, steps: int, cfg: 
         for name, m in runs:
             latents[name] = sample_all(m, cond, uncond, steps=steps, cfg=cfg, seed=seed, scheduler=scheduler,
                                        scheduler_config=schedule, bar=bar)
-    figures: dict[str, Any] = {"conditions": described, "steps": steps, "cfg": cfg, "scheduler": scheduler,
+    figures: dict[str, Any] = {"conditions": described, "steps": steps, "cfg": cfg,
+                               "scheduler": scheduler_for(model, scheduler, schedule)[1],
                                "accuracy": None, "frechet_distance": None, "reference_accuracy": None,
                                "reference_frechet_distance": None, "real_images": None}
     why: dict[str, str] = {}

@@ -25,13 +25,22 @@ the output ``present.X`` and bound with the element type and last dimension the
 session declares, so an int8 cache (``kv-quant``: int8 rows plus a float32 scale per
 head and token, ``*_scale`` with last dim 1) gets int8 and float32 buffers. ``bytes``
 is one side of the ping-pong (what the cache holds); ``peak_bytes`` both sides.
+
+An evicting cache (``span-attn`` on a KV-cache graph) declares in the model metadata
+(``genzip.kv_capacity``: ``{past input: C}``) that its ``present`` keeps at most ``C``
+tokens: that slot's buffers hold ``min(capacity, C)`` tokens and it is bound with
+``min(length, C)`` past and ``min(length + seq, C)`` present tokens, while ``length``
+(what ``attention_mask`` spans) keeps counting every token seen.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
+
+from genzip.metadata import KV_CAPACITY_KEY
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
                "tensor(float16)": np.float16}
@@ -46,11 +55,19 @@ class Slot:
     present: str
     dtype: type
     last_dim: int
+    keep: int | None = None  # most tokens the graph keeps in this slot (an evicting cache), else all
+
+
+def _capacities(session) -> dict[str, int]:
+    """``{past input: tokens kept}`` from the model metadata (an evicting cache), else empty."""
+    raw = session.get_modelmeta().custom_metadata_map.get(KV_CAPACITY_KEY)
+    return {str(k): int(v) for k, v in json.loads(raw).items()} if raw else {}
 
 
 def session_slots(session) -> list[Slot]:
     """Every ``past_key_values.X`` input of ``session`` with its ``present.X`` output."""
     outputs = {o.name for o in session.get_outputs()}
+    keep = _capacities(session)
     slots = []
     for value in session.get_inputs():
         if not value.name.startswith(PAST_PREFIX):
@@ -59,7 +76,7 @@ def session_slots(session) -> list[Slot]:
         if present not in outputs or value.type not in _ORT_DTYPES or not isinstance(value.shape[-1], int):
             raise ValueError(f"cache input {value.name} ({value.type}, {value.shape}) has no matching "
                              f"{present} output of a known dtype and fixed last dimension")
-        slots.append(Slot(value.name, present, _ORT_DTYPES[value.type], int(value.shape[-1])))
+        slots.append(Slot(value.name, present, _ORT_DTYPES[value.type], int(value.shape[-1]), keep.get(value.name)))
     return slots
 
 
@@ -72,7 +89,7 @@ class BoundKVCache:
         self.capacity = capacity
         self.length = 0
         # _bufs[side][j]: side 0/1 of the ping-pong, j over the slots.
-        self._bufs = [[np.zeros(batch * kv_heads * capacity * s.last_dim, s.dtype) for s in slots]
+        self._bufs = [[np.zeros(batch * kv_heads * self._held(s, capacity) * s.last_dim, s.dtype) for s in slots]
                       for _ in range(2)]
         # Pointers taken once: numpy's .ctypes costs microseconds per call, every step.
         self._ptrs = [[b.ctypes.data for b in side] for side in self._bufs]
@@ -91,8 +108,13 @@ class BoundKVCache:
     def peak_bytes(self) -> int:
         return sum(b.nbytes for side in self._bufs for b in side)
 
+    @staticmethod
+    def _held(slot: Slot, tokens: int) -> int:
+        """Tokens ``slot`` stores after ``tokens`` have been seen."""
+        return tokens if slot.keep is None else min(tokens, slot.keep)
+
     def _dims(self, slot: Slot, tokens: int) -> list[int]:
-        return [self.batch, self.kv_heads, tokens, slot.last_dim]
+        return [self.batch, self.kv_heads, self._held(slot, tokens), slot.last_dim]
 
     def bind(self, io, seq: int) -> None:
         """Bind ``past`` (``length`` tokens) and ``present`` (``length + seq``) for one step."""

@@ -7,6 +7,11 @@ out, and carries ``config`` (``in_channels``, ``out_channels``, ``sample_size``,
 …) and ``dtype``. It still accepts ``model(**numpy_feeds)`` / ``run`` like any
 ``genzip.load`` result (a dict of outputs).
 
+Tensors come back on the device and in the dtype of the ``hidden_states`` passed in
+(the pipeline's, e.g. CUDA fp16 after ``pipe.to("cuda", torch.float16)``); inside,
+they cross to the host as NumPy in the artifact's own input dtypes (an fp16 artifact
+is fed fp16) and ONNX Runtime runs them on the providers given at load.
+
 With a plan (``set_plan``), steps are counted by ``StepClock`` (a new timestep is a
 new step; a timestep larger than the previous one starts a new sampling run and
 clears the caches) and caches are keyed by call identity (``caches``), so the
@@ -45,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from genzip.backends.runner import check_inputs
+from genzip.backends.runner import check_inputs, np_dtype
 from genzip.errors import GenzipError
 from genzip.runtime import conditioning
 from genzip.runtime import plan as plans
@@ -77,7 +82,7 @@ class DiffusersTransformer:
     """A compiled DiT artifact behaving like a diffusers transformer (see module docstring)."""
 
     def __init__(self, artifact: str, plan: plans.Plan | None = None, threads: int | None = None,
-                 cfg: str | None = None):
+                 cfg: str | None = None, providers=None):
         import torch
         from diffusers.configuration_utils import FrozenDict
 
@@ -86,7 +91,7 @@ class DiffusersTransformer:
                               f"use one of {', '.join(CFG_LAYOUTS)} (or leave it unset)")
         self.cfg = cfg
         self._warned_cfg = False
-        self.model = PlannedModel(artifact, plan, threads=threads)
+        self.model = PlannedModel(artifact, plan, threads=threads, providers=providers)
         self.config = FrozenDict(_config(self.model))
         self.dtype = torch.float32
         self.device = torch.device("cpu")
@@ -94,6 +99,15 @@ class DiffusersTransformer:
         self._last_t: float | None = None
         self.cond_input = conditioning.conditioning_input(self.model)
         self.null_class = conditioning.null_class(self.model) if self.cond_input == conditioning.CLASS else None
+
+    def _input_dtype(self, name: str) -> np.dtype:
+        spec = next(s for s in self.model.inputs if s["name"] == name)
+        return np_dtype(spec["dtype"])
+
+    def to(self, *args, **kwargs) -> DiffusersTransformer:
+        """``pipe.to(...)`` compatibility: a no-op (the ORT providers chosen at load decide where
+        it runs; outputs always come back on the device and dtype of the latents passed in)."""
+        return self
 
     # --- genzip.load compatibility -------------------------------------------------
     @property
@@ -125,9 +139,10 @@ class DiffusersTransformer:
         if given is None:
             raise GenzipError(f"this genzip transformer is conditioned on '{self.cond_input}', which was not passed",
                               f"call it with {self.cond_input}=...")
-        value = given.detach().cpu().numpy() if hasattr(given, "detach") else np.asarray(given)
+        value = given.detach().cpu().float().numpy() if hasattr(given, "detach") and given.is_floating_point() \
+            else given.detach().cpu().numpy() if hasattr(given, "detach") else np.asarray(given)
         if self.cond_input == conditioning.TEXT:
-            return value.astype(np.float32)
+            return value.astype(self._input_dtype(self.cond_input))
         labels = np.broadcast_to(value.reshape(-1), (batch,)).astype(np.int64)
         if np.any((labels < 0) | (labels > self.null_class)):
             raise GenzipError(f"class_labels {labels.tolist()} out of range [0, {self.null_class}]",
@@ -162,10 +177,12 @@ class DiffusersTransformer:
                 return_dict: bool = True, class_labels=None, **unused):
         import torch
 
-        latents = hidden_states.detach().cpu().float().numpy()
+        # The artifact's own input dtype (fp16 artifacts take fp16); the output goes back
+        # on the caller's device and dtype (the pipeline's), whatever the artifact computes in.
+        latents = hidden_states.detach().cpu().float().numpy().astype(self._input_dtype("hidden_states"))
         batch = latents.shape[0]
-        t = np.broadcast_to(np.asarray(timestep.detach().cpu() if hasattr(timestep, "detach") else timestep,
-                                       dtype=np.float32).reshape(-1), (batch,)).copy()
+        t = np.broadcast_to(np.asarray(timestep.detach().cpu().float() if hasattr(timestep, "detach") else timestep,
+                                       dtype=np.float32).reshape(-1), (batch,)).astype(self._input_dtype("timestep"))
         cond = self._conditioning(encoder_hidden_states, class_labels, batch)
         if encoder_attention_mask is not None and not bool(torch.all(encoder_attention_mask != 0)):
             text = next((s["shape"] for s in self.model.inputs if s["name"] == self.cond_input), None)
@@ -188,7 +205,9 @@ class DiffusersTransformer:
         feeds = {"hidden_states": latents[order], "timestep": t[order], self.cond_input: cond[order]}
         check_inputs(feeds, self.model.inputs)  # names the accepted sizes, before ORT's raw error
         result = self.model.call(feeds, step, cfg_pair=cfg_pair)
+        result = result if result.dtype in (np.float32, np.float16) else result.astype(np.float32)  # bf16: no torch view
         out = torch.from_numpy(np.ascontiguousarray(result[order]) if swap else result)
+        out = out.to(device=hidden_states.device, dtype=hidden_states.dtype)
         if not return_dict:
             return (out,)
         from diffusers.models.modeling_outputs import Transformer2DModelOutput

@@ -67,11 +67,13 @@ def _source_preset(manifest: dict[str, Any]) -> str | None:
 
 def evaluate(artifact: str, vs: str | None = None, plan: str | plans.Plan | None = None, samples: int = 16,
              seed: int = 0, grid: str | None = None, *, steps: int = 20, cfg: float = 4.0,
-             scheduler: str = "dpm", threads: int | None = None, progress: bool = False) -> dict[str, Any]:
+             scheduler: str | None = None, threads: int | None = None, progress: bool = False,
+             providers=None) -> dict[str, Any]:
     """Quality figures of ``artifact`` (and against ``vs``); see the module docstring.
 
     ``samples``: images (DiT) or text windows (LLM). ``steps`` / ``cfg`` / ``scheduler``:
     DiT sampling settings, the same for both artifacts. ``progress``: a tqdm bar on stderr.
+    ``providers``: ONNX Runtime execution providers of both artifacts (``genzip.load``).
     """
     if samples < 1:
         raise GenzipError(f"--samples {samples} must be >= 1", "pass a positive sample count")
@@ -93,16 +95,16 @@ def evaluate(artifact: str, vs: str | None = None, plan: str | plans.Plan | None
         from genzip.backends.runner import load_artifact
         from genzip.runtime._eval_llm import evaluate_llm
 
-        model = load_artifact(artifact, threads=threads)
-        reference = load_artifact(vs, threads=threads) if vs else None
+        model = load_artifact(artifact, threads=threads, providers=providers)
+        reference = load_artifact(vs, threads=threads, providers=providers) if vs else None
         figures, why = evaluate_llm(model, reference, samples=samples, seed=seed, preset=preset, progress=progress)
     else:
         from genzip.runtime._eval_dit import evaluate_dit
         from genzip.runtime.model import PlannedModel
 
         loaded = plans.load_plan(plan) if isinstance(plan, str) else plan
-        model = PlannedModel(artifact, loaded, threads=threads)
-        reference = PlannedModel(vs, None, threads=threads) if vs else None
+        model = PlannedModel(artifact, loaded, threads=threads, providers=providers)
+        reference = PlannedModel(vs, None, threads=threads, providers=providers) if vs else None
         figures, why = evaluate_dit(model, reference, samples=samples, seed=seed, steps=steps, cfg=cfg,
                                     scheduler=scheduler, preset=preset, grid=grid, progress=progress)
     result.update(figures)

@@ -21,6 +21,7 @@ from genzip.backends.artifact import read_manifest
 from genzip.backends.ort_backend import artifact_model_path
 from genzip.errors import GenzipError
 from genzip.ort_session import make_session
+from genzip.providers import resolve_providers
 from genzip.runtime._kv_cache import BoundKVCache, session_slots
 from genzip.runtime._sampling import Sampling, next_tokens
 
@@ -51,7 +52,7 @@ def is_kv_cache_llm(manifest: dict[str, Any]) -> bool:
 class CausalLM:
     """A KV-cache LLM artifact on ONNX Runtime: ``generate(...)``, or ``model(**feeds)`` for one step."""
 
-    def __init__(self, folder: str, threads: int | None = None):
+    def __init__(self, folder: str, threads: int | None = None, providers=None):
         self.folder = folder
         self.manifest = read_manifest(folder)
         if not is_kv_cache_llm(self.manifest):
@@ -60,8 +61,9 @@ class CausalLM:
                 "compile a transformers causal-LM folder with genzip-compile FOLDER --kv-cache",
             )
         self.spec = self.manifest["kv_cache"]
-        self.model_path, _ = artifact_model_path(folder, self.manifest)
-        self.session = make_session(self.model_path, threads=threads)
+        self.providers = resolve_providers(providers) if providers is not None else None
+        self.model_path, _ = artifact_model_path(folder, self.manifest, self.providers)
+        self.session = make_session(self.model_path, threads=threads, providers=self.providers)
         self.backend = "onnxruntime"
         self._logits = self.session.get_outputs()[0].name
         vocab = self.session.get_outputs()[0].shape[-1]

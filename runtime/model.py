@@ -22,6 +22,7 @@ from genzip.backends.artifact import read_manifest
 from genzip.backends.ort_backend import artifact_model_path
 from genzip.errors import GenzipError
 from genzip.ort_session import make_session
+from genzip.providers import resolve_providers
 from genzip.runtime import plan as plans
 from genzip.runtime.caches import AttentionCaches, Slot, call_identity
 
@@ -51,12 +52,13 @@ def _empty(shape: list, dtype=np.float32) -> np.ndarray:
 class PlannedModel:
     """One ORT session of an artifact plus its plan and caches."""
 
-    def __init__(self, artifact: str, plan: plans.Plan | None = None, threads: int | None = None):
+    def __init__(self, artifact: str, plan: plans.Plan | None = None, threads: int | None = None, providers=None):
         self.folder = artifact
         self.manifest = read_manifest(artifact)
         self.layout = ShareLayout.from_manifest(self.manifest)
-        self.model_path, _ = artifact_model_path(artifact, self.manifest)
-        self.session = make_session(self.model_path, threads=threads)
+        self.providers = resolve_providers(providers) if providers is not None else None
+        self.model_path, _ = artifact_model_path(artifact, self.manifest, self.providers)
+        self.session = make_session(self.model_path, threads=threads, providers=self.providers)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.main_output = self.manifest["outputs"][0]["name"]
         self.inputs = self.manifest["inputs"]

@@ -20,22 +20,76 @@ import time
 
 import numpy as np
 
+from genzip.backends.runner import np_dtype
 from genzip.errors import GenzipError
 from genzip.runtime import conditioning
 from genzip.runtime.model import PlannedModel
 
 SCHEDULERS = ("dpm", "flow-euler")
+_CLASSES = {"dpm": "DPMSolverMultistepScheduler", "flow-euler": "FlowMatchEulerDiscreteScheduler"}
 
 
 def make_scheduler(name: str, config: dict | None = None):
     """A fresh scheduler; ``config`` (e.g. a trained model's ``beta_schedule``) overrides its defaults."""
     import diffusers
 
-    if name == "dpm":
-        return diffusers.DPMSolverMultistepScheduler(**(config or {}))
-    if name == "flow-euler":
-        return diffusers.FlowMatchEulerDiscreteScheduler(**(config or {}))
-    raise GenzipError(f"unknown scheduler '{name}'", f"use one of {', '.join(SCHEDULERS)}")
+    if name not in _CLASSES:
+        raise GenzipError(f"unknown scheduler '{name}'", f"use one of {', '.join(SCHEDULERS)}")
+    return getattr(diffusers, _CLASSES[name])(**(config or {}))
+
+
+def scheduler_class(name: str):
+    """The diffusers scheduler class ``--scheduler NAME`` stands for."""
+    import diffusers
+
+    if name not in _CLASSES:
+        raise GenzipError(f"unknown scheduler '{name}'", f"use one of {', '.join(SCHEDULERS)}")
+    return getattr(diffusers, _CLASSES[name])
+
+
+def artifact_scheduler_config(model) -> dict | None:
+    """The scheduler config an artifact compiled from a diffusers pipeline folder ships
+    (``source_info.scheduler_config``, a copy of the pipeline's ``scheduler_config.json``), or None."""
+    import os
+
+    from genzip import jsonfile
+
+    rel = (model.manifest.get("source_info") or {}).get("scheduler_config")
+    if not rel:
+        return None
+    path = os.path.join(model.folder, rel)
+    if not os.path.isfile(path):
+        raise GenzipError(f"{model.folder} lacks {rel}, which its manifest names", "recompile the artifact")
+    config = jsonfile.read_json(path, "scheduler config", "recompile the artifact")
+    if not isinstance(config, dict):
+        raise GenzipError(f"{path} is not a scheduler config (a JSON object)", "recompile the artifact")
+    return config
+
+
+def scheduler_for(model, name: str | None = None, config: dict | None = None):
+    """(a fresh scheduler, what it is) for sampling ``model``.
+
+    ``config`` given (a trained preset's noise schedule): ``name`` (default dpm) built with it.
+    Else the artifact's own ``scheduler_config.json`` when it has one: its class, or
+    ``name``'s class on its noise schedule (``from_config``, as diffusers swaps schedulers);
+    else ``name`` (default dpm) with diffusers' defaults.
+    """
+    import diffusers
+
+    if config is not None:
+        return make_scheduler(name or "dpm", config), f"{name or 'dpm'} (the preset's training schedule)"
+    own = artifact_scheduler_config(model)
+    if own is None:
+        sched = make_scheduler(name or "dpm")
+        return sched, f"{type(sched).__name__} (diffusers defaults: the artifact has no scheduler config)"
+    if name is not None:
+        cls = scheduler_class(name)
+    else:
+        cls = getattr(diffusers, str(own.get("_class_name")), None)
+        if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+            raise GenzipError(f"the artifact's scheduler config names '{own.get('_class_name')}', not a diffusers scheduler",
+                              f"pass --scheduler {' or '.join(SCHEDULERS)}")
+    return cls.from_config(own), f"{cls.__name__} (the model's scheduler_config.json)"
 
 
 @dataclasses.dataclass
@@ -68,7 +122,7 @@ def sample(
     steps: int,
     cfg: float,
     seed: int = 0,
-    scheduler: str = "dpm",
+    scheduler: str | None = None,
     progress=None,
     call=None,
     scheduler_config: dict | None = None,
@@ -80,8 +134,9 @@ def sample(
     labels ``[B]`` and the null class (``conditioning.class_pair``).
 
     ``call(feeds, step) -> output`` replaces the plan-driven transformer call (the plan
-    search decides each step's modes itself). ``scheduler_config`` overrides the scheduler's
-    defaults (a trained model samples with the noise schedule it was trained on).
+    search decides each step's modes itself). ``scheduler`` and ``scheduler_config`` pick the
+    scheduler (``scheduler_for``: by default the artifact's own scheduler config when it has
+    one, else DPM-Solver++ with diffusers' defaults).
     """
     import torch
 
@@ -102,12 +157,12 @@ def sample(
     channels, height, width = spec["shape"][1:]
     out_channels = model.manifest["outputs"][0]["shape"][1]
     batch = prompt_embeds.shape[0]
-    sched = make_scheduler(scheduler, scheduler_config)
+    sched, _ = scheduler_for(model, scheduler, scheduler_config)
     sched.set_timesteps(steps)
     gen = torch.Generator().manual_seed(seed)
     latents = torch.randn(batch, channels, height, width, generator=gen) * getattr(sched, "init_noise_sigma", 1.0)
-    dtype = np.int64 if cond_name == conditioning.CLASS else np.float32
-    pair_cond = np.concatenate([negative_prompt_embeds, prompt_embeds]).astype(dtype)
+    dtypes = {s["name"]: np_dtype(s["dtype"]) for s in model.inputs}  # fp16 artifacts take fp16
+    pair_cond = np.concatenate([negative_prompt_embeds, prompt_embeds]).astype(dtypes[cond_name])
     model.caches.clear()
     step_ms = []
     start = time.perf_counter()
@@ -117,8 +172,8 @@ def sample(
         if hasattr(sched, "scale_model_input"):
             pair = sched.scale_model_input(pair, t)
         feeds = {
-            "hidden_states": pair.numpy().astype(np.float32),
-            "timestep": np.full((2 * batch,), float(t), dtype=np.float32),
+            "hidden_states": pair.numpy().astype(dtypes["hidden_states"]),
+            "timestep": np.full((2 * batch,), float(t), dtype=dtypes["timestep"]),
             cond_name: pair_cond,
         }
         if call is None:
@@ -127,7 +182,7 @@ def sample(
             out = call(feeds, i)
         if out_channels == 2 * channels:
             out = out[:, :channels]
-        uncond, cond = np.split(out, 2)
+        uncond, cond = np.split(out.astype(np.float32), 2)
         guided = torch.from_numpy(uncond + cfg * (cond - uncond))
         latents = sched.step(guided, t, latents, return_dict=False)[0]
         step_ms.append((time.perf_counter() - t0) * 1e3)

@@ -88,7 +88,7 @@ class CandidateWorker:
 
 
 def greedy_search(model: PlannedModel, prompt: np.ndarray, negative: np.ndarray, *, delta: float, steps: int,
-                  cfg: float, seed: int = 0, scheduler: str = "dpm", loss: str = "dfa",
+                  cfg: float, seed: int = 0, scheduler: str | None = None, loss: str = "dfa",
                   progress=None, scheduler_config: dict | None = None, executor=None) -> SearchResult:
     """``executor`` (``genzip.parallel``): a distributed one evaluates the candidates of one
     (layer, step) on its workers, in waves of ``executor.workers`` in candidate order, and

@@ -109,6 +109,26 @@ def head_cost(metric: str, attn: np.ndarray, grad: np.ndarray, keep: np.ndarray)
     return moa_influence(attn, grad, keep)
 
 
+# Query rows per block of head_costs: float64 copies of A and G stay ~ ROW_BLOCK · N · heads.
+ROW_BLOCK = 256
+
+
+def head_costs(metric: str, attn, grad, masks: dict[int, np.ndarray], rows: int = ROW_BLOCK) -> dict[int, np.ndarray]:
+    """``{span: head_cost(metric, A, G, masks[span])}`` for float32 torch/NumPy ``attn`` and
+    ``grad`` ``[B, H, N, N]``, computed ``rows`` query rows at a time in float64 (every
+    cost is a sum over rows; ``mass`` a mean, rescaled), so a long N never needs the
+    whole [B, H, N, N] in float64 at once."""
+    n = attn.shape[2]
+    totals = {span: np.zeros(attn.shape[1]) for span in masks}
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        a = np.asarray(attn[:, :, start:stop], np.float64)
+        g = np.asarray(grad[:, :, start:stop], np.float64)
+        for span, mask in masks.items():
+            totals[span] += head_cost(metric, a, g, mask[start:stop]) * ((stop - start) / n if metric == "mass" else 1)
+    return totals
+
+
 def token_windows(text: str, n: int, vocab: int, max_windows: int, tokenizer=None) -> np.ndarray:
     """Non-overlapping [W, n] windows of the text tokenized by the model's own ``tokenizer``
     (a transformers tokenizer); without one, of its UTF-8 bytes (ids mod ``vocab``)."""
@@ -177,8 +197,7 @@ class WindowWorker:
         grads = torch.autograd.grad(out.loss, attentions)  # only dL/dA: no parameter grads
         cost = None
         for layer, (a, g) in enumerate(zip(attentions, grads)):
-            a64, g64 = a.detach().double().numpy(), g.double().numpy()
-            per_span = {s: head_cost(self.metric, a64, g64, m) for s, m in masks.items()}
+            per_span = head_costs(self.metric, a.detach().numpy(), g.numpy(), masks)
             if cost is None:
                 cost = np.zeros((self.layers, len(per_span[spans[0]]), len(spans)))
             for c, s in enumerate(spans):

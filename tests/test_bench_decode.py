@@ -13,21 +13,23 @@ def test_bench_decode_json():
     rc, out, err = bench_scripts.run(
         "bench_decode.py", "--contexts", "24,40", "--new-tokens", "4", "--rounds", "1", "--hidden", "64",
         "--layers", "1", "--heads", "4", "--kv-heads", "2", "--intermediate", "128", "--prefill-chunk", "16",
-        "--variants", "fp32,kv8", "--ppl-contexts", "none", "--json", "--quiet")
+        "--variants", "fp32,kv8,moa-0.25", "--ppl-contexts", "none", "--json", "--quiet")
     assert rc == 0, err[-2000:]
     result = json.loads(out)
     engines = {r["engine"] for r in result["speed"]}
-    expected = {"genzip-fp32", "genzip-kv8", "transformers"}
+    expected = {"genzip-fp32", "genzip-kv8", "genzip-moa-0.25", "transformers"}
     if importlib.util.find_spec("onnxruntime_genai") is None:
         assert "not installed" in result["skipped"]["ort-genai"]
     else:
-        expected.add("ort-genai")
+        expected |= {"ort-genai", "genzip-fp32@ort-genai"}  # kv8 int8 / MoA evicting cache: no genai_config
     assert engines == expected
     rows = {(r["engine"], r["context"]): r for r in result["speed"]}
     for row in rows.values():
         assert row["tokens_per_s"] > 0 and len(row["rounds"]) == 1 and row["kv_bytes"] > 0
     # The int8 cache: head_dim 16 -> 16 + 4 bytes per head and token instead of 64.
     assert rows[("genzip-kv8", 40)]["kv_bytes"] * 64 == rows[("genzip-fp32", 40)]["kv_bytes"] * 20
+    # MoA 0.25 compiled for 44 tokens keeps 4 sinks + round(0.25·44) = 15 of the 44 per layer.
+    assert rows[("genzip-moa-0.25", 40)]["kv_bytes"] * 44 == rows[("genzip-fp32", 40)]["kv_bytes"] * 15
     assert rows[("genzip-fp32", 24)]["vs_genzip_fp32"] == 1.0
     assert len(result["loadavg_before"]) == 3
 

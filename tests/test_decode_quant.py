@@ -5,6 +5,8 @@ measured through the cache one token per step (every position is a decode step).
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 import numpy as np
 import onnx
@@ -111,3 +113,25 @@ def test_chunked_prefill_gives_the_same_tokens(lms, windows):
     np.testing.assert_array_equal(whole.sequences, chunked.sequences)
     with pytest.raises(GenzipError, match="prefill_chunk 0"):
         lm.generate(prompt, max_new_tokens=2, prefill_chunk=0)
+
+
+def test_genai_config_only_where_onnxruntime_genai_can_bind_the_cache(lms):
+    """Quantized weights keep the float cache (config written); kv-quant's int8 cache and its
+    scale tensors are not onnxruntime-genai's layout (no config, the manifest says why)."""
+    genai = {name: json.load(open(os.path.join(lm.folder, "genzip.json")))["genai"] for name, lm in lms.items()}
+    assert genai["fp32"]["config"] == genai["w4a16"]["config"] == "genai_config.json"
+    assert genai["kv8"]["config"] is None and "_scale" in genai["kv8"]["why_not"]
+    assert not os.path.exists(os.path.join(lms["kv8"].folder, "genai_config.json"))
+    og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is the [bench]/[dev] extra")
+    model = og.Model(lms["w4a16"].folder)  # MatMulNBits runs in its loop too
+    text = "In the beginning God created the heaven and the earth."
+    ids = lms["w4a16"].tokenizer(text)["input_ids"]
+    assert og.Tokenizer(model).encode(text).tolist() == ids
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + 8, min_length=len(ids) + 8, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.array(ids, np.int32))
+    while not gen.is_done():
+        gen.generate_next_token()
+    want = lms["w4a16"].generate(np.array([ids], np.int64), max_new_tokens=8, eos_token_id=[]).sequences
+    np.testing.assert_array_equal(np.asarray(gen.get_sequence(0), np.int64)[None], want)

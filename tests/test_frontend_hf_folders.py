@@ -36,6 +36,10 @@ def test_diffusers_pixart_folder(tmp_path):
 def test_diffusers_pipeline_folder_uses_denoiser(tmp_path):
     import diffusers
 
+    from genzip.compile import CompileOptions, compile_source
+    from genzip.runtime.model import PlannedModel
+    from genzip.runtime.sampler import scheduler_for
+
     torch.manual_seed(0)
     unet = diffusers.UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
@@ -44,9 +48,18 @@ def test_diffusers_pipeline_folder_uses_denoiser(tmp_path):
     )
     unet.save_pretrained(tmp_path / "unet", safe_serialization=True)
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_end=0.012).save_pretrained(tmp_path / "scheduler")
     sm = load_model(str(tmp_path), batch=1)
     assert sm.info["family"] == "unet" and list(sm.example_inputs) == ["sample", "timestep", "encoder_hidden_states"]
     assert sm.fidelity["cosine"] > 0.999
+    # The pipeline's scheduler config ships in the artifact, and the sampler takes it.
+    out = tmp_path / "artifact"
+    manifest = compile_source(sm, str(out), CompileOptions(target="onnx"))
+    assert manifest["source_info"]["scheduler_config"] == "scheduler/scheduler_config.json"
+    assert "scheduler/scheduler_config.json" in manifest["files"]
+    sched, what = scheduler_for(PlannedModel(str(out)))
+    assert type(sched).__name__ == "DDIMScheduler" and sched.config.beta_end == 0.012
+    assert what == "DDIMScheduler (the model's scheduler_config.json)"
 
 
 def test_transformers_llama_folder(tmp_path):

@@ -116,3 +116,22 @@ def test_cli_one_line_errors(pair, capsys, tmp_path):
     assert rc == 2 and "not a KV-cache LLM artifact" in err
     with pytest.raises(GenzipError, match="not a KV-cache LLM"):
         CausalLM(str(other))
+
+
+def test_onnxruntime_genai_runs_the_artifact(pair):
+    """genai_config.json lets onnxruntime-genai's C++ loop run genzip's graph: its greedy tokens
+    equal transformers' (its tokenizer cannot read this word-level toy tokenizer; trained-llama's
+    BPE one is checked in test_decode_quant)."""
+    og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is the [bench]/[dev] extra")
+    hf, _, artifact = pair
+    manifest = json.loads((artifact / "genzip.json").read_text())
+    assert manifest["genai"]["config"] == "genai_config.json" and "genai_config.json" in manifest["files"]
+    model = og.Model(str(artifact))
+    ids = np.array([[1, 5, 9, 12, 3]], np.int64)
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=ids.shape[1] + 12, min_length=ids.shape[1] + 12, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(ids[0].astype(np.int32))
+    while not gen.is_done():
+        gen.generate_next_token()
+    np.testing.assert_array_equal(np.asarray(gen.get_sequence(0), np.int64)[None], _hf_greedy(hf, ids, 12))

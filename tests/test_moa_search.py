@@ -93,6 +93,14 @@ def test_costs_vanish_for_covering_spans_and_are_nonnegative():
     for metric in moa_profile.METRICS:
         assert np.allclose(moa_profile.head_cost(metric, attn, grad, full), 0)
         assert (moa_profile.head_cost(metric, attn, grad, moa_profile.keep_mask(n, 3, 1)) >= 0).all()
+    # Row-blocked (what profile_module runs, so long lengths fit in memory) equals whole.
+    masks = {s: moa_profile.keep_mask(n, s, 1) for s in (2, 5, n)}
+    for metric in moa_profile.METRICS:
+        blocked = moa_profile.head_costs(metric, attn.astype(np.float32), grad.astype(np.float32), masks, rows=5)
+        for s, mask in masks.items():
+            np.testing.assert_allclose(blocked[s], moa_profile.head_cost(
+                metric, attn.astype(np.float32).astype(np.float64), grad.astype(np.float32).astype(np.float64),
+                mask), rtol=1e-9, atol=1e-12)
     # First order is linear in the attention change: check it against a direct sum.
     keep = moa_profile.keep_mask(n, 4, 0)
     renorm = attn * keep / (attn * keep).sum(-1, keepdims=True)

@@ -33,12 +33,19 @@ def make_folder(root: Path, arch: str = "llama", seed: int = 0) -> Path:
     common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=48,
                   bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
-    if arch == "mistral":
+    if arch in ("mistral", "mixtral"):
         common["sliding_window"] = None  # full attention: the cache holds every token
+    if arch == "mixtral":  # mixture of experts: 4 experts, top-2
+        common.update(num_local_experts=4, num_experts_per_tok=2)
+    if arch == "qwen2-moe":  # 4 routed experts, top-2 (not renormalized), plus a gated shared expert
+        common.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                      shared_expert_intermediate_size=48, decoder_sparse_step=1, norm_topk_prob=False)
     config = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
-              "mistral": transformers.MistralConfig}[arch](**common)
+              "mistral": transformers.MistralConfig, "mixtral": transformers.MixtralConfig,
+              "qwen2-moe": transformers.Qwen2MoeConfig}[arch](**common)
     cls = {"llama": transformers.LlamaForCausalLM, "qwen2": transformers.Qwen2ForCausalLM,
-           "mistral": transformers.MistralForCausalLM}[arch]
+           "mistral": transformers.MistralForCausalLM, "mixtral": transformers.MixtralForCausalLM,
+           "qwen2-moe": transformers.Qwen2MoeForCausalLM}[arch]
     torch.manual_seed(seed)
     model = cls(config).eval()
     with torch.no_grad():  # larger weights than the init, so greedy decoding varies its tokens
@@ -50,7 +57,8 @@ def make_folder(root: Path, arch: str = "llama", seed: int = 0) -> Path:
     return folder
 
 
-def compile_kv_artifact(root: Path, arch: str = "llama", passes: str = "") -> tuple[Path, Path]:
+def compile_kv_artifact(root: Path, arch: str = "llama", passes: str = "",
+                        min_cosine: float | None = None) -> tuple[Path, Path]:
     """(HF folder, ``--kv-cache`` artifact of target onnx) under ``root``."""
     import torch
 
@@ -59,7 +67,8 @@ def compile_kv_artifact(root: Path, arch: str = "llama", passes: str = "") -> tu
     torch.set_num_threads(2)
     folder = make_folder(root, arch)
     out = Path(root) / f"{arch}.kv"
-    compile_model(str(folder), str(out), CompileOptions(target="onnx", passes=passes, kv_cache=True))
+    extra = {} if min_cosine is None else {"min_cosine": min_cosine}
+    compile_model(str(folder), str(out), CompileOptions(target="onnx", passes=passes, kv_cache=True, **extra))
     return folder, out
 
 

@@ -29,6 +29,26 @@ class Progress:
             sys.stderr.flush()
 
 
+def add_provider_flags(parser: argparse.ArgumentParser) -> None:
+    """``--providers`` / ``--device``: where ONNX Runtime runs (syntax in ``genzip.providers``)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--providers", metavar="LIST",
+                       help="ONNX Runtime execution providers, highest priority first, each with optional "
+                            "{key=value ...} options, e.g. 'CUDAExecutionProvider{device_id=0},CPUExecutionProvider' "
+                            "(short names cpu, cuda, tensorrt; default CPU)")
+    group.add_argument("--device", choices=("cpu", "cuda"),
+                       help="shorthand: cpu = CPUExecutionProvider; cuda = CUDAExecutionProvider,CPUExecutionProvider")
+
+
+def providers_from(args: argparse.Namespace):
+    """The checked providers the flags ask for, or None (CPU) when neither was given."""
+    from genzip.providers import resolve_providers
+
+    if not (args.providers or args.device):
+        return None
+    return resolve_providers(args.providers, args.device)
+
+
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")

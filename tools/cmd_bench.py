@@ -14,6 +14,7 @@ import time
 
 from genzip.backends.runner import load_artifact, load_npz
 from genzip.errors import GenzipError
+from genzip.tools.cli_common import add_provider_flags, providers_from
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: ORT's choice)")
     p.add_argument("--json", action="store_true")
+    add_provider_flags(p)
 
 
 def _time_once(model, feeds) -> float:
@@ -35,9 +37,10 @@ def _time_once(model, feeds) -> float:
 def run(args: argparse.Namespace) -> int:
     if args.repeat < 1 or args.warmup < 0:
         raise GenzipError("--repeat must be >= 1 and --warmup >= 0", "pass positive counts")
-    models = [load_artifact(args.artifact, threads=args.threads)]
+    providers = providers_from(args)
+    models = [load_artifact(args.artifact, threads=args.threads, providers=providers)]
     if args.vs:
-        models.append(load_artifact(args.vs, threads=args.threads))
+        models.append(load_artifact(args.vs, threads=args.threads, providers=providers))
     feeds = []
     for m in models:
         f = load_npz(args.inputs) if args.inputs else m.example_inputs()
@@ -50,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     for _ in range(args.repeat):
         for i, (m, f) in enumerate(zip(models, feeds)):
             times[i].append(_time_once(m, f))
-    result = {"artifact": args.artifact, "repeat": args.repeat, "median_ms": statistics.median(times[0])}
+    result = {"artifact": args.artifact, "repeat": args.repeat, "median_ms": statistics.median(times[0]),
+              "providers": models[0].session.get_providers()}
     if args.vs:
         result["other"] = args.vs
         result["other_median_ms"] = statistics.median(times[1])

@@ -12,6 +12,8 @@ import json
 import math
 import sys
 
+from genzip.tools.cli_common import add_provider_flags, providers_from
+
 DIT_FIGURES = ("accuracy", "reference_accuracy", "frechet_distance", "reference_frechet_distance", "psnr_db", "ssim")
 LLM_FIGURES = ("perplexity", "reference_perplexity", "kl_divergence", "top1_agreement")
 
@@ -25,10 +27,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=20, help="DiT sampling steps")
     p.add_argument("--cfg", type=float, default=4.0, help="DiT classifier-free guidance scale")
-    p.add_argument("--scheduler", default="dpm", help="dpm (DPM-Solver++ multistep) or flow-euler")
+    p.add_argument("--scheduler", default=None,
+                   help="dpm (DPM-Solver++ multistep) or flow-euler, on the model's noise schedule when the artifact "
+                        "ships its pipeline's scheduler_config.json (default: that scheduler itself, else dpm with "
+                        "diffusers' defaults)")
     p.add_argument("--grid", metavar="OUT.png", help="DiT: PNG of reference (left) and artifact (right) samples")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
+    add_provider_flags(p)
 
 
 def _plain(value):
@@ -42,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = evaluate(args.artifact, vs=args.vs, plan=args.plan, samples=args.samples, seed=args.seed,
                       grid=args.grid, steps=args.steps, cfg=args.cfg, scheduler=args.scheduler,
-                      threads=args.threads, progress=not args.quiet)
+                      threads=args.threads, progress=not args.quiet, providers=providers_from(args))
     if args.json:
         sys.stdout.write(json.dumps({k: _plain(v) for k, v in result.items()}, indent=2) + "\n")
         return 0

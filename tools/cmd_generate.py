@@ -7,6 +7,7 @@ import json
 import sys
 
 from genzip.errors import GenzipError
+from genzip.tools.cli_common import add_provider_flags, providers_from
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eos-token-id", type=int, default=None, help="default: the model's generation config")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="ORT intra-op threads")
+    add_provider_flags(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -36,7 +38,7 @@ def _ids(text: str) -> list[list[int]]:
 def run(args: argparse.Namespace) -> int:
     from genzip.runtime.generate import CausalLM
 
-    model = CausalLM(args.artifact, threads=args.threads)
+    model = CausalLM(args.artifact, threads=args.threads, providers=providers_from(args))
     prompt = args.prompt if args.prompt is not None else _ids(args.input_ids)
     gen = model.generate(prompt, max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,

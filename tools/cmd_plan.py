@@ -28,7 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=4.5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scheduler", default="dpm", help="dpm or flow-euler")
+    p.add_argument("--scheduler", default=None,
+                   help="dpm (DPM-Solver++ multistep) or flow-euler, on the model's noise schedule when the artifact "
+                        "ships its pipeline's scheduler_config.json (default: that scheduler itself, else dpm with "
+                        "diffusers' defaults)")
     p.add_argument("--calib", help=".npz of calibration prompt_embeds [B,T,C] (and negative_prompt_embeds), "
                    "or class_labels [B] for a class-conditional DiT")
     p.add_argument("--labels", help="class-conditional DiT: comma-separated calibration class labels")
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     # trained-dit samples (genzip eval) with its training noise schedule; search on the same one.
     schedule = None
-    if args.scheduler == "dpm" and _eval_data.trained_preset(model.manifest) in _eval_data.DIT_PRESETS:
+    if args.scheduler in (None, "dpm") and _eval_data.trained_preset(model.manifest) in _eval_data.DIT_PRESETS:
         schedule = _eval_data.dit_schedule()
     with search_executor(args) as executor:  # the candidates of one (layer, step) on Ray workers
         result = greedy_search(model, cond, uncond, delta=args.delta, steps=args.steps, cfg=args.cfg,

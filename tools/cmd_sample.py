@@ -20,6 +20,7 @@ import sys
 import numpy as np
 
 from genzip.errors import GenzipError
+from genzip.tools.cli_common import add_provider_flags, providers_from
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,16 +30,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg", type=float, default=4.5, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=1, help="images per run (the model sees 2x for CFG)")
-    p.add_argument("--scheduler", default="dpm", help="dpm (DPM-Solver++ multistep) or flow-euler")
+    p.add_argument("--scheduler", default=None,
+                   help="dpm (DPM-Solver++ multistep) or flow-euler, on the model's noise schedule when the artifact "
+                        "ships its pipeline's scheduler_config.json (default: that scheduler itself, else dpm with "
+                        "diffusers' defaults)")
     p.add_argument("--embeds", help=".npz with prompt_embeds [B,T,C] (and negative_prompt_embeds), "
                    "or class_labels [B] for a class-conditional DiT")
     p.add_argument("--labels", help="class-conditional DiT: comma-separated class labels, one image each")
-    p.add_argument("--out", help="write the final latents here (.npz, key 'latents')")
+    p.add_argument("--out", help="write the final latents here (.npz, key 'latents'); a pipeline artifact "
+                   "writes images: image.png (one PNG per label, image-<i>.png for several)")
     p.add_argument("--vs-full", action="store_true",
                    help="also sample with the all-full plan, interleaved in this run: speedup, PSNR, FLOPs saved")
     p.add_argument("--repeat", type=int, default=1, help="with --vs-full: (full, plan) pairs timed")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
+    add_provider_flags(p)
 
 
 def psnr(reference: np.ndarray, other: np.ndarray) -> float:
@@ -88,17 +94,23 @@ def conditioning(model, path: str | None, batch: int, seed: int,
 def run(args: argparse.Namespace) -> int:
     from genzip.runtime.model import PlannedModel
     from genzip.runtime.plan import load_plan
-    from genzip.runtime.sampler import sample
+    from genzip.runtime.sampler import sample, scheduler_for
 
     if args.batch < 1:
         raise GenzipError(f"--batch {args.batch} must be >= 1", "pass a positive batch")
+    from genzip.runtime.pipeline import read_pipeline_manifest
+
+    if read_pipeline_manifest(args.artifact) is not None:  # genzip-compile PIPELINE_FOLDER: images
+        from genzip.tools.sample_pipeline import run_pipeline
+
+        return run_pipeline(args, providers_from(args))
     plan = load_plan(args.plan) if args.plan else None
-    model = PlannedModel(args.artifact, plan, threads=args.threads)
+    model = PlannedModel(args.artifact, plan, threads=args.threads, providers=providers_from(args))
     cond, uncond = conditioning(model, args.embeds, args.batch, args.seed, args.labels)
     summary = {
         "artifact": args.artifact, "plan": args.plan, "steps": args.steps, "cfg": args.cfg, "seed": args.seed,
-        "batch": int(cond.shape[0]), "scheduler": args.scheduler, "out": args.out,
-        "methods": plan.counts() if plan else None,
+        "batch": int(cond.shape[0]), "scheduler": scheduler_for(model, args.scheduler)[1], "out": args.out,
+        "methods": plan.counts() if plan else None, "providers": model.session.get_providers(),
     }
     if args.vs_full:
         compared = compare_full(model, plan, cond, uncond, args)

@@ -9,7 +9,8 @@ import sys
 from genzip._version import __version__
 from genzip.compile import TARGETS, build_compile, compile_model, default_out, resolve_settings
 from genzip.metrics import MIN_COSINE
-from genzip.tools.cli_common import Progress, add_common_flags, add_dist_flags, guarded
+from genzip.pipeline import compile_pipeline, pipeline_class
+from genzip.tools.cli_common import Progress, add_common_flags, add_dist_flags, add_provider_flags, guarded
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-data", metavar="FILE.npz|DIR",
                    help="calibration set: .npz with samples on a new leading axis or on the batch axis, "
                         "or a folder of one-sample .npz files")
+    add_provider_flags(p)
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
+                   help="artifact precision: fp16/bf16 convert the float32 export after every other pass "
+                        "(cast-float); the fidelity gate still compares with float32 eager PyTorch")
     p.add_argument("--config", metavar="FILE",
                    help="settings file (TOML, YAML, JSON) or an artifact's genzip.json; flags override it")
     trt = p.add_argument_group("TensorRT (--target trt)")
@@ -87,6 +92,11 @@ def _run(args: argparse.Namespace) -> int:
     opts = resolved.options
     if opts.reproducer_dir is None:
         opts.reproducer_dir = os.path.abspath(out.rstrip("/")) + ".reproducer"
+    if pipeline_class(resolved.model):
+        manifest = compile_pipeline(resolved.model, out, opts, progress=Progress(not args.quiet), config=resolved.record)
+        cosines = ", ".join(f"{part} {fid['cosine']:.6f}" for part, fid in manifest["fidelity"].items())
+        sys.stdout.write(f"wrote {out} ({manifest['pipeline']}, target {opts.target}; cosine {cosines})\n")
+        return 0
     manifest = compile_model(resolved.model, out, opts, progress=Progress(not args.quiet), config=resolved.record)
     fid = manifest["fidelity"]
     sys.stdout.write(

@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "recipes": ("genzip.tools.cmd_list", "list --recipe names and their specs"),
     "presets": ("genzip.tools.cmd_list", "list built-in model presets"),
     "moa-search": ("genzip.tools.cmd_moa_search", "profile head influence and write a MoA span plan (MILP)"),
+    "eep-search": ("genzip.tools.cmd_eep_search", "EEP evolutionary search: an expert-prune plan for a MoE LLM"),
     "sample": ("genzip.tools.cmd_sample", "CFG sampling of a DiT artifact through a diffusers scheduler, with timing"),
     "plan": ("genzip.tools.cmd_plan", "DiTFastAttn greedy search: an attention-sharing plan for a share-attn artifact"),
     "generate": ("genzip.tools.cmd_generate", "generate text with a KV-cache LLM artifact; prefill time, decode tokens/s, KV bytes"),

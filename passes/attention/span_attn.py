@@ -15,6 +15,12 @@ node stays (``skipped_padding_mask``). An attention canonicalize-attn left ``unk
 makes the pass refuse the model (GenzipError naming it and why); replacing nothing
 although the model has attention logs a warning saying why.
 
+On a ``genzip-compile --kv-cache`` graph (K/V read a ``past_key_values.*`` input) the
+pass instead keeps each layer's ``Attention`` and gives it a per-head span mask computed
+at run time from the current length, and makes each layer's cache evicting (sinks plus
+the widest span, sized by ``seq=``, which is then required): see ``_span_kv``. A cache
+form it cannot rewrite is a one-line GenzipError.
+
 ``plan=FILE`` gives per-layer, per-head rules as JSON
 ``{"alphas": [L][H], "betas": [L][H], "sinks": int}``; ``alpha=``/``beta=``/``sinks=``
 give one rule for every head.
@@ -33,6 +39,7 @@ from genzip import jsonfile
 from genzip.errors import GenzipError
 from genzip.passes.attention import _causal_mask as moa_mask
 from genzip.passes.attention import _flops as af
+from genzip.passes.attention import _span_kv
 from genzip.passes.attention._heads import attention_scale, gqa_group
 from genzip.passes.infra.context import PassContext
 from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
@@ -47,7 +54,7 @@ class SpanAttentionOptions:
     alpha: float | None = None  # span = alpha + beta·N for every head
     beta: float | None = None
     sinks: int | None = None  # always-visible first tokens (default 0)
-    seq: int | None = None  # N to resolve spans with when the model's is symbolic
+    seq: int | None = None  # N to resolve spans with when symbolic; a KV-cache graph's longest context
 
     def __post_init__(self):
         uniform = self.alpha is not None or self.beta is not None
@@ -156,6 +163,9 @@ class SpanAttentionPass(GenzipPass):
         sites = af.attention_sites(model)
         af.refuse_unknown(sites, "span-attn", "span-attn needs every attention classified; re-export the model "
                           "so self attention reads Q's activation, or leave span-attn out")
+        kv_layers = [s for s in sites if s.kind == "self" and _span_kv.reads_past(s.node, model.graph)]
+        if kv_layers:
+            return self._run_kv_cache(model, kv_layers)
         cache: dict = {}  # masks are shared by all layers: prove each once
         mask_kinds = {id(s.node): causal_mask_kind(model, s.node, cache) for s in sites if s.kind == "self"}
         masked = {i for i, kind in mask_kinds.items() if kind == moa_mask.CAUSAL}
@@ -197,6 +207,27 @@ class SpanAttentionPass(GenzipPass):
                                   {**skipped, **({"not causal": not_causal} if not_causal else {})},
                                   wanted="causal self-attention")
         return GenzipPassResult(model, replaced > 0, stats, noop_reason=why)
+
+    def _run_kv_cache(self, model: ir.Model, layers: list[af.AttentionSite]) -> GenzipPassResult:
+        """A ``--kv-cache`` graph: run-time elastic spans and a per-layer evicting cache (``_span_kv``)."""
+        seq = self.options.seq
+        if seq is None:
+            raise GenzipError("span-attn: a KV-cache graph needs seq=N, the longest context it will serve "
+                              "(it sizes each layer's evicting cache)", "give span-attn{... seq=N}")
+        found = []
+        for site in layers:
+            kv = _span_kv.kv_site(site.node, model.graph)
+            if isinstance(kv, str) or gqa_group(site.node) is None or not isinstance(site.node.inputs[0].shape[1], int):
+                why = kv if isinstance(kv, str) else "its head counts are not static"
+                raise GenzipError(f"span-attn: KV-cache attention {site.index} ({site.node.name}): {why}",
+                                  "span-attn handles the float32 Concat(past, new) cache of genzip-compile --kv-cache")
+            found.append(kv)
+        rules, sinks = self._rules(layers)
+        caps = _span_kv.rewrite_kv_graph(model, found, rules, sinks, seq)
+        per_layer = [caps[kv.key.inputs[0].name] for kv in found]
+        stats = {"nodes_replaced": len(found), "kv_cache": True, "sinks": sinks, "seq": seq,
+                 "kv_capacity": per_layer, "kv_bytes_ratio_at_seq": round(sum(per_layer) / (len(per_layer) * seq), 4)}
+        return GenzipPassResult(model, True, stats)
 
     def _replace(self, model, site: af.AttentionSite, rule, sinks: int, flops: dict) -> str | None:
         node = site.node

@@ -26,6 +26,8 @@ _PASSES: dict[str, str] = {
     "kv-quant": "genzip.passes.quant.kv_quant:KVQuantPass",
     "sensitivity": "genzip.passes.precision.sensitivity:SensitivityPass",
     "mixed-precision": "genzip.passes.precision.mixed_precision:MixedPrecisionPass",
+    "expert-prune": "genzip.passes.moe.expert_prune:ExpertPrunePass",
+    "cast-float": "genzip.passes.precision.cast_float:CastFloatPass",
 }
 
 

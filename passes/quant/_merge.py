@@ -19,8 +19,9 @@ from genzip.passes.quant._spec import QuantSpec
 
 def mergeable(node: ir.Node, spec: QuantSpec) -> bool:
     x = node.inputs[0]
+    w = node.inputs[1]
     return (node.op_type == "MatMul" and spec.keep is None and not spec.bos and spec.activation is not None
-            and x is not None and x.shape is not None and len(x.shape) >= 2)
+            and w is not None and w.const_value is not None and x is not None and x.shape is not None and len(x.shape) >= 2)
 
 
 def sibling_groups(items: list[tuple[ir.Node, QuantSpec, float | None]]) -> list[list[int]]:

@@ -106,21 +106,53 @@ class Builder(NodeBuilder):
         epilogue) instead of standard MatMulInteger -> Cast -> Mul. An int4 weight is
         stored as int4 (half the bytes) and widened by a ``Cast`` to int8, which ORT
         folds into the int8 GEMM's constant weight (ORT CPU has no int4 x int8 GEMM)."""
-        x_u8, amax, shift = tokens
-        scale = qs.int4_channel_scale(w_kn, 1) if w_dtype == "int4" else qs.per_channel_scale(w_kn, 1, w_dtype)
+        q, scale = token_weight(w_kn, w_dtype)
+        w_q = self.initializer("weight_q4" if w_dtype == "int4" else "weight_q", q)
         if w_dtype == "int4":
-            q = qs.quantize_int(w_kn, scale[None, :], 4).astype(ml_dtypes.int4)
-            w_q = self.op("Cast", self.initializer("weight_q4", q), to=ir.DataType.INT8)
+            w_q = self.op("Cast", w_q, to=ir.DataType.INT8)
+        return self._token_gemm(tokens, w_q, self.initializer("weight_scale", scale), fused)
+
+    def token_gemm_ranged(self, tokens: tuple[ir.Value, ir.Value, ir.Value], stack_kn: np.ndarray, index: ir.Value,
+                          fused: bool, w_dtype: str = "int8") -> ir.Value:
+        """``token_gemm`` with the weight slice ``index`` of ``stack_kn`` [ranges, K, N] (``_ranges``),
+        every slice quantized with its own scales. The weight is stored unsigned with a zero point
+        (int8 + 128 as uint8; int4 + 8 as uint4, widened to uint8 by a Cast ORT folds): a weight
+        that is not a constant takes MLAS's u8s8 kernel, whose int16 pair sums saturate on AVX2
+        (measured: off by up to 6e4 on random 256-deep rows), while u8u8 is exact."""
+        q, scale = zip(*(token_weight(w, w_dtype) for w in stack_kn))
+        zp = 8 if w_dtype == "int4" else 128
+        shifted = np.stack(q).astype(np.int16) + zp
+        if w_dtype == "int4":
+            w_q = self.op("Cast", self.initializer("weight_u4", shifted.astype(ml_dtypes.uint4)), to=ir.DataType.UINT8)
         else:
-            w_q = self.initializer("weight_q", qs.quantize_int(w_kn, scale[None, :], 8))
-        w_scale = self.initializer("weight_scale", (scale / qs.INT8_MAX).astype(np.float32))
+            w_q = self.initializer("weight_u8", shifted.astype(np.uint8))
+        w_q = self.op("Gather", w_q, index, axis=0)
+        w_scale = self.op("Gather", self.initializer("weight_scale", np.stack(scale)), index, axis=0)
+        return self._token_gemm(tokens, w_q, w_scale, fused, self.initializer("weight_zp", np.array(zp, np.uint8)))
+
+    def _token_gemm(self, tokens: tuple[ir.Value, ir.Value, ir.Value], w_q: ir.Value, w_scale: ir.Value,
+                    fused: bool, w_zero: ir.Value | None = None) -> ir.Value:
+        x_u8, amax, shift = tokens
+        zero = [] if w_zero is None else [w_zero]
         if fused:
             one = self.initializer("one_scale", np.array(1.0, np.float32))
-            y = self.op("MatMulIntegerToFloat", x_u8, w_q, one, w_scale, shift, _domain="com.microsoft")
+            y = self.op("MatMulIntegerToFloat", x_u8, w_q, one, w_scale, shift, *zero, _domain="com.microsoft")
         else:
-            y = self.op("Cast", self.op("MatMulInteger", x_u8, w_q, shift), to=ir.DataType.FLOAT)
+            y = self.op("Cast", self.op("MatMulInteger", x_u8, w_q, shift, *zero), to=ir.DataType.FLOAT)
             y = self.op("Mul", y, w_scale)
         return self.op("Mul", y, amax)
+
+    def weight_dq_ranged(self, stack: np.ndarray, index: ir.Value, spec: TensorSpec) -> ir.Value:
+        """``weight_dq`` for a per-channel int8 weight chosen per timestep range: every slice of
+        ``stack`` [ranges, ...] keeps its own per-channel scales; slice ``index`` is dequantized.
+        Stored as uint8 with zero point 128 (exact, the same grid): ORT fuses a non-constant int8
+        weight into MLAS's saturating u8s8 kernel (see ``token_gemm_ranged``)."""
+        scales = [qs.per_channel_scale(w, spec.axis, spec.dtype) for w in stack]
+        q = np.stack([qs.quantize_int(w, qs.expand(s, w.ndim, spec.axis), 8) for w, s in zip(stack, scales)])
+        w_q = self.op("Gather", self.initializer("weight_u8", (q.astype(np.int16) + 128).astype(np.uint8)), index, axis=0)
+        scale = self.op("Gather", self.initializer("weight_scale", np.stack(scales)), index, axis=0)
+        zero = self.initializer("weight_zp", np.full(scales[0].shape, 128, np.uint8))
+        return self.op("DequantizeLinear", w_q, scale, zero, axis=spec.axis)
 
     def after_first_token(self, x: ir.Value) -> ir.Value:
         """Tokens 1: along axis -2."""
@@ -144,6 +176,16 @@ class Builder(NodeBuilder):
 
     def concat_tokens(self, first: ir.Value, rest: ir.Value) -> ir.Value:
         return self.op("Concat", first, rest, axis=-2)
+
+
+def token_weight(w_kn: np.ndarray, w_dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """(quantized [K, N] weight, per-column scale / 127) of the per-token GEMM."""
+    scale = qs.int4_channel_scale(w_kn, 1) if w_dtype == "int4" else qs.per_channel_scale(w_kn, 1, w_dtype)
+    if w_dtype == "int4":
+        q = qs.quantize_int(w_kn, scale[None, :], 4).astype(ml_dtypes.int4)
+    else:
+        q = qs.quantize_int(w_kn, scale[None, :], 8)
+    return q, (scale / qs.INT8_MAX).astype(np.float32)
 
 
 def reroute(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:

@@ -49,6 +49,7 @@ from genzip.passes.quant._attention import rewrite_attention
 from genzip.passes.quant._bos import invariant_row
 from genzip.passes.quant._merge import rewrite_merged, sibling_groups
 from genzip.passes.quant._qdq import Builder, drop_if_unused, reroute
+from genzip.passes.quant._ranges import ranged
 from genzip.passes.quant._spec import CALIB_KEY, DYNAMIC_SCHEMES, META_KEY, QuantSpec, annotated_nodes, calib_of
 
 MIN_OPSET = {"w8a8": 13, "w8a8-dynamic": 13, "fp8": 19, "w4a16": 21, "w4a8": 21, "w4a8-dynamic": 21}
@@ -77,30 +78,70 @@ def _gemm_kn(node: ir.Node, w: np.ndarray) -> np.ndarray:
     return w
 
 
+def _gemm_bias(b: Builder, node: ir.Node, y: ir.Value) -> ir.Value:
+    """A Gemm's ``beta * C`` added to the replacement's output (MatMul: unchanged)."""
+    if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:
+        c = node.inputs[2]
+        beta = node.attributes.get_float("beta", 1.0)
+        if beta != 1.0:
+            c = b.op("Mul", c, b.initializer("beta", np.array(beta, np.float32)))
+        y = b.op("Add", y, c)
+    return y
+
+
+def _tokens(b: Builder, x: ir.Value, shared: dict) -> tuple:
+    # q/k/v reading one tensor share its per-token quantization (no fusion needs a
+    # private copy here, unlike the static Q/DQ form).
+    if x.name not in shared:
+        shared[x.name] = b.quantize_tokens(x)
+    return shared[x.name]
+
+
+def _rewrite_ranged(graph: ir.Graph, node: ir.Node, spec: QuantSpec, amax: float | None, fused: bool,
+                    shared: dict, stack: np.ndarray, index: ir.Value) -> None:
+    """A weight chosen per timestep range (``smooth{ranges=K}``): each slice quantized on its own."""
+    weight, act = spec.weight, spec.activation
+    if spec.bos or weight.granularity != "per-channel" or weight.dtype not in ("int8", "int4") or (
+            weight.dtype == "int4" and not (act is not None and act.dynamic)):
+        raise GenzipError(f"{node.name or spec.module}: a timestep-ranged weight cannot take {spec.scheme} "
+                          f"({weight.granularity} {weight.dtype}{', bos' if spec.bos else ''})",
+                          "use w8a8, w8a8-dynamic or w4a8-dynamic with smooth{ranges=K}, or smooth with ranges=1")
+    b = Builder(graph, node.name or spec.module or node.op_type)
+    gather = node.inputs[1].producer()
+    if act is not None and act.dynamic:
+        y = b.token_gemm_ranged(_tokens(b, node.inputs[0], shared), np.stack([_gemm_kn(node, w) for w in stack]),
+                                index, fused, weight.dtype)
+        y = _gemm_bias(b, node, y)
+        graph.insert_before(node, b.nodes)
+        reroute(graph, node.outputs[0], y)
+        graph.remove(node, safe=True)
+    else:
+        w_dq = b.weight_dq_ranged(stack, index, weight)
+        if act is not None:
+            node.replace_input_with(0, b.qdq(node.inputs[0], amax, act.dtype))
+        node.replace_input_with(1, w_dq)
+        graph.insert_before(node, b.nodes)
+    stack_value = gather.inputs[0]
+    graph.remove(gather, safe=True)
+    drop_if_unused(graph, stack_value)
+
+
 def _rewrite(graph: ir.Graph, node: ir.Node, spec: QuantSpec, amax: float | None, fused: bool,
              shared: dict, bos_row: np.ndarray | None) -> None:
-    b = Builder(graph, node.name or spec.module or node.op_type)
     x, w_value = node.inputs[0], node.inputs[1]
+    stacked = ranged(w_value)
+    if stacked is not None:
+        _rewrite_ranged(graph, node, spec, amax, fused, shared, *stacked)
+        return
+    b = Builder(graph, node.name or spec.module or node.op_type)
     w = w_value.const_value.numpy()
     act = spec.activation
     if act is not None and act.dynamic or spec.bos:
         rest = b.after_first_token(x) if spec.bos else x
         if act is not None and act.dynamic:
-            # q/k/v reading one tensor share its per-token quantization (no fusion needs
-            # a private copy here, unlike the static Q/DQ form).
-            if not spec.bos and x.name in shared:
-                tokens = shared[x.name]
-            else:
-                tokens = b.quantize_tokens(rest)
-                if not spec.bos:
-                    shared[x.name] = tokens
+            tokens = b.quantize_tokens(rest) if spec.bos else _tokens(b, x, shared)
             y = b.token_gemm(tokens, _gemm_kn(node, w).astype(np.float32), fused, spec.weight.dtype)
-            if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:
-                c = node.inputs[2]
-                beta = node.attributes.get_float("beta", 1.0)
-                if beta != 1.0:
-                    c = b.op("Mul", c, b.initializer("beta", np.array(beta, np.float32)))
-                y = b.op("Add", y, c)
+            y = _gemm_bias(b, node, y)
         else:  # static or weight-only BOS (MatMul only, see annotate-precision)
             x_q = rest if act is None else b.qdq(rest, amax, act.dtype)
             y = b.op("MatMul", x_q, b.weight_dq(w, spec.weight))

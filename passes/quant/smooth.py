@@ -18,6 +18,12 @@ applied as ``A^T · X' · B`` on X' viewed as [..., m, p] (fp32 MatMuls left
 unannotated). A width with no built-in Hadamard matrix is refused before anything
 changes; ``rotate=random`` uses a seeded random orthogonal A ⊗ B instead, at any width.
 
+``ranges=K`` (K > 1, ViDiT-Q's timestep-wise balancing) computes a_j per range of the
+``timestep`` input's calibration values (``_ranges``): X' = X * Gather(1/S, index) and
+W' = Gather(stack of diag(s_k) W, index), so ``quant`` gives each range its own
+quantized weight (K copies: K times the weight bytes). Needs per-channel weights
+(w8a8, w8a8-dynamic, w4a8-dynamic) and no ``bos``; nothing migrates into producers.
+
 Invariant: with quantization off the model computes the same function (up to float
 rounding); annotations stay valid. Run it after ``annotate-precision`` and before
 ``calibrate`` (it changes the activations calibrate measures). Calibration data
@@ -37,9 +43,9 @@ from genzip.errors import GenzipError
 from genzip.passes.infra.context import PassContext, calibration_need
 from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
 from genzip.passes.quant import _calib_data as data_mod
-from genzip.passes.quant import _rotation
+from genzip.passes.quant import _ranges, _rotation
 from genzip.passes.quant._qdq import Builder, drop_if_unused
-from genzip.passes.quant._spec import annotated_nodes
+from genzip.passes.quant._spec import annotated_nodes, spec_of
 
 S_RANGE = (1e-4, 1e4)
 
@@ -50,10 +56,14 @@ class Options:
     rotate: Literal["none", "hadamard", "random"] = "none"
     samples: int = 0
     data: str | None = None
+    ranges: int = 1
+    timestep: str = "timestep"
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha={self.alpha} must be in [0, 1]")
+        if not 1 <= self.ranges <= 64:
+            raise ValueError(f"ranges={self.ranges} must be in [1, 64]")
 
 
 def hadamard(k: int) -> np.ndarray | None:
@@ -106,7 +116,8 @@ def _groups(model: ir.Model) -> dict[str, list[ir.Node]]:
     return out
 
 
-def _channel_amax(model: ir.Model, names: list[str], samples) -> dict[str, np.ndarray]:
+def _channel_amax(model: ir.Model, names: list[str], samples, range_ids: list[int]) -> list[dict[str, np.ndarray]]:
+    """Per range (``range_ids[i]`` is sample i's), each tensor's max |x| per last-axis channel."""
     from genzip.ort_session import make_session
 
     proto = ir.to_proto(model)
@@ -114,13 +125,13 @@ def _channel_amax(model: ir.Model, names: list[str], samples) -> dict[str, np.nd
     proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in known)
     session = make_session(proto.SerializeToString())
     out_names = [o.name for o in session.get_outputs()]
-    amax: dict[str, np.ndarray] = {}
-    for feeds in samples:
+    amax: list[dict[str, np.ndarray]] = [{} for _ in range(max(range_ids) + 1)]
+    for feeds, r in zip(samples, range_ids):
         got = dict(zip(out_names, session.run(None, feeds)))
         for n in names:
             x = feeds[n] if n in feeds else got[n]
             m = np.abs(x.reshape(-1, x.shape[-1])).max(axis=0)
-            amax[n] = np.maximum(amax[n], m) if n in amax else m
+            amax[r][n] = np.maximum(amax[r][n], m) if n in amax[r] else m
     return amax
 
 
@@ -137,6 +148,40 @@ def _set_weight(graph: ir.Graph, node: ir.Node, w_kn: np.ndarray, index: int = 1
     old = node.inputs[index]
     node.replace_input_with(index, b.initializer("smoothed", np.ascontiguousarray(w_kn, dtype=np.float32)))
     drop_if_unused(graph, old)
+
+
+def _scales(a: np.ndarray, w_amax: np.ndarray, alpha: float) -> np.ndarray:
+    a = a.astype(np.float64)
+    s = np.where((a > 0) & (w_amax > 0), a**alpha / np.maximum(w_amax, 1e-12) ** (1 - alpha), 1.0)
+    return np.clip(s, *S_RANGE).astype(np.float32)
+
+
+def _set_ranged_weight(graph: ir.Graph, node: ir.Node, stack_kn: np.ndarray, index: ir.Value) -> None:
+    """Weight input = Gather(stack, index) ([ranges, K, N]; Gemm transB keeps its [N, K] slices)."""
+    if node.op_type == "Gemm" and node.attributes.get_int("transB", 0):
+        stack_kn = stack_kn.transpose(0, 2, 1)
+    b = Builder(graph, node.name or "smooth")
+    old = node.inputs[1]
+    node.replace_input_with(1, _ranges.select(b, "smoothed_ranges", stack_kn.astype(np.float32), index))
+    graph.insert_before(node, b.nodes)
+    drop_if_unused(graph, old)
+
+
+def _check_ranged(model: ir.Model, opts: Options, groups: dict[str, list[ir.Node]]) -> None:
+    """ranges=K needs the timestep input and per-channel weights without bos (refused before any change)."""
+    names = [v.name for v in model.graph.inputs]
+    if opts.timestep not in names:
+        raise GenzipError(f"smooth{{ranges={opts.ranges}}}: the model has no input '{opts.timestep}' (inputs: "
+                          f"{', '.join(names)})", "name the timestep input with timestep=NAME, or use ranges=1")
+    for nodes in groups.values():
+        for n in nodes:
+            spec = spec_of(n)
+            if spec.weight.granularity != "per-channel" or spec.weight.dtype not in ("int8", "int4") or spec.bos:
+                raise GenzipError(
+                    f"smooth{{ranges={opts.ranges}}}: {n.name or spec.module} is annotated {spec.scheme} "
+                    f"({spec.weight.granularity} {spec.weight.dtype} weights{', bos' if spec.bos else ''}); "
+                    "timestep ranges select per-channel int8/int4 weights only",
+                    "annotate with w8a8, w8a8-dynamic or w4a8-dynamic (without bos), or use ranges=1")
 
 
 def _migrate(graph: ir.Graph, x: ir.Value, inv: np.ndarray) -> str | None:
@@ -195,20 +240,30 @@ class SmoothPass(GenzipPass):
         samples = samples[: opts.samples] if opts.samples else samples
         data_mod.check_feeds(model, samples)
         rotations = _rotations(opts, groups, context.seed)
-        act = _channel_amax(model, sorted(groups), samples)
-        counts = {"smoothed": 0, "layernorm": 0, "gemm": 0, "mul": 0, "rotated": 0}
+        points, range_ids, index = None, [0] * len(samples), None
+        if opts.ranges > 1:
+            _check_ranged(model, opts, groups)
+            points = _ranges.split_points([_ranges.first_timestep(f, opts.timestep) for f in samples], opts.ranges,
+                                          self.name)
+            range_ids = [_ranges.range_of(_ranges.first_timestep(f, opts.timestep), points) for f in samples]
+        act = _channel_amax(model, sorted(groups), samples, range_ids)
+        if points is not None:
+            index = _ranges.index_value(graph, next(v for v in graph.inputs if v.name == opts.timestep), points)
+        counts = {"smoothed": 0, "layernorm": 0, "gemm": 0, "mul": 0, "rotated": 0, "ranges": opts.ranges}
         for name, nodes in groups.items():
             x = nodes[0].inputs[0]
             weights = [_weight_kn(n) for n in nodes]
             w_amax = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
-            a = act[name].astype(np.float64)
-            s = np.where((a > 0) & (w_amax > 0), a**opts.alpha / np.maximum(w_amax, 1e-12) ** (1 - opts.alpha), 1.0)
-            s = np.clip(s, *S_RANGE).astype(np.float32)
+            s = np.stack([_scales(a[name], w_amax, opts.alpha) for a in act])  # [ranges, channels]
             readers = {id(u.node) for u in x.uses()}
-            how = _migrate(graph, x, 1.0 / s) if readers == {id(n) for n in nodes} else None
+            how = None
+            if index is None and readers == {id(n) for n in nodes}:
+                how = _migrate(graph, x, 1.0 / s[0])
             if how is None:
                 b = Builder(graph, f"{nodes[0].name}.smooth")
-                x_new = b.op("Mul", x, b.initializer("inv_s", (1.0 / s).astype(np.float32)))
+                inv = (1.0 / s).astype(np.float32)
+                scale = b.initializer("inv_s", inv[0]) if index is None else _ranges.select(b, "inv_s", inv, index)
+                x_new = b.op("Mul", x, scale)
                 graph.insert_before(nodes[0], b.nodes)
                 for n in nodes:
                     n.replace_input_with(0, x_new)
@@ -221,7 +276,12 @@ class SmoothPass(GenzipPass):
                     n.replace_input_with(0, x_rot)
                 counts["rotated"] += 1
             for n, w in zip(nodes, weights):
-                w = s[:, None] * w
-                _set_weight(graph, n, _rotation.rotate_weight(factors, w) if factors is not None else w)
+                balanced = [sk[:, None] * w for sk in s]
+                if factors is not None:
+                    balanced = [_rotation.rotate_weight(factors, wk) for wk in balanced]
+                if index is None:
+                    _set_weight(graph, n, balanced[0])
+                else:
+                    _set_ranged_weight(graph, n, np.stack(balanced), index)
             counts["smoothed"] += 1
         return GenzipPassResult(model, True, counts)
