@@ -26,6 +26,7 @@ from genzip.frontend.loader import classify_object, classify_ref, load_object, o
 from genzip.frontend.user_inputs import UserData, read_calib_path, read_npz
 from genzip.metrics import MIN_COSINE
 from genzip.ort_session import ORT_ERRORS, ort_failure, run_model, run_user_model
+from genzip.parallel import executor as search_executor
 from genzip.passes import Instrumentation, build_pipeline, run_pipeline
 from genzip.passes.infra.context import CALIBRATION, EXAMPLE_INPUTS, TORCH_MODULE, PassContext, check_needs
 from genzip.passes.precision.cast_float import cast_feeds
@@ -64,6 +65,11 @@ class CompileOptions:
     # Precision of the artifact: fp16/bf16 append cast-float{dtype=...} after the other passes
     # (the export and every pass stay float32; see passes/precision/cast_float.py).
     dtype: str = "fp32"
+    # Where searching passes (sensitivity) run their units (genzip.parallel): a local Ray
+    # cluster of this many single-threaded workers, or an existing one at this address
+    # (default $RAY_ADDRESS); neither: in this process. Results never depend on it.
+    workers: int | None = None
+    ray_address: str | None = None
 
 
 # What each kind of source hands the passes (see frontend.loader): presets attach a
@@ -127,7 +133,7 @@ def _frontend_progress(progress: Callable[[str], None] | None) -> Iterator[None]
         log.propagate = propagate
 
 
-def pass_context(source, seed: int, progress: Callable[[str], None] | None) -> PassContext:
+def pass_context(source, seed: int, progress: Callable[[str], None] | None, executor: Any = None) -> PassContext:
     """The context every pass of this compile receives, from what the frontend loaded."""
     return PassContext(
         example_inputs=source.example_inputs,
@@ -135,6 +141,7 @@ def pass_context(source, seed: int, progress: Callable[[str], None] | None) -> P
         torch_module=source.info.get("module"),
         seed=seed,
         progress=progress,
+        executor=executor,
     )
 
 
@@ -196,19 +203,22 @@ def compile_model(
     check_needs(pipeline.passes, _provided(kind, model_ref, user, opts.kv_cache), _SOURCE_WORDS[kind])
 
     label = model_ref if isinstance(model_ref, str) else f"a {type(model_ref).__name__}"
-    _stage(progress, f"loading {label}")
-    with _frontend_progress(progress):
-        if isinstance(model_ref, str):
-            source = load_model(model_ref, seed=opts.seed, kv_cache=opts.kv_cache, user=user)
-        else:
-            source = load_object(model_ref, example_call, seed=opts.seed, user=user)
-    return compile_source(source, out_dir, opts, progress, pipeline, config=config)
+    # Before loading: a missing Ray or an unreachable cluster fails in seconds.
+    with search_executor(opts.workers, opts.ray_address) as executor:
+        _stage(progress, f"loading {label}")
+        with _frontend_progress(progress):
+            if isinstance(model_ref, str):
+                source = load_model(model_ref, seed=opts.seed, kv_cache=opts.kv_cache, user=user)
+            else:
+                source = load_object(model_ref, example_call, seed=opts.seed, user=user)
+        return compile_source(source, out_dir, opts, progress, pipeline, config=config, executor=executor)
 
 
 def compile_source(source, out_dir: str, options: CompileOptions, progress: Callable[[str], None] | None = None,
-                   pipeline=None, *, config: dict[str, Any] | None = None) -> dict[str, Any]:
+                   pipeline=None, *, config: dict[str, Any] | None = None, executor: Any = None) -> dict[str, Any]:
     """Run ``options.passes`` over a loaded ``SourceModel`` (its model is rewritten in
-    place) and write the artifact: several artifacts can share one export this way."""
+    place) and write the artifact: several artifacts can share one export this way.
+    ``executor``: where searching passes run their units (``genzip.parallel``; None: here)."""
     opts = options
     pipeline = pipeline if pipeline is not None else build_pipeline(with_dtype(opts.passes, opts.dtype))
     check_out_dir(out_dir, opts.force)
@@ -237,7 +247,7 @@ def compile_source(source, out_dir: str, options: CompileOptions, progress: Call
     if any(p.name == "quant" for p in pipeline.passes):
         # For an ONNX file the reference already is this model's ORT output.
         fp32_outputs = reference if reference_label == "source-onnx" else run_model(model, feeds)
-    records = run_pipeline(model, pipeline, inst, pass_context(source, opts.seed, progress))
+    records = run_pipeline(model, pipeline, inst, pass_context(source, opts.seed, progress, executor))
     # kv-quant turns the float past inputs into int8 + scales, cskv into low-rank features
     # plus a window, cast-float float inputs into fp16/bf16: the example inputs follow.
     feeds = compress_feeds(model, quantize_feeds(model, source.example_inputs))
@@ -277,7 +287,7 @@ _EXTRA_SETTINGS = {"model": str, "out": str, "recipe": str | dict}
 _INTERNAL_FIELDS = {"trt"}  # built from the TensorRT settings below
 # Not recorded in an artifact's configuration: where and how it was written, not what it is.
 _NOT_RECORDED = {"out", "force", "reproducer_dir", "recipe", "print_ir_after", "print_ir_after_change",
-                 "pass_timing", "providers", "device"}
+                 "pass_timing", "providers", "device", "workers", "ray_address"}
 
 
 def _trt_fields() -> dict[str, Any]:

@@ -72,9 +72,28 @@ def _search_modes(methods: list[str], refresh: bool) -> list[int]:
     return [P.REFRESHING.get(m, m) for m in modes] if refresh else modes
 
 
+class CandidateWorker:
+    """One work unit of the distributed search (``genzip.parallel``): the loss of one call
+    with explicit per-layer methods against the step's reference output, reading the
+    step's committed caches. A worker holds its own session of the artifact, loaded once."""
+
+    def __init__(self, folder: str, loss: str, *, threads: int | None = None):
+        self.model = PlannedModel(folder, threads=threads)
+        self.loss_fn = LOSSES[loss]
+
+    def loss(self, methods: tuple[str, ...], state: tuple[dict, Slot, np.ndarray]) -> float:
+        feeds, slot, reference = state
+        out = self.model.run_modes(feeds, _search_modes(list(methods), False), slot)[self.model.main_output]
+        return self.loss_fn(out, reference)
+
+
 def greedy_search(model: PlannedModel, prompt: np.ndarray, negative: np.ndarray, *, delta: float, steps: int,
                   cfg: float, seed: int = 0, scheduler: str | None = None, loss: str = "dfa",
-                  progress=None, scheduler_config: dict | None = None) -> SearchResult:
+                  progress=None, scheduler_config: dict | None = None, executor=None) -> SearchResult:
+    """``executor`` (``genzip.parallel``): a distributed one evaluates the candidates of one
+    (layer, step) on its workers, in waves of ``executor.workers`` in candidate order, and
+    keeps the first accepted one, so the plan, losses and latents equal the serial search's;
+    ``calls`` then counts the speculative calls too (still within ``max_calls``)."""
     if model.layout is None:
         raise GenzipError(f"artifact {model.folder} was compiled without share-attn, so there is nothing to plan",
                           "compile with --passes 'canonicalize-attn,share-attn'")
@@ -88,6 +107,7 @@ def greedy_search(model: PlannedModel, prompt: np.ndarray, negative: np.ndarray,
     losses = [[0.0] * steps for _ in range(layers)]
     slot, calls = Slot(), [0]
     model.set_plan(None)
+    pool = executor.pool(CandidateWorker, model.folder, loss) if executor and executor.distributed else None
 
     def run(feeds, methods, refresh=False):
         calls[0] += 1
@@ -98,8 +118,13 @@ def greedy_search(model: PlannedModel, prompt: np.ndarray, negative: np.ndarray,
         if t > 0:
             reference = model.run_modes(feeds, [P.MODE_FULL] * layers, slot)[model.main_output]
             calls[0] += 1
+            state = pool.put((feeds, slot, reference)) if pool else None  # once per step, not per unit
             for i in range(layers):
                 bound = delta * (i + 1) / layers
+                if pool:
+                    methods[i] = _first_accepted(pool, executor.workers, methods, i, state, bound, losses, t, calls)
+                    chosen[i][t] = methods[i]
+                    continue
                 for cand in CANDIDATES:
                     methods[i] = cand
                     value = loss_fn(run(feeds, methods)[model.main_output], reference)
@@ -117,10 +142,30 @@ def greedy_search(model: PlannedModel, prompt: np.ndarray, negative: np.ndarray,
 
     # The plan is only valid for the trajectory it was searched on: a trained model's own
     # noise schedule (scheduler_config) must be the one the search samples with.
-    result = sample(model, prompt, negative, steps=steps, cfg=cfg, seed=seed, scheduler=scheduler, call=call,
-                    scheduler_config=scheduler_config)
+    try:
+        result = sample(model, prompt, negative, steps=steps, cfg=cfg, seed=seed, scheduler=scheduler, call=call,
+                        scheduler_config=scheduler_config)
+    finally:
+        if pool:
+            pool.close()
     plan = P.Plan(steps, layers, model.layout.window, tuple(tuple(r) for r in chosen))
     return SearchResult(plan, calls[0], 1 + (steps - 1) * (4 * layers + 2), losses, result.latents)
+
+
+def _first_accepted(pool, width: int, methods: list[str], i: int, state, bound: float,
+                    losses: list[list[float]], t: int, calls: list[int]) -> str:
+    """Layer ``i``'s method: candidates in waves of ``width`` (all of a wave run in parallel),
+    the first in candidate order whose loss is under ``bound``, else full."""
+    for start in range(0, len(CANDIDATES), width):
+        wave = CANDIDATES[start:start + width]
+        units = [tuple(methods[:i]) + (c,) + tuple(methods[i + 1:]) for c in wave]
+        values = pool.map("loss", units, state)
+        calls[0] += len(wave)
+        for cand, value in zip(wave, values):
+            if value < bound:
+                losses[i][t] = value
+                return cand
+    return P.FULL
 
 
 def attention_flops(plan: P.Plan, full: float, window: float) -> float:

@@ -146,19 +146,81 @@ def token_windows(text: str, n: int, vocab: int, max_windows: int, tokenizer=Non
     return ids[: count * n].reshape(count, n)
 
 
+@dataclasses.dataclass(frozen=True)
+class ModuleState:
+    """A transformers causal LM as its class, config and weights: what a remote worker
+    rebuilds it from (the live module holds unpicklable state, e.g. a ContextVar)."""
+
+    cls: type
+    config: object
+    weights: dict
+
+    @classmethod
+    def of(cls, module) -> ModuleState:
+        return cls(type(module), module.config, {k: v.detach().clone() for k, v in module.state_dict().items()})
+
+    def build(self):
+        module = self.cls(self.config)
+        module.load_state_dict(self.weights)
+        if hasattr(module, "set_attn_implementation"):
+            module.set_attn_implementation("eager")
+        return module.eval()
+
+
+class WindowWorker:
+    """One work unit of the profile (``genzip.parallel``): the per-(layer, head, rule) cost
+    of one calibration window. A worker holds the eager module, shipped to it once."""
+
+    def __init__(self, module, metric: str, sinks: int, *, threads: int | None = None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        module = module.build() if isinstance(module, ModuleState) else module
+        self.module, self.metric, self.sinks = module, metric, sinks
+        self.layers = int(module.config.num_hidden_layers)
+
+    def cost(self, unit: tuple[np.ndarray, tuple[int, ...]]) -> np.ndarray:
+        """``unit`` = (token ids [N], span of each rule at N); returns cost [layers, heads, rules]."""
+        import torch
+
+        row, spans = unit
+        n = len(row)
+        masks = {s: keep_mask(n, s, self.sinks) for s in set(spans)}
+        ids = torch.from_numpy(np.ascontiguousarray(row)[None])
+        with torch.enable_grad():
+            out = self.module(ids, labels=ids, output_attentions=True, use_cache=False)
+        attentions = list(out.attentions)
+        if len(attentions) != self.layers or any(a is None or not a.requires_grad for a in attentions):
+            raise GenzipError("moa-search: the model did not return differentiable attention probabilities",
+                              "use a transformers causal LM with eager attention support")
+        grads = torch.autograd.grad(out.loss, attentions)  # only dL/dA: no parameter grads
+        cost = None
+        for layer, (a, g) in enumerate(zip(attentions, grads)):
+            per_span = head_costs(self.metric, a.detach().numpy(), g.numpy(), masks)
+            if cost is None:
+                cost = np.zeros((self.layers, len(per_span[spans[0]]), len(spans)))
+            for c, s in enumerate(spans):
+                cost[layer, :, c] = per_span[s]
+        return cost
+
+
 def profile_module(
     module, *, lengths: Sequence[int], configs: Sequence[tuple[float, float]], sinks: int,
     text: str = CALIBRATION_TEXT, max_windows: int = 8, metric: str = "gradient", tokenizer=None,
+    executor=None,
 ) -> Profile:
     """Profile an eager causal LM (transformers ``*ForCausalLM``) on ``text``.
 
     ``tokenizer``: the model's own (a trained model only behaves as it learned on its own
-    tokens); without one, the text's UTF-8 bytes mod vocab.
+    tokens); without one, the text's UTF-8 bytes mod vocab. ``executor``
+    (``genzip.parallel``): where the windows (one unit each) run; the costs are summed
+    here in window order, so the profile equals the serial one.
 
     Side effect: the module is switched to eager attention (the only kernel that
     returns attention probabilities); its weights are not touched.
     """
-    import torch
+    from genzip.parallel import SerialExecutor
 
     if metric not in METRICS:
         raise GenzipError(f"moa-search: unknown metric '{metric}'", f"use one of {', '.join(METRICS)}")
@@ -176,25 +238,20 @@ def profile_module(
     heads = int(module.config.num_attention_heads)
     loss = np.zeros((len(lengths), layers, heads, len(configs)))
     density = density_table(lengths, configs, sinks)
-    used = []
     module.eval()
+    units, owner = [], []
     for k, n in enumerate(lengths):
+        spans = tuple(resolve_span(a, b, n, sinks) for a, b in configs)
         windows = token_windows(text, n, vocab, max_windows, tokenizer)
-        used.append(len(windows))
-        spans = [resolve_span(a, b, n, sinks) for a, b in configs]
-        masks = {s: keep_mask(n, s, sinks) for s in set(spans)}
-        for row in windows:
-            ids = torch.from_numpy(row[None])
-            with torch.enable_grad():
-                out = module(ids, labels=ids, output_attentions=True, use_cache=False)
-            attentions = list(out.attentions)
-            if len(attentions) != layers or any(a is None or not a.requires_grad for a in attentions):
-                raise GenzipError("moa-search: the model did not return differentiable attention probabilities",
-                                  "use a transformers causal LM with eager attention support")
-            grads = torch.autograd.grad(out.loss, attentions)  # only dL/dA: no parameter grads
-            for layer, (a, g) in enumerate(zip(attentions, grads)):
-                per_span = head_costs(metric, a.detach().numpy(), g.numpy(), masks)
-                for c, s in enumerate(spans):
-                    loss[k, layer, :, c] += per_span[s] / len(windows)
-        logger.info("moa-search: profiled N=%d on %d windows", n, len(windows))
+        units += [(row, spans) for row in windows]
+        owner += [k] * len(windows)
+    used = [owner.count(k) for k in range(len(lengths))]
+    executor = executor or SerialExecutor()
+    shipped = ModuleState.of(module) if executor.distributed else module
+    with executor.pool(WindowWorker, shipped, metric, sinks) as pool:
+        costs = pool.map("cost", units)
+    for k, cost in zip(owner, costs):  # window order, as the serial loop summed them
+        loss[k] += cost / used[k]
+    for k, n in enumerate(lengths):
+        logger.info("moa-search: profiled N=%d on %d windows", n, used[k])
     return Profile(lengths, configs, sinks, loss, density, used)

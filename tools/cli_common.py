@@ -54,6 +54,23 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
+def add_dist_flags(parser: argparse.ArgumentParser) -> None:
+    """``--workers`` / ``--ray-address`` of the commands whose searches scale out (genzip.parallel)."""
+    group = parser.add_argument_group("scale-out on Ray (pip install 'genzip[dist]')")
+    group.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="run the search's units on a local Ray cluster of N single-threaded workers")
+    group.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="run them on an existing Ray cluster (host:port; default $RAY_ADDRESS)")
+
+
+def search_executor(args: argparse.Namespace):
+    """The executor ``--workers`` / ``--ray-address`` / ``RAY_ADDRESS`` ask for (serial without
+    them); a context manager that stops a local cluster it started."""
+    from genzip.parallel import executor
+
+    return executor(getattr(args, "workers", None), getattr(args, "ray_address", None))
+
+
 class _ThirdPartyRootFilter(logging.Filter):
     """Drops records libraries send through the root logger (onnxruntime.quantization's
     "Please consider to run pre-processing before quantization"), which no logger name

@@ -18,6 +18,7 @@ import json
 import sys
 
 from genzip.errors import GenzipError
+from genzip.tools.cli_common import add_dist_flags, search_executor
 
 
 def _floats(text: str) -> list[float]:
@@ -54,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", choices=("gradient", "mass"), default="gradient",
                         help="head cost: |first-order loss change| (MoA, default) or dropped attention mass")
     parser.add_argument("--json", action="store_true", help="print the plan summary as one JSON object")
+    add_dist_flags(parser)
 
 
 def _default_lengths(source) -> list[int]:
@@ -117,8 +119,10 @@ def run(args: argparse.Namespace) -> int:
         from genzip.frontend.trained import _kjv
 
         text = "\n\n".join(_kjv.split("train")[: 40 * args.windows])
-    prof = moa_profile.profile_module(module, lengths=lengths, configs=configs, sinks=args.sinks,
-                                      text=text, max_windows=args.windows, metric=args.metric, tokenizer=tokenizer)
+    with search_executor(args) as executor:  # one calibration window per unit, on Ray workers
+        prof = moa_profile.profile_module(module, lengths=lengths, configs=configs, sinks=args.sinks, text=text,
+                                          max_windows=args.windows, metric=args.metric, tokenizer=tokenizer,
+                                          executor=executor)
     sel = moa_milp.select_rules(prof.loss, prof.density, budget=args.budget, max_distinct=args.max_distinct)
     plan = {
         "alphas": [[configs[c][0] for c in row] for row in sel.choice.tolist()],

@@ -19,6 +19,7 @@ import os
 import sys
 
 from genzip.errors import GenzipError
+from genzip.tools.cli_common import add_dist_flags, search_executor
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heatmap", help="PNG path (default: OUT with .png)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
+    add_dist_flags(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,9 +71,10 @@ def run(args: argparse.Namespace) -> int:
     schedule = None
     if args.scheduler in (None, "dpm") and _eval_data.trained_preset(model.manifest) in _eval_data.DIT_PRESETS:
         schedule = _eval_data.dit_schedule()
-    result = greedy_search(model, cond, uncond, delta=args.delta, steps=args.steps, cfg=args.cfg,
-                           seed=args.seed, scheduler=args.scheduler, loss=args.loss, progress=progress,
-                           scheduler_config=schedule)
+    with search_executor(args) as executor:  # the candidates of one (layer, step) on Ray workers
+        result = greedy_search(model, cond, uncond, delta=args.delta, steps=args.steps, cfg=args.cfg,
+                               seed=args.seed, scheduler=args.scheduler, loss=args.loss, progress=progress,
+                               scheduler_config=schedule, executor=executor)
     result.plan.save(args.out)
     png = args.heatmap or os.path.splitext(args.out)[0] + ".png"
     heatmap(result.plan, png, f"{os.path.basename(args.artifact)} delta={args.delta}")

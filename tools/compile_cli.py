@@ -10,7 +10,7 @@ from genzip._version import __version__
 from genzip.compile import TARGETS, build_compile, compile_model, default_out, resolve_settings
 from genzip.metrics import MIN_COSINE
 from genzip.pipeline import compile_pipeline, pipeline_class
-from genzip.tools.cli_common import Progress, add_common_flags, add_provider_flags, guarded
+from genzip.tools.cli_common import Progress, add_common_flags, add_dist_flags, add_provider_flags, guarded
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="genzip plugins as AOT Triton kernels in the engine (no Python at run time) or JIT "
                           "Python callbacks; auto: AOT where TensorRT >= 10.9 and triton allow")
     trt.add_argument("--timing-cache", help="timing cache to read and update (default: kept in the artifact)")
+    add_dist_flags(p)
     add_common_flags(p)
     p.add_argument("--version", action="version", version=f"genzip-compile {__version__}")
     return p

@@ -50,6 +50,9 @@ class PassContext:
     cache_dir: str | None = None  # None: $GENZIP_CACHE_DIR or ~/.cache/genzip
     seed: int = 0
     progress: Callable[[str], None] | None = None
+    # Where searches run their independent units (genzip.parallel: a SerialExecutor or a
+    # RayExecutor); None runs them in this process. Results never depend on it.
+    executor: Any = None
 
     def provides(self) -> frozenset[str]:
         return frozenset(n for n in NEEDS if getattr(self, n) is not None)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from genzip.passes.precision import _metrics as metrics_mod
 from genzip.passes.quant import _bos as bos_mod
 from genzip.passes.quant import _scales as qs
 from genzip.passes.quant._formats import DYNAMIC, FORMATS, GEMM_ONLY, fake_weight
@@ -150,3 +151,23 @@ def gate_feeds(gates: list[str], assignment: dict[int, str]) -> dict[str, np.nda
         if FORMATS[fmt].act_dtype is not None:
             on.add(act_gate(layer, FORMATS[fmt].act_dtype))
     return {g: np.array(1.0 if g in on else 0.0, np.float32) for g in gates}
+
+
+class ProbeWorker:
+    """One gated session and what every probe reads; ``measure`` is one work unit of the
+    sweep (``genzip.parallel``): quantize layer ``li`` alone to ``fmt`` and return the
+    output change under each metric. It depends only on its unit, so any worker (in this
+    process or on a Ray cluster) returns the same values."""
+
+    def __init__(self, gated: bytes, gates: list[str], samples: list[dict], refs: list[np.ndarray],
+                 out_name: str, metrics: list[str], *, threads: int | None = None):
+        from genzip.ort_session import make_session
+
+        self.session = make_session(gated, threads=threads)
+        self.gates, self.samples, self.refs, self.out_name, self.metrics = gates, samples, refs, out_name, metrics
+
+    def measure(self, unit: tuple[int, str]) -> list[float]:
+        li, fmt = unit
+        feeds_g = gate_feeds(self.gates, {li: fmt})
+        outs = [self.session.run([self.out_name], {**feeds, **feeds_g})[0] for feeds in self.samples]
+        return [metrics_mod.measure(m, self.refs, outs) for m in self.metrics]

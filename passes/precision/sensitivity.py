@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from genzip.errors import GenzipError
 from genzip.metadata import SENSITIVITY_KEY as RESULT_KEY
+from genzip.parallel import SerialExecutor
 from genzip.passes.infra.context import TORCH_MODULE, PassContext, calibration_need
 from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
 from genzip.passes.infra.module_paths import module_path
@@ -123,7 +124,7 @@ class SensitivityPass(GenzipPass):
             logger.info("sensitivity: cache hit %s", path)
         else:
             positions = [position[id(n)] for n in layers]
-            cost, runs = self._measure(proto, positions, layers, samples, metrics, out_name, module)
+            cost, runs = self._measure(proto, positions, layers, samples, metrics, out_name, module, context.executor)
             hit = False
             if opts.use_cache:
                 entry = {"model": mhash, "data": dhash, "settings": shash, "keys": names, "cost": cost}
@@ -166,7 +167,7 @@ class SensitivityPass(GenzipPass):
             return {"content": content, "sqnr": [k for k in names if k not in set(content)]}
         return {metrics[0]: list(names)}
 
-    def _measure(self, proto: bytes, positions, layers, samples, metrics, out_name, module):
+    def _measure(self, proto: bytes, positions, layers, samples, metrics, out_name, module, executor):
         opts: Options = self.options
         formats = list(opts.candidates)
         bos = frozenset(li for li, n in enumerate(layers) if n.op_type == "MatMul" and spec_of(n).bos)
@@ -174,29 +175,41 @@ class SensitivityPass(GenzipPass):
         amax, refs = probe.activation_amax(proto, acts, samples)
         gated = ir.from_proto(onnx.ModelProto.FromString(proto))  # a private copy to rewrite
         gates = probe.build_gated(gated, positions, formats, amax, opts.block, bos)
-        from genzip.ort_session import make_session
-
-        session = make_session(ir.to_proto(gated).SerializeToString())
         ref_out = [r[out_name] for r in refs]
         out_metrics = [m for m in metrics if m != "grad"]
         cost = {m: [[None] * len(formats) for _ in layers] for m in metrics}
-        todo = [(li, fi) for li, n in enumerate(layers) for fi, f in enumerate(formats) if probe.allowed(n.op_type, f)]
-        runs, start, step = 0, time.perf_counter(), max(1, len(todo) // 10)
-        bar = tqdm(todo, desc="sensitivity", unit="run", file=sys.stderr, disable=None, leave=False)
-        bar = bar if out_metrics else []
-        for done, (li, fi) in enumerate(bar, 1):
-            feeds_g = probe.gate_feeds(gates, {li: formats[fi]})
-            outs = [session.run([out_name], {**feeds, **feeds_g})[0] for feeds in samples]
-            runs += len(samples)
-            for m in out_metrics:
-                cost[m][li][fi] = metrics_mod.measure(m, ref_out, outs)
-            if done % step == 0:  # the tqdm bar shows only on a TTY; logs carry the ETA too
-                spent = time.perf_counter() - start
-                logger.info("sensitivity: %d/%d layer-format runs, %.0f s, ETA %.0f s",
-                            done, len(todo), spent, spent / done * (len(todo) - done))
+        todo = [(li, f) for li, n in enumerate(layers) for f in formats if probe.allowed(n.op_type, f)]
+        if out_metrics:
+            values = self._sweep(executor, ir.to_proto(gated).SerializeToString(), gates, samples, ref_out,
+                                 out_name, out_metrics, todo)
+            for (li, f), row in zip(todo, values):
+                for m, v in zip(out_metrics, row):
+                    cost[m][li][formats.index(f)] = v
+        runs = len(todo) * len(samples) if out_metrics else 0
         if "grad" in metrics:
             self._grad(cost["grad"], layers, formats, samples, module)
         return cost, runs
+
+    @staticmethod
+    def _sweep(executor, gated: bytes, gates, samples, ref_out, out_name, out_metrics, todo) -> list[list[float]]:
+        """One unit per (layer, format), in ``todo`` order, on ``executor``'s workers
+        (``genzip.parallel``; None: this process, ORT's default threads)."""
+        bar = tqdm(total=len(todo), desc="sensitivity", unit="run", file=sys.stderr, disable=None, leave=False)
+        start, step = time.perf_counter(), max(1, len(todo) // 10)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(1)
+            if done % step == 0:  # the tqdm bar shows only on a TTY; logs carry the ETA too
+                spent = time.perf_counter() - start
+                logger.info("sensitivity: %d/%d layer-format runs, %.0f s, ETA %.0f s",
+                            done, total, spent, spent / done * (total - done))
+
+        executor = executor or SerialExecutor()
+        try:
+            with executor.pool(probe.ProbeWorker, gated, gates, samples, ref_out, out_name, out_metrics) as pool:
+                return pool.map("measure", todo, progress=progress)
+        finally:
+            bar.close()
 
     def _grad(self, rows, layers, formats, samples, module) -> None:
         weights, errors = [], []
