@@ -7,7 +7,8 @@
 Speed. One random-weight Llama (config built here from the flags, GQA, saved with
 ``save_pretrained`` into a temporary folder with trained-llama's tokenizer) is what
 every engine reads: genzip compiles it with ``--kv-cache`` once per variant
-(``fp32``, ``w4a16``, ``kv8`` = ``kv-quant``, ``w4a16-kv8``, MoA ``moa-0.5`` /
+(``fp32``, ``w4a16``, ``w8a8`` (static activations, calibrated on the folder's windows),
+``w8a8-dynamic``, ``kv8`` = ``kv-quant``, ``w4a16-kv8``, MoA ``moa-0.5`` /
 ``moa-0.25`` = ``span-attn{alpha=0 beta=DENSITY sinks=4 seq=CONTEXT+NEW}``, compiled per
 context: elastic spans of density·N and an evicting cache of sinks + density·seq tokens
 per layer; ``cskv50`` / ``cskv25`` =
@@ -63,6 +64,8 @@ from genzip.errors import GenzipError
 VARIANTS = {
     "fp32": "",
     "w4a16": "annotate-precision{scheme=w4a16 keep-defaults=false},quant{scheme=w4a16}",
+    "w8a8": "annotate-precision,calibrate,quant{scheme=w8a8}",
+    "w8a8-dynamic": "annotate-precision{scheme=w8a8-dynamic},quant{scheme=w8a8-dynamic}",
     "kv8": "kv-quant",
     "w4a16-kv8": "annotate-precision{scheme=w4a16 keep-defaults=false},quant{scheme=w4a16},kv-quant",
     "cskv50": "cskv{ratio=0.5 window=16 int8=true}",

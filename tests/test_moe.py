@@ -64,6 +64,24 @@ def test_moe_kv_cache_generates_like_transformers_with_top_k_gathers(moe):
     np.testing.assert_array_equal(got.sequences, want)
 
 
+def test_qwen3_moe_exports_generates_and_prunes(tmp_path):
+    """Qwen3-MoE (renormalized top-2, q/k norms): the same dispatch form, greedy equal to
+    transformers, and expert-prune finds and shrinks its expert layers."""
+    import transformers
+
+    folder, artifact = compile_kv_artifact(tmp_path, "qwen3-moe")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = hf.generate(torch.from_numpy(IDS), attention_mask=torch.ones_like(torch.from_numpy(IDS)),
+                           max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0).numpy()
+    np.testing.assert_array_equal(genzip.load(str(artifact), threads=2).generate(
+        IDS, max_new_tokens=6, eos_token_id=[]).sequences, want)
+    layers = _moe_graph.moe_layers(ir.load(str(artifact / "model.onnx")))
+    assert len(layers) == 2 and all(la.num_experts == 4 and la.top_k == 2 for la in layers)
+    result, _ = _prune(artifact, {"layers": {"0": {"keep": [0, 2]}, "1": {"keep": [1, 2, 3]}}}, tmp_path)
+    assert result.modified and result.stats["experts_after"] == 5
+
+
 def test_keep_all_plan_is_bit_identical(moe, tmp_path):
     _, artifact, _ = moe
     before = _weights(ir.load(str(artifact / "model.onnx")))

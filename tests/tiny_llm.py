@@ -40,12 +40,15 @@ def make_folder(root: Path, arch: str = "llama", seed: int = 0) -> Path:
     if arch == "qwen2-moe":  # 4 routed experts, top-2 (not renormalized), plus a gated shared expert
         common.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                       shared_expert_intermediate_size=48, decoder_sparse_step=1, norm_topk_prob=False)
+    if arch == "qwen3-moe":  # 4 routed experts, top-2 renormalized, q/k norms, no shared expert
+        common.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1,
+                      norm_topk_prob=True, mlp_only_layers=[], head_dim=8)
     config = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
               "mistral": transformers.MistralConfig, "mixtral": transformers.MixtralConfig,
-              "qwen2-moe": transformers.Qwen2MoeConfig}[arch](**common)
+              "qwen2-moe": transformers.Qwen2MoeConfig, "qwen3-moe": transformers.Qwen3MoeConfig}[arch](**common)
     cls = {"llama": transformers.LlamaForCausalLM, "qwen2": transformers.Qwen2ForCausalLM,
            "mistral": transformers.MistralForCausalLM, "mixtral": transformers.MixtralForCausalLM,
-           "qwen2-moe": transformers.Qwen2MoeForCausalLM}[arch]
+           "qwen2-moe": transformers.Qwen2MoeForCausalLM, "qwen3-moe": transformers.Qwen3MoeForCausalLM}[arch]
     torch.manual_seed(seed)
     model = cls(config).eval()
     with torch.no_grad():  # larger weights than the init, so greedy decoding varies its tokens
