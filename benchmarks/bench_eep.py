@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                           f"give keeps between {k} and {e}")
     ns = argparse.Namespace(text=None, seq=128, windows=args.windows, heldout=args.heldout)
     fit, held = windows(ns, module, tokenizer, PRESET)
-    scorer = eep.Fitness(module, held)
+    scorer = eep.PlanScorer(module, held)
     unpruned_loss = scorer.score(None)
     work = args.work or tempfile.mkdtemp(prefix="bench_eep_")
     folder = str(_eval_data.weights_folder(PRESET))

@@ -26,8 +26,10 @@ import numpy as np
 import torch
 
 from genzip.errors import GenzipError
+from genzip.parallel import SerialExecutor
 from genzip.passes.moe import _plan
 from genzip.searches import moe_experts
+from genzip.searches.moa_profile import ModuleState
 
 _SIGMA = 0.1  # std of a merge-weight mutation (weights start at 0, self weights at 1)
 
@@ -69,15 +71,14 @@ def pruning_only(keeps: list[tuple[int, ...]], e: int) -> Individual:
     return Individual(tuple(keeps), tuple(_selection(k, e) for k in keeps), tuple(_selection(k, e) for k in keeps))
 
 
-class Fitness:
-    """Loss (or KL to the unpruned model) of plans on token windows, cached per plan."""
+class PlanScorer:
+    """Loss (or KL to the unpruned model) of expert plans on token windows (no caching): the
+    work of one unit, run by :class:`PlanWorker` wherever the executor puts it."""
 
     def __init__(self, module: torch.nn.Module, windows: torch.Tensor, *, metric: str = "loss", batch: int = 8):
         if metric not in ("loss", "kl"):
             raise GenzipError(f"eep-search: unknown fitness '{metric}'", "use loss or kl")
         self.module, self.windows, self.metric, self.batch = module, windows, metric, batch
-        self.cache: dict = {}
-        self.evals = self.hits = 0
         self._ref = None
         if metric == "kl":
             self._ref = [torch.log_softmax(self._logits(c), -1) for c in self._chunks()]
@@ -91,7 +92,7 @@ class Fitness:
 
     @torch.no_grad()
     def score(self, plan: _plan.ExpertPlan | None) -> float:
-        """Mean per-token loss (``metric=loss``) or KL(unpruned || pruned) (``kl``); no caching."""
+        """Mean per-token loss (``metric=loss``) or KL(unpruned || pruned) (``kl``)."""
         total, count = 0.0, 0
         with moe_experts.applied(self.module, plan or _plan.ExpertPlan({})):
             for j, chunk in enumerate(self._chunks()):
@@ -105,14 +106,46 @@ class Fitness:
                 total, count = total + float(value), count + chunk[:, 1:].numel()
         return total / count
 
-    def __call__(self, ind: Individual, e: int, k: int) -> float:
-        key = ind.key()
-        if key in self.cache:
-            self.hits += 1
-            return self.cache[key]
-        self.evals += 1
-        self.cache[key] = value = self.score(ind.plan(e, k))
-        return value
+
+class PlanWorker:
+    """One EEP work unit (``genzip.parallel``): the fitness of one plan. A worker holds the
+    eager module (rebuilt from a ``ModuleState`` on a remote worker) and the windows."""
+
+    def __init__(self, module, windows: torch.Tensor, metric: str, *, threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        if isinstance(module, ModuleState):
+            module = module.build(eager_attention=False)  # the driver's kernel: the same losses
+        self.scorer = PlanScorer(module, windows, metric=metric)
+
+    def score(self, plan: _plan.ExpertPlan) -> float:
+        return self.scorer.score(plan)
+
+
+class Fitness:
+    """Fitness of individuals, cached per plan (an individual is evaluated once). A batch is
+    evaluated through an executor's pool: the uncached plans, in order, one unit each."""
+
+    def __init__(self, pool, e: int, k: int):
+        self.pool, self.e, self.k = pool, e, k
+        self.cache: dict = {}
+        self.evals = self.hits = 0
+
+    def is_new(self, ind: Individual, pending: set) -> bool:
+        return ind.key() not in self.cache and ind.key() not in pending
+
+    def batch(self, inds: list[Individual]) -> list[float]:
+        """Scores of ``inds`` in order; counts evaluations and hits as one-by-one scoring would."""
+        todo: dict = {}
+        for ind in inds:
+            if ind.key() in self.cache or ind.key() in todo:
+                self.hits += 1
+            else:
+                todo[ind.key()] = ind
+        values = self.pool.map("score", [ind.plan(self.e, self.k) for ind in todo.values()])
+        self.evals += len(todo)
+        self.cache.update(zip(todo, values))
+        return [self.cache[ind.key()] for ind in inds]
 
 
 @dataclasses.dataclass
@@ -165,8 +198,11 @@ def _mutate(rng, ind: Individual, e: int, merge: bool) -> Individual:
 
 def search(module: torch.nn.Module, fit_windows: torch.Tensor, *, keep: int, population: int = 8,
            generations: int = 10, seed: int = 0, metric: str = "loss", merge: bool = True,
-           max_evals: int | None = None, progress: Callable[[str], None] | None = None) -> SearchResult:
-    """EEP's evolutionary search for ``keep`` experts per layer (see the module docstring)."""
+           max_evals: int | None = None, progress: Callable[[str], None] | None = None,
+           executor=None) -> SearchResult:
+    """EEP's evolutionary search for ``keep`` experts per layer (see the module docstring).
+    ``executor`` (``genzip.parallel``): where each batch of new plans is scored, one unit per
+    plan; results are identical to the serial path."""
     blocks, e, k = moe_experts.model_shape(module)
     if not k <= keep <= e:
         raise GenzipError(f"eep-search: --keep {keep} is outside [{k}, {e}] (top-{k} routing, {e} experts)",
@@ -175,28 +211,38 @@ def search(module: torch.nn.Module, fit_windows: torch.Tensor, *, keep: int, pop
         raise GenzipError("eep-search: --population must be >= 2 and --generations >= 0")
     budget = max_evals if max_evals is not None else population * (generations + 1)
     rng = np.random.default_rng(seed)
-    fitness = Fitness(module, fit_windows, metric=metric)
     baseline = frequency_baseline(moe_experts.router_frequencies(module, fit_windows), keep)
     pop = [baseline] + [random_individual(rng, len(blocks), e, keep) for _ in range(population - 1)]
-    scored = sorted(((fitness(p, e, k), i, p) for i, p in enumerate(pop)), key=lambda t: t[:2])
-    base_fit = fitness(baseline, e, k)
-    history, tick = [scored[0][0]], population
-    for g in range(generations):
-        children = []
-        for _ in range(population):
+    executor = executor or SerialExecutor()
+    shipped = ModuleState.of(module) if executor.distributed else module
+    with executor.pool(PlanWorker, shipped, fit_windows, metric) as pool:
+        fitness = Fitness(pool, e, k)
+        scored = sorted(((f, i, p) for i, (p, f) in enumerate(zip(pop, fitness.batch(pop)))), key=lambda t: t[:2])
+        base_fit = fitness.batch([baseline])[0]
+        history, tick = [scored[0][0]], population
+        for g in range(generations):
+            # A generation's children depend only on the previous one, so they are drawn first
+            # and scored as one batch (one unit per new plan); the budget counts new plans as
+            # they are drawn, exactly as scoring them one by one would.
+            children, pending = [], set()
+            for _ in range(population):
+                if fitness.evals + len(pending) >= budget:
+                    break
+                a, b = (scored[int(i)][2] for i in rng.integers(0, min(len(scored), max(2, population // 2)), 2))
+                child = _mutate(rng, _crossover(rng, a, b), e, merge)
+                if fitness.is_new(child, pending):
+                    pending.add(child.key())
+                tick += 1
+                children.append((tick, child))
+            values = fitness.batch([c for _, c in children])
+            scored = sorted(scored + [(f, t, c) for f, (t, c) in zip(values, children)], key=lambda t: t[:2])
+            scored = scored[:population]
+            history.append(scored[0][0])
+            if progress:
+                progress(f"eep-search: generation {g + 1}/{generations}: best {metric} {scored[0][0]:.4f} "
+                         f"(baseline {base_fit:.4f}; {fitness.evals} evaluations, {fitness.hits} cached)")
             if fitness.evals >= budget:
                 break
-            a, b = (scored[int(i)][2] for i in rng.integers(0, min(len(scored), max(2, population // 2)), 2))
-            child = _mutate(rng, _crossover(rng, a, b), e, merge)
-            tick += 1
-            children.append((fitness(child, e, k), tick, child))
-        scored = sorted(scored + children, key=lambda t: t[:2])[:population]
-        history.append(scored[0][0])
-        if progress:
-            progress(f"eep-search: generation {g + 1}/{generations}: best {metric} {scored[0][0]:.4f} "
-                     f"(baseline {base_fit:.4f}; {fitness.evals} evaluations, {fitness.hits} cached)")
-        if fitness.evals >= budget:
-            break
     best_fit, _, best = scored[0]
     if not math.isfinite(best_fit):
         raise GenzipError("eep-search: every plan scored a non-finite loss", "check the model and calibration text")

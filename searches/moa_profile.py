@@ -159,10 +159,12 @@ class ModuleState:
     def of(cls, module) -> ModuleState:
         return cls(type(module), module.config, {k: v.detach().clone() for k, v in module.state_dict().items()})
 
-    def build(self):
+    def build(self, eager_attention: bool = True):
+        """The module again; ``eager_attention``: switched to the eager attention kernel (the
+        profile needs its probabilities), else on the config's own kernel."""
         module = self.cls(self.config)
         module.load_state_dict(self.weights)
-        if hasattr(module, "set_attn_implementation"):
+        if eager_attention and hasattr(module, "set_attn_implementation"):
             module.set_attn_implementation("eager")
         return module.eval()
 

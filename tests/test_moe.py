@@ -168,7 +168,7 @@ def test_eep_search_beats_random_on_trained_moe():
     assert result.best_fitness <= result.baseline_fitness and result.evals <= 4 * 3
     again = [eep.search(module, fit, keep=2, population=3, generations=1, seed=5) for _ in range(2)]
     assert again[0].best.key() == again[1].best.key() and again[0].history == again[1].history  # reproducible
-    scorer = eep.Fitness(module, held)
+    scorer = eep.PlanScorer(module, held)
     rng = np.random.default_rng(0)
     randoms = [scorer.score(eep.random_individual(rng, 4, 4, 2).plan(4, 2)) for _ in range(3)]
     assert scorer.score(result.best.plan(4, 2)) < np.mean(randoms)

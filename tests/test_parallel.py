@@ -130,3 +130,23 @@ def test_moa_profile_on_workers_equals_serial(cluster):
     spread = moa_profile.profile_module(module, **kwargs, executor=cluster)
     assert serial.windows == spread.windows == [3, 3]
     assert (serial.loss == spread.loss).all() and serial.loss.max() > 0
+
+
+def test_eep_search_on_workers_equals_serial(cluster):
+    """One new plan per unit: the same best plan, history, evaluations and cache hits."""
+    import torch
+    import transformers
+
+    from genzip.searches import eep
+
+    config = transformers.MixtralConfig(vocab_size=48, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=1, num_local_experts=4,
+                                        num_experts_per_tok=2, max_position_embeddings=32)
+    torch.manual_seed(0)
+    module = transformers.MixtralForCausalLM(config).eval()
+    fit = torch.randint(0, 48, (4, 12), generator=torch.Generator().manual_seed(1))
+    kwargs = dict(keep=2, population=4, generations=2, seed=3)
+    serial = eep.search(module, fit, **kwargs)
+    spread = eep.search(module, fit, **kwargs, executor=cluster)
+    assert serial.best.key() == spread.best.key() and serial.history == spread.history
+    assert (serial.evals, serial.cache_hits) == (spread.evals, spread.cache_hits) and serial.evals > 4

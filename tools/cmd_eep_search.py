@@ -22,6 +22,7 @@ import sys
 import tempfile
 
 from genzip.errors import GenzipError
+from genzip.tools.cli_common import add_dist_flags, search_executor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random", type=int, default=3, help="random keep sets scored for comparison (default 3)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_dist_flags(parser)
 
 
 def load_moe(ref: str):
@@ -151,12 +153,13 @@ def run(args: argparse.Namespace) -> int:
     module, tokenizer, preset = load_moe(args.model)
     fit, held = windows(args, module, tokenizer, preset)
     progress(f"eep-search: {len(fit)} fit and {len(held)} held-out windows of {args.seq} tokens")
-    result = eep.search(module, fit, keep=args.keep, population=args.population, generations=args.generations,
-                        seed=args.seed, metric=args.fitness, merge=not args.no_merge, max_evals=args.max_evals,
-                        progress=progress)
+    with search_executor(args) as executor:  # one new plan per unit, on Ray workers
+        result = eep.search(module, fit, keep=args.keep, population=args.population, generations=args.generations,
+                            seed=args.seed, metric=args.fitness, merge=not args.no_merge, max_evals=args.max_evals,
+                            progress=progress, executor=executor)
     _, e, k = eep.moe_experts.model_shape(module)
     plan = result.best.plan(e, k)
-    scorer = eep.Fitness(module, held)
+    scorer = eep.PlanScorer(module, held)
     rng = np.random.default_rng(args.seed + 1)
     randoms = [scorer.score(eep.random_individual(rng, len(result.best.keep), e, args.keep).plan(e, k))
                for _ in range(args.random)]
