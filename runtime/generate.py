@@ -66,6 +66,8 @@ class CausalLM:
         self.session = make_session(self.model_path, threads=threads, providers=self.providers)
         self.backend = "onnxruntime"
         self._logits = self.session.get_outputs()[0].name
+        # fp16 artifacts (--dtype fp16) return fp16 logits; sampling reads them as float32.
+        self._logits_dtype = np.float16 if self.session.get_outputs()[0].type == "tensor(float16)" else np.float32
         vocab = self.session.get_outputs()[0].shape[-1]
         self._vocab = vocab if isinstance(vocab, int) else int(self.manifest["kv_cache"]["vocab_size"])
         self.slots = session_slots(self.session)  # float32, or int8 + scales after kv-quant
@@ -138,7 +140,7 @@ class CausalLM:
         io = cache.io
         logits_size = batch * seq * self._vocab
         if cache.logits is None or cache.logits.size < logits_size:
-            cache.logits = np.empty(logits_size, np.float32)
+            cache.logits = np.empty(logits_size, self._logits_dtype)
             cache.logits_ptr = cache.logits.ctypes.data
         ids = np.ascontiguousarray(ids, np.int64)
         positions = np.ascontiguousarray(np.broadcast_to(np.arange(cache.length, total, dtype=np.int64),
@@ -146,12 +148,13 @@ class CausalLM:
         io.bind_input("input_ids", "cpu", 0, np.int64, [batch, seq], ids.ctypes.data)
         io.bind_input("attention_mask", "cpu", 0, np.int64, [batch, total], cache.ones_ptr)
         io.bind_input("position_ids", "cpu", 0, np.int64, [batch, seq], positions.ctypes.data)
-        io.bind_output(self._logits, "cpu", 0, np.float32, [batch, seq, self._vocab], cache.logits_ptr)
+        io.bind_output(self._logits, "cpu", 0, self._logits_dtype, [batch, seq, self._vocab], cache.logits_ptr)
         cache.bind(io, seq)
         self.session.run_with_iobinding(io)
         cache.advance(seq)
         logits = cache.logits[:logits_size].reshape(batch, seq, self._vocab)
-        return logits if all_positions else logits[:, -1]  # views, valid until the next step
+        logits = logits if all_positions else logits[:, -1]  # views, valid until the next step
+        return logits if logits.dtype == np.float32 else logits.astype(np.float32)
 
     def score(self, ids, chunk: int = 1) -> np.ndarray:
         """Teacher-forced logits ``[batch, seq, vocab]`` of ``ids`` fed through the cache

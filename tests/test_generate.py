@@ -135,3 +135,24 @@ def test_onnxruntime_genai_runs_the_artifact(pair):
     while not gen.is_done():
         gen.generate_next_token()
     np.testing.assert_array_equal(np.asarray(gen.get_sequence(0), np.int64)[None], _hf_greedy(hf, ids, 12))
+
+
+def test_fp16_kv_cache_artifact_generates_like_fp32(tmp_path):
+    """--dtype fp16 with --kv-cache: fp16 cache and logits bound as the graph declares them,
+    greedy tokens equal transformers' fp32 ones on the tiny Llama, half the cache bytes."""
+    import transformers
+    from tiny_llm import make_folder
+
+    from genzip.compile import CompileOptions, compile_model
+
+    folder = make_folder(tmp_path, "llama")
+    out = tmp_path / "llama.f16"
+    compile_model(str(folder), str(out), CompileOptions(target="ort", kv_cache=True, dtype="fp16"))
+    lm = genzip.load(str(out), threads=2)
+    assert {s.dtype for s in lm.slots} == {np.float16}
+    ids = np.array([[1, 5, 9, 12, 3]], np.int64)
+    got = lm.generate(ids, max_new_tokens=12, eos_token_id=[])
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    np.testing.assert_array_equal(got.sequences, _hf_greedy(hf, ids, 12))
+    spec = lm.spec  # 2 (key, value) x 2 (ping-pong) x layers x kv_heads x capacity x head_dim x 2 bytes
+    assert got.peak_kv_bytes == 2 * 2 * spec["layers"] * spec["kv_heads"] * 17 * spec["head_dim"] * 2
