@@ -86,7 +86,7 @@ MOA_SINKS = 4
 # the layer's widest span) instead of per KV head; "+kv8" runs kv-quant first (int8 cache).
 MOA_FORMS = {f"{base}{spread}{layer}{kv8}": (density, bool(spread), "layer" if layer else "head", bool(kv8))
              for base, density in MOA.items() for spread in ("", "-spread") for layer in ("", "-layer")
-             for kv8 in ("", "+kv8") if not (layer and not spread)}
+             for kv8 in ("", "+kv8")}
 SPREAD = (0.25, 1.75)
 PEERS = ("ort-genai", "transformers")
 TRAINED = "trained-llama"
