@@ -28,6 +28,9 @@ Per layer the rewrite does two things.
   ``min(T, C)`` tokens laid out as ``pk`` says, so for ``N <= seq`` every key a head's
   span reaches is still stored and the result equals span attention over a dense cache.
 
+The driver over all layers is ``_span_kv_graph``; ``evict=head`` splits per KV head
+(``_span_kv_heads``).
+
 Invariant: the capacities are recorded in the model metadata (``KV_CAPACITY_KEY``:
 JSON ``{past input name: C}``) and the runtime sizes and binds each cache tensor by
 it; nothing else in the graph may read a past input (checked: otherwise the pass
@@ -37,14 +40,12 @@ refuses the graph in one line).
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import onnx_ir as ir
 
 from genzip.errors import GenzipError
 from genzip.ir_build import NodeBuilder
-from genzip.metadata import KV_CAPACITY_KEY, KV_QUANT_KEY
 
 PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 MASK_INPUT = "attention_mask"
@@ -204,7 +205,7 @@ def evict_index(b: NodeBuilder, shared: Shared, length: ir.Value, cap: int, sink
     return b.op("Where", b.op("Less", kept, b.const(sinks)), kept, b.op("Add", kept, shift))
 
 
-def _rewrite_layer(graph: ir.Graph, site: KVSite, rule: list[tuple[float, float]], sinks: int, cap: int,
+def rewrite_layer(graph: ir.Graph, site: KVSite, rule: list[tuple[float, float]], sinks: int, cap: int,
                    shared: Shared, b: NodeBuilder) -> dict[str, int]:
     """``evict=layer``: one mask for the layer, every cache tensor keeps ``cap`` tokens."""
     s = axis_len(b, site.node.inputs[0], 2)
@@ -223,66 +224,6 @@ def _rewrite_layer(graph: ir.Graph, site: KVSite, rule: list[tuple[float, float]
         new.name, new.dtype = name, dtype
         new.shape = ir.Shape([shape[0], shape[1], "kv_kept", shape[3]]) if shape is not None else None
     return {concat.inputs[0].name: cap for concat in site.caches}
-
-
-def rewrite_kv_graph(model: ir.Model, sites: list[KVSite], rules: list[list[tuple[float, float]]], sinks: int,
-                     seq: int, per_head: bool) -> dict[str, int]:
-    """Rewrite every site (``per_head``: split per KV head, ``_span_kv_heads``); returns
-    ``{past input name: capacity}`` (also written to the metadata)."""
-    from genzip.passes.attention import _span_kv_heads  # it builds on this module's helpers
-
-    graph = model.graph
-    b = NodeBuilder("span_kv")
-    shared = Shared(graph, b)
-    first = min(list(graph).index(s.node) for s in sites)
-    graph.insert_before(list(graph)[first], b.nodes)
-    b.nodes.clear()
-    capacities: dict[str, int] = {}
-    split: list[ir.Value] = []
-    for layer, (site, rule) in enumerate(zip(sites, rules)):
-        if len(site.node.inputs) < 4 or site.node.inputs[3] is None:
-            raise GenzipError(f"span-attn: KV-cache attention {site.node.name} has no mask input to replace",
-                              "compile the model with genzip-compile FOLDER --kv-cache")
-        builder = NodeBuilder(f"span_kv{layer}")
-        if per_head:
-            capacities.update(_span_kv_heads.rewrite(graph, site, rule, sinks, seq, shared, builder, layer))
-            split += [c.inputs[0] for c in site.caches]
-        else:
-            capacities.update(_rewrite_layer(graph, site, rule, sinks, capacity(rule, sinks, seq), shared, builder))
-    from onnx_ir.passes.common import RemoveUnusedNodesPass
-
-    RemoveUnusedNodesPass()(model)
-    _check_past_readers(graph)
-    by_name = {v.name: v for v in graph.inputs}
-    for past in split:  # replaced by its per-head inputs
-        for user, _ in list(past.uses()):
-            if user.op_type == "Shape" and _reads_only_batch_or_dim(user):  # the same in head 0's tensor
-                user.replace_input_with(0, by_name[head_name(past.name, 0)])
-        readers = [user for user, _ in past.uses()]
-        if readers:
-            raise GenzipError(f"span-attn: '{past.name}' is read by {readers[0].op_type} '{readers[0].name}', "
-                              "which would need the whole (unsplit) cache", "give span-attn evict=layer")
-        graph.inputs.remove(past)
-    _rename_quant_scales(model, split)
-    model.metadata_props[KV_CAPACITY_KEY] = json.dumps(capacities, sort_keys=True)
-    return capacities
-
-
-def _rename_quant_scales(model: ir.Model, split: list[ir.Value]) -> None:
-    """kv-quant's layout names each int8 past's scale input: after a per-head split, per head."""
-    raw = model.metadata_props.get(KV_QUANT_KEY)
-    if not raw or not split:
-        return
-    spec = json.loads(raw)
-    names = {v.name: heads_of(v) for v in split}
-    scales = {}
-    for past, scale in spec["scales"].items():
-        if past in names:
-            scales.update({head_name(past, g): head_name(scale, g) for g in range(names[past])})
-        else:
-            scales[past] = scale
-    spec["scales"] = scales
-    model.metadata_props[KV_QUANT_KEY] = json.dumps(spec, sort_keys=True)
 
 
 def head_name(name: str, head: int) -> str:
@@ -305,15 +246,7 @@ def _reads_length(shape: ir.Node) -> bool:
     return start <= 2 < end
 
 
-def _reads_only_batch_or_dim(shape: ir.Node) -> bool:
-    """Whether a ``Shape`` of a rank-4 past reads neither the heads (1) nor the tokens (2)."""
-    start = shape.attributes.get_int("start", 0) % 4
-    end = shape.attributes.get_int("end", 4)
-    end = end % 4 if end < 0 else min(end, 4)
-    return end <= 1 or start >= 3
-
-
-def _check_past_readers(graph: ir.Graph) -> None:
+def check_past_readers(graph: ir.Graph) -> None:
     """Past inputs are now shorter than the history: nothing but the cache update and the
     new span mask may read them (the exporter's old mask read layer 0's past length)."""
     for value in graph.inputs:

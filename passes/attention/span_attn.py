@@ -42,7 +42,7 @@ from genzip import jsonfile
 from genzip.errors import GenzipError
 from genzip.passes.attention import _causal_mask as moa_mask
 from genzip.passes.attention import _flops as af
-from genzip.passes.attention import _span_kv
+from genzip.passes.attention import _span_kv, _span_kv_graph
 from genzip.passes.attention._heads import attention_scale, gqa_group
 from genzip.passes.infra.context import PassContext
 from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
@@ -231,7 +231,7 @@ class SpanAttentionPass(GenzipPass):
         rules, sinks = self._rules(layers)
         per_head = self.options.evict == "head"
         pasts = [(kv.caches[0].inputs[0].name, _span_kv.heads_of(kv.caches[0].inputs[0])) for kv in found]
-        caps = _span_kv.rewrite_kv_graph(model, found, rules, sinks, seq, per_head)
+        caps = _span_kv_graph.rewrite_kv_graph(model, found, rules, sinks, seq, per_head)
         # Per layer: the K cache's capacity per KV head (the layer's one capacity with evict=layer).
         per_layer = [[caps[_span_kv.head_name(name, g)] for g in range(heads)] if per_head else [caps[name]] * heads
                      for name, heads in pasts]
