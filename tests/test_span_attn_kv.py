@@ -94,6 +94,11 @@ def test_evicting_cache_matches_span_reference(tiny, tmp_path):
     keep = {s.past: (s.keep, s.heads) for s in lm.slots}
     assert keep == {f"past_key_values.{i}.h{g}.{kv}": (cap, 1) for i, caps in enumerate([(11, 42), (16, 7)])
                     for g, cap in enumerate(caps) for kv in ("key", "value")}
+    # The per-head Attention nodes stay canonical (fact attention-canonical) for later passes.
+    from genzip.passes.attention._facts import canonical_problem
+
+    split = ir.load(str(tiny[1] / "plan" / "model.onnx"))  # the saved graph (model.ort.onnx is ORT-optimized)
+    assert canonical_problem(split) is None and sum(n.op_type == "Attention" for n in split.graph) == 4
     keep = {s.past: s.keep for s in per_layer.slots}
     assert keep["past_key_values.0.key"] == 42 and keep["past_key_values.1.value"] == 16
     ids = np.random.default_rng(0).integers(3, lm.spec["vocab_size"], (1, 46))

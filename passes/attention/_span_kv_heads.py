@@ -90,6 +90,8 @@ def rewrite(graph: ir.Graph, site: KVSite, rule: list[tuple[float, float]], sink
         attention = ir.Node(node.domain, node.op_type,
                             [q_g, mapped[id(node.inputs[1])], mapped[id(node.inputs[2])], mask],
                             attributes=_copy_attrs(node), name=f"{node.name}_h{g}")
+        # Still the canonical form of the layer's attention (kind, index, scope): later passes match it.
+        attention.metadata_props.update(node.metadata_props)
         b.append(attention)
         heads.append(attention.outputs[0])
         idx = evict_index(b, shared, length, cap, sinks)
