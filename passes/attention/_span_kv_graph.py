@@ -22,8 +22,9 @@ from genzip.passes.attention import _span_kv, _span_kv_heads
 
 def rewrite_kv_graph(model: ir.Model, sites: list[_span_kv.KVSite], rules: list[list[tuple[float, float]]], sinks: int,
                      seq: int, per_head: bool) -> dict[str, int]:
-    """Rewrite every site (``per_head``: split per KV head, ``_span_kv_heads``); returns
-    ``{past input name: capacity}`` (also written to the metadata)."""
+    """Rewrite every site (``per_head``: split per KV head, ``_span_kv_heads``, the layers
+    whose KV heads' capacities differ); returns ``{past input name: capacity}`` (also
+    written to the metadata)."""
     graph = model.graph
     b = NodeBuilder("span_kv")
     shared = _span_kv.Shared(graph, b)
@@ -37,7 +38,7 @@ def rewrite_kv_graph(model: ir.Model, sites: list[_span_kv.KVSite], rules: list[
             raise GenzipError(f"span-attn: KV-cache attention {site.node.name} has no mask input to replace",
                               "compile the model with genzip-compile FOLDER --kv-cache")
         builder = NodeBuilder(f"span_kv{layer}")
-        if per_head:
+        if per_head and len(set(_span_kv_heads.head_capacities(site, rule, sinks, seq))) > 1:
             capacities.update(_span_kv_heads.rewrite(graph, site, rule, sinks, seq, shared, builder, layer))
             split += [c.inputs[0] for c in site.caches]
         else:

@@ -19,7 +19,8 @@ On a ``genzip-compile --kv-cache`` graph (K/V read a ``past_key_values.*`` input
 pass instead keeps ``Attention`` and gives it a per-head span mask computed at run time
 from the current length, and makes the cache evicting, sized by ``seq=`` (then required):
 with ``evict=head`` (the default) each KV head gets its own cache tensor holding sinks plus
-the widest span of the query heads sharing it (``_span_kv_heads``); with ``evict=layer``
+the widest span of the query heads sharing it (``_span_kv_heads``; a layer whose KV heads
+all get the same capacity keeps one tensor, which holds just that); with ``evict=layer``
 each layer's cache holds sinks plus the layer's widest span (``_span_kv``). kv-quant's
 int8 cache (kv-quant before span-attn) is evicted the same way. A cache form it cannot
 rewrite is a one-line GenzipError.
@@ -232,8 +233,8 @@ class SpanAttentionPass(GenzipPass):
         per_head = self.options.evict == "head"
         pasts = [(kv.caches[0].inputs[0].name, _span_kv.heads_of(kv.caches[0].inputs[0])) for kv in found]
         caps = _span_kv_graph.rewrite_kv_graph(model, found, rules, sinks, seq, per_head)
-        # Per layer: the K cache's capacity per KV head (the layer's one capacity with evict=layer).
-        per_layer = [[caps[_span_kv.head_name(name, g)] for g in range(heads)] if per_head else [caps[name]] * heads
+        # Per layer: the K cache's capacity per KV head (the layer's one capacity where not split).
+        per_layer = [[caps[name]] * heads if name in caps else [caps[_span_kv.head_name(name, g)] for g in range(heads)]
                      for name, heads in pasts]
         held = sum(sum(row) for row in per_layer)
         stats = {"nodes_replaced": len(found), "kv_cache": True, "sinks": sinks, "seq": seq, "evict": self.options.evict,
