@@ -46,7 +46,6 @@ the configs and the load average before and after.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -162,8 +161,6 @@ def compile_variants(folder: str, variants: list[str], root: str, tag: str, thre
                      seqs: list[int], plan: str | None = None) -> dict:
     """One ``--kv-cache`` export of ``folder``, compiled into each variant; name -> {seq: CausalLM}
     (one artifact per seq for MoA, the same artifact for every seq otherwise)."""
-    import onnx_ir as ir
-
     import genzip
     from genzip.compile import CompileOptions, compile_source
     from genzip.frontend.loader import load_model
@@ -174,7 +171,7 @@ def compile_variants(folder: str, variants: list[str], root: str, tag: str, thre
         out[name] = {}
         moa = name in MOA or name == "moa-plan"
         for seq in seqs if moa else seqs[:1]:
-            copy = dataclasses.replace(source, model=ir.from_proto(ir.to_proto(source.model)))
+            copy = source.copy()
             dest = os.path.join(root, f"{tag}-{name}-{seq}")
             compile_source(copy, dest, CompileOptions(target="ort", passes=variant_passes(name, seq, plan),
                                                       force=True, min_cosine=0.0 if moa else 0.5))

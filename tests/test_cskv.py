@@ -5,8 +5,6 @@ original, and a compressed cache holds the bytes the layout says."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import onnx_ir as ir
 import pytest
@@ -155,7 +153,7 @@ def lms(tmp_path_factory):
     source = load_model(one_layer_llama_folder(root / "hf"), kv_cache=True)
     out = {}
     for name, passes in VARIANTS.items():
-        copy = dataclasses.replace(source, model=ir.from_proto(ir.to_proto(source.model)))
+        copy = source.copy()
         compile_source(copy, str(root / name), CompileOptions(target="onnx", passes=passes, min_cosine=0.0))
         out[name] = genzip.load(str(root / name), threads=2)
     return out

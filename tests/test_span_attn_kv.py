@@ -4,11 +4,9 @@ reference over a dense cache (prefill + decode steps)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
-import onnx_ir as ir
 import pytest
 import torch
 from tiny_llm import make_folder
@@ -34,7 +32,7 @@ def tiny(tmp_path_factory):
 
 def _compile(tiny, passes: str, name: str):
     _, root, source = tiny
-    copy = dataclasses.replace(source, model=ir.from_proto(ir.to_proto(source.model)))
+    copy = source.copy()
     compile_source(copy, str(root / name), CompileOptions(target="ort", passes=passes, min_cosine=0.0))
     return genzip.load(str(root / name), threads=2)
 
