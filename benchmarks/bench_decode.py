@@ -12,7 +12,8 @@ every engine reads: genzip compiles it with ``--kv-cache`` once per variant
 ``moa-0.25`` = ``span-attn{alpha=0 beta=DENSITY sinks=4 seq=CONTEXT+NEW}``, compiled per
 context: elastic spans of density·N and an evicting cache of sinks + density·seq tokens
 per layer; ``cskv50`` / ``cskv25`` =
-``cskv{ratio=0.5|0.25 window=16 int8=true}``, ``cskv25-nowindow`` without the window, fitted on the compile's calibration
+``cskv{ratio=0.5|0.25 window=16 int8=true}``, ``cskv25-nowindow`` without the window,
+``cskv25-rebuilt`` with ``absorb=false`` (K/V rebuilt from the features every step), fitted on the compile's calibration
 windows: seeded random ids for the speed model, training-split KJV for trained-llama); onnxruntime-genai's
 model builder (``python -m onnxruntime_genai.models.builder -i FOLDER -o OUT -p fp32
 -e cpu``) exports it and its generate API runs it; transformers runs it eagerly with
@@ -70,6 +71,7 @@ VARIANTS = {
     "cskv50": "cskv{ratio=0.5 window=16 int8=true}",
     "cskv25": "cskv{ratio=0.25 window=16 int8=true}",
     "cskv25-nowindow": "cskv{ratio=0.25 int8=true}",
+    "cskv25-rebuilt": "cskv{ratio=0.25 window=16 int8=true absorb=false}",
 }
 # MoA variants: span-attn on the --kv-cache graph with the elastic rule span = density·N
 # (alpha 0, beta = density) and MOA_SINKS sinks, compiled per context with seq = the
