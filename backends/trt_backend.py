@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,9 +53,11 @@ def require_tensorrt() -> None:
 
 
 def write_engine(folder: str, model_name: str, inputs: Sequence[Mapping[str, Any]],
-                 example_inputs: Mapping[str, np.ndarray], options=None) -> tuple[list[str], dict[str, Any]]:
-    """Build ``folder/model.engine`` (+ timing cache); return (file names, manifest ``trt`` section)."""
+                 example_inputs: Mapping[str, np.ndarray], options=None,
+                 progress: Callable[[str], None] | None = None) -> tuple[list[str], dict[str, Any]]:
+    """Build ``folder/model.engine`` (updating the timing cache); return (file names, manifest
+    ``trt`` section). ``progress`` gets TensorRT's build phases."""
     from genzip.backends.trt_build import build_engine
 
     shapes = {name: tuple(arr.shape) for name, arr in example_inputs.items()}
-    return build_engine(folder, model_name, inputs, shapes, options)
+    return build_engine(folder, model_name, inputs, shapes, options, progress)

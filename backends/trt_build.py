@@ -21,9 +21,10 @@ a TensorRT plugin layer instead of being inlined:
 Parsers older than 10.6 cannot map nodes to Python plugins; for them nothing is
 mapped and the bodies are inlined. ``model.onnx`` itself is never modified.
 
-Invariant: ``build_engine`` writes ``model.engine`` and ``timing.cache`` into the
-artifact folder and returns the manifest's ``trt`` section, or raises ``GenzipError``
-(parse or build failure) having written neither.
+Invariant: ``build_engine`` writes ``model.engine`` into the artifact folder, updates the
+timing cache (``trt_timing_cache``: the user's cache dir, keyed by GPU and TensorRT
+version, or ``--timing-cache FILE``) and returns the manifest's ``trt`` section, or
+raises ``GenzipError`` (parse or build failure) having written neither.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import dataclasses
 import logging
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import onnx_ir as ir
@@ -44,7 +45,6 @@ from genzip.passes.lowering._trt_rules import attn_graphs, is_plugin_node
 logger = logging.getLogger(__name__)
 
 ENGINE_NAME = "model.engine"
-TIMING_CACHE_NAME = "timing.cache"
 _PARSER_MODEL = "model.trt.onnx"
 
 
@@ -55,7 +55,7 @@ class TrtBuildOptions:
     workspace_gib: float = 8.0
     hardware_compatible: bool = False  # Ampere+ portable engine
     version_compatible: bool = False  # runs on later TensorRT 10.x runtimes
-    timing_cache: str | None = None  # read before and written after; default: ARTIFACT/timing.cache
+    timing_cache: str | None = None  # read before and written after; default: trt_timing_cache.default_path
     plugin_form: Literal["auto", "aot", "jit"] = "auto"  # auto: AOT where TensorRT and triton allow
     optimization_level: int = 3
 
@@ -107,13 +107,14 @@ def _has_qdq(model: ir.Model) -> bool:
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for g in attn_graphs(model) for n in g)
 
 
-def _gpu_compute_capability() -> str | None:
+def _gpu() -> tuple[str, str | None]:
+    """(device name, compute capability "major.minor") of CUDA device 0, as torch sees it."""
     import torch
 
     if not torch.cuda.is_available():
-        return None
+        return "no-cuda", None
     major, minor = torch.cuda.get_device_capability()
-    return f"{major}.{minor}"
+    return torch.cuda.get_device_name(0), f"{major}.{minor}"
 
 
 def _parse(trt, network, path: str) -> None:
@@ -129,11 +130,13 @@ def _parse(trt, network, path: str) -> None:
 
 
 def build_engine(folder: str, model_name: str, inputs: Sequence[Mapping[str, Any]],
-                 example_shapes: Mapping[str, Sequence[int]], options: TrtBuildOptions | None = None
-                 ) -> tuple[list[str], dict[str, Any]]:
-    """Write the engine and timing cache for ``folder/model_name``; return (file names, manifest section)."""
+                 example_shapes: Mapping[str, Sequence[int]], options: TrtBuildOptions | None = None,
+                 progress: Callable[[str], None] | None = None) -> tuple[list[str], dict[str, Any]]:
+    """Write the engine for ``folder/model_name`` and update the timing cache; return (file
+    names, manifest section). ``progress`` gets TensorRT's build phases as lines."""
     import tensorrt as trt
 
+    from genzip.backends import trt_timing_cache
     from genzip.backends.onnx_files import save_model
     from genzip.backends.trt_profiles import resolve_profiles
 
@@ -164,12 +167,14 @@ def build_engine(folder: str, model_name: str, inputs: Sequence[Mapping[str, Any
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     if opts.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-    cache_path = opts.timing_cache or os.path.join(folder, TIMING_CACHE_NAME)
-    cache_bytes = b""
-    if os.path.isfile(cache_path):
-        with open(cache_path, "rb") as f:
-            cache_bytes = f.read()
+    gpu_name, capability = _gpu()
+    cache_path = opts.timing_cache or trt_timing_cache.default_path(trt.__version__, gpu_name, capability)
+    cache_bytes = trt_timing_cache.read(cache_path)
     config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
+    if progress is not None and hasattr(trt, "IProgressMonitor"):  # TensorRT >= 10.0
+        from genzip.backends.trt_progress import monitor
+
+        config.progress_monitor = monitor(trt, progress)
     for profile in profiles:
         trt_profile = builder.create_optimization_profile()
         for name, r in profile.items():
@@ -181,20 +186,20 @@ def build_engine(folder: str, model_name: str, inputs: Sequence[Mapping[str, Any
                           "rerun with --debug to see TensorRT's log, or try --target ort")
     with open(os.path.join(folder, ENGINE_NAME), "wb") as f:
         f.write(serialized)
-    with open(cache_path, "wb") as f:
-        f.write(config.get_timing_cache().serialize())
-    names = [ENGINE_NAME] + ([TIMING_CACHE_NAME] if cache_path == os.path.join(folder, TIMING_CACHE_NAME) else [])
+    trt_timing_cache.write(cache_path, bytes(config.get_timing_cache().serialize()))
+    names = [ENGINE_NAME]
     section = {
         "engine": ENGINE_NAME,
         "tensorrt_version": trt.__version__,
-        "compute_capability": _gpu_compute_capability(),
+        "gpu": gpu_name,
+        "compute_capability": capability,
         "strongly_typed": strongly_typed,
         "precision": "from Q/DQ" if strongly_typed else opts.precision,
         "hardware_compatibility": "ampere+" if opts.hardware_compatible else "none",
         "version_compatible": opts.version_compatible,
         "workspace_bytes": int(opts.workspace_gib * (1 << 30)),
         "profiles": [{name: r.as_json() for name, r in p.items()} for p in profiles],
-        "timing_cache": TIMING_CACHE_NAME if TIMING_CACHE_NAME in names else cache_path,
+        "timing_cache": {"path": cache_path, "reused_bytes": len(cache_bytes)},
         "plugins": plugins,
         "plugin_form": form if plugins else None,
         "parser_copy": stats,

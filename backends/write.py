@@ -5,6 +5,7 @@ Layout::
     model.onnx          the compiled graph (model.onnx.data beside it past 2 GB)
     model.ort.onnx      ORT-optimized graph (target ort)
     inputs.npz          example inputs (the fidelity inputs; Polygraphy's loader reads them)
+    inputs.json         the same inputs in Polygraphy's JSON format (``polygraphy run --load-inputs``)
     genzip.json         manifest: spec, io, file hashes, fidelity, pass stats, versions
     report.md           human-readable summary
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,16 @@ from genzip.ort_session import run_model
 from genzip.providers import describe
 
 MODEL_NAME = "model.onnx"
+POLYGRAPHY_INPUTS = "inputs.json"
+
+
+def _write_polygraphy_inputs(folder: str, feeds: dict[str, np.ndarray]) -> str:
+    """The example inputs as Polygraphy's ``--load-inputs`` reads them: a JSON list of feed
+    dicts, written by Polygraphy's own encoder so its reader always accepts it."""
+    from polygraphy.json import save_json
+
+    save_json([dict(feeds)], os.path.join(folder, POLYGRAPHY_INPUTS))
+    return POLYGRAPHY_INPUTS
 
 
 def _report(manifest: dict[str, Any], records, histogram: dict[str, int]) -> str:
@@ -107,16 +119,18 @@ def _fidelity(compiled: Compiled, outputs: dict[str, np.ndarray], min_cosine: fl
 
 
 def write_artifact(compiled: Compiled, out_dir: str, *, target: str, force: bool, trt_options=None,
-                   min_cosine: float = MIN_COSINE, providers=None) -> dict[str, Any]:
+                   min_cosine: float = MIN_COSINE, providers=None,
+                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write the artifact folder atomically; the cheap fidelity gate runs before any
-    expensive build (TensorRT engine, ORT-optimized graph)."""
+    expensive build (TensorRT engine, ORT-optimized graph). ``progress`` gets the
+    TensorRT build's phases."""
     model, source = compiled.model, compiled.source
     inputs, outputs = io_specs(model)
     histogram = op_histogram(model)
     with staged_folder(out_dir, force) as tmp:
         names = save_model(model, tmp, MODEL_NAME)
         np.savez(os.path.join(tmp, EXAMPLE_INPUTS), **source.example_inputs)
-        names.append(EXAMPLE_INPUTS)
+        names += [EXAMPLE_INPUTS, _write_polygraphy_inputs(tmp, source.example_inputs)]
         names += _copy_extra_files(source.info.get("extra_files") or {}, tmp)
         genai = None
         if "kv_cache" in source.info and target in ("ort", "onnx"):
@@ -129,7 +143,8 @@ def write_artifact(compiled: Compiled, out_dir: str, *, target: str, force: bool
         fidelity, quant_fidelity = _fidelity(compiled, compiled_outputs, min_cosine)
         trt_section = ort_section = None
         if target == "trt":
-            trt_names, trt_section = write_engine(tmp, MODEL_NAME, inputs, source.example_inputs, trt_options)
+            trt_names, trt_section = write_engine(tmp, MODEL_NAME, inputs, source.example_inputs, trt_options,
+                                                  progress)
             names += trt_names
         if target == "ort":
             optimized, ort_section = write_checked_optimized(tmp, MODEL_NAME, source.example_inputs,
@@ -148,7 +163,7 @@ def write_artifact(compiled: Compiled, out_dir: str, *, target: str, force: bool
             "inputs": inputs,
             "outputs": outputs,
             "files": hash_files(tmp, names),
-            "fidelity": dict(fidelity, providers=describe(providers)),
+            "fidelity": dict(fidelity, providers=describe(providers), min_cosine=min_cosine),
             "export_fidelity": source.fidelity,
             "pass_stats": [{"pass": r.spec, "modified": r.modified, "stats": r.stats} for r in compiled.records],
             "versions": versions(),

@@ -11,10 +11,12 @@ every engine reads: genzip compiles it with ``--kv-cache`` once per variant
 ``w8a8-dynamic``, ``kv8`` = ``kv-quant``, ``w4a16-kv8``, MoA ``moa-0.5`` /
 ``moa-0.25`` = ``span-attn{alpha=0 beta=DENSITY sinks=4 seq=CONTEXT+NEW}``, compiled per
 context: elastic spans of density·N and an evicting cache of sinks + density·seq tokens
-per KV head; ``moa-D-spread`` gives each KV head's query heads their own span (density·f·N,
-f spread over [0.25, 1.75], mean 1), ``-layer`` evicts per layer instead of per KV head
-(every head keeps the layer's widest span), ``+kv8`` runs ``kv-quant`` first; ``cskv50`` / ``cskv25`` =
-``cskv{ratio=0.5|0.25 window=16 int8=true}``, ``cskv25-nowindow`` without the window, fitted on the compile's calibration
+per KV head (per layer where a layer's KV heads need the same); ``moa-D-spread`` gives each
+KV head's query heads their own span (density·f·N, f spread over [0.25, 1.75], mean 1),
+``-layer`` evicts per layer instead of per KV head (every head keeps the layer's widest
+span), ``+kv8`` runs ``kv-quant`` first; ``cskv50`` / ``cskv25`` =
+``cskv{ratio=0.5|0.25 window=16 int8=true}``, ``cskv25-nowindow`` without the window,
+``cskv25-rebuilt`` with ``absorb=false`` (K/V rebuilt from the features every step), fitted on the compile's calibration
 windows: seeded random ids for the speed model, training-split KJV for trained-llama); onnxruntime-genai's
 model builder (``python -m onnxruntime_genai.models.builder -i FOLDER -o OUT -p fp32
 -e cpu``) exports it and its generate API runs it; transformers runs it eagerly with
@@ -48,7 +50,6 @@ the configs and the load average before and after.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -73,6 +74,7 @@ VARIANTS = {
     "cskv50": "cskv{ratio=0.5 window=16 int8=true}",
     "cskv25": "cskv{ratio=0.25 window=16 int8=true}",
     "cskv25-nowindow": "cskv{ratio=0.25 int8=true}",
+    "cskv25-rebuilt": "cskv{ratio=0.25 window=16 int8=true absorb=false}",
 }
 # MoA variants: span-attn on the --kv-cache graph with the elastic rule span = density·N
 # (alpha 0, beta = density) and MOA_SINKS sinks, compiled per context with seq = the
@@ -193,8 +195,6 @@ def compile_variants(folder: str, variants: list[str], root: str, tag: str, thre
                      seqs: list[int], plan: str | None = None) -> dict:
     """One ``--kv-cache`` export of ``folder``, compiled into each variant; name -> {seq: CausalLM}
     (one artifact per seq for MoA, the same artifact for every seq otherwise)."""
-    import onnx_ir as ir
-
     import genzip
     from genzip.compile import CompileOptions, compile_source
     from genzip.frontend.loader import load_model
@@ -207,7 +207,7 @@ def compile_variants(folder: str, variants: list[str], root: str, tag: str, thre
         spread = MOA_FORMS[name][1] if name in MOA_FORMS else False
         variant_plan = spread_plan(folder, MOA_FORMS[name][0], root) if spread else plan
         for seq in seqs if moa else seqs[:1]:
-            copy = dataclasses.replace(source, model=ir.from_proto(ir.to_proto(source.model)))
+            copy = source.copy()
             dest = os.path.join(root, f"{tag}-{name}-{seq}")
             compile_source(copy, dest, CompileOptions(target="ort", passes=variant_passes(name, seq, variant_plan),
                                                       force=True, min_cosine=0.0 if moa else 0.5))

@@ -259,7 +259,7 @@ def compile_source(source, out_dir: str, options: CompileOptions, progress: Call
     providers = resolve_providers(opts.providers or None, opts.device or None)
     try:
         return write_artifact(compiled, out_dir, target=opts.target, force=opts.force, trt_options=opts.trt,
-                              min_cosine=opts.min_cosine, providers=providers)
+                              min_cosine=opts.min_cosine, providers=providers, progress=progress)
     except ORT_ERRORS as e:
         if opts.dtype == "fp32":
             raise

@@ -26,3 +26,8 @@ class SourceModel:
     example_inputs: dict[str, np.ndarray]
     fidelity: dict[str, Any] | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def copy(self) -> SourceModel:
+        """This source with a deep copy of its graph, so passes run on the copy leave
+        ``self.model`` untouched (the other fields are shared: they are not mutated)."""
+        return dataclasses.replace(self, model=ir.from_proto(ir.to_proto(self.model)))

@@ -1,4 +1,5 @@
-"""Shared fixtures: one compiled tiny-pixart artifact per test session."""
+"""Shared fixtures: one compiled tiny-pixart artifact per test session, and a private
+calibration cache per test."""
 
 from __future__ import annotations
 
@@ -19,6 +20,13 @@ def _no_cuda() -> bool:
 # test module is collected (a module importing diffusers at its top otherwise fixes it off).
 if "TRITON_INTERPRET" not in os.environ and _no_cuda():
     os.environ["TRITON_INTERPRET"] = "1"
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """A calibration cache of this test's own, so cached amax from another test (or an
+    earlier run) can never stand in for what this test calibrates."""
+    monkeypatch.setenv("GENZIP_CACHE_DIR", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ dtype stay float32 between Casts; bf16 that ORT's CPU provider cannot run is a o
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import numpy as np
@@ -33,7 +32,7 @@ def pixart_fp16(tmp_path_factory):
     root = tmp_path_factory.mktemp("fp16")
     out = {}
     for name, passes in {"w8a8-fp16": expand_recipe("w8a8", "")}.items():
-        copy = dataclasses.replace(source, model=ir.from_proto(ir.to_proto(source.model)))
+        copy = source.copy()
         compile_source(copy, str(root / name), CompileOptions(target="ort", passes=passes, dtype="fp16"))
         out[name] = str(root / name)
     return out

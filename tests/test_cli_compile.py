@@ -22,7 +22,7 @@ def compile_(capsys, *argv: str) -> tuple[int, str, str]:
 def test_ort_artifact_layout_and_manifest(pixart_ort):
     folder, manifest = pixart_ort
     assert sorted(os.listdir(folder)) == sorted(
-        ["genzip.json", "report.md", "model.onnx", "model.ort.onnx", "inputs.npz"]
+        ["genzip.json", "report.md", "model.onnx", "model.ort.onnx", "inputs.npz", "inputs.json"]
     )
     for key in ("genzip_version", "source", "target", "passes", "inputs", "outputs", "files",
                 "fidelity", "pass_stats", "versions"):
@@ -56,7 +56,7 @@ def test_same_spec_and_seed_give_identical_hashes(tmp_path, capsys, pixart_ort):
 def test_onnx_target_writes_only_the_model(tmp_path, capsys):
     rc, out, err = compile_(capsys, "tiny-llama", "--target", "onnx", "--out", str(tmp_path / "llm"))
     assert rc == 0, err
-    assert sorted(os.listdir(tmp_path / "llm")) == ["genzip.json", "inputs.npz", "model.onnx", "report.md"]
+    assert sorted(os.listdir(tmp_path / "llm")) == ["genzip.json", "inputs.json", "inputs.npz", "model.onnx", "report.md"]
     model = ir.load(str(tmp_path / "llm" / "model.onnx"))
     assert any(n.op_type == "Attention" for n in model.graph)
     assert "wrote" in out

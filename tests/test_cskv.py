@@ -5,8 +5,6 @@ original, and a compressed cache holds the bytes the layout says."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import onnx_ir as ir
 import pytest
@@ -138,7 +136,8 @@ def test_refusals():
 # --- generate() on a 1-layer Llama with a KV cache ---------------------------------------
 
 VARIANTS = {"fp32": "", "full-rank": "cskv{rank=8}", "long-window": "cskv{rank=2 window=64}",
-            "compressed": "cskv{rank=2 window=4 int8=true}"}
+            "compressed": "cskv{rank=2 window=4 int8=true}",
+            "compressed-rebuilt": "cskv{rank=2 window=4 int8=true absorb=false}"}
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +154,7 @@ def lms(tmp_path_factory):
     source = load_model(one_layer_llama_folder(root / "hf"), kv_cache=True)
     out = {}
     for name, passes in VARIANTS.items():
-        copy = dataclasses.replace(source, model=ir.from_proto(ir.to_proto(source.model)))
+        copy = source.copy()
         compile_source(copy, str(root / name), CompileOptions(target="onnx", passes=passes, min_cosine=0.0))
         out[name] = genzip.load(str(root / name), threads=2)
     return out
@@ -183,6 +182,26 @@ def test_compressed_cache_runs_and_holds_fewer_bytes(lms):
     assert got.kv_bytes == 2 * (capacity * (2 + 4) + 4 * 8 * 4) and got.peak_kv_bytes == 2 * got.kv_bytes
     windows = np.random.default_rng(0).integers(0, 64, (2, 20))
     assert not np.allclose(lms["compressed"].score(windows, chunk=1), lms["fp32"].score(windows, chunk=1))
+
+
+def test_absorbed_attention_equals_the_reconstruct_form(lms):
+    """absorb=true (default) folds the bases into the query and output instead of rebuilding
+    K/V: the same tokens and scores, over prompts longer than the window (features and exact
+    window both read) and one token per run (decode)."""
+    stats = {m["pass"].split("{")[0]: m["stats"] for m in lms["compressed"].manifest["pass_stats"]}["cskv"]
+    rebuilt = {m["pass"].split("{")[0]: m["stats"]
+               for m in lms["compressed-rebuilt"].manifest["pass_stats"]}["cskv"]
+    assert (stats["absorbed"], stats["reconstructed"]) == (1, 0)
+    assert (rebuilt["absorbed"], rebuilt["reconstructed"]) == (0, 2)
+    prompt = np.array([[3, 9, 27, 17, 5]])
+    a, r = (lms[n].generate(prompt, max_new_tokens=12) for n in ("compressed", "compressed-rebuilt"))
+    np.testing.assert_array_equal(a.sequences, r.sequences)
+    assert a.kv_bytes == r.kv_bytes
+    windows = np.random.default_rng(3).integers(0, 64, (2, 20))
+    for chunk in (1, 7):
+        got = lms["compressed"].score(windows, chunk=chunk)
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, lms["compressed-rebuilt"].score(windows, chunk=chunk), rtol=1e-5, atol=1e-5)
 
 
 def test_a_kv_cache_folder_provides_calibration(tmp_path):

@@ -4,13 +4,11 @@ measured through the cache one token per step (every position is a decode step).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
 import numpy as np
 import onnx
-import onnx_ir as ir
 import pytest
 import torch
 
@@ -42,7 +40,7 @@ def lms(tmp_path_factory):
     root = tmp_path_factory.mktemp("decode_quant")
     out = {}
     for name, passes in VARIANTS.items():
-        copy = dataclasses.replace(source, model=ir.from_proto(ir.to_proto(source.model)))
+        copy = source.copy()
         compile_source(copy, str(root / name), CompileOptions(target="ort", passes=passes, min_cosine=0.5))
         out[name] = genzip.load(str(root / name), threads=2)
     return out

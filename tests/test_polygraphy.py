@@ -94,9 +94,32 @@ def test_inspect_polygraphy_prints_runnable_commands(artifact, capsys, tmp_path)
     commands = [line for line in out.splitlines() if not line.startswith("#")]
     assert any(c.startswith("polygraphy inspect model") and model in c for c in commands)
     run_ort = next(c for c in commands if "--onnxrt" in c and "--trt" not in c)
-    assert "--data-loader-script" in run_ort and "polygraphy_loader.py:load_data" in run_ort
     trt = next(c for c in commands if "--trt --onnxrt" in c)
-    assert "--data-loader-script" in trt and "genzip lint --target trt" in out
-    # The printed ORT command works as printed.
-    result = subprocess.run([POLYGRAPHY, *shlex.split(run_ort)[1:]], capture_output=True, text=True, timeout=120)
+    if os.path.isfile(os.path.join(artifact, "inputs.json")):  # compiled artifacts ship Polygraphy's JSON
+        assert f"--load-inputs {os.path.join(artifact, 'inputs.json')}" in run_ort
+    else:  # a folder without it falls back to the loader script over inputs.npz
+        assert "--data-loader-script" in run_ort and "polygraphy_loader.py:load_data" in run_ort
+    # TRT vs ORT is judged by the artifact's own cosine gate, not atol/rtol.
+    gate = json.load(open(os.path.join(artifact, "genzip.json")))["fidelity"].get("min_cosine", 0.99)
+    assert f"--compare-func cosine_similarity --cosine-similarity-threshold {gate}" in trt
+    assert "--atol" not in trt and "genzip lint --target trt" in out
+    # The comparison works as printed, with ORT standing in for TensorRT (no GPU here):
+    # the same feed and compare flags, two runners, the check passes.
+    argv = shlex.split(trt.replace("--trt --onnxrt", "--onnxrt --onnxrt"))
+    result = subprocess.run([POLYGRAPHY, *argv[argv.index("run"):]], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "Cosine Similarity" in result.stdout + result.stderr
+
+
+def test_artifact_ships_polygraphy_inputs(pixart_ort):
+    """inputs.json holds inputs.npz's arrays in Polygraphy's --load-inputs format, and the manifest hashes it."""
+    from polygraphy.json import load_json
+
+    folder = pixart_ort[0]
+    (feeds,) = load_json(os.path.join(folder, "inputs.json"))
+    with np.load(os.path.join(folder, "inputs.npz")) as data:
+        assert set(feeds) == set(data.files)
+        for name in data.files:
+            np.testing.assert_array_equal(feeds[name], data[name])
+    manifest = json.load(open(os.path.join(folder, "genzip.json")))
+    assert "inputs.json" in manifest["files"] and manifest["fidelity"]["min_cosine"] == 0.99

@@ -18,9 +18,7 @@ from genzip.passes.quant._spec import CALIB_KEY, META_KEY, QuantSpec, spec_of
 NO_KEEP = "annotate-precision{keep-defaults=false}"
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("GENZIP_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def _nodes(model, op):

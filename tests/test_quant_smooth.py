@@ -17,9 +17,7 @@ from genzip.passes.quant.smooth import hadamard
 ANNOTATE = "annotate-precision{keep-defaults=false}"
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("GENZIP_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def _linear_chain() -> ir.Model:

@@ -19,9 +19,7 @@ ANNOTATE = "annotate-precision{keep-defaults=false scheme=SCHEME}"
 EARLY, LATE = [0, 1, 2, 3], [8, 9, 10, 11]  # the outlier channels below / above t = 500
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("GENZIP_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def _model() -> ir.Model:

@@ -4,7 +4,6 @@ reference over a dense cache (prefill + decode steps)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -34,7 +33,7 @@ def tiny(tmp_path_factory):
 
 def _compile(tiny, passes: str, name: str):
     _, root, source = tiny
-    copy = dataclasses.replace(source, model=ir.from_proto(ir.to_proto(source.model)))
+    copy = source.copy()
     compile_source(copy, str(root / name), CompileOptions(target="ort", passes=passes, min_cosine=0.0))
     return genzip.load(str(root / name), threads=2)
 

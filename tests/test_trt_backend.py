@@ -3,6 +3,7 @@ the gate's errors, and the plugins' reference math against the genzip function b
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -163,7 +164,7 @@ def test_plugin_reference_math_matches_the_function_bodies():
 
 @pytest.mark.trt
 @pytest.mark.gpu
-def test_engine_builds_for_a_tiny_artifact(tmp_path):
+def test_engine_builds_for_a_tiny_artifact(tmp_path, monkeypatch):
     pytest.importorskip("tensorrt", reason="TensorRT not installed here: the registry's wheels need an NVIDIA driver")
     if not trt_backend.gpu_available():
         pytest.skip("TensorRT cannot open a GPU on this machine")
@@ -175,11 +176,50 @@ def test_engine_builds_for_a_tiny_artifact(tmp_path):
                                     'g (float[N,4,8,16] q) => (float[N,4,8,16] y) {'
                                     ' y = Attention <scale: float = 0.25> (q, q, q) }')
     onnx.save(proto, tmp_path / "model.onnx")
+    monkeypatch.setenv("GENZIP_CACHE_DIR", str(tmp_path / "cache"))
     inputs = [{"name": "q", "shape": ["N", 4, 8, 16], "dtype": "float32"}]
+    lines: list[str] = []
     names, section = build_engine(str(tmp_path), "model.onnx", inputs, {"q": (2, 4, 8, 16)},
-                                  TrtBuildOptions(precision="fp32", workspace_gib=1))
+                                  TrtBuildOptions(precision="fp32", workspace_gib=1), lines.append)
     assert "model.engine" in names and (tmp_path / "model.engine").stat().st_size > 0
     assert section["profiles"][0]["q"]["max"] == [4, 4, 8, 16]
+    assert any(line.startswith("TensorRT: ") for line in lines)  # the progress monitor reported
+    # The timing cache lives in the user cache dir and the next build (a --force rebuild) reads it.
+    cache = section["timing_cache"]["path"]
+    assert cache.startswith(str(tmp_path / "cache")) and section["timing_cache"]["reused_bytes"] == 0
+    _, again = build_engine(str(tmp_path), "model.onnx", inputs, {"q": (2, 4, 8, 16)},
+                            TrtBuildOptions(precision="fp32", workspace_gib=1))
+    assert again["timing_cache"] == {"path": cache, "reused_bytes": os.path.getsize(cache)} and os.path.getsize(cache)
+
+
+def test_timing_cache_is_keyed_by_tensorrt_version_and_gpu_and_replaced_atomically(tmp_path, monkeypatch):
+    from genzip.backends import trt_timing_cache as tc
+
+    monkeypatch.setenv("GENZIP_CACHE_DIR", str(tmp_path))
+    h200 = tc.default_path("10.15.1.29", "NVIDIA H200", "9.0")
+    assert h200 == str(tmp_path / "tensorrt" / "timing-10.15.1.29-NVIDIA-H200-sm90.cache")
+    # another TensorRT version or GPU never reads this cache
+    assert len({h200, tc.default_path("10.14.1", "NVIDIA H200", "9.0"), tc.default_path("10.15.1.29", "NVIDIA L4", "8.9"),
+                tc.default_path("10.15.1.29", "NVIDIA H200", "9.0", cache_dir=str(tmp_path / "other"))}) == 4
+    assert tc.read(h200) == b""  # none yet: TensorRT's empty cache
+    tc.write(h200, b"timings")
+    tc.write(h200, b"timings-2")
+    assert tc.read(h200) == b"timings-2" and os.listdir(os.path.dirname(h200)) == [os.path.basename(h200)]
+
+
+def test_build_progress_reports_outer_phases_only():
+    from genzip.backends.trt_progress import BuildProgress
+
+    lines: list[str] = []
+    p = BuildProgress(lines.append)
+    p.phase_start("Building engine", None, 2)
+    p.phase_start("Tactic selection", "Building engine", 3)
+    p.phase_start("Timing layer 7", "Tactic selection", 40)  # depth 2: too deep to report
+    assert all(p.step_complete("Timing layer 7", i) for i in range(40))
+    p.phase_finish("Timing layer 7")
+    assert p.step_complete("Tactic selection", 0) and p.step_complete("Building engine", 0)
+    assert lines == ["TensorRT: Building engine 0/2", "TensorRT: Tactic selection 0/3",
+                     "TensorRT: Tactic selection 1/3", "TensorRT: Building engine 1/2"]
 
 
 def test_plugin_form_is_aot_where_tensorrt_and_triton_allow(monkeypatch):

@@ -15,9 +15,6 @@ import onnx_ir as ir
 from genzip.backends.artifact import read_manifest
 from genzip.describe import op_histogram
 
-# Tolerances for the TRT-vs-ORT comparison: TensorRT picks fp32 kernels with TF32
-# and reassociates reductions, so bit-exactness is not expected.
-_TRT_TOL = "--atol 1e-3 --rtol 1e-3"
 _REGISTER = ("python -c \"import sys; from genzip.plugins.trt_plugins import register; register(); "
              "from polygraphy.tools import main; sys.argv[0] = 'polygraphy'; sys.exit(main())\"")
 
@@ -76,22 +73,34 @@ def _shape_flags(artifact: str, inputs) -> str:
 
 def polygraphy_commands(artifact: str, manifest, model: ir.Model) -> str:
     """The Polygraphy command lines a user runs on ``artifact`` (one per step, with a comment)."""
+    from genzip.backends.write import POLYGRAPHY_INPUTS
+    from genzip.metrics import MIN_COSINE
     from genzip.passes.lowering._trt_support import PLUGIN_DOMAIN, PLUGIN_OPS
     from genzip.tools import polygraphy_loader
 
     onnx_path = shlex.quote(os.path.join(artifact, manifest["model"]))
-    loader = shlex.quote(f"{polygraphy_loader.__file__}:load_data")
-    feed = f"--data-loader-script {loader}"
+    inputs_json = os.path.join(artifact, POLYGRAPHY_INPUTS)
+    if os.path.isfile(inputs_json):
+        feed = f"--load-inputs {shlex.quote(inputs_json)}"
+    else:  # artifacts written before inputs.json: the loader script reads inputs.npz
+        feed = f"--data-loader-script {shlex.quote(f'{polygraphy_loader.__file__}:load_data')}"
+    # TensorRT vs ORT is judged like genzip's own fidelity gate (cosine over each output,
+    # the artifact's --min-cosine), not elementwise atol/rtol: TF32 kernels and reassociated
+    # reductions move single elements while the output as a whole agrees.
+    gate = manifest.get("fidelity", {}).get("min_cosine", MIN_COSINE)
+    check = f"--compare-func cosine_similarity --cosine-similarity-threshold {gate}"
     plugins = sum(1 for n in ir.traversal.RecursiveGraphIterator(model.graph)
                   if n.domain == PLUGIN_DOMAIN and n.op_type in PLUGIN_OPS)
     trt_prefix = _REGISTER if plugins else "polygraphy"
     lines = [
         "# 1. the graph: inputs, outputs, layers and their attributes",
         f"polygraphy inspect model {onnx_path} --show layers attrs",
-        "# 2. run it in ONNX Runtime on the artifact's example inputs (inputs.npz)",
+        "# 2. run it in ONNX Runtime on the artifact's example inputs (inputs.json = inputs.npz)",
         f"polygraphy run {onnx_path} --onnxrt {feed}",
         "# 3. on a machine with an NVIDIA GPU and `pip install genzip[trt]`: TensorRT vs ONNX Runtime",
-        f"{trt_prefix} run {onnx_path} --trt --onnxrt {feed} {_TRT_TOL}"
+        f"# (compared by cosine similarity >= {gate}, the gate this artifact passed at compile time;"
+        " --compare-func psnr --psnr-threshold DB compares by PSNR instead)",
+        f"{trt_prefix} run {onnx_path} --trt --onnxrt {feed} {check}"
         + _shape_flags(artifact, manifest["inputs"]),
     ]
     if plugins:

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     trt.add_argument("--plugin-form", default="auto", choices=("auto", "aot", "jit"),
                      help="genzip plugins as AOT Triton kernels in the engine (no Python at run time) or JIT "
                           "Python callbacks; auto: AOT where TensorRT >= 10.9 and triton allow")
-    trt.add_argument("--timing-cache", help="timing cache to read and update (default: kept in the artifact)")
+    trt.add_argument("--timing-cache", help="timing cache to read and update (default: the user cache dir, one per GPU and TensorRT version)")
     add_dist_flags(p)
     add_common_flags(p)
     p.add_argument("--version", action="version", version=f"genzip-compile {__version__}")

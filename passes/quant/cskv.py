@@ -13,9 +13,13 @@ to ``D`` channels) the pass caches rank-r features instead of the ``D`` channels
     attention reads Concat(rec[:, :, :total - W], window)
 
 so tokens older than the last ``W`` are reconstructed from their features and the
-window is exact. ``A`` ``[D, r]`` is fitted per layer and K/V on the calibration set
-by layer-wise reconstruction of the cached activations (``_cskv_layout.fit_basis``:
-the SVD of the activations, not of the weights).
+window is exact. With ``absorb=true`` (the default) nothing is reconstructed: an attention
+reading two such caches gets the bases folded into its query and output
+(:mod:`genzip.passes.quant._cskv_absorb`), so a decode step reads the rank-r features
+once; attentions that form cannot take keep the reconstruction (stat ``reconstructed``).
+``A`` ``[D, r]`` is fitted per layer and K/V on the calibration set by layer-wise
+reconstruction of the cached activations (``_cskv_layout.fit_basis``: the SVD of the
+activations, not of the weights).
 
 K is compressed after RoPE, as the exporter caches it: CSKV shrinks the pre-RoPE key
 channels and re-applies RoPE after the reconstruction, which needs the rotary
@@ -52,6 +56,7 @@ from genzip.metadata import CSKV_KEY
 from genzip.passes.infra.context import PassContext, calibration_need
 from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
 from genzip.passes.quant import _calib_data as data_mod
+from genzip.passes.quant import _cskv_absorb as absorb_mod
 from genzip.passes.quant._cskv_layout import WINDOW_SUFFIX, fit_basis
 from genzip.passes.quant._kv_layout import MIN_SCALE, QMAX, SCALE_SUFFIX
 from genzip.passes.quant.kv_quant import PAST_PREFIX, cache_updates
@@ -65,13 +70,16 @@ class Options:
     """``rank``: features per token and K/V (a multiple of kv_heads), or ``ratio``: the
     fraction of the ``D`` channels kept (rounded up to a multiple of kv_heads); at most one
     of the two (neither: ``ratio=0.5``). ``window``: recent tokens kept at full precision (0: none). ``int8``: the
-    features in int8 with one scale per head and token. ``data``: calibration
+    features in int8 with one scale per head and token. ``absorb``: attention reads the
+    features through bases folded into query and output instead of a rebuilt K/V (same
+    result up to rounding). ``data``: calibration
     ``.npz``/``module:function`` (samples' ``input_ids``), else the compile's set."""
 
     rank: int | None = None
     ratio: float | None = None
     window: int = 0
     int8: bool = False
+    absorb: bool = True
     data: str | None = None
 
     def __post_init__(self):
@@ -157,8 +165,10 @@ def _from_heads(b: NodeBuilder, x: ir.Value, width: int) -> ir.Value:
     return b.op("Reshape", b.op("Transpose", x, perm=[0, 2, 1, 3]), b.ints(0, 0, width))
 
 
-def _rewrite(graph: ir.Graph, out: ir.Value, concat: ir.Node, basis: np.ndarray, opts: Options) -> dict:
-    """Rewrite one cache update; returns its layout slot."""
+def _rewrite(graph: ir.Graph, out: ir.Value, concat: ir.Node, basis: np.ndarray,
+             opts: Options) -> tuple[dict, ir.Value, absorb_mod.LowRankCache]:
+    """Rewrite one cache update; returns its layout slot, the value attention now reads,
+    and what the absorbed form needs."""
     past, new = concat.inputs
     batch, kv_heads, past_seq, head_dim = past.shape
     width, rank = kv_heads * head_dim, basis.shape[1]
@@ -182,7 +192,7 @@ def _rewrite(graph: ir.Graph, out: ir.Value, concat: ir.Node, basis: np.ndarray,
     else:
         present = cached = b.op("Concat", past, feats, axis=2)
     restored = _to_heads(b, b.op("MatMul", _from_heads(b, cached, rank), up), kv_heads, head_dim)
-    used = restored
+    used, window = restored, None
     if opts.window:
         window_in = _cache_input(graph, graph.inputs[list(graph.inputs).index(past) + int(opts.int8)],
                                  past.name + WINDOW_SUFFIX, ir.DataType.FLOAT, [batch, kv_heads, "past_window", head_dim])
@@ -209,7 +219,21 @@ def _rewrite(graph: ir.Graph, out: ir.Value, concat: ir.Node, basis: np.ndarray,
     for value, name, dtype, last in outputs:
         value.name, value.dtype = name, dtype
         value.shape = ir.Shape([*dims[:2], "total_window" if last == head_dim else dims[2], last])
-    return slot
+    return slot, used, absorb_mod.LowRankCache(cached, basis.T, window, kv_heads, head_dim, tuple(b.nodes))
+
+
+def _absorb(graph: ir.Graph, lowrank: dict[ir.Value, absorb_mod.LowRankCache]) -> tuple[int, int]:
+    """Fold the bases into every attention reading a low-rank K and V; (absorbed, kept)."""
+    absorbed = kept = 0
+    readers = {use.node for value in lowrank for use in value.uses()}
+    for node in [n for n in graph if n in readers]:
+        k, v = (node.inputs[i] if len(node.inputs) > i else None for i in (1, 2))
+        if k in lowrank and v in lowrank and absorb_mod.why_not(node) is None:
+            absorb_mod.rewrite(graph, node, lowrank[k], lowrank[v])
+            absorbed += 1
+        else:
+            kept += 1
+    return absorbed, kept
 
 
 class CSKVPass(GenzipPass):
@@ -242,13 +266,14 @@ class CSKVPass(GenzipPass):
         samples = data_mod.resolve(opts.data, context, self.name)
         context.report(f"cskv: fitting {len(updates)} low-rank caches on {len(samples)} calibration samples")
         acts = _activations(model, samples, [out.name for out, _ in updates])
-        slots, errors, rank = {}, {}, 0
+        slots, errors, rank, lowrank = {}, {}, 0, {}
         for out, concat in updates:
             past = concat.inputs[0]
             kv_heads, head_dim = past.shape[1], past.shape[3]
             rank = opts.rank_for(kv_heads * head_dim, kv_heads)
             basis, errors[out.name] = fit_basis(acts[out.name], rank)
-            slots[past.name] = _rewrite(graph, out, concat, basis, opts)
+            slots[past.name], used, lowrank[used] = _rewrite(graph, out, concat, basis, opts)
+        absorbed, reconstructed = _absorb(graph, lowrank) if opts.absorb else (0, len(lowrank))
         model.metadata_props[CSKV_KEY] = json.dumps(
             {"rank": rank, "window": opts.window, "int8": opts.int8, "slots": slots}, sort_keys=True)
         width = kv_heads * head_dim
@@ -256,5 +281,6 @@ class CSKVPass(GenzipPass):
         stats = {"caches": len(slots), "rank": rank, "width": width, "window": opts.window, "int8": opts.int8,
                  "bytes_ratio": round(4 * width / per_token, 3),  # long-context limit, window aside
                  "max_calib_rel_error": round(max(errors.values()), 4),
-                 "mean_calib_rel_error": round(float(np.mean(list(errors.values()))), 4)}
+                 "mean_calib_rel_error": round(float(np.mean(list(errors.values()))), 4),
+                 "absorbed": absorbed, "reconstructed": reconstructed}
         return GenzipPassResult(model, True, stats)

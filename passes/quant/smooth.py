@@ -243,9 +243,9 @@ class SmoothPass(GenzipPass):
         points, range_ids, index = None, [0] * len(samples), None
         if opts.ranges > 1:
             _check_ranged(model, opts, groups)
-            points = _ranges.split_points([_ranges.first_timestep(f, opts.timestep) for f in samples], opts.ranges,
-                                          self.name)
-            range_ids = [_ranges.range_of(_ranges.first_timestep(f, opts.timestep), points) for f in samples]
+            timesteps = [_ranges.first_timestep(f, opts.timestep) for f in samples]
+            points = _ranges.split_points(timesteps, opts.ranges, self.name)
+            range_ids = [_ranges.range_of(t, points) for t in timesteps]
         act = _channel_amax(model, sorted(groups), samples, range_ids)
         if points is not None:
             index = _ranges.index_value(graph, next(v for v in graph.inputs if v.name == opts.timestep), points)
