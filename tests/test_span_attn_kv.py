@@ -109,6 +109,10 @@ def test_evicting_cache_matches_span_reference(tiny, tmp_path):
     np.testing.assert_allclose(lm.score(ids, chunk=5), want, rtol=1e-4, atol=1e-4)
     gen, gen_layer = (m.generate(ids[:, :12], max_new_tokens=30) for m in (lm, per_layer))
     np.testing.assert_array_equal(gen.sequences, gen_layer.sequences)
+    pair = np.concatenate([ids[:, :10], ids[:, 20:30]])  # batch 2 through the split caches: each row as if alone
+    both = lm.generate(pair, max_new_tokens=20, eos_token_id=[]).sequences
+    rows = [per_layer.generate(pair[i:i + 1], max_new_tokens=20, eos_token_id=[]).sequences for i in range(2)]
+    np.testing.assert_array_equal(both, np.concatenate(rows))
     # K and V, head_dim 8, float32, per KV head: 11 + 42 (layer 0) + 16 + 16 (layer 1) tokens;
     # per layer: 2 heads x (42 + 16); dense: 2 heads x (48 + 48).
     assert gen.kv_bytes == 2 * 8 * 4 * (11 + 42 + 16 + 16) < gen_layer.kv_bytes == 2 * 8 * 4 * 2 * (42 + 16)
