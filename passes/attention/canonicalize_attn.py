@@ -50,6 +50,7 @@ from genzip.metadata import ATTN_SCOPE_KEY as SCOPE_KEY
 from genzip.passes.attention import _normalize as attn_normalize
 from genzip.passes.attention._classify import UNKNOWN, Sources, attention_scope, classify
 from genzip.passes.attention._patterns import attention_rules
+from genzip.passes.cleanup.fold_constants import fold
 from genzip.passes.infra.context import PassContext
 from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
 from genzip.passes.infra.graph import live_nodes, model_graphs, remove_orphans, restore_types, untyped_constants
@@ -96,7 +97,7 @@ def _type_untyped_chains(model: ir.Model, rules: pattern.RewriteRuleSet) -> bool
         # The chains will be rewritten: fold the shape arithmetic too, so sequence dims the
         # exporter computes from Shape values become static where the graph is (as after
         # fold-constants,infer-shapes), and self-attention's Q and K lengths compare equal.
-        onnxscript.optimizer.fold_constants(model, output_size_limit=_FOLD_LIMIT)
+        fold(model, _FOLD_LIMIT)
         try:
             common_passes.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
         except (onnx.shape_inference.InferenceError, ValueError) as e:
