@@ -113,3 +113,21 @@ def test_sensitivity_by_path_matches_in_memory(monkeypatch):
     kinds.clear()
     assert _sensitivity(_named_mlp()) == small
     assert kinds == [str, str]
+
+
+def test_full_verify_of_external_weights_from_another_folder(tmp_path, monkeypatch):
+    """The verifier checks a model whose weights are in an external file by their types:
+    the references are not resolved against the working directory, and no proto holds them."""
+    from genzip.passes.infra.invariants import verify
+
+    w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)  # past the checked-weight limit
+    folder = tmp_path / "m"
+    folder.mkdir()
+    big = model_from_text(f"""<ir_version: 9, opset_import: ["" : 23]>
+g (float[2, 64] x) => (float[2, 64] y) <float[64, 64] w = {{{", ".join(map(str, w.ravel().tolist()))}}}> {{
+    y = MatMul (x, w)
+}}""")
+    ir.save(big, str(folder / "model.onnx"), external_data="model.onnx.data")
+    loaded = ir.load(str(folder / "model.onnx"))
+    monkeypatch.chdir(tmp_path)
+    verify(loaded, "full")  # was: "Data of TensorProto (tensor name: w) should be stored in model.onnx.data"
