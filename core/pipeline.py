@@ -1,14 +1,16 @@
 """``genzip-compile PIPELINE_FOLDER``: a whole diffusers pipeline into one artifact folder.
 
 Supported pipeline classes (``PIPELINES``): ``DiTPipeline`` (class-conditional DiT
-transformer, VAE decoder, scheduler). Other pipeline folders keep compiling their
-denoiser alone (``genzip.frontend.hf_folder``).
+transformer, VAE decoder, scheduler) and ``StableDiffusionPipeline`` (UNet, CLIP text
+encoder and its tokenizer, VAE decoder, scheduler). Other pipeline folders keep
+compiling their denoiser alone (``genzip.frontend.hf_folder``).
 
 Invariant: the artifact folder is complete or absent (it is staged and renamed);
-it holds one sub-artifact per neural component (``transformer/``, ``vae_decoder/``),
-each a normal genzip artifact with its own manifest and fidelity gate, plus the
-pipeline's ``model_index.json`` and ``scheduler/`` files, and a top-level
-``genzip.json`` with ``"kind": "pipeline"`` naming them.
+it holds one sub-artifact per neural component (``transformer/`` or ``unet/``,
+``text_encoder/``, ``vae_decoder/``), each a normal genzip artifact with its own
+manifest and fidelity gate, plus the pipeline's ``model_index.json``, ``scheduler/``
+and ``tokenizer/`` files, and a top-level ``genzip.json`` with ``"kind": "pipeline"``
+naming them and holding each component's config (what the diffusers pipeline reads).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from genzip.backends.artifact import staged_folder, write_json
 from genzip.errors import GenzipError
 from genzip.runtime.pipeline import MANIFEST, PIPELINE_KIND
 
-PIPELINES = ("DiTPipeline",)
+# pipeline class -> its denoiser folder; text pipelines also have text_encoder/ and tokenizer/.
+PIPELINES = {"DiTPipeline": "transformer", "StableDiffusionPipeline": "unet"}
+TEXT_PIPELINES = ("StableDiffusionPipeline",)
 
 
 def pipeline_class(model_ref: Any) -> str | None:
@@ -41,7 +45,36 @@ def pipeline_class(model_ref: Any) -> str | None:
     return name if name in PIPELINES else None
 
 
-def _vae_decoder(folder: Path):
+def _text_encoder(folder: Path, class_name: str):
+    """(the text encoder as a module ``input_ids -> last_hidden_state``, example token ids,
+    its config dict). The example is one prompt padded to the tokenizer's length, as the
+    pipeline tokenizes (``padding="max_length"``)."""
+    import torch
+    import transformers
+
+    cls = getattr(transformers, class_name, None)
+    if cls is None:
+        raise GenzipError(f"transformers has no text encoder class '{class_name}'",
+                          "check model_index.json or upgrade transformers")
+    encoder = cls.from_pretrained(folder / "text_encoder", local_files_only=True, use_safetensors=True,
+                                  dtype=torch.float32).eval()
+    tok_config = json.loads((folder / "tokenizer" / "tokenizer_config.json").read_text())
+    length = int(tok_config.get("model_max_length") or encoder.config.max_position_embeddings)
+
+    class TextEncoder(torch.nn.Module):
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids):
+            return self.encoder(input_ids, return_dict=False)[0]
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, encoder.config.vocab_size, (1, length), generator=g)
+    return TextEncoder(encoder).eval(), ids, encoder.config.to_dict()
+
+
+def _vae_decoder(folder: Path, denoiser: str):
     """(the VAE's decode as a module, its example latents, its scaling factor)."""
     import diffusers
     import torch
@@ -56,56 +89,82 @@ def _vae_decoder(folder: Path):
         def forward(self, latent):
             return self.vae.decode(latent, return_dict=False)[0]
 
-    transformer = json.loads((folder / "transformer" / "config.json").read_text())
-    size = transformer["sample_size"]
+    size = json.loads((folder / denoiser / "config.json").read_text())["sample_size"]
     g = torch.Generator().manual_seed(0)
     # Batch 1: the decoder's export is not batch-dynamic (torch.export finds a batch constraint in
     # AutoencoderKL.decode), so OrtVaeDecoder decodes one latent per call.
     latents = torch.randn(1, vae.config.latent_channels, size, size, generator=g)
-    return VaeDecoder(vae).eval(), latents, float(vae.config.scaling_factor)
+    return VaeDecoder(vae).eval(), latents, dict(vae.config)
+
+
+def _side_options(options):
+    """Options of a component that is exported and verified, not optimized (the text encoder,
+    the VAE decoder): the pipeline's target, checks, gate and providers, and its dtype."""
+    from genzip.compile import CompileOptions
+
+    return CompileOptions(target=options.target, seed=options.seed, verify=options.verify,
+                          min_cosine=options.min_cosine, providers=options.providers, device=options.device,
+                          dtype=options.dtype)
 
 
 def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str], None] | None = None,
                      config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Compile every neural component of the pipeline ``folder`` into ``out_dir``; return
     the top-level manifest. ``options`` (``CompileOptions``): the pipeline spec and recipe
-    apply to the denoiser; the VAE decoder is exported and verified (``dtype`` applies to both)."""
+    apply to the denoiser; the text encoder and VAE decoder are exported and verified
+    (``dtype`` applies to all)."""
     import dataclasses
 
-    from genzip.compile import CompileOptions, compile_model
+    from genzip.compile import compile_model
 
     root = Path(folder).expanduser()
     name = pipeline_class(root)
+    denoiser = PIPELINES[name]
+    text = name in TEXT_PIPELINES
     index = json.loads((root / "model_index.json").read_text())
-    for part in ("transformer", "vae", "scheduler"):
+    for part in (denoiser, "vae", "scheduler") + (("text_encoder", "tokenizer") if text else ()):
         if not (root / part).is_dir():
             raise GenzipError(f"'{root}' is a {name} folder without its '{part}' folder",
                               "pass a folder written by the pipeline's save_pretrained()")
+    say = progress or (lambda _: None)
     with staged_folder(out_dir, options.force) as tmp:
-        if progress:
-            progress(f"{name}: compiling the transformer")
-        denoiser = compile_model(str(root / "transformer"), os.path.join(tmp, "transformer"),
-                                 dataclasses.replace(options, force=False, reproducer_dir=None), progress, config=config)
-        if progress:
-            progress(f"{name}: compiling the VAE decoder")
-        module, latents, scaling = _vae_decoder(root)
-        vae_opts = CompileOptions(target=options.target, seed=options.seed, verify=options.verify,
-                                  min_cosine=options.min_cosine, providers=options.providers, device=options.device,
-                                  dtype=options.dtype)
-        decoder = compile_model(module, os.path.join(tmp, "vae_decoder"), vae_opts, progress, example_call=(latents,))
+        fidelity, passes, components, configs = {}, {}, {}, {}
+
+        def record(part: str, manifest: dict[str, Any]) -> None:
+            components[part] = part
+            fidelity[part], passes[part] = manifest["fidelity"], manifest["passes"]
+
+        say(f"{name}: compiling the {denoiser}")
+        record(denoiser, compile_model(str(root / denoiser), os.path.join(tmp, denoiser),
+                                       dataclasses.replace(options, force=False, reproducer_dir=None), progress,
+                                       config=config))
+        configs[denoiser] = json.loads((root / denoiser / "config.json").read_text())
+        if text:
+            say(f"{name}: compiling the text encoder")
+            module, ids, configs["text_encoder"] = _text_encoder(root, index["text_encoder"][1])
+            record("text_encoder", compile_model(module, os.path.join(tmp, "text_encoder"), _side_options(options),
+                                                 progress, example_call=(ids,)))
+            shutil.copytree(root / "tokenizer", os.path.join(tmp, "tokenizer"))
+        say(f"{name}: compiling the VAE decoder")
+        module, latents, configs["vae"] = _vae_decoder(root, denoiser)
+        record("vae_decoder", compile_model(module, os.path.join(tmp, "vae_decoder"), _side_options(options),
+                                            progress, example_call=(latents,)))
         shutil.copytree(root / "scheduler", os.path.join(tmp, "scheduler"))
         shutil.copyfile(root / "model_index.json", os.path.join(tmp, "model_index.json"))
         manifest = {
             "kind": PIPELINE_KIND,
             "pipeline": name,
             "source": str(root.resolve()),
-            "components": {"transformer": "transformer", "vae_decoder": "vae_decoder"},
-            "vae": {"scaling_factor": scaling},
+            "components": components,
+            "vae": {"scaling_factor": float(configs["vae"]["scaling_factor"])},
+            "configs": configs,
             "id2label": index.get("id2label"),
             "scheduler": "scheduler",
-            "fidelity": {"transformer": denoiser["fidelity"], "vae_decoder": decoder["fidelity"]},
-            "passes": {"transformer": denoiser["passes"], "vae_decoder": decoder["passes"]},
+            "fidelity": fidelity,
+            "passes": passes,
         }
+        if text:
+            manifest["tokenizer"] = {"folder": "tokenizer", "class": index["tokenizer"][1]}
         if config is not None:
             manifest["config"] = config
         write_json(os.path.join(tmp, MANIFEST), manifest)

@@ -1,10 +1,13 @@
 """A compiled pipeline artifact (``genzip-compile PIPELINE_FOLDER``) opened as a diffusers pipeline.
 
 ``load_pipeline`` returns the pipeline class named in the artifact's top-level
-``genzip.json`` (``DiTPipeline``) built from ONNX Runtime components: the transformer
-is ``DiffusersTransformer`` (plan applied), the VAE decoder is ``OrtVaeDecoder``, the
-scheduler is the pipeline's own (``scheduler/``). It is called like the original
-(``pipe(class_labels=[...], num_inference_steps=..., generator=...)``) and returns images.
+``genzip.json`` (``DiTPipeline``, ``StableDiffusionPipeline``) built from ONNX Runtime
+components: the transformer is ``DiffusersTransformer`` and the UNet ``DiffusersUNet``
+(plan applied), the text encoder is ``OrtTextEncoder`` with the artifact's own
+tokenizer files, the VAE decoder is ``OrtVaeDecoder``, the scheduler is the
+pipeline's own (``scheduler/``). It is called like the original
+(``pipe(class_labels=[...])`` or ``pipe(prompt=...)``, ``num_inference_steps=...,
+generator=...``) and returns images.
 """
 
 from __future__ import annotations
@@ -35,12 +38,12 @@ class OrtVaeDecoder:
     """The VAE's ``decode`` on ONNX Runtime: ``decode(latents).sample`` as diffusers calls it,
     on the latents' device and dtype; ``config.scaling_factor`` as the pipeline reads it."""
 
-    def __init__(self, folder: str, scaling_factor: float, threads: int | None = None, providers=None):
+    def __init__(self, folder: str, config: dict[str, Any], threads: int | None = None, providers=None):
         import torch
         from diffusers.configuration_utils import FrozenDict
 
         self.model = load_artifact(folder, threads=threads, providers=providers)
-        self.config = FrozenDict(scaling_factor=scaling_factor)
+        self.config = FrozenDict(config)
         self.dtype = torch.float32
         self.device = torch.device("cpu")
         spec = self.model.inputs[0]
@@ -49,17 +52,71 @@ class OrtVaeDecoder:
     def to(self, *args, **kwargs) -> OrtVaeDecoder:
         return self
 
-    def decode(self, latents, return_dict: bool = True):
+    def decode(self, latents, return_dict: bool = True, generator=None):
         import torch
         from diffusers.models.autoencoders.vae import DecoderOutput
 
-        batch = self.model.inputs[0]["shape"][0]
         z = latents.detach().cpu().float().numpy().astype(self._dtype)
-        # A static-batch decoder (see genzip.pipeline) decodes the latents in slices of its batch.
-        step = batch if isinstance(batch, int) else len(z)
-        images = [next(iter(self.model.run({self._input: z[i:i + step]}).values())) for i in range(0, len(z), step)]
-        out = torch.from_numpy(np.concatenate(images).astype(np.float32)).to(device=latents.device, dtype=latents.dtype)
+        out = torch.from_numpy(run_in_batches(self.model, self._input, z)).to(device=latents.device,
+                                                                                dtype=latents.dtype)
         return DecoderOutput(sample=out) if return_dict else (out,)
+
+
+def run_in_batches(model, name: str, x: np.ndarray) -> np.ndarray:
+    """The first output of ``model`` on ``x`` as float32; a static-batch export (the VAE decoder
+    and text encoder, see genzip.pipeline) runs ``x`` in slices of its batch."""
+    batch = model.inputs[0]["shape"][0]
+    step = batch if isinstance(batch, int) else len(x)
+    outs = [next(iter(model.run({name: x[i:i + step]}).values())) for i in range(0, len(x), step)]
+    return np.concatenate(outs).astype(np.float32)
+
+
+class OrtTextEncoder:
+    """A transformers text encoder on ONNX Runtime: ``encoder(input_ids, attention_mask=None)[0]``
+    is the last hidden state, as diffusers' text pipelines read it; ``config`` is the encoder's.
+
+    The export takes token ids only (no mask): CLIP's pipelines pass none (its config has
+    no ``use_attention_mask``); a mask with zeros would change the result, so it is refused."""
+
+    def __init__(self, folder: str, config: dict[str, Any], threads: int | None = None, providers=None):
+        import torch
+        from diffusers.configuration_utils import FrozenDict
+
+        self.model = load_artifact(folder, threads=threads, providers=providers)
+        self.config = FrozenDict(config)
+        self.dtype = torch.float32
+        self.device = torch.device("cpu")
+        self._input = self.model.inputs[0]["name"]
+
+    def to(self, *args, **kwargs) -> OrtTextEncoder:
+        return self
+
+    def __call__(self, input_ids, attention_mask=None, output_hidden_states=None, **unused):
+        import torch
+
+        if attention_mask is not None and not bool(torch.all(attention_mask != 0)):
+            raise GenzipError("this genzip text encoder takes no attention_mask, and the mask given has zeros",
+                              "pass token ids without a padding mask (the pipeline's own call passes none)")
+        if output_hidden_states:
+            raise GenzipError("this genzip text encoder returns the last hidden state only",
+                              "call the pipeline without clip_skip")
+        ids = input_ids.detach().cpu().numpy().astype(np.int64)
+        out = torch.from_numpy(run_in_batches(self.model, self._input, ids)).to(input_ids.device)
+        return (out,)
+
+
+PIPELINES = ("DiTPipeline", "StableDiffusionPipeline")
+
+
+def _tokenizer(artifact: str, manifest: dict[str, Any]):
+    import transformers
+
+    spec = manifest["tokenizer"]
+    cls = getattr(transformers, spec["class"], None)
+    if cls is None:
+        raise GenzipError(f"transformers has no tokenizer class '{spec['class']}' (named in {artifact})",
+                          "upgrade transformers or recompile the artifact")
+    return cls.from_pretrained(os.path.join(artifact, spec["folder"]), local_files_only=True)
 
 
 def load_pipeline(artifact: str, plan=None, providers=None, threads: int | None = None):
@@ -68,22 +125,33 @@ def load_pipeline(artifact: str, plan=None, providers=None, threads: int | None 
 
     from genzip.runtime.diffusers_adapter import DiffusersTransformer
     from genzip.runtime.plan import load_plan
+    from genzip.runtime.unet_adapter import DiffusersUNet
 
     manifest = read_pipeline_manifest(artifact)
     if manifest is None:
         raise GenzipError(f"{artifact} is not a pipeline artifact (its genzip.json has no \"kind\": \"pipeline\")",
                           "compile a diffusers pipeline folder (model_index.json) with genzip-compile, "
                           "or open a single artifact with genzip.load")
-    if manifest.get("pipeline") != "DiTPipeline":
-        raise GenzipError(f"{artifact} holds a {manifest.get('pipeline')}, which this genzip cannot open",
+    name = manifest.get("pipeline")
+    if name not in PIPELINES:
+        raise GenzipError(f"{artifact} holds a {name}, which this genzip cannot open",
                           "recompile it with this genzip")
     parts = manifest["components"]
-    transformer = DiffusersTransformer(os.path.join(artifact, parts["transformer"]),
-                                       load_plan(plan) if isinstance(plan, str) else plan,
-                                       threads=threads, providers=providers)
-    vae = OrtVaeDecoder(os.path.join(artifact, parts["vae_decoder"]), manifest["vae"]["scaling_factor"],
-                        threads=threads, providers=providers)
+    configs = manifest.get("configs", {})
+    plan = load_plan(plan) if isinstance(plan, str) else plan
+    path = {part: os.path.join(artifact, folder) for part, folder in parts.items()}
+    vae = OrtVaeDecoder(path["vae_decoder"], configs.get("vae", manifest["vae"]), threads=threads,
+                        providers=providers)
     config = jsonfile.read_json(os.path.join(artifact, manifest["scheduler"], "scheduler_config.json"),
                                 "scheduler config", "recompile the artifact")
     scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
-    return diffusers.DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler, id2label=manifest.get("id2label"))
+    if name == "DiTPipeline":
+        transformer = DiffusersTransformer(path["transformer"], plan, threads=threads, providers=providers)
+        return diffusers.DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler,
+                                     id2label=manifest.get("id2label"))
+    unet = DiffusersUNet(path["unet"], configs["unet"], plan, threads=threads, providers=providers)
+    text_encoder = OrtTextEncoder(path["text_encoder"], configs["text_encoder"], threads=threads,
+                                  providers=providers)
+    return diffusers.StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=_tokenizer(artifact, manifest), unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
