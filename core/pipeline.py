@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,35 @@ from genzip.runtime.pipeline import MANIFEST, PIPELINE_KIND
 # pipeline class -> its denoiser folder; text pipelines also have text_encoder/ and tokenizer/.
 PIPELINES = {"DiTPipeline": "transformer", "StableDiffusionPipeline": "unet"}
 TEXT_PIPELINES = ("StableDiffusionPipeline",)
+
+
+_COMPONENT_SPEC = re.compile(r"^([a-z_]+)=(.*)$", re.S)
+
+
+def split_component_passes(passes: str | list[str] | tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    """(the bare spec, {component: spec}) of ``--passes`` values: ``NAME=SPEC`` names a
+    pipeline component (a pass spec never matches: options sit inside ``{...}``), anything
+    else is the denoiser's and the bare values are joined in order. A component named
+    twice is a one-line error."""
+    values = [passes] if isinstance(passes, str) else list(passes)
+    bare: list[str] = []
+    named: dict[str, str] = {}
+    for value in values:
+        match = _COMPONENT_SPEC.match(value.strip())
+        if match is None:
+            if value.strip():
+                bare.append(value.strip())
+            continue
+        name, spec = match.groups()
+        if name in named:
+            raise GenzipError(f"--passes names component '{name}' twice", f"give one --passes {name}=SPEC")
+        named[name] = spec.strip()
+    return ",".join(bare), named
+
+
+def component_names(name: str) -> tuple[str, ...]:
+    """The component names ``--passes NAME=SPEC`` takes for pipeline class ``name``."""
+    return (PIPELINES[name],) + (("text_encoder",) if name in TEXT_PIPELINES else ()) + ("vae",)
 
 
 def pipeline_class(model_ref: Any) -> str | None:
@@ -97,22 +127,39 @@ def _vae_decoder(folder: Path, denoiser: str):
     return VaeDecoder(vae).eval(), latents, dict(vae.config)
 
 
-def _side_options(options):
-    """Options of a component that is exported and verified, not optimized (the text encoder,
-    the VAE decoder): the pipeline's target, checks, gate and providers, and its dtype."""
+def _side_options(options, passes: str):
+    """Options of a component other than the denoiser (the text encoder, the VAE decoder): its
+    own ``passes`` (none by default: exported and verified), the pipeline's target, checks,
+    gate, providers and dtype."""
     from genzip.compile import CompileOptions
 
-    return CompileOptions(target=options.target, seed=options.seed, verify=options.verify,
+    return CompileOptions(target=options.target, passes=passes, seed=options.seed, verify=options.verify,
                           min_cosine=options.min_cosine, providers=options.providers, device=options.device,
                           dtype=options.dtype)
 
 
+def check_component_passes(name: str, component_passes: dict[str, str]) -> None:
+    """Refuse, in one line and before anything compiles, ``--passes NAME=SPEC`` for a
+    component pipeline ``name`` lacks, or with a spec that does not build."""
+    from genzip.passes import build_pipeline
+
+    known = component_names(name)
+    unknown = sorted(set(component_passes) - set(known))
+    if unknown:
+        raise GenzipError(f"--passes {unknown[0]}=... names no component of a {name}",
+                          f"name one of {', '.join(known)} (a bare --passes SPEC is the {known[0]}'s)")
+    for spec in component_passes.values():
+        build_pipeline(spec)
+
+
 def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str], None] | None = None,
-                     config: dict[str, Any] | None = None) -> dict[str, Any]:
+                     config: dict[str, Any] | None = None,
+                     component_passes: dict[str, str] | None = None) -> dict[str, Any]:
     """Compile every neural component of the pipeline ``folder`` into ``out_dir``; return
     the top-level manifest. ``options`` (``CompileOptions``): the pipeline spec and recipe
-    apply to the denoiser; the text encoder and VAE decoder are exported and verified
-    (``dtype`` applies to all)."""
+    apply to the denoiser; ``component_passes`` (``--passes NAME=SPEC``) adds a spec per
+    component (the denoiser's is appended after ``options.passes``); a component without
+    one is exported and verified. ``dtype`` applies to all."""
     import dataclasses
 
     from genzip.compile import compile_model
@@ -121,6 +168,9 @@ def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str
     name = pipeline_class(root)
     denoiser = PIPELINES[name]
     text = name in TEXT_PIPELINES
+    component_passes = dict(component_passes or {})
+    check_component_passes(name, component_passes)
+    denoiser_spec = ",".join(s for s in (options.passes, component_passes.get(denoiser, "")) if s)
     index = json.loads((root / "model_index.json").read_text())
     for part in (denoiser, "vae", "scheduler") + (("text_encoder", "tokenizer") if text else ()):
         if not (root / part).is_dir():
@@ -136,18 +186,21 @@ def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str
 
         say(f"{name}: compiling the {denoiser}")
         record(denoiser, compile_model(str(root / denoiser), os.path.join(tmp, denoiser),
-                                       dataclasses.replace(options, force=False, reproducer_dir=None), progress,
+                                       dataclasses.replace(options, passes=denoiser_spec, force=False,
+                                                           reproducer_dir=None), progress,
                                        config=config))
         configs[denoiser] = json.loads((root / denoiser / "config.json").read_text())
         if text:
             say(f"{name}: compiling the text encoder")
             module, ids, configs["text_encoder"] = _text_encoder(root, index["text_encoder"][1])
-            record("text_encoder", compile_model(module, os.path.join(tmp, "text_encoder"), _side_options(options),
+            record("text_encoder", compile_model(module, os.path.join(tmp, "text_encoder"),
+                                                 _side_options(options, component_passes.get("text_encoder", "")),
                                                  progress, example_call=(ids,)))
             shutil.copytree(root / "tokenizer", os.path.join(tmp, "tokenizer"))
         say(f"{name}: compiling the VAE decoder")
         module, latents, configs["vae"] = _vae_decoder(root, denoiser)
-        record("vae_decoder", compile_model(module, os.path.join(tmp, "vae_decoder"), _side_options(options),
+        record("vae_decoder", compile_model(module, os.path.join(tmp, "vae_decoder"),
+                                            _side_options(options, component_passes.get("vae", "")),
                                             progress, example_call=(latents,)))
         shutil.copytree(root / "scheduler", os.path.join(tmp, "scheduler"))
         shutil.copyfile(root / "model_index.json", os.path.join(tmp, "model_index.json"))

@@ -1,0 +1,104 @@
+"""Text-to-image pipelines compiled whole: a tiny random StableDiffusionPipeline (UNet, CLIP
+text encoder, generated BPE tokenizer, VAE; built offline) compiles into one artifact with
+per-component specs; load_pipeline returns a StableDiffusionPipeline on ONNX Runtime whose
+images match PyTorch's at the same seed; genzip sample --prompt writes PNGs or a grid;
+unknown component names and misplaced flags are one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import genzip
+from genzip.tools import compile_cli, genzip_cli
+from tests.tiny_pipelines import stable_diffusion
+
+PROMPTS = ["a red cat", "a photo of the dog", "blue"]
+
+
+@pytest.fixture(scope="module")
+def sd_pipeline(tmp_path_factory):
+    """(pipeline folder, artifact folder) of a tiny StableDiffusionPipeline compiled whole,
+    with a spec for the UNet (bare) and for the VAE (by name)."""
+    root = tmp_path_factory.mktemp("sd")
+    folder = root / "sd-pipe"
+    stable_diffusion(folder)
+    out = root / "artifact"
+    assert compile_cli.main([str(folder), "--out", str(out), "--passes", "dce", "--passes", "vae=dce",
+                             "--quiet"]) == 0
+    return str(folder), str(out)
+
+
+def test_every_component_with_its_own_spec(sd_pipeline):
+    _, out = sd_pipeline
+    assert sorted(os.listdir(out)) == ["genzip.json", "model_index.json", "scheduler", "text_encoder", "tokenizer",
+                                       "unet", "vae_decoder"]
+    with open(os.path.join(out, "genzip.json")) as f:
+        manifest = json.load(f)
+    assert manifest["pipeline"] == "StableDiffusionPipeline"
+    assert manifest["passes"] == {"unet": "dce", "text_encoder": "", "vae_decoder": "dce"}
+    assert manifest["config"]["passes"] == ["dce", "vae=dce"]  # what --config ARTIFACT/genzip.json rebuilds
+    for part in ("unet", "text_encoder", "vae_decoder"):
+        assert manifest["fidelity"][part]["cosine"] > 0.999
+    assert sorted(os.listdir(os.path.join(out, "tokenizer"))) == ["tokenizer.json", "tokenizer_config.json"]
+
+
+def test_load_pipeline_images_match_pytorch(sd_pipeline):
+    import diffusers
+
+    folder, out = sd_pipeline
+    pipe = genzip.load_pipeline(out, providers="cpu")
+    assert isinstance(pipe, diffusers.StableDiffusionPipeline)
+    reference = diffusers.StableDiffusionPipeline.from_pretrained(folder)
+    for p in (pipe, reference):
+        p.set_progress_bar_config(disable=True)
+    # Three prompts: the static-batch UNet (2) runs the CFG batch of 6 in slices.
+    call = dict(prompt=PROMPTS, num_inference_steps=2, output_type="np")
+    got = pipe(generator=torch.manual_seed(0), **call).images
+    want = reference(generator=torch.manual_seed(0), **call).images
+    assert got.shape == want.shape == (3, 16, 16, 3)
+    assert np.abs(got - want).max() < 1e-3 and want.std() > 0.05
+
+
+def test_sample_prompts_as_pngs_and_grid(sd_pipeline, tmp_path, capsys):
+    from PIL import Image
+
+    _, out = sd_pipeline
+    image = tmp_path / "image.png"
+    args = ["sample", out, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--steps", "2", "--json", "--quiet"]
+    assert genzip_cli.main([*args, "--out", str(image)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["prompts"] == PROMPTS[:2] and summary["images"] == [str(tmp_path / f"image-{i}.png") for i in (0, 1)]
+    assert genzip_cli.main([*args, "--out", str(tmp_path / "grid.png"), "--grid"]) == 0
+    capsys.readouterr()
+    grid = Image.open(tmp_path / "grid.png")
+    first = np.asarray(Image.open(summary["images"][0]))
+    assert grid.size == (32, 16) and np.array_equal(np.asarray(grid)[:, :16], first)
+    assert genzip_cli.main([*args, "--out", str(tmp_path / "grid.png"), "--grid"]) == 2  # exists, no --force
+    assert "exists; pass --force" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--passes", "vea=dce"], "--passes vea=... names no component of a StableDiffusionPipeline; name one of "
+                              "unet, text_encoder, vae"),
+    (["--passes", "vae=nosuch"], "unknown pass 'nosuch'"),
+])
+def test_component_specs_refused_in_one_line(sd_pipeline, tmp_path, capsys, argv, message):
+    folder, _ = sd_pipeline
+    assert compile_cli.main([folder, "--out", str(tmp_path / "x"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_component_spec_on_a_single_model_and_misplaced_flags(sd_pipeline, tmp_path, capsys):
+    _, out = sd_pipeline
+    assert compile_cli.main(["tiny-pixart", "--out", str(tmp_path / "x"), "--passes", "vae=dce"]) == 2
+    assert "names a pipeline component, and tiny-pixart is not a pipeline folder" in capsys.readouterr().err
+    assert genzip_cli.main(["sample", out, "--labels", "1", "--out", str(tmp_path / "y.png")]) == 2
+    assert "text-conditioned: it takes no --labels" in capsys.readouterr().err
+    assert genzip_cli.main(["sample", os.path.join(out, "unet"), "--prompt", "a cat"]) == 2
+    assert "--prompt and --grid need a pipeline artifact" in capsys.readouterr().err
