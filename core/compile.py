@@ -372,14 +372,10 @@ def build_compile(settings: Mapping[str, Any]) -> Resolved:
     if s.get("model") is None:
         raise GenzipError("no model to compile", "name one: a preset, an .onnx file, a folder or "
                                                  "package.module:function (or model = ... in the config file)")
-    from genzip.pipeline import pipeline_class, split_component_passes
+    from genzip.recipes import split_component_passes
 
     target = s.get("target", "ort")
     bare, component_passes = split_component_passes(s.get("passes", ""))
-    if component_passes and not pipeline_class(s["model"]):
-        name = next(iter(component_passes))
-        raise GenzipError(f"--passes {name}=... names a pipeline component, and {s['model']} is not a pipeline "
-                          "folder genzip compiles whole", "pass --passes SPEC without a component name")
     spec = _recipe_spec(s.get("recipe"), bare)
     trt = None
     if target == "trt":

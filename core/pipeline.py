@@ -17,43 +17,23 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from genzip import pipeline_parts as parts
 from genzip.backends.artifact import staged_folder, write_json
 from genzip.errors import GenzipError
 from genzip.runtime.pipeline import MANIFEST, PIPELINE_KIND
 
 # pipeline class -> its denoiser folder; text pipelines also have text_encoder/ and tokenizer/.
-PIPELINES = {"DiTPipeline": "transformer", "StableDiffusionPipeline": "unet"}
-TEXT_PIPELINES = ("StableDiffusionPipeline",)
-
-
-_COMPONENT_SPEC = re.compile(r"^([a-z_]+)=(.*)$", re.S)
-
-
-def split_component_passes(passes: str | list[str] | tuple[str, ...]) -> tuple[str, dict[str, str]]:
-    """(the bare spec, {component: spec}) of ``--passes`` values: ``NAME=SPEC`` names a
-    pipeline component (a pass spec never matches: options sit inside ``{...}``), anything
-    else is the denoiser's and the bare values are joined in order. A component named
-    twice is a one-line error."""
-    values = [passes] if isinstance(passes, str) else list(passes)
-    bare: list[str] = []
-    named: dict[str, str] = {}
-    for value in values:
-        match = _COMPONENT_SPEC.match(value.strip())
-        if match is None:
-            if value.strip():
-                bare.append(value.strip())
-            continue
-        name, spec = match.groups()
-        if name in named:
-            raise GenzipError(f"--passes names component '{name}' twice", f"give one --passes {name}=SPEC")
-        named[name] = spec.strip()
-    return ",".join(bare), named
+PIPELINES = {"DiTPipeline": "transformer", "StableDiffusionPipeline": "unet",
+             "PixArtAlphaPipeline": "transformer", "PixArtSigmaPipeline": "transformer"}
+TEXT_PIPELINES = ("StableDiffusionPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline")
+# Pipelines that pass the prompt's padding mask to the text encoder and the denoiser, with the
+# prompt length they pad to (their __call__'s max_sequence_length default).
+MASKED_TEXT_LENGTH = {"PixArtAlphaPipeline": 120, "PixArtSigmaPipeline": 300}
 
 
 def component_names(name: str) -> tuple[str, ...]:
@@ -73,58 +53,6 @@ def pipeline_class(model_ref: Any) -> str | None:
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
         raise GenzipError(f"'{index}' is not valid JSON ({e})", "fix or re-create model_index.json") from e
     return name if name in PIPELINES else None
-
-
-def _text_encoder(folder: Path, class_name: str):
-    """(the text encoder as a module ``input_ids -> last_hidden_state``, example token ids,
-    its config dict). The example is one prompt padded to the tokenizer's length, as the
-    pipeline tokenizes (``padding="max_length"``)."""
-    import torch
-    import transformers
-
-    cls = getattr(transformers, class_name, None)
-    if cls is None:
-        raise GenzipError(f"transformers has no text encoder class '{class_name}'",
-                          "check model_index.json or upgrade transformers")
-    encoder = cls.from_pretrained(folder / "text_encoder", local_files_only=True, use_safetensors=True,
-                                  dtype=torch.float32).eval()
-    tok_config = json.loads((folder / "tokenizer" / "tokenizer_config.json").read_text())
-    length = int(tok_config.get("model_max_length") or encoder.config.max_position_embeddings)
-
-    class TextEncoder(torch.nn.Module):
-        def __init__(self, encoder):
-            super().__init__()
-            self.encoder = encoder
-
-        def forward(self, input_ids):
-            return self.encoder(input_ids, return_dict=False)[0]
-
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, encoder.config.vocab_size, (1, length), generator=g)
-    return TextEncoder(encoder).eval(), ids, encoder.config.to_dict()
-
-
-def _vae_decoder(folder: Path, denoiser: str):
-    """(the VAE's decode as a module, its example latents, its scaling factor)."""
-    import diffusers
-    import torch
-
-    vae = diffusers.AutoencoderKL.from_pretrained(str(folder / "vae")).eval()
-
-    class VaeDecoder(torch.nn.Module):
-        def __init__(self, vae):
-            super().__init__()
-            self.vae = vae
-
-        def forward(self, latent):
-            return self.vae.decode(latent, return_dict=False)[0]
-
-    size = json.loads((folder / denoiser / "config.json").read_text())["sample_size"]
-    g = torch.Generator().manual_seed(0)
-    # Batch 1: the decoder's export is not batch-dynamic (torch.export finds a batch constraint in
-    # AutoencoderKL.decode), so OrtVaeDecoder decodes one latent per call.
-    latents = torch.randn(1, vae.config.latent_channels, size, size, generator=g)
-    return VaeDecoder(vae).eval(), latents, dict(vae.config)
 
 
 def _side_options(options, passes: str):
@@ -185,20 +113,26 @@ def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str
             fidelity[part], passes[part] = manifest["fidelity"], manifest["passes"]
 
         say(f"{name}: compiling the {denoiser}")
-        record(denoiser, compile_model(str(root / denoiser), os.path.join(tmp, denoiser),
-                                       dataclasses.replace(options, passes=denoiser_spec, force=False,
-                                                           reproducer_dir=None), progress,
-                                       config=config))
+        denoiser_opts = dataclasses.replace(options, passes=denoiser_spec, force=False, reproducer_dir=None)
+        length = MASKED_TEXT_LENGTH.get(name)
+        if length is None:
+            record(denoiser, compile_model(str(root / denoiser), os.path.join(tmp, denoiser), denoiser_opts, progress,
+                                           config=config))
+        else:  # the padding mask is a graph input (pipeline_parts.masked_transformer)
+            module, call, _ = parts.masked_transformer(root, length)
+            record(denoiser, compile_model(module, os.path.join(tmp, denoiser), denoiser_opts, progress,
+                                           example_call=call, config=config))
         configs[denoiser] = json.loads((root / denoiser / "config.json").read_text())
         if text:
             say(f"{name}: compiling the text encoder")
-            module, ids, configs["text_encoder"] = _text_encoder(root, index["text_encoder"][1])
+            module, call, configs["text_encoder"] = parts.text_encoder(root, index["text_encoder"][1], length,
+                                                                       masked=length is not None)
             record("text_encoder", compile_model(module, os.path.join(tmp, "text_encoder"),
                                                  _side_options(options, component_passes.get("text_encoder", "")),
-                                                 progress, example_call=(ids,)))
+                                                 progress, example_call=call))
             shutil.copytree(root / "tokenizer", os.path.join(tmp, "tokenizer"))
         say(f"{name}: compiling the VAE decoder")
-        module, latents, configs["vae"] = _vae_decoder(root, denoiser)
+        module, latents, configs["vae"] = parts.vae_decoder(root, denoiser)
         record("vae_decoder", compile_model(module, os.path.join(tmp, "vae_decoder"),
                                             _side_options(options, component_passes.get("vae", "")),
                                             progress, example_call=(latents,)))

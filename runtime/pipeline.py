@@ -75,8 +75,10 @@ class OrtTextEncoder:
     """A transformers text encoder on ONNX Runtime: ``encoder(input_ids, attention_mask=None)[0]``
     is the last hidden state, as diffusers' text pipelines read it; ``config`` is the encoder's.
 
-    The export takes token ids only (no mask): CLIP's pipelines pass none (its config has
-    no ``use_attention_mask``); a mask with zeros would change the result, so it is refused."""
+    A CLIP export takes token ids only: its pipelines pass no mask (its config has no
+    ``use_attention_mask``), and a mask with zeros would change the result, so it is
+    refused. A T5 export (PixArt) has an ``attention_mask`` input, fed the pipeline's
+    padding mask (all ones when none is passed, as in PyTorch)."""
 
     def __init__(self, folder: str, config: dict[str, Any], threads: int | None = None, providers=None):
         import torch
@@ -87,6 +89,7 @@ class OrtTextEncoder:
         self.dtype = torch.float32
         self.device = torch.device("cpu")
         self._input = self.model.inputs[0]["name"]
+        self._masked = any(spec["name"] == "attention_mask" for spec in self.model.inputs)
 
     def to(self, *args, **kwargs) -> OrtTextEncoder:
         return self
@@ -94,6 +97,8 @@ class OrtTextEncoder:
     def __call__(self, input_ids, attention_mask=None, output_hidden_states=None, **unused):
         import torch
 
+        if self._masked:
+            return (self._masked_call(input_ids, attention_mask),)
         if attention_mask is not None and not bool(torch.all(attention_mask != 0)):
             raise GenzipError("this genzip text encoder takes no attention_mask, and the mask given has zeros",
                               "pass token ids without a padding mask (the pipeline's own call passes none)")
@@ -104,8 +109,16 @@ class OrtTextEncoder:
         out = torch.from_numpy(run_in_batches(self.model, self._input, ids)).to(input_ids.device)
         return (out,)
 
+    def _masked_call(self, input_ids, attention_mask):
+        import torch
 
-PIPELINES = ("DiTPipeline", "StableDiffusionPipeline")
+        ids = input_ids.detach().cpu().numpy().astype(np.int64)
+        mask = np.ones_like(ids) if attention_mask is None else attention_mask.detach().cpu().numpy().astype(np.int64)
+        out = self.model.run({self._input: ids, "attention_mask": mask})
+        return torch.from_numpy(next(iter(out.values())).astype(np.float32)).to(input_ids.device)
+
+
+PIPELINES = ("DiTPipeline", "StableDiffusionPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline")
 
 
 def _tokenizer(artifact: str, manifest: dict[str, Any]):
@@ -149,9 +162,15 @@ def load_pipeline(artifact: str, plan=None, providers=None, threads: int | None 
         transformer = DiffusersTransformer(path["transformer"], plan, threads=threads, providers=providers)
         return diffusers.DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler,
                                      id2label=manifest.get("id2label"))
-    unet = DiffusersUNet(path["unet"], configs["unet"], plan, threads=threads, providers=providers)
     text_encoder = OrtTextEncoder(path["text_encoder"], configs["text_encoder"], threads=threads,
                                   providers=providers)
+    if name.startswith("PixArt"):
+        # cfg unset: a batch of prompts without guidance is no CFG pair, so a plan's share-cfg
+        # steps run unshared (the adapter logs it) rather than share halves that differ.
+        transformer = DiffusersTransformer(path["transformer"], plan, threads=threads, providers=providers)
+        return getattr(diffusers, name)(tokenizer=_tokenizer(artifact, manifest), text_encoder=text_encoder,
+                                        vae=vae, transformer=transformer, scheduler=scheduler)
+    unet = DiffusersUNet(path["unet"], configs["unet"], plan, threads=threads, providers=providers)
     return diffusers.StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=_tokenizer(artifact, manifest), unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)

@@ -3,7 +3,10 @@
 ``clip_tokenizer`` writes a byte-level BPE vocabulary (every byte symbol, alone and
 word-final, the specials, and the merges of a few words) that ``CLIPTokenizer`` loads;
 ``stable_diffusion`` saves a ``StableDiffusionPipeline`` with a 1-block-per-level UNet,
-a 1-layer CLIP text encoder and a 2-block VAE.
+a 1-layer CLIP text encoder and a 2-block VAE. ``t5_tokenizer`` builds a tokenizers
+Unigram model over ``WORDS`` (letters as fallback pieces) that ``T5TokenizerFast``
+loads from its ``tokenizer.json``; ``pixart`` saves a ``PixArtAlphaPipeline`` with a
+1-layer PixArt transformer, a 1-layer T5 encoder and the same VAE.
 """
 
 from __future__ import annotations
@@ -50,6 +53,54 @@ def clip_tokenizer(folder: Path, max_length: int = 77):
     return tok
 
 
+def _vae():
+    import diffusers
+
+    return diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1, latent_channels=4,
+        norm_num_groups=4, sample_size=16).eval()
+
+
+def t5_tokenizer(max_length: int = 120):
+    """A T5TokenizerFast: a Unigram model over ``WORDS`` and single letters, ``</s>`` appended."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [("\u2581" + w, -1.0) for w in WORDS] + [(c, -3.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
+    return transformers.T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>",
+                                        pad_token="<pad>", extra_ids=0, model_max_length=max_length)
+
+
+def pixart(folder: Path):
+    """Save a tiny random PixArtAlphaPipeline (DPM-Solver++ scheduler) to ``folder``; return it.
+    Its sample size (8) has no resolution bins: call it with ``use_resolution_binning=False``."""
+    import diffusers
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    tokenizer = t5_tokenizer()
+    text_encoder = transformers.T5EncoderModel(transformers.T5Config(
+        vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id))
+    transformer = diffusers.PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=1, sample_size=8,
+        patch_size=2, cross_attention_dim=16, caption_channels=16, norm_type="ada_norm_single",
+        norm_num_groups=4)
+    pipe = diffusers.PixArtAlphaPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=_vae(), transformer=transformer.eval(),
+        scheduler=diffusers.DPMSolverMultistepScheduler())
+    pipe.save_pretrained(folder)
+    return pipe
+
+
 def stable_diffusion(folder: Path, text_len: int = 77):
     """Save a tiny random StableDiffusionPipeline (DDIM scheduler) to ``folder``; return it."""
     import diffusers
@@ -66,12 +117,8 @@ def stable_diffusion(folder: Path, text_len: int = 77):
         sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4)
-    vae = diffusers.AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1, latent_channels=4,
-        norm_num_groups=4, sample_size=16)
     pipe = diffusers.StableDiffusionPipeline(
-        vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
+        vae=_vae(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
         scheduler=diffusers.DDIMScheduler(beta_schedule="scaled_linear"), safety_checker=None,
         feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder)

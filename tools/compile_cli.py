@@ -8,6 +8,7 @@ import sys
 
 from genzip._version import __version__
 from genzip.compile import TARGETS, build_compile, compile_model, default_out, resolve_settings
+from genzip.errors import GenzipError
 from genzip.metrics import MIN_COSINE
 from genzip.pipeline import compile_pipeline, pipeline_class
 from genzip.tools.cli_common import Progress, add_common_flags, add_dist_flags, add_provider_flags, guarded
@@ -100,6 +101,10 @@ def _run(args: argparse.Namespace) -> int:
         cosines = ", ".join(f"{part} {fid['cosine']:.6f}" for part, fid in manifest["fidelity"].items())
         sys.stdout.write(f"wrote {out} ({manifest['pipeline']}, target {opts.target}; cosine {cosines})\n")
         return 0
+    if resolved.component_passes:
+        name = next(iter(resolved.component_passes))
+        raise GenzipError(f"--passes {name}=... names a pipeline component, and {resolved.model} is not a pipeline "
+                          "folder genzip compiles whole", "pass --passes SPEC without a component name")
     manifest = compile_model(resolved.model, out, opts, progress=Progress(not args.quiet), config=resolved.record)
     fid = manifest["fidelity"]
     sys.stdout.write(
