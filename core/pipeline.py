@@ -1,13 +1,15 @@
 """``genzip-compile PIPELINE_FOLDER``: a whole diffusers pipeline into one artifact folder.
 
 Supported pipeline classes (``PIPELINES``): ``DiTPipeline`` (class-conditional DiT
-transformer, VAE decoder, scheduler) and ``StableDiffusionPipeline`` (UNet, CLIP text
-encoder and its tokenizer, VAE decoder, scheduler). Other pipeline folders keep
+transformer, VAE decoder, scheduler), ``StableDiffusionPipeline`` (UNet, CLIP text
+encoder and its tokenizer, VAE decoder, scheduler; ``StableDiffusionImg2ImgPipeline``
+also the VAE encoder) and ``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline`` (PixArt
+transformer and T5 text encoder, both taking the prompt's padding mask). Other pipeline folders keep
 compiling their denoiser alone (``genzip.frontend.hf_folder``).
 
 Invariant: the artifact folder is complete or absent (it is staged and renamed);
 it holds one sub-artifact per neural component (``transformer/`` or ``unet/``,
-``text_encoder/``, ``vae_decoder/``), each a normal genzip artifact with its own
+``text_encoder/``, ``vae_decoder/``, ``vae_encoder/``), each a normal genzip artifact with its own
 manifest and fidelity gate, plus the pipeline's ``model_index.json``, ``scheduler/``
 and ``tokenizer/`` files, and a top-level ``genzip.json`` with ``"kind": "pipeline"``
 naming them and holding each component's config (what the diffusers pipeline reads).
@@ -29,8 +31,12 @@ from genzip.runtime.pipeline import MANIFEST, PIPELINE_KIND
 
 # pipeline class -> its denoiser folder; text pipelines also have text_encoder/ and tokenizer/.
 PIPELINES = {"DiTPipeline": "transformer", "StableDiffusionPipeline": "unet",
+             "StableDiffusionImg2ImgPipeline": "unet",
              "PixArtAlphaPipeline": "transformer", "PixArtSigmaPipeline": "transformer"}
-TEXT_PIPELINES = ("StableDiffusionPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline")
+TEXT_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "PixArtAlphaPipeline",
+                  "PixArtSigmaPipeline")
+# Pipelines that encode an input image with the VAE (vae_encoder/).
+IMAGE_PIPELINES = ("StableDiffusionImg2ImgPipeline",)
 # Pipelines that pass the prompt's padding mask to the text encoder and the denoiser, with the
 # prompt length they pad to (their __call__'s max_sequence_length default).
 MASKED_TEXT_LENGTH = {"PixArtAlphaPipeline": 120, "PixArtSigmaPipeline": 300}
@@ -136,6 +142,12 @@ def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str
         record("vae_decoder", compile_model(module, os.path.join(tmp, "vae_decoder"),
                                             _side_options(options, component_passes.get("vae", "")),
                                             progress, example_call=(latents,)))
+        if name in IMAGE_PIPELINES:
+            say(f"{name}: compiling the VAE encoder")
+            module, image = parts.vae_encoder(root, denoiser)
+            record("vae_encoder", compile_model(module, os.path.join(tmp, "vae_encoder"),
+                                                _side_options(options, component_passes.get("vae", "")),
+                                                progress, example_call=(image,)))
         shutil.copytree(root / "scheduler", os.path.join(tmp, "scheduler"))
         shutil.copyfile(root / "model_index.json", os.path.join(tmp, "model_index.json"))
         manifest = {

@@ -113,3 +113,27 @@ def vae_decoder(folder: Path, denoiser: str):
     # AutoencoderKL.decode), so OrtVaeDecoder decodes one latent per call.
     latents = torch.randn(1, vae.config.latent_channels, size, size, generator=g)
     return VaeDecoder(vae).eval(), latents, dict(vae.config)
+
+
+def vae_encoder(folder: Path, denoiser: str):
+    """(the VAE's ``encode`` as a module ``image -> latent_dist.parameters`` (mean and log-variance
+    stacked on channels, what ``DiagonalGaussianDistribution`` is built from), its example
+    image at the pixel size of the denoiser's sample size)."""
+    import diffusers
+    import torch
+
+    vae = diffusers.AutoencoderKL.from_pretrained(str(folder / "vae")).eval()
+
+    class VaeEncoder(torch.nn.Module):
+        def __init__(self, vae):
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, image):
+            return self.vae.encode(image).latent_dist.parameters
+
+    size = json.loads((folder / denoiser / "config.json").read_text())["sample_size"]
+    pixels = size * 2 ** (len(vae.config.block_out_channels) - 1)
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(1, vae.config.in_channels, pixels, pixels, generator=g) * 2 - 1
+    return VaeEncoder(vae).eval(), image

@@ -1,10 +1,11 @@
 """A compiled pipeline artifact (``genzip-compile PIPELINE_FOLDER``) opened as a diffusers pipeline.
 
 ``load_pipeline`` returns the pipeline class named in the artifact's top-level
-``genzip.json`` (``DiTPipeline``, ``StableDiffusionPipeline``) built from ONNX Runtime
+``genzip.json`` (``PIPELINES``) built from ONNX Runtime
 components: the transformer is ``DiffusersTransformer`` and the UNet ``DiffusersUNet``
 (plan applied), the text encoder is ``OrtTextEncoder`` with the artifact's own
-tokenizer files, the VAE decoder is ``OrtVaeDecoder``, the scheduler is the
+tokenizer files, the VAE is ``OrtVaeDecoder`` (with the encoder where the pipeline
+encodes images), the scheduler is the
 pipeline's own (``scheduler/``). It is called like the original
 (``pipe(class_labels=[...])`` or ``pipe(prompt=...)``, ``num_inference_steps=...,
 generator=...``) and returns images.
@@ -36,12 +37,17 @@ def read_pipeline_manifest(artifact: str) -> dict[str, Any] | None:
 
 class OrtVaeDecoder:
     """The VAE's ``decode`` on ONNX Runtime: ``decode(latents).sample`` as diffusers calls it,
-    on the latents' device and dtype; ``config.scaling_factor`` as the pipeline reads it."""
+    on the latents' device and dtype; ``config`` (``scaling_factor``, ``block_out_channels``)
+    as the pipeline reads it. With ``encoder`` (an image pipeline's ``vae_encoder/``), also
+    ``encode(image).latent_dist``: diffusers' ``DiagonalGaussianDistribution`` built from the
+    exported mean and log-variance, so its ``sample(generator)`` draws what PyTorch's does."""
 
-    def __init__(self, folder: str, config: dict[str, Any], threads: int | None = None, providers=None):
+    def __init__(self, folder: str, config: dict[str, Any], threads: int | None = None, providers=None,
+                 encoder: str | None = None):
         import torch
         from diffusers.configuration_utils import FrozenDict
 
+        self.encoder = load_artifact(encoder, threads=threads, providers=providers) if encoder else None
         self.model = load_artifact(folder, threads=threads, providers=providers)
         self.config = FrozenDict(config)
         self.dtype = torch.float32
@@ -60,6 +66,22 @@ class OrtVaeDecoder:
         out = torch.from_numpy(run_in_batches(self.model, self._input, z)).to(device=latents.device,
                                                                                 dtype=latents.dtype)
         return DecoderOutput(sample=out) if return_dict else (out,)
+
+
+    def encode(self, image, return_dict: bool = True):
+        import torch
+        from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        if self.encoder is None:
+            raise GenzipError("this pipeline artifact has no VAE encoder (its pipeline does not encode images)",
+                              "compile an image pipeline folder (e.g. StableDiffusionImg2ImgPipeline)")
+        spec = self.encoder.inputs[0]
+        x = image.detach().cpu().float().numpy().astype(np_dtype(spec["dtype"]))
+        params = torch.from_numpy(run_in_batches(self.encoder, spec["name"], x)).to(device=image.device,
+                                                                                     dtype=image.dtype)
+        dist = DiagonalGaussianDistribution(params)
+        return AutoencoderKLOutput(latent_dist=dist) if return_dict else (dist,)
 
 
 def run_in_batches(model, name: str, x: np.ndarray) -> np.ndarray:
@@ -118,7 +140,8 @@ class OrtTextEncoder:
         return torch.from_numpy(next(iter(out.values())).astype(np.float32)).to(input_ids.device)
 
 
-PIPELINES = ("DiTPipeline", "StableDiffusionPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline")
+PIPELINES = ("DiTPipeline", "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "PixArtAlphaPipeline",
+             "PixArtSigmaPipeline")
 
 
 def _tokenizer(artifact: str, manifest: dict[str, Any]):
@@ -154,7 +177,7 @@ def load_pipeline(artifact: str, plan=None, providers=None, threads: int | None 
     plan = load_plan(plan) if isinstance(plan, str) else plan
     path = {part: os.path.join(artifact, folder) for part, folder in parts.items()}
     vae = OrtVaeDecoder(path["vae_decoder"], configs.get("vae", manifest["vae"]), threads=threads,
-                        providers=providers)
+                        providers=providers, encoder=path.get("vae_encoder"))
     config = jsonfile.read_json(os.path.join(artifact, manifest["scheduler"], "scheduler_config.json"),
                                 "scheduler config", "recompile the artifact")
     scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
@@ -171,6 +194,6 @@ def load_pipeline(artifact: str, plan=None, providers=None, threads: int | None 
         return getattr(diffusers, name)(tokenizer=_tokenizer(artifact, manifest), text_encoder=text_encoder,
                                         vae=vae, transformer=transformer, scheduler=scheduler)
     unet = DiffusersUNet(path["unet"], configs["unet"], plan, threads=threads, providers=providers)
-    return diffusers.StableDiffusionPipeline(
+    return getattr(diffusers, name)(
         vae=vae, text_encoder=text_encoder, tokenizer=_tokenizer(artifact, manifest), unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)

@@ -1,7 +1,8 @@
-"""Text-to-image pipelines compiled whole: a tiny random StableDiffusionPipeline (UNet, CLIP
-text encoder, generated BPE tokenizer, VAE; built offline) compiles into one artifact with
-per-component specs; load_pipeline returns a StableDiffusionPipeline on ONNX Runtime whose
-images match PyTorch's at the same seed; genzip sample --prompt writes PNGs or a grid;
+"""Text-conditioned pipelines compiled whole: a tiny random StableDiffusionImg2ImgPipeline (UNet,
+CLIP text encoder, generated BPE tokenizer, VAE encoder and decoder; built offline) compiles
+into one artifact with per-component specs; load_pipeline returns it on ONNX Runtime, and
+its images (img2img, and text-to-image through StableDiffusionPipeline(**components)) match
+PyTorch's at the same seed; genzip sample --prompt writes PNGs or a grid;
 unknown component names and misplaced flags are one-line errors. A tiny PixArtAlphaPipeline
 (T5 encoder, Unigram tokenizer) does the same with the prompt's padding mask."""
 
@@ -23,11 +24,12 @@ PROMPTS = ["a red cat", "a photo of the dog", "blue"]
 
 @pytest.fixture(scope="module")
 def sd_pipeline(tmp_path_factory):
-    """(pipeline folder, artifact folder) of a tiny StableDiffusionPipeline compiled whole,
-    with a spec for the UNet (bare) and for the VAE (by name)."""
+    """(pipeline folder, artifact folder) of a tiny StableDiffusionImg2ImgPipeline compiled whole,
+    with a spec for the UNet (bare) and for the VAE (by name). One compile serves both the
+    img2img and the text-to-image tests (the same components)."""
     root = tmp_path_factory.mktemp("sd")
     folder = root / "sd-pipe"
-    stable_diffusion(folder)
+    stable_diffusion(folder, img2img=True)
     out = root / "artifact"
     assert compile_cli.main([str(folder), "--out", str(out), "--passes", "dce", "--passes", "vae=dce",
                              "--quiet"]) == 0
@@ -37,13 +39,13 @@ def sd_pipeline(tmp_path_factory):
 def test_every_component_with_its_own_spec(sd_pipeline):
     _, out = sd_pipeline
     assert sorted(os.listdir(out)) == ["genzip.json", "model_index.json", "scheduler", "text_encoder", "tokenizer",
-                                       "unet", "vae_decoder"]
+                                       "unet", "vae_decoder", "vae_encoder"]
     with open(os.path.join(out, "genzip.json")) as f:
         manifest = json.load(f)
-    assert manifest["pipeline"] == "StableDiffusionPipeline"
-    assert manifest["passes"] == {"unet": "dce", "text_encoder": "", "vae_decoder": "dce"}
+    assert manifest["pipeline"] == "StableDiffusionImg2ImgPipeline"
+    assert manifest["passes"] == {"unet": "dce", "text_encoder": "", "vae_decoder": "dce", "vae_encoder": "dce"}
     assert manifest["config"]["passes"] == ["dce", "vae=dce"]  # what --config ARTIFACT/genzip.json rebuilds
-    for part in ("unet", "text_encoder", "vae_decoder"):
+    for part in ("unet", "text_encoder", "vae_decoder", "vae_encoder"):
         assert manifest["fidelity"][part]["cosine"] > 0.999
     assert sorted(os.listdir(os.path.join(out, "tokenizer"))) == ["tokenizer.json", "tokenizer_config.json"]
 
@@ -52,15 +54,22 @@ def test_load_pipeline_images_match_pytorch(sd_pipeline):
     import diffusers
 
     folder, out = sd_pipeline
-    pipe = genzip.load_pipeline(out, providers="cpu")
-    assert isinstance(pipe, diffusers.StableDiffusionPipeline)
-    reference = diffusers.StableDiffusionPipeline.from_pretrained(folder)
-    for p in (pipe, reference):
+    img2img = genzip.load_pipeline(out, providers="cpu")
+    assert isinstance(img2img, diffusers.StableDiffusionImg2ImgPipeline)
+    reference = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(folder)
+    pipes = [img2img, reference, diffusers.StableDiffusionPipeline(**img2img.components),
+             diffusers.StableDiffusionPipeline(**reference.components)]
+    for p in pipes:
         p.set_progress_bar_config(disable=True)
+    # img2img: the VAE encoder's mean and log-variance, sampled with the same generator
+    image = torch.rand(2, 3, 16, 16, generator=torch.manual_seed(1))
+    call = dict(prompt=PROMPTS[:2], image=image, strength=0.8, num_inference_steps=3, output_type="np")
+    got, want = (p(generator=torch.manual_seed(0), **call).images for p in pipes[:2])
+    assert got.shape == want.shape == (2, 16, 16, 3)
+    assert np.abs(got - want).max() < 1e-3 and want.std() > 0.05
     # Three prompts: the static-batch UNet (2) runs the CFG batch of 6 in slices.
     call = dict(prompt=PROMPTS, num_inference_steps=2, output_type="np")
-    got = pipe(generator=torch.manual_seed(0), **call).images
-    want = reference(generator=torch.manual_seed(0), **call).images
+    got, want = (p(generator=torch.manual_seed(0), **call).images for p in pipes[2:])
     assert got.shape == want.shape == (3, 16, 16, 3)
     assert np.abs(got - want).max() < 1e-3 and want.std() > 0.05
 
@@ -84,8 +93,8 @@ def test_sample_prompts_as_pngs_and_grid(sd_pipeline, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--passes", "vea=dce"], "--passes vea=... names no component of a StableDiffusionPipeline; name one of "
-                              "unet, text_encoder, vae"),
+    (["--passes", "vea=dce"], "--passes vea=... names no component of a StableDiffusionImg2ImgPipeline; "
+                              "name one of unet, text_encoder, vae"),
     (["--passes", "vae=nosuch"], "unknown pass 'nosuch'"),
 ])
 def test_component_specs_refused_in_one_line(sd_pipeline, tmp_path, capsys, argv, message):

@@ -101,8 +101,9 @@ def pixart(folder: Path):
     return pipe
 
 
-def stable_diffusion(folder: Path, text_len: int = 77):
-    """Save a tiny random StableDiffusionPipeline (DDIM scheduler) to ``folder``; return it."""
+def stable_diffusion(folder: Path, text_len: int = 77, img2img: bool = False):
+    """Save a tiny random StableDiffusionPipeline (DDIM scheduler) to ``folder``; return it.
+    ``img2img``: the same components as a StableDiffusionImg2ImgPipeline."""
     import diffusers
     import torch
     import transformers
@@ -117,7 +118,8 @@ def stable_diffusion(folder: Path, text_len: int = 77):
         sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4)
-    pipe = diffusers.StableDiffusionPipeline(
+    cls = diffusers.StableDiffusionImg2ImgPipeline if img2img else diffusers.StableDiffusionPipeline
+    pipe = cls(
         vae=_vae(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
         scheduler=diffusers.DDIMScheduler(beta_schedule="scaled_linear"), safety_checker=None,
         feature_extractor=None, requires_safety_checker=False)

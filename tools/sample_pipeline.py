@@ -3,7 +3,9 @@
 Images from a pipeline artifact: class labels for a ``DiTPipeline``, prompts for a text
 pipeline (``StableDiffusionPipeline``). One PNG per label or prompt: ``--out`` itself
 for one image, ``STEM-<i>.png`` for several; with ``--grid``, one image at ``--out``
-holding them all (rows of ``ceil(sqrt(n))``). The pipeline runs as
+holding them all (rows of ``ceil(sqrt(n))``). An image pipeline's artifact
+(``StableDiffusionImg2ImgPipeline``) samples from noise through its text-to-image
+sibling (diffusers' ``AutoPipelineForText2Image.from_pipe``, same components). The pipeline runs as
 ``genzip.load_pipeline`` opens it (ONNX Runtime components, the model's own scheduler
 unless ``--scheduler``), seeded by ``--seed``.
 
@@ -101,6 +103,10 @@ def run_pipeline(args: argparse.Namespace, providers) -> int:
         raise GenzipError("--grid writes one image at --out, and no --out was given", "pass --out grid.png")
     paths = image_paths(args.out, count, grid=args.grid, force=args.force) if args.out else []
     pipe = load_pipeline(args.artifact, plan=args.plan, providers=providers, threads=args.threads)
+    if "Img2Img" in name:  # no --image: sample from noise with the same components
+        import diffusers
+
+        pipe = diffusers.AutoPipelineForText2Image.from_pipe(pipe)
     pipe.set_progress_bar_config(disable=args.quiet)
     if args.scheduler is not None:  # the class swapped, the model's noise schedule kept
         pipe.scheduler = scheduler_class(args.scheduler).from_config(pipe.scheduler.config)
