@@ -112,6 +112,8 @@ def test_component_spec_on_a_single_model_and_misplaced_flags(sd_pipeline, tmp_p
     assert "text-conditioned: it takes no --labels" in capsys.readouterr().err
     assert genzip_cli.main(["sample", os.path.join(out, "unet"), "--prompt", "a cat"]) == 2
     assert "--prompt and --grid need a pipeline artifact" in capsys.readouterr().err
+    assert genzip_cli.main(["run", out]) == 2
+    assert f"pass one of its components ({os.path.join(out, 'unet')})" in capsys.readouterr().err
 
 
 def test_pixart_pipeline_with_padding_mask_matches_pytorch(tmp_path):
