@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from genzip import pipeline_parts as parts
+from genzip._version import __version__
 from genzip.backends.artifact import staged_folder, write_json
 from genzip.errors import GenzipError
 from genzip.runtime.pipeline import MANIFEST, PIPELINE_KIND
@@ -151,6 +152,7 @@ def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str
         shutil.copytree(root / "scheduler", os.path.join(tmp, "scheduler"))
         shutil.copyfile(root / "model_index.json", os.path.join(tmp, "model_index.json"))
         manifest = {
+            "genzip_version": __version__,  # also what makes --config ARTIFACT read its "config" section
             "kind": PIPELINE_KIND,
             "pipeline": name,
             "source": str(root.resolve()),

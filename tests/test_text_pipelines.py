@@ -44,7 +44,11 @@ def test_every_component_with_its_own_spec(sd_pipeline):
         manifest = json.load(f)
     assert manifest["pipeline"] == "StableDiffusionImg2ImgPipeline"
     assert manifest["passes"] == {"unet": "dce", "text_encoder": "", "vae_decoder": "dce", "vae_encoder": "dce"}
-    assert manifest["config"]["passes"] == ["dce", "vae=dce"]  # what --config ARTIFACT/genzip.json rebuilds
+    assert manifest["config"]["passes"] == ["dce", "vae=dce"]
+    from genzip.compile import build_compile, resolve_settings
+
+    rebuild = build_compile(resolve_settings(os.path.join(out, "genzip.json")))  # --config ARTIFACT/genzip.json
+    assert (rebuild.options.passes, rebuild.component_passes) == ("dce", {"vae": "dce"})
     for part in ("unet", "text_encoder", "vae_decoder", "vae_encoder"):
         assert manifest["fidelity"][part]["cosine"] > 0.999
     assert sorted(os.listdir(os.path.join(out, "tokenizer"))) == ["tokenizer.json", "tokenizer_config.json"]
