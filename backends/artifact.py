@@ -90,9 +90,11 @@ def read_manifest(artifact: str) -> dict[str, Any]:
         raise GenzipError(f"{artifact} has no {MANIFEST}", "pass a folder written by genzip-compile")
     manifest = jsonfile.read_json(path, "manifest", "recompile the artifact")
     if isinstance(manifest, dict) and manifest.get("kind") == "pipeline":  # genzip-compile PIPELINE_FOLDER
+        parts = manifest.get("components") or {"transformer": "transformer"}
+        denoiser = next(iter(parts.values()))  # the denoiser comes first
         raise GenzipError(f"{artifact} is a whole-pipeline artifact, not a single model",
-                          "open it with genzip.load_pipeline or genzip sample ARTIFACT --labels ..., "
-                          f"or pass one of its components ({os.path.join(artifact, 'transformer')})")
+                          "open it with genzip.load_pipeline or genzip sample ARTIFACT --labels ... / --prompt ..., "
+                          f"or pass one of its components ({os.path.join(artifact, denoiser)})")
     if not isinstance(manifest, dict) or "files" not in manifest or "model" not in manifest:
         raise GenzipError(f"{path} is not a genzip manifest", "recompile the artifact")
     return manifest

@@ -182,7 +182,7 @@ def run(args) -> int:
     # Held-out evaluation in the gated session (activation ranges from the whole calibration set).
     base = ir.from_proto(onnx.ModelProto.FromString(fp_bytes))
     idx = [list(model.graph).index(n) for n in layers]
-    amax, _ = probe.activation_amax(fp_bytes, sorted({list(base.graph)[i].inputs[0].name for i in idx}), calib)
+    amax, _ = probe.activation_amax(base, sorted({list(base.graph)[i].inputs[0].name for i in idx}), calib)
     gates = probe.build_gated(base, idx, [low, high], amax, 32)
     session = make_session(ir.to_proto(base).SerializeToString())
     out_name = source.model.graph.outputs[0].name

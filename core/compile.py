@@ -311,6 +311,8 @@ def setting_hints(*, in_file: bool) -> dict[str, Any]:
     hints["target"] = typing.Literal["onnx", "ort", "trt"]
     hints["verify"] = typing.Literal["full", "structure", "none"]
     hints["dtype"] = typing.Literal["fp32", "fp16", "bf16"]
+    # Several values: the bare ones are the denoiser's, NAME=SPEC a pipeline component's (genzip.pipeline).
+    hints["passes"] = str | list[str]
     if in_file:
         hints["inputs"] = hints["calib_data"] = str
     return hints
@@ -348,6 +350,8 @@ class Resolved:
     out: str | None
     options: CompileOptions
     record: dict[str, Any]
+    # --passes NAME=SPEC: a pipeline folder's per-component specs (genzip.pipeline)
+    component_passes: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _recipe_spec(recipe: Any, passes: str) -> str:
@@ -370,8 +374,11 @@ def build_compile(settings: Mapping[str, Any]) -> Resolved:
     if s.get("model") is None:
         raise GenzipError("no model to compile", "name one: a preset, an .onnx file, a folder or "
                                                  "package.module:function (or model = ... in the config file)")
+    from genzip.recipes import split_component_passes
+
     target = s.get("target", "ort")
-    spec = _recipe_spec(s.get("recipe"), s.get("passes", ""))
+    bare, component_passes = split_component_passes(s.get("passes", ""))
+    spec = _recipe_spec(s.get("recipe"), bare)
     trt = None
     if target == "trt":
         from genzip.backends.trt_build import TrtBuildOptions
@@ -389,6 +396,8 @@ def build_compile(settings: Mapping[str, Any]) -> Resolved:
     record = {k: getattr(opts, k) for k in fields if k not in _NOT_RECORDED and k not in ("inputs", "calib_data")}
     if trt is not None:
         record.update({k: getattr(trt, k) for k in _trt_fields()})
+    if component_passes:
+        record["passes"] = [opts.passes, *(f"{k}={v}" for k, v in component_passes.items())]
     model = s["model"]
     if isinstance(model, str):
         record["model"] = os.path.abspath(os.path.expanduser(model)) if os.path.exists(os.path.expanduser(model)) else model
@@ -399,7 +408,7 @@ def build_compile(settings: Mapping[str, Any]) -> Resolved:
     # JSON-ready: sets sorted (their order means nothing), tuples kept in order (--shapes profiles).
     record = {k: sorted(v) if isinstance(v, (frozenset, set)) else list(v) if isinstance(v, tuple) else v
               for k, v in sorted(record.items())}
-    return Resolved(model, s.get("out"), opts, record)
+    return Resolved(model, s.get("out"), opts, record, component_passes)
 
 
 class Artifact:
@@ -467,7 +476,7 @@ def compile(  # genzip.compile(...): the public name; shadows the builtin only i
     model: Any = None,
     example_inputs: Any = None,
     *,
-    passes: str | None = None,
+    passes: str | list[str] | None = None,
     recipe: str | Mapping[str, Any] | None = None,
     target: str | None = None,
     out: str | None = None,
@@ -511,6 +520,9 @@ def compile(  # genzip.compile(...): the public name; shadows the builtin only i
     if in_memory:
         settings["model"] = model
     resolved = build_compile(settings)
+    if resolved.component_passes:
+        raise GenzipError("genzip.compile compiles a pipeline folder's denoiser alone, so passes=['NAME=SPEC'] "
+                          "has no component to apply to", "compile the pipeline folder with genzip-compile")
     owned = None
     out_dir = resolved.out
     if out_dir is None:

@@ -115,6 +115,12 @@ def _initializer_bytes(model) -> int:
     return total
 
 
+def is_large(model) -> bool:
+    """Whether ``model`` (an ``onnx_ir.Model``) goes to ORT by path with external data: its
+    weights reach ``IN_MEMORY_LIMIT``, or some are external already."""
+    return _initializer_bytes(model) >= IN_MEMORY_LIMIT
+
+
 @contextlib.contextmanager
 def session_source(model_or_path) -> Iterator[str | bytes]:
     """What ``InferenceSession`` takes for a model file path or an ``onnx_ir.Model``.
@@ -129,7 +135,7 @@ def session_source(model_or_path) -> Iterator[str | bytes]:
     if isinstance(model_or_path, (str, os.PathLike)):
         yield os.fspath(model_or_path)
         return
-    if _initializer_bytes(model_or_path) < IN_MEMORY_LIMIT:
+    if not is_large(model_or_path):
         yield ir.to_proto(model_or_path).SerializeToString()
         return
     with tempfile.TemporaryDirectory(prefix="genzip-session-") as tmp:

@@ -1,14 +1,18 @@
 """``genzip-compile PIPELINE_FOLDER``: a whole diffusers pipeline into one artifact folder.
 
 Supported pipeline classes (``PIPELINES``): ``DiTPipeline`` (class-conditional DiT
-transformer, VAE decoder, scheduler). Other pipeline folders keep compiling their
-denoiser alone (``genzip.frontend.hf_folder``).
+transformer, VAE decoder, scheduler), ``StableDiffusionPipeline`` (UNet, CLIP text
+encoder and its tokenizer, VAE decoder, scheduler; ``StableDiffusionImg2ImgPipeline``
+also the VAE encoder) and ``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline`` (PixArt
+transformer and T5 text encoder, both taking the prompt's padding mask). Other pipeline folders keep
+compiling their denoiser alone (``genzip.frontend.hf_folder``).
 
 Invariant: the artifact folder is complete or absent (it is staged and renamed);
-it holds one sub-artifact per neural component (``transformer/``, ``vae_decoder/``),
-each a normal genzip artifact with its own manifest and fidelity gate, plus the
-pipeline's ``model_index.json`` and ``scheduler/`` files, and a top-level
-``genzip.json`` with ``"kind": "pipeline"`` naming them.
+it holds one sub-artifact per neural component (``transformer/`` or ``unet/``,
+``text_encoder/``, ``vae_decoder/``, ``vae_encoder/``), each a normal genzip artifact with its own
+manifest and fidelity gate, plus the pipeline's ``model_index.json``, ``scheduler/``
+and ``tokenizer/`` files, and a top-level ``genzip.json`` with ``"kind": "pipeline"``
+naming them and holding each component's config (what the diffusers pipeline reads).
 """
 
 from __future__ import annotations
@@ -20,11 +24,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from genzip import pipeline_parts as parts
+from genzip._version import __version__
 from genzip.backends.artifact import staged_folder, write_json
 from genzip.errors import GenzipError
 from genzip.runtime.pipeline import MANIFEST, PIPELINE_KIND
 
-PIPELINES = ("DiTPipeline",)
+# pipeline class -> its denoiser folder; text pipelines also have text_encoder/ and tokenizer/.
+PIPELINES = {"DiTPipeline": "transformer", "StableDiffusionPipeline": "unet",
+             "StableDiffusionImg2ImgPipeline": "unet",
+             "PixArtAlphaPipeline": "transformer", "PixArtSigmaPipeline": "transformer"}
+TEXT_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "PixArtAlphaPipeline",
+                  "PixArtSigmaPipeline")
+# Pipelines that encode an input image with the VAE (vae_encoder/).
+IMAGE_PIPELINES = ("StableDiffusionImg2ImgPipeline",)
+# Pipelines that pass the prompt's padding mask to the text encoder and the denoiser, with the
+# prompt length they pad to (their __call__'s max_sequence_length default).
+MASKED_TEXT_LENGTH = {"PixArtAlphaPipeline": 120, "PixArtSigmaPipeline": 300}
+
+
+def component_names(name: str) -> tuple[str, ...]:
+    """The component names ``--passes NAME=SPEC`` takes for pipeline class ``name``."""
+    return (PIPELINES[name],) + (("text_encoder",) if name in TEXT_PIPELINES else ()) + ("vae",)
 
 
 def pipeline_class(model_ref: Any) -> str | None:
@@ -41,71 +62,110 @@ def pipeline_class(model_ref: Any) -> str | None:
     return name if name in PIPELINES else None
 
 
-def _vae_decoder(folder: Path):
-    """(the VAE's decode as a module, its example latents, its scaling factor)."""
-    import diffusers
-    import torch
+def _side_options(options, passes: str):
+    """Options of a component other than the denoiser (the text encoder, the VAE decoder): its
+    own ``passes`` (none by default: exported and verified), the pipeline's target, checks,
+    gate, providers and dtype."""
+    from genzip.compile import CompileOptions
 
-    vae = diffusers.AutoencoderKL.from_pretrained(str(folder / "vae")).eval()
+    return CompileOptions(target=options.target, passes=passes, seed=options.seed, verify=options.verify,
+                          min_cosine=options.min_cosine, providers=options.providers, device=options.device,
+                          dtype=options.dtype)
 
-    class VaeDecoder(torch.nn.Module):
-        def __init__(self, vae):
-            super().__init__()
-            self.vae = vae
 
-        def forward(self, latent):
-            return self.vae.decode(latent, return_dict=False)[0]
+def check_component_passes(name: str, component_passes: dict[str, str]) -> None:
+    """Refuse, in one line and before anything compiles, ``--passes NAME=SPEC`` for a
+    component pipeline ``name`` lacks, or with a spec that does not build."""
+    from genzip.passes import build_pipeline
 
-    transformer = json.loads((folder / "transformer" / "config.json").read_text())
-    size = transformer["sample_size"]
-    g = torch.Generator().manual_seed(0)
-    # Batch 1: the decoder's export is not batch-dynamic (torch.export finds a batch constraint in
-    # AutoencoderKL.decode), so OrtVaeDecoder decodes one latent per call.
-    latents = torch.randn(1, vae.config.latent_channels, size, size, generator=g)
-    return VaeDecoder(vae).eval(), latents, float(vae.config.scaling_factor)
+    known = component_names(name)
+    unknown = sorted(set(component_passes) - set(known))
+    if unknown:
+        raise GenzipError(f"--passes {unknown[0]}=... names no component of a {name}",
+                          f"name one of {', '.join(known)} (a bare --passes SPEC is the {known[0]}'s)")
+    for spec in component_passes.values():
+        build_pipeline(spec)
 
 
 def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str], None] | None = None,
-                     config: dict[str, Any] | None = None) -> dict[str, Any]:
+                     config: dict[str, Any] | None = None,
+                     component_passes: dict[str, str] | None = None) -> dict[str, Any]:
     """Compile every neural component of the pipeline ``folder`` into ``out_dir``; return
     the top-level manifest. ``options`` (``CompileOptions``): the pipeline spec and recipe
-    apply to the denoiser; the VAE decoder is exported and verified (``dtype`` applies to both)."""
+    apply to the denoiser; ``component_passes`` (``--passes NAME=SPEC``) adds a spec per
+    component (the denoiser's is appended after ``options.passes``); a component without
+    one is exported and verified. ``dtype`` applies to all."""
     import dataclasses
 
-    from genzip.compile import CompileOptions, compile_model
+    from genzip.compile import compile_model
 
     root = Path(folder).expanduser()
     name = pipeline_class(root)
+    denoiser = PIPELINES[name]
+    text = name in TEXT_PIPELINES
+    component_passes = dict(component_passes or {})
+    check_component_passes(name, component_passes)
+    denoiser_spec = ",".join(s for s in (options.passes, component_passes.get(denoiser, "")) if s)
     index = json.loads((root / "model_index.json").read_text())
-    for part in ("transformer", "vae", "scheduler"):
+    for part in (denoiser, "vae", "scheduler") + (("text_encoder", "tokenizer") if text else ()):
         if not (root / part).is_dir():
             raise GenzipError(f"'{root}' is a {name} folder without its '{part}' folder",
                               "pass a folder written by the pipeline's save_pretrained()")
+    say = progress or (lambda _: None)
     with staged_folder(out_dir, options.force) as tmp:
-        if progress:
-            progress(f"{name}: compiling the transformer")
-        denoiser = compile_model(str(root / "transformer"), os.path.join(tmp, "transformer"),
-                                 dataclasses.replace(options, force=False, reproducer_dir=None), progress, config=config)
-        if progress:
-            progress(f"{name}: compiling the VAE decoder")
-        module, latents, scaling = _vae_decoder(root)
-        vae_opts = CompileOptions(target=options.target, seed=options.seed, verify=options.verify,
-                                  min_cosine=options.min_cosine, providers=options.providers, device=options.device,
-                                  dtype=options.dtype)
-        decoder = compile_model(module, os.path.join(tmp, "vae_decoder"), vae_opts, progress, example_call=(latents,))
+        fidelity, passes, components, configs = {}, {}, {}, {}
+
+        def record(part: str, manifest: dict[str, Any]) -> None:
+            components[part] = part
+            fidelity[part], passes[part] = manifest["fidelity"], manifest["passes"]
+
+        say(f"{name}: compiling the {denoiser}")
+        denoiser_opts = dataclasses.replace(options, passes=denoiser_spec, force=False, reproducer_dir=None)
+        length = MASKED_TEXT_LENGTH.get(name)
+        if length is None:
+            record(denoiser, compile_model(str(root / denoiser), os.path.join(tmp, denoiser), denoiser_opts, progress,
+                                           config=config))
+        else:  # the padding mask is a graph input (pipeline_parts.masked_transformer)
+            module, call, _ = parts.masked_transformer(root, length)
+            record(denoiser, compile_model(module, os.path.join(tmp, denoiser), denoiser_opts, progress,
+                                           example_call=call, config=config))
+        configs[denoiser] = json.loads((root / denoiser / "config.json").read_text())
+        if text:
+            say(f"{name}: compiling the text encoder")
+            module, call, configs["text_encoder"] = parts.text_encoder(root, index["text_encoder"][1], length,
+                                                                       masked=length is not None)
+            record("text_encoder", compile_model(module, os.path.join(tmp, "text_encoder"),
+                                                 _side_options(options, component_passes.get("text_encoder", "")),
+                                                 progress, example_call=call))
+            shutil.copytree(root / "tokenizer", os.path.join(tmp, "tokenizer"))
+        say(f"{name}: compiling the VAE decoder")
+        module, latents, configs["vae"] = parts.vae_decoder(root, denoiser)
+        record("vae_decoder", compile_model(module, os.path.join(tmp, "vae_decoder"),
+                                            _side_options(options, component_passes.get("vae", "")),
+                                            progress, example_call=(latents,)))
+        if name in IMAGE_PIPELINES:
+            say(f"{name}: compiling the VAE encoder")
+            module, image = parts.vae_encoder(root, denoiser)
+            record("vae_encoder", compile_model(module, os.path.join(tmp, "vae_encoder"),
+                                                _side_options(options, component_passes.get("vae", "")),
+                                                progress, example_call=(image,)))
         shutil.copytree(root / "scheduler", os.path.join(tmp, "scheduler"))
         shutil.copyfile(root / "model_index.json", os.path.join(tmp, "model_index.json"))
         manifest = {
+            "genzip_version": __version__,  # also what makes --config ARTIFACT read its "config" section
             "kind": PIPELINE_KIND,
             "pipeline": name,
             "source": str(root.resolve()),
-            "components": {"transformer": "transformer", "vae_decoder": "vae_decoder"},
-            "vae": {"scaling_factor": scaling},
+            "components": components,
+            "vae": {"scaling_factor": float(configs["vae"]["scaling_factor"])},
+            "configs": configs,
             "id2label": index.get("id2label"),
             "scheduler": "scheduler",
-            "fidelity": {"transformer": denoiser["fidelity"], "vae_decoder": decoder["fidelity"]},
-            "passes": {"transformer": denoiser["passes"], "vae_decoder": decoder["passes"]},
+            "fidelity": fidelity,
+            "passes": passes,
         }
+        if text:
+            manifest["tokenizer"] = {"folder": "tokenizer", "class": index["tokenizer"][1]}
         if config is not None:
             manifest["config"] = config
         write_json(os.path.join(tmp, MANIFEST), manifest)

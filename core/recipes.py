@@ -17,6 +17,7 @@ Values are checked by the passes' own Options when the pipeline is built.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -102,3 +103,27 @@ def expand_recipe(name: str, extra: str = "", params: Mapping[str, Any] | None =
             items[i] = PassSpec(items[i].name, tuple(options.items()))
     spec = print_pipeline(items)
     return f"{spec},{extra}" if extra else spec
+
+
+_COMPONENT_SPEC = re.compile(r"^([a-z_]+)=(.*)$", re.S)
+
+
+def split_component_passes(passes: str | list[str] | tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    """(the bare spec, {component: spec}) of ``--passes`` values: ``NAME=SPEC`` names a
+    pipeline component (a pass spec never matches: options sit inside ``{...}``), anything
+    else is the denoiser's and the bare values are joined in order. A component named
+    twice is a one-line error."""
+    values = [passes] if isinstance(passes, str) else list(passes)
+    bare: list[str] = []
+    named: dict[str, str] = {}
+    for value in values:
+        match = _COMPONENT_SPEC.match(value.strip())
+        if match is None:
+            if value.strip():
+                bare.append(value.strip())
+            continue
+        name, spec = match.groups()
+        if name in named:
+            raise GenzipError(f"--passes names component '{name}' twice", f"give one --passes {name}=SPEC")
+        named[name] = spec.strip()
+    return ",".join(bare), named

@@ -36,9 +36,13 @@ pipeline stacks its CFG batch as ``[cond, null]``, the reverse of the artifact's
 ``[uncond, cond]``; such a pair is swapped in and out around the call, so ASC shares
 the half it was searched on.
 
-The exported graph has no attention-mask input, so a mask with zeros (padded
-prompt embeddings, whose output would then differ from PyTorch) is refused with
-an error that says so; an all-ones mask is accepted. Latents, timesteps and
+An artifact exported with an ``encoder_attention_mask`` input (the PixArt transformer
+of a pipeline artifact, ``genzip-compile PIPELINE_FOLDER``) is fed the pipeline's
+padding mask (all ones when none is passed), and ``added_cond_kwargs``' ``resolution``
+/ ``aspect_ratio`` where it has those inputs. Otherwise the exported graph has no
+attention-mask input, so a mask with zeros (padded prompt embeddings, whose output
+would then differ from PyTorch) is refused with an error that says so; an all-ones
+mask is accepted. Latents, timesteps and
 conditioning are checked against the artifact's input shapes before the call, so a
 prompt or resolution the export does not take names the sizes it does.
 """
@@ -172,6 +176,23 @@ class DiffusersTransformer:
                            "guidance_scale > 1)")
         return "none"
 
+    def _extra_feeds(self, encoder_attention_mask, added_cond_kwargs, cond: np.ndarray) -> dict[str, np.ndarray]:
+        """Feeds of the optional inputs this artifact has: the padding mask and PixArt's micro-conditions."""
+        names = {s["name"] for s in self.model.inputs}
+        extra: dict[str, np.ndarray] = {}
+        if "encoder_attention_mask" in names:
+            mask = np.ones(cond.shape[:2]) if encoder_attention_mask is None \
+                else encoder_attention_mask.detach().cpu().numpy()
+            extra["encoder_attention_mask"] = mask.astype(self._input_dtype("encoder_attention_mask"))
+        for key in ("resolution", "aspect_ratio"):
+            value = (added_cond_kwargs or {}).get(key)
+            if key in names:
+                if value is None:
+                    raise GenzipError(f"this genzip transformer takes added_cond_kwargs['{key}'], which was not passed",
+                                      f"pass added_cond_kwargs={{'{key}': ...}} as the PixArt pipeline does")
+                extra[key] = value.detach().cpu().float().numpy().astype(self._input_dtype(key))
+        return extra
+
     def forward(self, hidden_states, encoder_hidden_states=None, timestep=None, added_cond_kwargs=None,
                 cross_attention_kwargs=None, attention_mask=None, encoder_attention_mask=None,
                 return_dict: bool = True, class_labels=None, **unused):
@@ -184,7 +205,9 @@ class DiffusersTransformer:
         t = np.broadcast_to(np.asarray(timestep.detach().cpu().float() if hasattr(timestep, "detach") else timestep,
                                        dtype=np.float32).reshape(-1), (batch,)).astype(self._input_dtype("timestep"))
         cond = self._conditioning(encoder_hidden_states, class_labels, batch)
-        if encoder_attention_mask is not None and not bool(torch.all(encoder_attention_mask != 0)):
+        extra = self._extra_feeds(encoder_attention_mask, added_cond_kwargs, cond)
+        if "encoder_attention_mask" not in extra and encoder_attention_mask is not None \
+                and not bool(torch.all(encoder_attention_mask != 0)):
             text = next((s["shape"] for s in self.model.inputs if s["name"] == self.cond_input), None)
             raise GenzipError(
                 "this genzip transformer takes no encoder_attention_mask (its exported graph has no mask input), "
@@ -202,7 +225,8 @@ class DiffusersTransformer:
         # [cond, uncond] (DiTPipeline): swap to the artifact's [uncond, cond] (module docstring)
         swap = layout == "cond-uncond"
         order = np.r_[half:batch, 0:half] if swap else slice(None)
-        feeds = {"hidden_states": latents[order], "timestep": t[order], self.cond_input: cond[order]}
+        feeds = {"hidden_states": latents[order], "timestep": t[order], self.cond_input: cond[order],
+                 **{k: v[order] for k, v in extra.items()}}
         check_inputs(feeds, self.model.inputs)  # names the accepted sizes, before ORT's raw error
         result = self.model.call(feeds, step, cfg_pair=cfg_pair)
         result = result if result.dtype in (np.float32, np.float16) else result.astype(np.float32)  # bf16: no torch view

@@ -52,7 +52,10 @@ def _empty(shape: list, dtype=np.float32) -> np.ndarray:
 class PlannedModel:
     """One ORT session of an artifact plus its plan and caches."""
 
-    def __init__(self, artifact: str, plan: plans.Plan | None = None, threads: int | None = None, providers=None):
+    def __init__(self, artifact: str, plan: plans.Plan | None = None, threads: int | None = None, providers=None,
+                 refresh: str = plans.REFRESH_FULL_ATTENTION):
+        plans.refreshes(plans.FULL, refresh)  # validates the rule name
+        self.refresh = refresh  # residual refresh rule (plans.REFRESH_FULL_ONLY only replays the old rule)
         self.folder = artifact
         self.manifest = read_manifest(artifact)
         self.layout = ShareLayout.from_manifest(self.manifest)
@@ -93,7 +96,7 @@ class PlannedModel:
             )
 
     def modes(self, step: int, cfg_pair: bool) -> list[int]:
-        modes = self.plan.modes(step) if self.plan is not None else [plans.MODE_FULL] * self.layers
+        modes = self.plan.modes(step, self.refresh) if self.plan is not None else [plans.MODE_FULL] * self.layers
         if not cfg_pair:  # no (uncond, cond) halves in this call: ASC has nothing to share
             swap = {plans.MODE_FULL_CFG: plans.MODE_FULL, plans.MODE_WINDOW_CFG: plans.MODE_WINDOW,
                     plans.MODE_FULL_CFG_RESIDUAL: plans.MODE_FULL_RESIDUAL}

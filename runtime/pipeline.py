@@ -1,10 +1,14 @@
 """A compiled pipeline artifact (``genzip-compile PIPELINE_FOLDER``) opened as a diffusers pipeline.
 
 ``load_pipeline`` returns the pipeline class named in the artifact's top-level
-``genzip.json`` (``DiTPipeline``) built from ONNX Runtime components: the transformer
-is ``DiffusersTransformer`` (plan applied), the VAE decoder is ``OrtVaeDecoder``, the
-scheduler is the pipeline's own (``scheduler/``). It is called like the original
-(``pipe(class_labels=[...], num_inference_steps=..., generator=...)``) and returns images.
+``genzip.json`` (``PIPELINES``) built from ONNX Runtime
+components: the transformer is ``DiffusersTransformer`` and the UNet ``DiffusersUNet``
+(plan applied), the text encoder is ``OrtTextEncoder`` with the artifact's own
+tokenizer files, the VAE is ``OrtVaeDecoder`` (with the encoder where the pipeline
+encodes images), the scheduler is the
+pipeline's own (``scheduler/``). It is called like the original
+(``pipe(class_labels=[...])`` or ``pipe(prompt=...)``, ``num_inference_steps=...,
+generator=...``) and returns images.
 """
 
 from __future__ import annotations
@@ -33,14 +37,19 @@ def read_pipeline_manifest(artifact: str) -> dict[str, Any] | None:
 
 class OrtVaeDecoder:
     """The VAE's ``decode`` on ONNX Runtime: ``decode(latents).sample`` as diffusers calls it,
-    on the latents' device and dtype; ``config.scaling_factor`` as the pipeline reads it."""
+    on the latents' device and dtype; ``config`` (``scaling_factor``, ``block_out_channels``)
+    as the pipeline reads it. With ``encoder`` (an image pipeline's ``vae_encoder/``), also
+    ``encode(image).latent_dist``: diffusers' ``DiagonalGaussianDistribution`` built from the
+    exported mean and log-variance, so its ``sample(generator)`` draws what PyTorch's does."""
 
-    def __init__(self, folder: str, scaling_factor: float, threads: int | None = None, providers=None):
+    def __init__(self, folder: str, config: dict[str, Any], threads: int | None = None, providers=None,
+                 encoder: str | None = None):
         import torch
         from diffusers.configuration_utils import FrozenDict
 
+        self.encoder = load_artifact(encoder, threads=threads, providers=providers) if encoder else None
         self.model = load_artifact(folder, threads=threads, providers=providers)
-        self.config = FrozenDict(scaling_factor=scaling_factor)
+        self.config = FrozenDict(config)
         self.dtype = torch.float32
         self.device = torch.device("cpu")
         spec = self.model.inputs[0]
@@ -49,17 +58,101 @@ class OrtVaeDecoder:
     def to(self, *args, **kwargs) -> OrtVaeDecoder:
         return self
 
-    def decode(self, latents, return_dict: bool = True):
+    def decode(self, latents, return_dict: bool = True, generator=None):
         import torch
         from diffusers.models.autoencoders.vae import DecoderOutput
 
-        batch = self.model.inputs[0]["shape"][0]
         z = latents.detach().cpu().float().numpy().astype(self._dtype)
-        # A static-batch decoder (see genzip.pipeline) decodes the latents in slices of its batch.
-        step = batch if isinstance(batch, int) else len(z)
-        images = [next(iter(self.model.run({self._input: z[i:i + step]}).values())) for i in range(0, len(z), step)]
-        out = torch.from_numpy(np.concatenate(images).astype(np.float32)).to(device=latents.device, dtype=latents.dtype)
+        out = torch.from_numpy(run_in_batches(self.model, self._input, z)).to(device=latents.device,
+                                                                                dtype=latents.dtype)
         return DecoderOutput(sample=out) if return_dict else (out,)
+
+
+    def encode(self, image, return_dict: bool = True):
+        import torch
+        from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        if self.encoder is None:
+            raise GenzipError("this pipeline artifact has no VAE encoder (its pipeline does not encode images)",
+                              "compile an image pipeline folder (e.g. StableDiffusionImg2ImgPipeline)")
+        spec = self.encoder.inputs[0]
+        x = image.detach().cpu().float().numpy().astype(np_dtype(spec["dtype"]))
+        params = torch.from_numpy(run_in_batches(self.encoder, spec["name"], x)).to(device=image.device,
+                                                                                     dtype=image.dtype)
+        dist = DiagonalGaussianDistribution(params)
+        return AutoencoderKLOutput(latent_dist=dist) if return_dict else (dist,)
+
+
+def run_in_batches(model, name: str, x: np.ndarray) -> np.ndarray:
+    """The first output of ``model`` on ``x`` as float32; a static-batch export (the VAE decoder
+    and text encoder, see genzip.pipeline) runs ``x`` in slices of its batch."""
+    batch = model.inputs[0]["shape"][0]
+    step = batch if isinstance(batch, int) else len(x)
+    outs = [next(iter(model.run({name: x[i:i + step]}).values())) for i in range(0, len(x), step)]
+    return np.concatenate(outs).astype(np.float32)
+
+
+class OrtTextEncoder:
+    """A transformers text encoder on ONNX Runtime: ``encoder(input_ids, attention_mask=None)[0]``
+    is the last hidden state, as diffusers' text pipelines read it; ``config`` is the encoder's.
+
+    A CLIP export takes token ids only: its pipelines pass no mask (its config has no
+    ``use_attention_mask``), and a mask with zeros would change the result, so it is
+    refused. A T5 export (PixArt) has an ``attention_mask`` input, fed the pipeline's
+    padding mask (all ones when none is passed, as in PyTorch)."""
+
+    def __init__(self, folder: str, config: dict[str, Any], threads: int | None = None, providers=None):
+        import torch
+        from diffusers.configuration_utils import FrozenDict
+
+        self.model = load_artifact(folder, threads=threads, providers=providers)
+        self.config = FrozenDict(config)
+        self.dtype = torch.float32
+        self.device = torch.device("cpu")
+        self._input = self.model.inputs[0]["name"]
+        self._masked = any(spec["name"] == "attention_mask" for spec in self.model.inputs)
+
+    def to(self, *args, **kwargs) -> OrtTextEncoder:
+        return self
+
+    def __call__(self, input_ids, attention_mask=None, output_hidden_states=None, **unused):
+        import torch
+
+        if self._masked:
+            return (self._masked_call(input_ids, attention_mask),)
+        if attention_mask is not None and not bool(torch.all(attention_mask != 0)):
+            raise GenzipError("this genzip text encoder takes no attention_mask, and the mask given has zeros",
+                              "pass token ids without a padding mask (the pipeline's own call passes none)")
+        if output_hidden_states:
+            raise GenzipError("this genzip text encoder returns the last hidden state only",
+                              "call the pipeline without clip_skip")
+        ids = input_ids.detach().cpu().numpy().astype(np.int64)
+        out = torch.from_numpy(run_in_batches(self.model, self._input, ids)).to(input_ids.device)
+        return (out,)
+
+    def _masked_call(self, input_ids, attention_mask):
+        import torch
+
+        ids = input_ids.detach().cpu().numpy().astype(np.int64)
+        mask = np.ones_like(ids) if attention_mask is None else attention_mask.detach().cpu().numpy().astype(np.int64)
+        out = self.model.run({self._input: ids, "attention_mask": mask})
+        return torch.from_numpy(next(iter(out.values())).astype(np.float32)).to(input_ids.device)
+
+
+PIPELINES = ("DiTPipeline", "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "PixArtAlphaPipeline",
+             "PixArtSigmaPipeline")
+
+
+def _tokenizer(artifact: str, manifest: dict[str, Any]):
+    import transformers
+
+    spec = manifest["tokenizer"]
+    cls = getattr(transformers, spec["class"], None)
+    if cls is None:
+        raise GenzipError(f"transformers has no tokenizer class '{spec['class']}' (named in {artifact})",
+                          "upgrade transformers or recompile the artifact")
+    return cls.from_pretrained(os.path.join(artifact, spec["folder"]), local_files_only=True)
 
 
 def load_pipeline(artifact: str, plan=None, providers=None, threads: int | None = None):
@@ -68,22 +161,39 @@ def load_pipeline(artifact: str, plan=None, providers=None, threads: int | None 
 
     from genzip.runtime.diffusers_adapter import DiffusersTransformer
     from genzip.runtime.plan import load_plan
+    from genzip.runtime.unet_adapter import DiffusersUNet
 
     manifest = read_pipeline_manifest(artifact)
     if manifest is None:
         raise GenzipError(f"{artifact} is not a pipeline artifact (its genzip.json has no \"kind\": \"pipeline\")",
                           "compile a diffusers pipeline folder (model_index.json) with genzip-compile, "
                           "or open a single artifact with genzip.load")
-    if manifest.get("pipeline") != "DiTPipeline":
-        raise GenzipError(f"{artifact} holds a {manifest.get('pipeline')}, which this genzip cannot open",
+    name = manifest.get("pipeline")
+    if name not in PIPELINES:
+        raise GenzipError(f"{artifact} holds a {name}, which this genzip cannot open",
                           "recompile it with this genzip")
     parts = manifest["components"]
-    transformer = DiffusersTransformer(os.path.join(artifact, parts["transformer"]),
-                                       load_plan(plan) if isinstance(plan, str) else plan,
-                                       threads=threads, providers=providers)
-    vae = OrtVaeDecoder(os.path.join(artifact, parts["vae_decoder"]), manifest["vae"]["scaling_factor"],
-                        threads=threads, providers=providers)
+    configs = manifest.get("configs", {})
+    plan = load_plan(plan) if isinstance(plan, str) else plan
+    path = {part: os.path.join(artifact, folder) for part, folder in parts.items()}
+    vae = OrtVaeDecoder(path["vae_decoder"], configs.get("vae", manifest["vae"]), threads=threads,
+                        providers=providers, encoder=path.get("vae_encoder"))
     config = jsonfile.read_json(os.path.join(artifact, manifest["scheduler"], "scheduler_config.json"),
                                 "scheduler config", "recompile the artifact")
     scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
-    return diffusers.DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler, id2label=manifest.get("id2label"))
+    if name == "DiTPipeline":
+        transformer = DiffusersTransformer(path["transformer"], plan, threads=threads, providers=providers)
+        return diffusers.DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler,
+                                     id2label=manifest.get("id2label"))
+    text_encoder = OrtTextEncoder(path["text_encoder"], configs["text_encoder"], threads=threads,
+                                  providers=providers)
+    if name.startswith("PixArt"):
+        # cfg unset: a batch of prompts without guidance is no CFG pair, so a plan's share-cfg
+        # steps run unshared (the adapter logs it) rather than share halves that differ.
+        transformer = DiffusersTransformer(path["transformer"], plan, threads=threads, providers=providers)
+        return getattr(diffusers, name)(tokenizer=_tokenizer(artifact, manifest), text_encoder=text_encoder,
+                                        vae=vae, transformer=transformer, scheduler=scheduler)
+    unet = DiffusersUNet(path["unet"], configs["unet"], plan, threads=threads, providers=providers)
+    return getattr(diffusers, name)(
+        vae=vae, text_encoder=text_encoder, tokenizer=_tokenizer(artifact, manifest), unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)

@@ -23,6 +23,12 @@ it reuses. As in DiTFastAttn's reference, a WA-RS step reuses the residual of
 the layer's latest full-attention step, ASC or not (an ASC step's residual is
 its conditional half's, copied to both halves). ``window`` is the window in tokens the
 plan was made for (informational; the artifact's window is what runs).
+
+Refresh rule (``Plan.modes(step, refresh=...)``, a replay option, not part of the file):
+``REFRESH_FULL_ATTENTION`` (the default, the reference's) refreshes on every
+full-attention step; ``REFRESH_FULL_ONLY`` is genzip's rule before issue 16 (only
+``full`` refreshes, so a WA-RS step after a ``full+share-cfg`` step reuses the residual
+of the latest plain ``full`` step), kept only so a benchmark can replay a plan both ways.
 """
 
 from __future__ import annotations
@@ -56,6 +62,11 @@ MODE_OF = {FULL: MODE_FULL, WINDOW: MODE_WINDOW, SHARE_STEP: MODE_SHARE_STEP,
 REFRESHING = {MODE_FULL: MODE_FULL_RESIDUAL, MODE_FULL_CFG: MODE_FULL_CFG_RESIDUAL}
 REFRESH_MODES = frozenset(REFRESHING.values())
 
+# Which steps refresh the WA-RS residual: every full-attention step (DiTFastAttn's
+# reference; the default) or, as genzip did before issue 16, only plain ``full`` steps.
+REFRESH_FULL_ATTENTION, REFRESH_FULL_ONLY = "full-attention", "full-only"
+REFRESH_RULES = (REFRESH_FULL_ATTENTION, REFRESH_FULL_ONLY)
+
 # One- or two-letter codes for progress lines.
 SHORT = {FULL: "F", WINDOW: "W", SHARE_STEP: "S", SHARE_CFG: "C", FULL_CFG: "C", WINDOW_CFG: "WC"}
 
@@ -67,6 +78,13 @@ def uses_residual(method: str) -> bool:
 def computes_full(method: str) -> bool:
     """Methods that compute full attention, so can refresh the WA-RS residual."""
     return method in (FULL, FULL_CFG, SHARE_CFG)
+
+
+def refreshes(method: str, refresh: str = REFRESH_FULL_ATTENTION) -> bool:
+    """Whether a step of ``method`` refreshes the residual under the rule ``refresh``."""
+    if refresh not in REFRESH_RULES:
+        raise GenzipError(f"unknown residual refresh rule {refresh!r}", f"use one of: {', '.join(REFRESH_RULES)}")
+    return method == FULL if refresh == REFRESH_FULL_ONLY else computes_full(method)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,20 +109,21 @@ class Plan:
             )
         return self.methods[layer][step]
 
-    def modes(self, step: int) -> list[int]:
-        """The ``attn_modes`` vector of one step (one int per layer)."""
+    def modes(self, step: int, refresh: str = REFRESH_FULL_ATTENTION) -> list[int]:
+        """The ``attn_modes`` vector of one step (one int per layer) under the refresh rule ``refresh``."""
         out = []
         for layer in range(self.layers):
-            mode = MODE_OF[self.method(layer, step)]
-            if mode in REFRESHING and self._residual_needed(layer, step):
+            method = self.method(layer, step)
+            mode = MODE_OF[method]
+            if refreshes(method, refresh) and self._residual_needed(layer, step, refresh):
                 mode = REFRESHING[mode]
             out.append(mode)
         return out
 
-    def _residual_needed(self, layer: int, step: int) -> bool:
+    def _residual_needed(self, layer: int, step: int, refresh: str) -> bool:
         """Whether a WA-RS step of ``layer`` after ``step`` reads the residual made here."""
         for later in self.methods[layer][step + 1:]:
-            if computes_full(later):
+            if refreshes(later, refresh):
                 return False
             if uses_residual(later):
                 return True

@@ -104,6 +104,26 @@ def test_cast_float_converts_subgraphs_and_keeps_unsupported_ops_float32(dtype):
             assert a.dtype == np.float16 and cosine(a, b) > 0.999
 
 
+def test_inputs_the_schema_types_float32_stay_float32():
+    """Resize's scales are tensor(float) in its schema (not a type variable): fed through a Cast
+    back to float32, so the fp16 graph passes strict shape inference and runs in ORT."""
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest")], "g",
+        [onnx.helper.make_tensor_value_info("x", 1, [1, 2, 3, 3])], [onnx.helper.make_tensor_value_info("y", 1, None)],
+        [onnx.numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")])
+    model = ir.from_proto(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 23)]))
+    feeds = {"x": np.random.default_rng(2).standard_normal((1, 2, 3, 3)).astype(np.float32)}
+    (want,) = run_ort(model, feeds)
+    pass_ = get_pass_class("cast-float")(CastFloatOptions(dtype="fp16"))
+    result = pass_(model)
+    pass_.ensures(model)
+    resize = next(n for n in model.graph if n.op_type == "Resize")
+    assert result.stats["casts_inserted"] == 1 and resize.inputs[2].dtype == ir.DataType.FLOAT
+    onnx.checker.check_model(ir.to_proto(model), full_check=True)
+    (got,) = run_ort(model, cast_feeds(model, feeds))
+    assert got.dtype == np.float16 and got.shape == (1, 2, 6, 6) and np.abs(got - want).max() < 1e-2
+
+
 def test_a_model_without_float32_is_a_noop_error():
     graph = onnx.helper.make_graph([onnx.helper.make_node("Neg", ["x"], ["y"])], "g",
                                    [onnx.helper.make_tensor_value_info("x", 7, [2])],

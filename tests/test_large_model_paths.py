@@ -1,5 +1,6 @@
 """Models past the in-memory limit reach ORT by path with external data, never as one protobuf:
-the session helpers and calibrate (the limit is lowered to 0 here instead of building 2 GB)."""
+the session helpers, calibrate, smooth and sensitivity (the limit is lowered to 0 here instead
+of building 2 GB; tests/test_over_2gb.py builds a real one)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,68 @@ def test_run_model_by_path_matches(monkeypatch):
     got = ort_session.run_model(model, feeds)
     assert kinds == [str]
     np.testing.assert_array_equal(got["y"], expected["y"])
+
+
+def _feeds(n: int) -> list[dict[str, np.ndarray]]:
+    return [{"x": np.random.default_rng(s).standard_normal((2, 8)).astype(np.float32)} for s in range(n)]
+
+
+def _smoothed(model: ir.Model) -> list[np.ndarray]:
+    spec = "annotate-precision{keep-defaults=false},smooth"
+    run_pipeline(model, build_pipeline(spec), context=PassContext(calibration=_feeds(3)))
+    return [v.const_value.numpy() for v in model.graph.initializers.values()]
+
+
+def test_smooth_by_path_matches_in_memory(monkeypatch):
+    kinds = _spy(monkeypatch)
+    small = _smoothed(model_from_text(MLP))
+    assert kinds == [bytes]
+    monkeypatch.setattr(ort_session, "IN_MEMORY_LIMIT", 0)
+    kinds.clear()
+    model = model_from_text(MLP)
+    outputs = [v.name for v in model.graph.outputs]
+    got = _smoothed(model)
+    assert kinds == [str]
+    assert len(got) == len(small) and all(np.array_equal(a, b) for a, b in zip(got, small))
+    assert [v.name for v in model.graph.outputs] == outputs
+
+
+def _named_mlp() -> ir.Model:
+    model = model_from_text(MLP)
+    for i, node in enumerate(model.graph):
+        node.name = f"n{i}"  # plan keys
+    return model
+
+
+def _sensitivity(model: ir.Model) -> dict:
+    spec = "annotate-precision{keep-defaults=false},sensitivity{candidates=w8a8,fp16 use-cache=false}"
+    run_pipeline(model, build_pipeline(spec), context=PassContext(calibration=_feeds(2)))
+    return json.loads(model.metadata_props["genzip.sensitivity"])
+
+
+def test_sensitivity_by_path_matches_in_memory(monkeypatch):
+    kinds = _spy(monkeypatch)
+    small = _sensitivity(_named_mlp())
+    assert kinds == [bytes, bytes]  # the probe session, then the gated session
+    monkeypatch.setattr(ort_session, "IN_MEMORY_LIMIT", 0)
+    kinds.clear()
+    assert _sensitivity(_named_mlp()) == small
+    assert kinds == [str, str]
+
+
+def test_full_verify_of_external_weights_from_another_folder(tmp_path, monkeypatch):
+    """The verifier checks a model whose weights are in an external file by their types:
+    the references are not resolved against the working directory, and no proto holds them."""
+    from genzip.passes.infra.invariants import verify
+
+    w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)  # past the checked-weight limit
+    folder = tmp_path / "m"
+    folder.mkdir()
+    big = model_from_text(f"""<ir_version: 9, opset_import: ["" : 23]>
+g (float[2, 64] x) => (float[2, 64] y) <float[64, 64] w = {{{", ".join(map(str, w.ravel().tolist()))}}}> {{
+    y = MatMul (x, w)
+}}""")
+    ir.save(big, str(folder / "model.onnx"), external_data="model.onnx.data")
+    loaded = ir.load(str(folder / "model.onnx"))
+    monkeypatch.chdir(tmp_path)
+    verify(loaded, "full")  # was: "Data of TensorProto (tensor name: w) should be stored in model.onnx.data"

@@ -69,6 +69,18 @@ def test_modes_refresh_residual_only_when_needed():
         plan.modes(4)
 
 
+def test_full_only_refresh_rule_replays_the_old_residual():
+    """refresh=full-only (genzip before issue 16): a full+share-cfg step does not refresh, so
+    the WA-RS steps after it read the residual of the layer's step-0 ``full``."""
+    plan = P.from_json(_plan([["full", "window-residual", "full+share-cfg", "window-residual", "window-residual"]]))
+    new = [plan.modes(t)[0] for t in range(5)]
+    old = [plan.modes(t, P.REFRESH_FULL_ONLY)[0] for t in range(5)]
+    assert new == [P.MODE_FULL_RESIDUAL, P.MODE_WINDOW, P.MODE_FULL_CFG_RESIDUAL, P.MODE_WINDOW, P.MODE_WINDOW]
+    assert old == [P.MODE_FULL_RESIDUAL, P.MODE_WINDOW, P.MODE_FULL_CFG, P.MODE_WINDOW, P.MODE_WINDOW]
+    with pytest.raises(GenzipError, match="refresh rule"):
+        plan.modes(0, "sometimes")
+
+
 def _reference_need_compute_residual(steps_method: list[str]) -> list[bool]:
     """DiTFastAttn's FastAttnProcessor.compute_need_compute_residual, restated from its
     reference code (modules/fast_attn_processor.py): a step whose method contains

@@ -73,7 +73,7 @@ def test_gated_simulation_matches_the_real_quantized_graph(tmp_path):
     assert ops.count("QuantizeLinear") == 3  # static activations of w4a8, w8a8, fp8
     proto = ir.to_proto(model).SerializeToString()
     layers = [i for i, n in enumerate(model.graph) if n.op_type == "MatMul"]
-    amax, _ = probe.activation_amax(proto, [model.graph.node(i).inputs[0].name for i in layers], calib)
+    amax, _ = probe.activation_amax(model, [model.graph.node(i).inputs[0].name for i in layers], calib)
     gated = ir.from_proto(onnx.ModelProto.FromString(proto))
     gates = probe.build_gated(gated, layers, ["w8a8", "w4a16", "w4a8", "fp8"], amax, 32)
     held_out = feeds_for(model, 99)[0]
@@ -102,7 +102,7 @@ def test_gated_simulation_of_the_dynamic_formats_matches_quant(tmp_path):
     assert ops.count("MatMulInteger") == 2 and ops.count("DequantizeLinear") == 2  # w8a8: activation + weight DQ
     proto = ir.to_proto(model).SerializeToString()
     layers = [i for i, n in enumerate(model.graph) if n.op_type == "MatMul"]
-    amax, _ = probe.activation_amax(proto, [model.graph.node(i).inputs[0].name for i in layers], calib)
+    amax, _ = probe.activation_amax(model, [model.graph.node(i).inputs[0].name for i in layers], calib)
     gated = ir.from_proto(onnx.ModelProto.FromString(proto))
     gates = probe.build_gated(gated, layers, ["w8a8", "w8a8-dynamic", "w4a8-dynamic"], amax, 32)
     held_out = feeds_for(model, 99)[0]
@@ -135,7 +135,7 @@ def test_gated_simulation_of_bos_layers_matches_quant(tmp_path):
     proto = ir.to_proto(model).SerializeToString()
     layers = [i for i, n in enumerate(model.graph) if n.op_type == "MatMul"]
     keys = [range_key(model.graph.node(i).inputs[0].name, True) for i in layers]
-    amax, _ = probe.activation_amax(proto, keys, calib)
+    amax, _ = probe.activation_amax(model, keys, calib)
     assert amax[keys[0]] < 0.2 * float(np.abs(bos).max())  # token 0's outliers left out of the range
     gated = ir.from_proto(onnx.ModelProto.FromString(proto))
     gates = probe.build_gated(gated, layers, ["w8a8", "w8a8-dynamic", "w4a16"], amax, 32, frozenset({0, 1, 2}))

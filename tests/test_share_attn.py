@@ -178,3 +178,29 @@ def test_spec_round_trip_and_precondition():
         build_pipeline("share-attn")
     with pytest.raises(GenzipError, match="exactly one"):
         build_pipeline("canonicalize-attn,share-attn{tokens=4 window=0.5}")
+
+
+def test_full_only_refresh_rule_keeps_the_older_residual(arts):
+    """PlannedModel(refresh="full-only") replays genzip's pre-issue-16 rule: the full+share-cfg
+    step leaves the step-0 residual in the cache, so the WA-RS step after it reads that one."""
+    from genzip.runtime.model import PlannedModel
+
+    share, _ = arts
+    feeds = dict(np.load(os.path.join(share, "inputs.npz")))
+    later = {**feeds, "hidden_states": feeds["hidden_states"] * 0.5 + 0.3}
+    plan = P.Plan(3, 2, 0, (("full", "full+share-cfg", "window-residual"),) * 2)
+    residuals = {}
+    for rule in (P.REFRESH_FULL_ATTENTION, P.REFRESH_FULL_ONLY):
+        model = PlannedModel(share, plan, refresh=rule)
+        model.call(feeds, 0, cfg_pair=True, identity="x")
+        step0 = dict(model.caches.slot("x").residual)
+        model.call(later, 1, cfg_pair=True, identity="x")
+        residuals[rule] = (step0, dict(model.caches.slot("x").residual), model.call(later, 2, cfg_pair=True,
+                                                                                     identity="x"))
+    old0, old1, old_out = residuals[P.REFRESH_FULL_ONLY]
+    new0, new1, new_out = residuals[P.REFRESH_FULL_ATTENTION]
+    for i in (0, 1):
+        np.testing.assert_array_equal(old1[i], old0[i])  # the ASC step did not refresh it
+        assert i not in new0  # the reference's rule: step 0's residual is never read, so never kept
+        assert not np.allclose(new1[i], old0[i])  # the ASC step's, from the later input
+    assert not np.allclose(old_out, new_out)

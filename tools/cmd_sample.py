@@ -37,8 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embeds", help=".npz with prompt_embeds [B,T,C] (and negative_prompt_embeds), "
                    "or class_labels [B] for a class-conditional DiT")
     p.add_argument("--labels", help="class-conditional DiT: comma-separated class labels, one image each")
+    p.add_argument("--prompt", action="append", metavar="TEXT",
+                   help="text pipeline artifact: a prompt, one image each (repeatable)")
     p.add_argument("--out", help="write the final latents here (.npz, key 'latents'); a pipeline artifact "
-                   "writes images: image.png (one PNG per label, image-<i>.png for several)")
+                   "writes images: image.png (one PNG per label or prompt, image-<i>.png for several)")
+    p.add_argument("--grid", action="store_true", help="pipeline artifact: one grid image at --out instead")
+    p.add_argument("--force", action="store_true", help="pipeline artifact: replace existing image files")
     p.add_argument("--vs-full", action="store_true",
                    help="also sample with the all-full plan, interleaved in this run: speedup, PSNR, FLOPs saved")
     p.add_argument("--repeat", type=int, default=1, help="with --vs-full: (full, plan) pairs timed")
@@ -104,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
         from genzip.tools.sample_pipeline import run_pipeline
 
         return run_pipeline(args, providers_from(args))
+    if args.prompt or args.grid:
+        raise GenzipError(f"--prompt and --grid need a pipeline artifact, and {args.artifact} is a single model",
+                          "compile the diffusers pipeline folder (model_index.json) with genzip-compile, "
+                          "or pass --embeds / --labels")
     plan = load_plan(args.plan) if args.plan else None
     model = PlannedModel(args.artifact, plan, threads=args.threads, providers=providers_from(args))
     cond, uncond = conditioning(model, args.embeds, args.batch, args.seed, args.labels)

@@ -8,6 +8,7 @@ import sys
 
 from genzip._version import __version__
 from genzip.compile import TARGETS, build_compile, compile_model, default_out, resolve_settings
+from genzip.errors import GenzipError
 from genzip.metrics import MIN_COSINE
 from genzip.pipeline import compile_pipeline, pipeline_class
 from genzip.tools.cli_common import Progress, add_common_flags, add_dist_flags, add_provider_flags, guarded
@@ -23,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "bench-dit-4k); may come from --config")
     p.add_argument("--target", default="ort", choices=TARGETS, help="artifact kind (default: ort)")
     p.add_argument("--out", help="artifact folder (default: ./<model>.<target>)")
-    p.add_argument("--passes", default="", metavar="SPEC", help="pipeline, e.g. 'canonicalize-attn,dce'")
+    p.add_argument("--passes", action="append", default=[], metavar="SPEC",
+                   help="pipeline, e.g. 'canonicalize-attn,dce'; for a pipeline folder also NAME=SPEC per component "
+                        "(transformer/unet, text_encoder, vae; repeatable; a bare SPEC is the denoiser's)")
     p.add_argument("--recipe", help="named pipeline (see `genzip recipes`); combined with --passes after it")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--seed", type=int, default=0, help="seed for preset weights and example inputs")
@@ -93,10 +96,15 @@ def _run(args: argparse.Namespace) -> int:
     if opts.reproducer_dir is None:
         opts.reproducer_dir = os.path.abspath(out.rstrip("/")) + ".reproducer"
     if pipeline_class(resolved.model):
-        manifest = compile_pipeline(resolved.model, out, opts, progress=Progress(not args.quiet), config=resolved.record)
+        manifest = compile_pipeline(resolved.model, out, opts, progress=Progress(not args.quiet), config=resolved.record,
+                                    component_passes=resolved.component_passes)
         cosines = ", ".join(f"{part} {fid['cosine']:.6f}" for part, fid in manifest["fidelity"].items())
         sys.stdout.write(f"wrote {out} ({manifest['pipeline']}, target {opts.target}; cosine {cosines})\n")
         return 0
+    if resolved.component_passes:
+        name = next(iter(resolved.component_passes))
+        raise GenzipError(f"--passes {name}=... names a pipeline component, and {resolved.model} is not a pipeline "
+                          "folder genzip compiles whole", "pass --passes SPEC without a component name")
     manifest = compile_model(resolved.model, out, opts, progress=Progress(not args.quiet), config=resolved.record)
     fid = manifest["fidelity"]
     sys.stdout.write(

@@ -7,7 +7,9 @@ Matched chain (rank 4 ``[B, H, S, D]``, or rank 3 ``[B*H, S, D]``)::
     scores = MatMul(q', kT')
     scores = scores | Mul(scores, c) | Div(scores, c)
     scores = scores | Add(scores, mask)
-    y      = MatMul(Softmax(scores, axis=last), v)
+    probs  = Softmax(scores, axis=last)
+    probs  = probs | Where(IsNaN(probs), 0, probs)   # TorchScript's NaN guard
+    y      = MatMul(probs, v)
 
 Every ``c`` must evaluate to one number; their product is the explicit ``scale``
 of the new node. A ``c`` is a constant, or a scale the exporter computes in the
@@ -19,6 +21,17 @@ scale need not be constant-foldable by ONNX (Q's other dims may be symbolic). ``
 ``Reshape(Transpose(Reshape(k, [-1,S,D]), [0,2,1]), [B,H,D,S])``; any other
 ``kT`` gets a ``Transpose`` inserted. Rank-3 chains are wrapped in
 ``Unsqueeze(axis 0)`` / ``Squeeze(axis 0)`` so the node always sees 4D.
+
+The NaN guard (TorchScript's export of torch's ``_safe_softmax``) zeroes the rows of
+``probs`` that are NaN. With finite Q/K/V and mask, a row is NaN only when the mask
+hides every key of that query (all ``-inf``); a row with one visible key has a finite
+maximum and no NaN. So dropping the guard is exact for rows with a visible key (every
+row of a causal mask: the diagonal is always visible; every row of a finite mask, such
+as transformers' ``finfo.min``), and for fully masked rows it is exact on ONNX
+Runtime, whose ``Attention`` kernel returns zeros for them (bool or ``-inf`` mask;
+tests/test_attention_matrix.py checks it), but not by the ONNX spec's function body,
+which gives NaN there. NaN or inf in Q/K themselves would be zeroed by the guard and
+propagated by ``Attention``.
 
 Q/K/V ranks must be known (run ``infer-shapes`` first on untyped graphs), and
 K/V batch and head dims must be ones ``Attention`` can take: the same batch as
@@ -195,7 +208,7 @@ class DecomposedAttention(pattern.RewriteRuleClassBase):
         # non-constant (a QK-norm weight, say) and then fail the whole match.
         self._pre_scaled = pre_scaled
 
-    def pattern(self, op, query, key, key_t, value, mask, q_scale, k_scale, qk_scale, shape1, shape2):
+    def pattern(self, op, query, key, key_t, value, mask, q_scale, k_scale, qk_scale, shape1, shape2, nan_fill):
         key_3d = op.Reshape(key, shape1, _outputs=["key_3d"])
         key_t_torch = op.Reshape(op.Transpose(key_3d, perm=[0, 2, 1]), shape2, _outputs=["key_t_torch"])
         key_t = pattern.OrValue(
@@ -220,6 +233,10 @@ class DecomposedAttention(pattern.RewriteRuleClassBase):
         )
         scores = pattern.OrValue([op.Add(scores, mask), scores], tag_var="has_mask", tag_values=[True, False])
         probs = op.Softmax(scores, _outputs=["probs"])
+        # TorchScript's export of torch's _safe_softmax (masked SDPA): rows that are NaN
+        # because every key is masked become zeros (see _guard_is_exact).
+        probs = pattern.OrValue([op.Where(op.IsNaN(probs), nan_fill, probs), probs], tag_var="nan_guard",
+                                tag_values=[True, False])
         return op.MatMul(probs, value)
 
     def check(self, context, query, key, key_t, value, mask, probs, scores, key_layout, **bindings):
@@ -243,6 +260,8 @@ class DecomposedAttention(pattern.RewriteRuleClassBase):
         if mask is not None and not _mask_keeps_shape(mask, scores, probs):
             raise MatchFailureError("the mask could broadcast the scores to a larger shape", mask)
         _check_heads(q_shape, k_shape, v_shape, rank)
+        if bindings.get("nan_guard") and scalar(bindings.get("nan_fill")) != 0.0:
+            raise MatchFailureError("the NaN guard does not fill zeros", bindings.get("nan_fill"))
         return True
 
     def rewrite(self, op, query, key, key_t, value, mask, key_layout, **bindings):

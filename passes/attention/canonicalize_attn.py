@@ -50,6 +50,7 @@ from genzip.metadata import ATTN_SCOPE_KEY as SCOPE_KEY
 from genzip.passes.attention import _normalize as attn_normalize
 from genzip.passes.attention._classify import UNKNOWN, Sources, attention_scope, classify
 from genzip.passes.attention._patterns import attention_rules
+from genzip.passes.cleanup.fold_constants import fold
 from genzip.passes.infra.context import PassContext
 from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
 from genzip.passes.infra.graph import live_nodes, model_graphs, remove_orphans, restore_types, untyped_constants
@@ -77,35 +78,44 @@ def _value_types(model: ir.Model) -> list[tuple[ir.Value, ir.Shape | None, ir.Ty
     return [(v, v.shape, v.type) for g in model_graphs(model) for n in g for v in n.outputs]
 
 
+def _infer(model: ir.Model, when: str) -> None:
+    try:
+        common_passes.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+    except (onnx.shape_inference.InferenceError, ValueError) as e:
+        logger.info("canonicalize-attn: shape inference %s failed (%s)", when, e)
+
+
 def _type_untyped_chains(model: ir.Model, rules: pattern.RewriteRuleSet) -> bool:
-    """Type the graph when that is what keeps its Softmax->MatMul chains from matching.
+    """Type (and fold) the graph when that is what keeps its Softmax->MatMul chains from
+    matching; True when the graph changed.
 
     Exporters other than torch.export (TorchScript's ``dynamo=False``, Optimum) leave
     intermediate values untyped, and build reshape targets from ``Shape`` values; ONNX
-    shape inference with data propagation types them. Kept only when a chain then
-    matches, so a model without attention serializes as it came.
+    shape inference with data propagation types them. Types are kept only when a chain
+    then matches, so a model without attention serializes as it came. When typing alone
+    matches nothing, the constant shape arithmetic is folded (``fold-constants``' rules:
+    TorchScript's mask ``Expand`` targets and initializers that kept the exporter's
+    symbolic dims leave masks and K/V head dims symbolic until then) and the graph typed
+    again; a graph with unrecognised chains may so come out folded (and ``modified``).
     """
     if not _unrecognised_chains(model) or _has_decomposed(model, rules):
         return False
     before = _value_types(model)
-    try:
-        common_passes.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
-    except (onnx.shape_inference.InferenceError, ValueError) as e:
-        logger.info("canonicalize-attn: shape inference failed (%s); chains stay untyped", e)
-    if _has_decomposed(model, rules):
-        # The chains will be rewritten: fold the shape arithmetic too, so sequence dims the
-        # exporter computes from Shape values become static where the graph is (as after
-        # fold-constants,infer-shapes), and self-attention's Q and K lengths compare equal.
-        onnxscript.optimizer.fold_constants(model, output_size_limit=_FOLD_LIMIT)
-        try:
-            common_passes.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
-        except (onnx.shape_inference.InferenceError, ValueError) as e:
-            logger.info("canonicalize-attn: shape inference after folding failed (%s)", e)
+    _infer(model, "of the untyped graph")
+    matched = _has_decomposed(model, rules)
+    # When the chains match, fold too, so sequence dims the exporter computes from Shape
+    # values become static where the graph is (as after fold-constants,infer-shapes), and
+    # self-attention's Q and K lengths compare equal.
+    folded = fold(model, _FOLD_LIMIT)
+    if folded:
+        _infer(model, "after folding")
+        matched = matched or _has_decomposed(model, rules)
+    if matched:
         logger.info("canonicalize-attn: typed and folded the graph to match its attention chains")
         return True
     for value, shape, type_ in before:
         value.shape, value.type = shape, type_
-    return False
+    return folded
 
 
 def _raise_opset(model: ir.Model) -> None:
@@ -142,11 +152,15 @@ def _set_metadata(node: ir.Node, wanted: dict[str, str]) -> bool:
     return changed
 
 
+def _feeds_matmul(softmax: ir.Node) -> bool:
+    """Softmax -> MatMul, directly or through TorchScript's NaN guard ``Where(IsNaN(p), 0, p)``."""
+    users = [u for u, _ in softmax.outputs[0].uses()]
+    users += [w for u in users if u.op_type == "Where" for w, _ in u.outputs[0].uses()]
+    return any(u.op_type == "MatMul" for u in users)
+
+
 def _unrecognised_chains(model: ir.Model) -> int:
-    return sum(
-        1 for g in model_graphs(model) for n in g
-        if n.op_type == "Softmax" and any(u.op_type == "MatMul" for u, _ in n.outputs[0].uses())
-    )
+    return sum(1 for g in model_graphs(model) for n in g if n.op_type == "Softmax" and _feeds_matmul(n))
 
 
 def _warn_unrecognised(model: ir.Model) -> None:

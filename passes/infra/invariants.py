@@ -67,11 +67,45 @@ def check_structure(model: ir.Model) -> None:
         _check_graph(func, fopsets, f"function {func.name}", set())
 
 
+# Initializers above this many elements leave the checked proto of a large model.
+_CHECKED_WEIGHT_LIMIT = 1024
+
+
+def _checkable_proto(model: ir.Model) -> onnx.ModelProto:
+    """``model`` as the checker and shape inference see it.
+
+    A large model (``genzip.ort_session.is_large``: weights past the in-memory limit or in
+    external files) is serialized with its big initializers as graph inputs of the same
+    dtype and shape: checking needs their types, not their bytes, a proto holding the bytes
+    could pass protobuf's 2 GB limit, and external references would be resolved against
+    the working directory. Small initializers (shape constants, which data propagation
+    reads) stay. The model is left as it came.
+    """
+    from genzip.ort_session import is_large
+
+    if not is_large(model):
+        return ir.to_proto(model)
+    graph = model.graph
+    big = [v for v in graph.initializers.values() if v.const_value is not None
+           and (isinstance(v.const_value, ir.ExternalTensor) or v.const_value.size > _CHECKED_WEIGHT_LIMIT)]
+    inputs = len(graph.inputs)
+    for value in big:
+        graph.initializers.pop(value.name)
+        if value.shape is None or value.dtype is None:
+            value.shape, value.dtype = ir.Shape(list(value.const_value.shape)), value.const_value.dtype
+    graph.inputs.extend(big)
+    try:
+        return ir.to_proto(model)
+    finally:
+        del graph.inputs[inputs:]
+        for value in big:
+            graph.register_initializer(value)
+
+
 def check_full(model: ir.Model) -> None:
     check_structure(model)
-    proto = ir.to_proto(model)
+    proto = _checkable_proto(model)
     try:
-        # Large models: the checker takes a path; ours stay under 2 GB in memory here.
         onnx.checker.check_model(proto, full_check=False)
         onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:

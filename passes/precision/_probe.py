@@ -41,18 +41,13 @@ def act_gate(layer: int, dtype: str) -> str:
     return f"{GATE}.l{layer}.{dtype}.a"
 
 
-def activation_amax(proto_bytes: bytes, act_keys: list[str], samples) -> tuple[dict[str, float], list[dict]]:
-    """(absmax of each ``_bos.range_key`` over ``samples``, the FP outputs of each sample)."""
-    import onnx
+def activation_amax(model: ir.Model, act_keys: list[str], samples) -> tuple[dict[str, float], list[dict]]:
+    """(absmax of each ``_bos.range_key`` over ``samples``, the FP outputs of each sample);
+    the model is opened by path with external data when large (never one protobuf)."""
+    from genzip.passes.quant import _calib_data as data_mod
 
-    from genzip.ort_session import make_session
-
-    probe = onnx.ModelProto.FromString(proto_bytes)
-    outputs = [o.name for o in probe.graph.output]
-    inputs = {i.name for i in probe.graph.input}
-    extra = sorted({bos_mod.key_tensor(k) for k in act_keys} - inputs - set(outputs))
-    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in extra)
-    session = make_session(probe.SerializeToString())
+    outputs = [o.name for o in model.graph.outputs]
+    session = data_mod.probe_session(model, sorted({bos_mod.key_tensor(k) for k in act_keys}))
     names = [o.name for o in session.get_outputs()]
     amax = dict.fromkeys(act_keys, 0.0)
     refs = []
@@ -157,9 +152,11 @@ class ProbeWorker:
     """One gated session and what every probe reads; ``measure`` is one work unit of the
     sweep (``genzip.parallel``): quantize layer ``li`` alone to ``fmt`` and return the
     output change under each metric. It depends only on its unit, so any worker (in this
-    process or on a Ray cluster) returns the same values."""
+    process or on a Ray cluster) returns the same values. ``gated`` is the serialized model,
+    or the path of a large one saved with external data (then every worker must see that
+    path: this machine's workers, or a cluster with a shared filesystem)."""
 
-    def __init__(self, gated: bytes, gates: list[str], samples: list[dict], refs: list[np.ndarray],
+    def __init__(self, gated: bytes | str, gates: list[str], samples: list[dict], refs: list[np.ndarray],
                  out_name: str, metrics: list[str], *, threads: int | None = None):
         from genzip.ort_session import make_session
 

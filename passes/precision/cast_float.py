@@ -10,7 +10,8 @@ Invariant (``ensures``): no float32 value remains except the inputs and outputs 
 nodes kept in float32, which run between a ``Cast`` in and a ``Cast`` out: the ops in
 ``KEEP_FLOAT32`` (ONNX Runtime has no fp16 CPU kernel for them, or they feed index
 arithmetic) and ops whose ONNX schema at the model's opset does not admit ``dtype``
-(bf16 ``Einsum`` at opset 23).
+(bf16 ``Einsum`` at opset 23); and the inputs an op's schema types as float32 itself,
+not through a type variable (``Resize``'s ``scales``), fed through a ``Cast`` back.
 
 It runs after the other passes (``genzip-compile --dtype`` appends it last), so
 calibration, smoothing and sensitivity measure the float32 graph.
@@ -96,6 +97,20 @@ def _schema_admits(node: ir.Node, dtype: ir.DataType, opset: int) -> bool:
     return all(want in c.allowed_type_strs for c in schema.type_constraints if "tensor(float)" in c.allowed_type_strs)
 
 
+def _float32_inputs(node: ir.Node, opset: int) -> list[int]:
+    """Indices of ``node``'s inputs its ONNX schema types as ``tensor(float)`` itself (not a type
+    variable, e.g. ``Resize``'s ``scales``): they stay float32 whatever the compute dtype."""
+    import onnx
+
+    if node.domain not in ("", "ai.onnx"):
+        return []
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return []
+    return [i for i, formal in enumerate(schema.inputs[:len(node.inputs)]) if formal.type_str == "tensor(float)"]
+
+
 def _kept(node: ir.Node, dtype: ir.DataType, opset: int) -> bool:
     return (node.op_type in KEEP_FLOAT32 and node.domain in ("", "ai.onnx")) or not _schema_admits(node, dtype, opset)
 
@@ -168,6 +183,16 @@ class CastFloatPass(GenzipPass):
             inserted = _keep_float32(node, graph, dtype)
             stats["kept_float32"] += bool(inserted)
             stats["casts_inserted"] += inserted
+        for graph in _graphs(model):
+            for node in list(graph):
+                for i in _float32_inputs(node, opset):
+                    value = node.inputs[i]
+                    if value is not None and value.dtype == dtype:
+                        cast = ir.node("Cast", [value], {"to": ir.DataType.FLOAT})
+                        cast.outputs[0].dtype, cast.outputs[0].shape = ir.DataType.FLOAT, value.shape
+                        graph.insert_before(node, cast)
+                        node.replace_input_with(i, cast.outputs[0])
+                        stats["casts_inserted"] += 1
         modified = any(stats[k] for k in ("initializers", "values", "attributes"))
         return GenzipPassResult(model, modified, stats,
                                 noop_reason=None if modified else "the model has no float32 tensor to convert")
@@ -177,6 +202,7 @@ class CastFloatPass(GenzipPass):
         for graph in _graphs(model):
             dtype, opset = DTYPES[self.options.dtype], model.opset_imports.get("", 23)
             kept = {id(v) for n in graph if _kept(n, dtype, opset) for v in (*n.inputs, *n.outputs) if v is not None}
+            kept |= {id(n.inputs[i]) for n in graph for i in _float32_inputs(n, opset) if n.inputs[i] is not None}
             for value in _values(graph):
                 if value.dtype == ir.DataType.FLOAT and id(value) not in kept:
                     raise ir.passes.PostconditionError(

@@ -18,20 +18,24 @@ PyTorch source is at hand. Runs: L × F × samples in one gated ORT session
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import os
 import re
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 from tqdm import tqdm
 
 from genzip.errors import GenzipError
 from genzip.metadata import SENSITIVITY_KEY as RESULT_KEY
+from genzip.ort_session import is_large, session_source
 from genzip.parallel import SerialExecutor
 from genzip.passes.infra.context import TORCH_MODULE, PassContext, calibration_need
 from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
@@ -86,6 +90,21 @@ def _pick(samples: list, n: int) -> list:
     return [samples[i] for i in np.linspace(0, len(samples) - 1, n).round().astype(int)]
 
 
+@contextlib.contextmanager
+def _private_copy(model: ir.Model) -> Iterator[ir.Model]:
+    """A copy of ``model`` to rewrite. A small model goes through one in-memory protobuf; a
+    large one is saved with external data to a temporary folder and loaded back, so the
+    copy's weights are read lazily from that file, never held twice in memory nor
+    serialized into one protobuf (which cannot exceed 2 GB)."""
+    if not is_large(model):
+        yield ir.from_proto(ir.to_proto(model))
+        return
+    with tempfile.TemporaryDirectory(prefix="genzip-sensitivity-") as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        ir.save(model, path, external_data="model.onnx.data")
+        yield ir.load(path)
+
+
 class SensitivityPass(GenzipPass):
     name = "sensitivity"
     summary = "per-layer, per-format output change (decoupled metrics) of quantizing one layer alone; cached"
@@ -109,13 +128,12 @@ class SensitivityPass(GenzipPass):
         samples = _pick(data_mod.resolve(opts.data, context, self.name), opts.samples)
         data_mod.check_feeds(model, samples)
         model.metadata_props.pop(RESULT_KEY, None)  # never part of the cache key
-        proto = ir.to_proto(model).SerializeToString()
         out_name = model.graph.outputs[0].name
         module = as_module(context.torch_module)
         metrics, fam = self._metrics(model, samples, module)
         settings = {"formats": list(opts.candidates), "metrics": list(metrics), "samples": len(samples),
                     "block": opts.block}
-        mhash, dhash, shash = data_mod.model_hash(proto), data_mod.data_hash(samples), cache_mod.settings_hash(settings)
+        mhash, dhash, shash = data_mod.model_hash(model), data_mod.data_hash(samples), cache_mod.settings_hash(settings)
         path = cache_mod.cache_file(opts.cache, mhash, dhash, shash)
         cached = cache_mod.read(path, mhash, dhash, shash) if opts.use_cache else None
         names = [keys[id(n)] for n in layers]
@@ -124,7 +142,7 @@ class SensitivityPass(GenzipPass):
             logger.info("sensitivity: cache hit %s", path)
         else:
             positions = [position[id(n)] for n in layers]
-            cost, runs = self._measure(proto, positions, layers, samples, metrics, out_name, module, context.executor)
+            cost, runs = self._measure(model, positions, layers, samples, metrics, out_name, module, context.executor)
             hit = False
             if opts.use_cache:
                 entry = {"model": mhash, "data": dhash, "settings": shash, "keys": names, "cost": cost}
@@ -167,21 +185,21 @@ class SensitivityPass(GenzipPass):
             return {"content": content, "sqnr": [k for k in names if k not in set(content)]}
         return {metrics[0]: list(names)}
 
-    def _measure(self, proto: bytes, positions, layers, samples, metrics, out_name, module, executor):
+    def _measure(self, model: ir.Model, positions, layers, samples, metrics, out_name, module, executor):
         opts: Options = self.options
         formats = list(opts.candidates)
         bos = frozenset(li for li, n in enumerate(layers) if n.op_type == "MatMul" and spec_of(n).bos)
         acts = sorted({range_key(n.inputs[0].name, li in bos) for li, n in enumerate(layers)})
-        amax, refs = probe.activation_amax(proto, acts, samples)
-        gated = ir.from_proto(onnx.ModelProto.FromString(proto))  # a private copy to rewrite
-        gates = probe.build_gated(gated, positions, formats, amax, opts.block, bos)
+        amax, refs = probe.activation_amax(model, acts, samples)
         ref_out = [r[out_name] for r in refs]
         out_metrics = [m for m in metrics if m != "grad"]
         cost = {m: [[None] * len(formats) for _ in layers] for m in metrics}
         todo = [(li, f) for li, n in enumerate(layers) for f in formats if probe.allowed(n.op_type, f)]
         if out_metrics:
-            values = self._sweep(executor, ir.to_proto(gated).SerializeToString(), gates, samples, ref_out,
-                                 out_name, out_metrics, todo)
+            with _private_copy(model) as gated:
+                gates = probe.build_gated(gated, positions, formats, amax, opts.block, bos)
+                with session_source(gated) as source:  # bytes, or a path when large
+                    values = self._sweep(executor, source, gates, samples, ref_out, out_name, out_metrics, todo)
             for (li, f), row in zip(todo, values):
                 for m, v in zip(out_metrics, row):
                     cost[m][li][formats.index(f)] = v
@@ -191,7 +209,7 @@ class SensitivityPass(GenzipPass):
         return cost, runs
 
     @staticmethod
-    def _sweep(executor, gated: bytes, gates, samples, ref_out, out_name, out_metrics, todo) -> list[list[float]]:
+    def _sweep(executor, gated: bytes | str, gates, samples, ref_out, out_name, out_metrics, todo) -> list[list[float]]:
         """One unit per (layer, format), in ``todo`` order, on ``executor``'s workers
         (``genzip.parallel``; None: this process, ORT's default threads)."""
         bar = tqdm(total=len(todo), desc="sensitivity", unit="run", file=sys.stderr, disable=None, leave=False)

@@ -111,8 +111,41 @@ def data_hash(samples: list[Feeds]) -> str:
     return h.hexdigest()
 
 
-def model_hash(proto_bytes: bytes) -> str:
-    return hashlib.sha256(proto_bytes).hexdigest()
+def probe_session(model: ir.Model, tensors: list[str]):
+    """An ORT session of ``model`` that also outputs ``tensors`` (value names; graph inputs and
+    outputs among them are skipped: they are in the feeds or outputs already).
+
+    The probed tensors are graph outputs only while the session is created, and the session
+    opens the model by path with external data when it is large (``genzip.ort_session``), so
+    a model over 2 GB is never serialized into one protobuf. ``model`` is left as it came.
+    """
+    from genzip.ort_session import make_session, session_source
+
+    graph = model.graph
+    by_name = {v.name: v for node in graph for v in node.outputs}
+    by_name.update(graph.initializers)
+    present = {v.name for v in graph.inputs} | {v.name for v in graph.outputs}
+    extra = [by_name[t] for t in dict.fromkeys(tensors) if t not in present]
+    graph.outputs.extend(extra)
+    try:
+        with session_source(model) as source:
+            return make_session(source)
+    finally:
+        for value in extra:
+            graph.outputs.remove(value)
+
+
+def model_hash(model: ir.Model) -> str:
+    """sha256 of the graph's text and every initializer's bytes, one tensor at a time
+    (a model over 2 GB is never serialized whole)."""
+    digest = hashlib.sha256(str(model.graph).encode())
+    for name in sorted(model.graph.initializers):
+        tensor = model.graph.initializers[name].const_value
+        digest.update(name.encode())
+        if tensor is not None:
+            digest.update(f"{tensor.dtype}{list(tensor.shape)}".encode())
+            digest.update(tensor.tobytes())
+    return digest.hexdigest()
 
 
 def cache_path(cache_dir: str | None, mhash: str, dhash: str, method: str) -> str:

@@ -21,7 +21,6 @@ calibration-data hash, so recompiling the same model is free.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import sys
@@ -81,23 +80,8 @@ def _bos_targets(model: ir.Model) -> dict[str, list[ir.Node]]:
 def _observe(model: ir.Model, keys: list[str], bos_tensors: list[str], samples, method: str,
              percentile: float) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
     """(range per key, token-0 statistics per ``bos`` tensor) over ``samples``."""
-    from genzip.ort_session import make_session, session_source
-
-    graph = model.graph
-    by_name = {v.name: v for node in graph for v in node.outputs}
-    by_name.update(graph.initializers)
-    present = {v.name for v in graph.inputs} | {v.name for v in graph.outputs}
     wanted = sorted({bos_mod.key_tensor(k) for k in keys} | set(bos_tensors))
-    # The probed tensors become graph outputs only while the session is created; the session
-    # opens the model by path when it is large (external data), never as one protobuf.
-    extra = [by_name[t] for t in wanted if t not in present]
-    graph.outputs.extend(extra)
-    try:
-        with session_source(model) as source:
-            session = make_session(source)
-    finally:
-        for value in extra:
-            graph.outputs.remove(value)
+    session = data_mod.probe_session(model, wanted)
     amax = dict.fromkeys(keys, 0.0)
     pools: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     rows: dict[str, list[np.ndarray]] = {t: [] for t in bos_tensors}
@@ -122,19 +106,6 @@ def _observe(model: ir.Model, keys: list[str], bos_tensors: list[str], samples, 
     return result, {t: bos_mod.token0_stats(r) for t, r in rows.items()}
 
 
-def _model_digest(model: ir.Model) -> str:
-    """sha256 of the graph's text and every initializer's bytes, one tensor at a time
-    (a model over 2 GB is never serialized whole)."""
-    digest = hashlib.sha256(str(model.graph).encode())
-    for name in sorted(model.graph.initializers):
-        tensor = model.graph.initializers[name].const_value
-        digest.update(name.encode())
-        if tensor is not None:
-            digest.update(f"{tensor.dtype}{list(tensor.shape)}".encode())
-            digest.update(tensor.tobytes())
-    return digest.hexdigest()
-
-
 class CalibratePass(GenzipPass):
     name = "calibrate"
     summary = "run the annotated graph in ORT over calibration inputs; record activation ranges (cached)"
@@ -154,7 +125,7 @@ class CalibratePass(GenzipPass):
         if opts.samples:
             samples = samples[: opts.samples]
         data_mod.check_feeds(model, samples)
-        mhash = _model_digest(model)
+        mhash = data_mod.model_hash(model)
         dhash = data_mod.data_hash(samples)
         method = opts.method if opts.method != "percentile" else f"percentile{opts.percentile:g}"
         path = data_mod.cache_path(opts.cache, mhash, dhash, method)

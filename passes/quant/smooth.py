@@ -36,7 +36,6 @@ import dataclasses
 from typing import Literal
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from genzip.errors import GenzipError
@@ -118,12 +117,7 @@ def _groups(model: ir.Model) -> dict[str, list[ir.Node]]:
 
 def _channel_amax(model: ir.Model, names: list[str], samples, range_ids: list[int]) -> list[dict[str, np.ndarray]]:
     """Per range (``range_ids[i]`` is sample i's), each tensor's max |x| per last-axis channel."""
-    from genzip.ort_session import make_session
-
-    proto = ir.to_proto(model)
-    known = {i.name for i in proto.graph.input} | {o.name for o in proto.graph.output}
-    proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in known)
-    session = make_session(proto.SerializeToString())
+    session = data_mod.probe_session(model, names)  # by path when large: never one protobuf
     out_names = [o.name for o in session.get_outputs()]
     amax: list[dict[str, np.ndarray]] = [{} for _ in range(max(range_ids) + 1)]
     for feeds, r in zip(samples, range_ids):

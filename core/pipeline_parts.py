@@ -1,0 +1,139 @@
+"""The modules ``genzip-compile PIPELINE_FOLDER`` exports besides a folder denoiser, with the
+example calls their exports trace.
+
+Invariant: each module computes exactly what the diffusers pipeline calls on its
+component (the text encoder's last hidden state, the VAE's ``decode``, the masked
+PixArt transformer), and its example call has the shapes the pipeline feeds it: the
+prompt padded to the pipeline's text length, latents at the denoiser's sample size.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from genzip.errors import GenzipError
+
+
+def text_encoder(folder: Path, class_name: str, length: int | None, masked: bool):
+    """(the text encoder as a module ``input_ids[, attention_mask] -> last_hidden_state``, its
+    example call, its config dict). ``length``: the prompt length the pipeline pads to (None:
+    the tokenizer's ``model_max_length``). ``masked``: the pipeline passes the padding mask
+    (T5 in PixArt), so it is an input; the example masks the second half of the prompt."""
+    import torch
+    import transformers
+
+    cls = getattr(transformers, class_name, None)
+    if cls is None:
+        raise GenzipError(f"transformers has no text encoder class '{class_name}'",
+                          "check model_index.json or upgrade transformers")
+    encoder = cls.from_pretrained(folder / "text_encoder", local_files_only=True, use_safetensors=True,
+                                  dtype=torch.float32).eval()
+    if length is None:
+        tok_config = json.loads((folder / "tokenizer" / "tokenizer_config.json").read_text())
+        length = int(tok_config.get("model_max_length") or encoder.config.max_position_embeddings)
+
+    class TextEncoder(torch.nn.Module):
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.encoder(input_ids, attention_mask=attention_mask, return_dict=False)[0]
+
+    g = torch.Generator().manual_seed(0)
+    call: dict[str, Any] = {"input_ids": torch.randint(0, encoder.config.vocab_size, (1, length), generator=g)}
+    if masked:
+        call["attention_mask"] = (torch.arange(length) < max(1, length // 2)).long()[None]
+    return TextEncoder(encoder).eval(), call, encoder.config.to_dict()
+
+
+def masked_transformer(folder: Path, length: int, batch: int = 2):
+    """(the PixArt transformer with ``encoder_attention_mask`` as an input, its example call,
+    its config dict). diffusers' PixArt pipelines pass the prompt's padding mask; a graph
+    without it would attend to padding, unlike PyTorch."""
+    import diffusers
+    import torch
+
+    model = diffusers.PixArtTransformer2DModel.from_pretrained(folder / "transformer", local_files_only=True,
+                                                               use_safetensors=True,
+                                                               torch_dtype=torch.float32).eval()
+    config = dict(model.config)
+
+    class MaskedTransformer(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, hidden_states, encoder_hidden_states, timestep, encoder_attention_mask,
+                    resolution=None, aspect_ratio=None):
+            added = {"resolution": resolution, "aspect_ratio": aspect_ratio}
+            # The bias PixArt makes of a [B, L] mask, [B, 1, L], expanded here to [B, tokens, L]:
+            # the same scores, and ONNX Runtime's Attention op takes no mask broadcast over queries.
+            patch = self.model.config.patch_size
+            tokens = (hidden_states.shape[-2] // patch) * (hidden_states.shape[-1] // patch)
+            bias = (1 - encoder_attention_mask.to(hidden_states.dtype)) * -10000.0
+            bias = bias[:, None, :].expand(-1, tokens, -1)
+            return self.model(hidden_states, encoder_hidden_states=encoder_hidden_states, timestep=timestep,
+                              encoder_attention_mask=bias, added_cond_kwargs=added, return_dict=False)[0]
+
+    g = torch.Generator().manual_seed(0)
+    size = config["sample_size"]
+    call: dict[str, Any] = {
+        "hidden_states": torch.randn(batch, config["in_channels"], size, size, generator=g),
+        "encoder_hidden_states": torch.randn(batch, length, config["caption_channels"], generator=g),
+        "timestep": torch.randint(0, 1000, (batch,), generator=g).float(),
+        "encoder_attention_mask": (torch.arange(length) < max(1, length // 3)).long()[None].repeat(batch, 1),
+    }
+    if model.use_additional_conditions:  # PixArt micro-conditions (sample_size 128)
+        call["resolution"] = torch.tensor([[size * 8.0, size * 8.0]]).repeat(batch, 1)
+        call["aspect_ratio"] = torch.ones(batch, 1)
+    return MaskedTransformer(model).eval(), call, config
+
+
+def vae_decoder(folder: Path, denoiser: str):
+    """(the VAE's decode as a module, its example latents, its config dict)."""
+    import diffusers
+    import torch
+
+    vae = diffusers.AutoencoderKL.from_pretrained(str(folder / "vae")).eval()
+
+    class VaeDecoder(torch.nn.Module):
+        def __init__(self, vae):
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, latent):
+            return self.vae.decode(latent, return_dict=False)[0]
+
+    size = json.loads((folder / denoiser / "config.json").read_text())["sample_size"]
+    g = torch.Generator().manual_seed(0)
+    # Batch 1: the decoder's export is not batch-dynamic (torch.export finds a batch constraint in
+    # AutoencoderKL.decode), so OrtVaeDecoder decodes one latent per call.
+    latents = torch.randn(1, vae.config.latent_channels, size, size, generator=g)
+    return VaeDecoder(vae).eval(), latents, dict(vae.config)
+
+
+def vae_encoder(folder: Path, denoiser: str):
+    """(the VAE's ``encode`` as a module ``image -> latent_dist.parameters`` (mean and log-variance
+    stacked on channels, what ``DiagonalGaussianDistribution`` is built from), its example
+    image at the pixel size of the denoiser's sample size)."""
+    import diffusers
+    import torch
+
+    vae = diffusers.AutoencoderKL.from_pretrained(str(folder / "vae")).eval()
+
+    class VaeEncoder(torch.nn.Module):
+        def __init__(self, vae):
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, image):
+            return self.vae.encode(image).latent_dist.parameters
+
+    size = json.loads((folder / denoiser / "config.json").read_text())["sample_size"]
+    pixels = size * 2 ** (len(vae.config.block_out_channels) - 1)
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(1, vae.config.in_channels, pixels, pixels, generator=g) * 2 - 1
+    return VaeEncoder(vae).eval(), image
