@@ -42,7 +42,7 @@ _FLOATS = {ir.DataType.FLOAT: "float32", ir.DataType.FLOAT16: "float16"}
 def unsupported(model: ir.Model, layers: int) -> str | None:
     """Why onnxruntime-genai cannot bind this graph as it is, or None when it can."""
     if KV_CAPACITY_KEY in model.metadata_props:
-        return ("span-attn's evicting cache keeps at most a fixed number of tokens per layer "
+        return ("span-attn's evicting cache keeps at most a fixed number of tokens per layer or KV head "
                 f"({KV_CAPACITY_KEY}), while onnxruntime-genai binds past/present as the whole sequence")
     if CSKV_KEY in model.metadata_props:
         return "cskv's cache holds low-rank features (and a window), not onnxruntime-genai's layout"

@@ -11,7 +11,10 @@ every engine reads: genzip compiles it with ``--kv-cache`` once per variant
 ``w8a8-dynamic``, ``kv8`` = ``kv-quant``, ``w4a16-kv8``, MoA ``moa-0.5`` /
 ``moa-0.25`` = ``span-attn{alpha=0 beta=DENSITY sinks=4 seq=CONTEXT+NEW}``, compiled per
 context: elastic spans of density·N and an evicting cache of sinks + density·seq tokens
-per layer; ``cskv50`` / ``cskv25`` =
+per KV head (per layer where a layer's KV heads need the same); ``moa-D-spread`` gives each
+KV head's query heads their own span (density·f·N, f spread over [0.25, 1.75], mean 1),
+``-layer`` evicts per layer instead of per KV head (every head keeps the layer's widest
+span), ``+kv8`` runs ``kv-quant`` first; ``cskv50`` / ``cskv25`` =
 ``cskv{ratio=0.5|0.25 window=16 int8=true}``, ``cskv25-nowindow`` without the window,
 ``cskv25-rebuilt`` with ``absorb=false`` (K/V rebuilt from the features every step), fitted on the compile's calibration
 windows: seeded random ids for the speed model, training-split KJV for trained-llama); onnxruntime-genai's
@@ -78,6 +81,15 @@ VARIANTS = {
 # longest length it serves, so each layer's evicting cache keeps sinks + density·seq tokens.
 MOA = {"moa-0.5": 0.5, "moa-0.25": 0.25}
 MOA_SINKS = 4
+# MoA variants with per-head spans and their cache forms: "-spread" gives the query heads of
+# KV head g of Hkv the rule span = density·f_g·N with f_g spread evenly over [0.25, 1.75]
+# (mean 1, so the mean span still is density·N; a synthetic stand-in for a moa-search plan,
+# whose heads differ); "-layer" evicts per layer (span-attn evict=layer: every KV head keeps
+# the layer's widest span) instead of per KV head; "+kv8" runs kv-quant first (int8 cache).
+MOA_FORMS = {f"{base}{spread}{layer}{kv8}": (density, bool(spread), "layer" if layer else "head", bool(kv8))
+             for base, density in MOA.items() for spread in ("", "-spread") for layer in ("", "-layer")
+             for kv8 in ("", "+kv8")}
+SPREAD = (0.25, 1.75)
 PEERS = ("ort-genai", "transformers")
 TRAINED = "trained-llama"
 
@@ -86,7 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contexts", default="512,2048,8192", help="prompt lengths for speed (default 512,2048,8192)")
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per run (default 32)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
-    parser.add_argument("--variants", default="fp32,w4a16,kv8", help=f"genzip variants: {', '.join([*VARIANTS, *MOA])}")
+    parser.add_argument("--variants", default="fp32,w4a16,kv8",
+                        help=f"genzip variants: {', '.join(VARIANTS)}, MoA: {', '.join(MOA_FORMS)}")
     parser.add_argument("--peers", default=",".join(PEERS), help="peers: ort-genai, transformers, or none")
     parser.add_argument("--hidden", type=int, default=512, help="speed model hidden size (default 512)")
     parser.add_argument("--layers", type=int, default=4, help="speed model layers (default 4)")
@@ -150,12 +163,31 @@ def speed_folder(root: str, args, max_positions: int) -> str:
     return folder
 
 
+def spread_plan(folder: str, density: float, root: str) -> str:
+    """Write the "-spread" plan of ``density`` for the model in ``folder``; returns its path."""
+    with open(os.path.join(folder, "config.json")) as f:
+        config = json.load(f)
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    lo, hi = SPREAD
+    factors = [lo + (hi - lo) * g / max(kv_heads - 1, 1) for g in range(kv_heads)] if kv_heads > 1 else [1.0]
+    betas = [density * factors[h // (heads // kv_heads)] for h in range(heads)]
+    plan = {"alphas": [[0.0] * heads] * config["num_hidden_layers"], "betas": [betas] * config["num_hidden_layers"],
+            "sinks": MOA_SINKS}
+    path = os.path.join(root, f"spread-{density}-{os.path.basename(folder)}.json")
+    with open(path, "w") as f:
+        json.dump(plan, f)
+    return path
+
+
 def variant_passes(name: str, seq: int, plan: str | None = None) -> str:
-    """The pass pipeline of a variant; MoA's depends on ``seq``, the longest length served."""
+    """The pass pipeline of a variant; MoA's depends on ``seq``, the longest length served
+    (``plan``: moa-plan's file, or the "-spread" variants' plan)."""
     if name == "moa-plan":
         return f"canonicalize-attn,span-attn{{plan={plan} seq={seq}}}"
-    if name in MOA:
-        return f"canonicalize-attn,span-attn{{alpha=0 beta={MOA[name]} sinks={MOA_SINKS} seq={seq}}}"
+    if name in MOA_FORMS:
+        density, spread, evict, kv8 = MOA_FORMS[name]
+        rule = f"plan={plan}" if spread else f"alpha=0 beta={density} sinks={MOA_SINKS}"
+        return f"canonicalize-attn,{'kv-quant,' if kv8 else ''}span-attn{{{rule} seq={seq} evict={evict}}}"
     return VARIANTS[name]
 
 
@@ -171,11 +203,13 @@ def compile_variants(folder: str, variants: list[str], root: str, tag: str, thre
     out = {}
     for name in variants:
         out[name] = {}
-        moa = name in MOA or name == "moa-plan"
+        moa = name in MOA_FORMS or name == "moa-plan"
+        spread = MOA_FORMS[name][1] if name in MOA_FORMS else False
+        variant_plan = spread_plan(folder, MOA_FORMS[name][0], root) if spread else plan
         for seq in seqs if moa else seqs[:1]:
             copy = source.copy()
             dest = os.path.join(root, f"{tag}-{name}-{seq}")
-            compile_source(copy, dest, CompileOptions(target="ort", passes=variant_passes(name, seq, plan),
+            compile_source(copy, dest, CompileOptions(target="ort", passes=variant_passes(name, seq, variant_plan),
                                                       force=True, min_cosine=0.0 if moa else 0.5))
             out[name][seq] = genzip.load(dest, threads=threads)
         if not moa:
@@ -354,7 +388,7 @@ def perplexity_rows(args, root: str, ppl_contexts: list[int], variants: list[str
 def run(args: argparse.Namespace) -> int:
     contexts = _ints(args.contexts, "contexts")
     ppl_contexts = _ints(args.ppl_contexts, "ppl-contexts")
-    variants = _names(args.variants, [*VARIANTS, *MOA], "variants")
+    variants = _names(args.variants, [*VARIANTS, *MOA_FORMS], "variants")
     peers = _names(args.peers, PEERS, "peers")
     if args.new_tokens < 2:
         raise GenzipError(f"--new-tokens {args.new_tokens} leaves no decode step to time", "pass 2 or more")

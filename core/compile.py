@@ -28,6 +28,7 @@ from genzip.metrics import MIN_COSINE
 from genzip.ort_session import ORT_ERRORS, ort_failure, run_model, run_user_model
 from genzip.parallel import executor as search_executor
 from genzip.passes import Instrumentation, build_pipeline, run_pipeline
+from genzip.passes.attention._span_kv_heads import split_head_feeds
 from genzip.passes.infra.context import CALIBRATION, EXAMPLE_INPUTS, TORCH_MODULE, PassContext, check_needs
 from genzip.passes.precision.cast_float import cast_feeds
 from genzip.passes.quant._cskv_layout import compress_feeds
@@ -249,8 +250,9 @@ def compile_source(source, out_dir: str, options: CompileOptions, progress: Call
         fp32_outputs = reference if reference_label == "source-onnx" else run_model(model, feeds)
     records = run_pipeline(model, pipeline, inst, pass_context(source, opts.seed, progress, executor))
     # kv-quant turns the float past inputs into int8 + scales, cskv into low-rank features
-    # plus a window, cast-float float inputs into fp16/bf16: the example inputs follow.
-    feeds = compress_feeds(model, quantize_feeds(model, source.example_inputs))
+    # plus a window, span-attn{evict=head} splits the cache per KV head, cast-float float
+    # inputs into fp16/bf16: the example inputs follow.
+    feeds = compress_feeds(model, quantize_feeds(model, split_head_feeds(model, source.example_inputs)))
     source = dataclasses.replace(source, example_inputs=cast_feeds(model, feeds))
     _stage(progress, f"writing {opts.target} artifact to {out_dir}")
     compiled = Compiled(model, source, str(pipeline), records, reference, reference_label, fp32_outputs, config)

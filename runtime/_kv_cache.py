@@ -30,7 +30,9 @@ An evicting cache (``span-attn`` on a KV-cache graph) declares in the model meta
 (``genzip.kv_capacity``: ``{past input: C}``) that its ``present`` keeps at most ``C``
 tokens: that slot's buffers hold ``min(capacity, C)`` tokens and it is bound with
 ``min(length, C)`` past and ``min(length + seq, C)`` present tokens, while ``length``
-(what ``attention_mask`` spans) keeps counting every token seen.
+(what ``attention_mask`` spans) keeps counting every token seen. A slot's head count is
+the one its input declares (``span-attn{evict=head}`` gives every KV head its own
+tensor of 1 head and its own ``C``), else the model's ``kv_heads``.
 A ``cskv`` cache (low-rank features plus a window of recent full-precision rows) keeps
 its window in ``past_key_values.*_window`` slots, which hold ``min(tokens, window)``
 tokens (the window comes from the model's ``CSKV_KEY`` metadata); every other slot
@@ -60,6 +62,7 @@ class Slot:
     dtype: type
     last_dim: int
     keep: int | None = None  # holds at most this many (the latest) tokens: an evicting cache or a cskv window
+    heads: int | None = None  # KV heads of this tensor when the graph declares them (1: span-attn's per-head cache)
 
     def tokens(self, length: int) -> int:
         """Tokens this slot stores after ``length`` have been seen."""
@@ -90,7 +93,9 @@ def session_slots(session) -> list[Slot]:
         if present not in outputs or value.type not in _ORT_DTYPES or not isinstance(value.shape[-1], int):
             raise ValueError(f"cache input {value.name} ({value.type}, {value.shape}) has no matching "
                              f"{present} output of a known dtype and fixed last dimension")
-        slots.append(Slot(value.name, present, _ORT_DTYPES[value.type], int(value.shape[-1]), keep.get(value.name)))
+        heads = value.shape[1] if len(value.shape) == 4 and isinstance(value.shape[1], int) else None
+        slots.append(Slot(value.name, present, _ORT_DTYPES[value.type], int(value.shape[-1]), keep.get(value.name),
+                          heads))
     return slots
 
 
@@ -103,8 +108,7 @@ class BoundKVCache:
         self.capacity = capacity
         self.length = 0
         # _bufs[side][j]: side 0/1 of the ping-pong, j over the slots.
-        self._bufs = [[np.zeros(batch * kv_heads * s.tokens(capacity) * s.last_dim, s.dtype) for s in slots]
-                      for _ in range(2)]
+        self._bufs = [[np.zeros(int(np.prod(self._dims(s, capacity))), s.dtype) for s in slots] for _ in range(2)]
         # Pointers taken once: numpy's .ctypes costs microseconds per call, every step.
         self._ptrs = [[b.ctypes.data for b in side] for side in self._bufs]
         self._side = 0  # the side holding the current past
@@ -123,7 +127,7 @@ class BoundKVCache:
         return sum(b.nbytes for side in self._bufs for b in side)
 
     def _dims(self, slot: Slot, tokens: int) -> list[int]:
-        return [self.batch, self.kv_heads, slot.tokens(tokens), slot.last_dim]
+        return [self.batch, slot.heads or self.kv_heads, slot.tokens(tokens), slot.last_dim]
 
     def bind(self, io, seq: int) -> None:
         """Bind ``past`` (``length`` tokens) and ``present`` (``length + seq``) for one step."""

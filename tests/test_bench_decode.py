@@ -13,11 +13,12 @@ def test_bench_decode_json():
     rc, out, err = bench_scripts.run(
         "bench_decode.py", "--contexts", "24,40", "--new-tokens", "4", "--rounds", "1", "--hidden", "64",
         "--layers", "1", "--heads", "4", "--kv-heads", "2", "--intermediate", "128", "--prefill-chunk", "16",
-        "--variants", "fp32,kv8,moa-0.25,cskv25", "--ppl-contexts", "none", "--json", "--quiet")
+        "--variants", "fp32,kv8,moa-0.25,moa-0.25-spread+kv8,cskv25", "--ppl-contexts", "none", "--json", "--quiet")
     assert rc == 0, err[-2000:]
     result = json.loads(out)
     engines = {r["engine"] for r in result["speed"]}
-    expected = {"genzip-fp32", "genzip-kv8", "genzip-moa-0.25", "genzip-cskv25", "transformers"}
+    expected = {"genzip-fp32", "genzip-kv8", "genzip-moa-0.25", "genzip-moa-0.25-spread+kv8", "genzip-cskv25",
+                "transformers"}
     if importlib.util.find_spec("onnxruntime_genai") is None:
         assert "not installed" in result["skipped"]["ort-genai"]
     else:
@@ -31,6 +32,10 @@ def test_bench_decode_json():
     assert rows[("genzip-kv8", 40)]["kv_bytes"] * 64 == rows[("genzip-fp32", 40)]["kv_bytes"] * 20
     # MoA 0.25 compiled for 44 tokens keeps 4 sinks + round(0.25·44) = 15 of the 44 per layer.
     assert rows[("genzip-moa-0.25", 40)]["kv_bytes"] * 44 == rows[("genzip-fp32", 40)]["kv_bytes"] * 15
+    # Spread per KV head (beta 0.25·0.25, 0.25·1.75 -> spans clamp(3) = 4 sinks, 19): 4 + 4 and
+    # 4 + 19 tokens, each KV head its own, as int8 rows (16 bytes) plus a float32 scale.
+    assert rows[("genzip-moa-0.25-spread+kv8", 40)]["kv_bytes"] * 64 * 2 * 44 == \
+        rows[("genzip-fp32", 40)]["kv_bytes"] * 20 * 31
     # cskv{ratio=0.25 window=16 int8}, 44 tokens (40 + 4 new): width 2 x 16 -> 8 int8 features
     # + 2 scales per token, plus 16 window rows of 2 x 16 floats; fp32: 44 x 32 floats.
     per_kv = 44 * (8 + 2 * 4) + 16 * 2 * 16 * 4

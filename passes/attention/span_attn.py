@@ -16,10 +16,14 @@ makes the pass refuse the model (GenzipError naming it and why); replacing nothi
 although the model has attention logs a warning saying why.
 
 On a ``genzip-compile --kv-cache`` graph (K/V read a ``past_key_values.*`` input) the
-pass instead keeps each layer's ``Attention`` and gives it a per-head span mask computed
-at run time from the current length, and makes each layer's cache evicting (sinks plus
-the widest span, sized by ``seq=``, which is then required): see ``_span_kv``. A cache
-form it cannot rewrite is a one-line GenzipError.
+pass instead keeps ``Attention`` and gives it a per-head span mask computed at run time
+from the current length, and makes the cache evicting, sized by ``seq=`` (then required):
+with ``evict=head`` (the default) each KV head gets its own cache tensor holding sinks plus
+the widest span of the query heads sharing it (``_span_kv_heads``; a layer whose KV heads
+all get the same capacity keeps one tensor, which holds just that); with ``evict=layer``
+each layer's cache holds sinks plus the layer's widest span (``_span_kv``). kv-quant's
+int8 cache (kv-quant before span-attn) is evicted the same way. A cache form it cannot
+rewrite is a one-line GenzipError.
 
 ``plan=FILE`` gives per-layer, per-head rules as JSON
 ``{"alphas": [L][H], "betas": [L][H], "sinks": int}``; ``alpha=``/``beta=``/``sinks=``
@@ -39,7 +43,7 @@ from genzip import jsonfile
 from genzip.errors import GenzipError
 from genzip.passes.attention import _causal_mask as moa_mask
 from genzip.passes.attention import _flops as af
-from genzip.passes.attention import _span_kv
+from genzip.passes.attention import _span_kv, _span_kv_graph
 from genzip.passes.attention._heads import attention_scale, gqa_group
 from genzip.passes.infra.context import PassContext
 from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
@@ -55,6 +59,7 @@ class SpanAttentionOptions:
     beta: float | None = None
     sinks: int | None = None  # always-visible first tokens (default 0)
     seq: int | None = None  # N to resolve spans with when symbolic; a KV-cache graph's longest context
+    evict: str = "head"  # KV-cache graphs: each KV head keeps its own span ("head") or the layer's widest ("layer")
 
     def __post_init__(self):
         uniform = self.alpha is not None or self.beta is not None
@@ -70,6 +75,8 @@ class SpanAttentionOptions:
             raise ValueError(f"sinks={self.sinks} must be >= 0")
         if self.seq is not None and self.seq < 1:
             raise ValueError(f"seq={self.seq} must be >= 1")
+        if self.evict not in ("head", "layer"):
+            raise ValueError(f"evict={self.evict} must be head or layer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,16 +224,22 @@ class SpanAttentionPass(GenzipPass):
         found = []
         for site in layers:
             kv = _span_kv.kv_site(site.node, model.graph)
-            if isinstance(kv, str) or gqa_group(site.node) is None or not isinstance(site.node.inputs[0].shape[1], int):
+            if isinstance(kv, str) or not _span_kv.static_gqa(kv):
                 why = kv if isinstance(kv, str) else "its head counts are not static"
                 raise GenzipError(f"span-attn: KV-cache attention {site.index} ({site.node.name}): {why}",
                                   "span-attn handles the float32 Concat(past, new) cache of genzip-compile --kv-cache")
             found.append(kv)
         rules, sinks = self._rules(layers)
-        caps = _span_kv.rewrite_kv_graph(model, found, rules, sinks, seq)
-        per_layer = [caps[kv.key.inputs[0].name] for kv in found]
-        stats = {"nodes_replaced": len(found), "kv_cache": True, "sinks": sinks, "seq": seq,
-                 "kv_capacity": per_layer, "kv_bytes_ratio_at_seq": round(sum(per_layer) / (len(per_layer) * seq), 4)}
+        per_head = self.options.evict == "head"
+        pasts = [(kv.caches[0].inputs[0].name, _span_kv.heads_of(kv.caches[0].inputs[0])) for kv in found]
+        caps = _span_kv_graph.rewrite_kv_graph(model, found, rules, sinks, seq, per_head)
+        # Per layer: the K cache's capacity per KV head (the layer's one capacity where not split).
+        per_layer = [[caps[name]] * heads if name in caps else [caps[_span_kv.head_name(name, g)] for g in range(heads)]
+                     for name, heads in pasts]
+        held = sum(sum(row) for row in per_layer)
+        stats = {"nodes_replaced": len(found), "kv_cache": True, "sinks": sinks, "seq": seq, "evict": self.options.evict,
+                 "kv_capacity": per_layer,
+                 "kv_bytes_ratio_at_seq": round(held / (sum(len(row) for row in per_layer) * seq), 4)}
         return GenzipPassResult(model, True, stats)
 
     def _replace(self, model, site: af.AttentionSite, rule, sinks: int, flops: dict) -> str | None:

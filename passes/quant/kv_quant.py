@@ -34,7 +34,7 @@ import onnx_ir as ir
 
 from genzip.errors import GenzipError
 from genzip.ir_build import NodeBuilder
-from genzip.metadata import KV_QUANT_KEY
+from genzip.metadata import KV_CAPACITY_KEY, KV_QUANT_KEY
 from genzip.passes.infra.context import PassContext
 from genzip.passes.infra.contract import GenzipPass, GenzipPassResult
 from genzip.passes.quant._kv_layout import MIN_SCALE, QMAX, SCALE_SUFFIX
@@ -124,6 +124,9 @@ class KVQuantPass(GenzipPass):
     def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         opts: Options = self.options
         graph = model.graph
+        if KV_CAPACITY_KEY in model.metadata_props:
+            raise GenzipError("kv-quant: span-attn already rewrote the cache (evicting, Gather after Concat)",
+                              "run kv-quant before span-attn: kv-quant,span-attn{...} (MoA + KV8)")
         updates = [(o, c) for o, c in cache_updates(graph) if opts.selected(_layer(o.name) or 0)]
         if not updates:
             # Its fact (an int8 cache) cannot hold on a graph without a cache: a user error,
