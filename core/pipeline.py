@@ -41,8 +41,9 @@ def pipeline_class(model_ref: Any) -> str | None:
     return name if name in PIPELINES else None
 
 
-def _vae_decoder(folder: Path):
-    """(the VAE's decode as a module, its example latents, its scaling factor)."""
+def _vae_decoder(folder: Path, height: int | None = None, width: int | None = None):
+    """(the VAE's decode as a module, its example latents, its scaling factor); the latents
+    are the transformer's size: ``height``/``width`` when given (``--height``), else its config's."""
     import diffusers
     import torch
 
@@ -61,7 +62,7 @@ def _vae_decoder(folder: Path):
     g = torch.Generator().manual_seed(0)
     # Batch 1: the decoder's export is not batch-dynamic (torch.export finds a batch constraint in
     # AutoencoderKL.decode), so OrtVaeDecoder decodes one latent per call.
-    latents = torch.randn(1, vae.config.latent_channels, size, size, generator=g)
+    latents = torch.randn(1, vae.config.latent_channels, height or size, width or size, generator=g)
     return VaeDecoder(vae).eval(), latents, float(vae.config.scaling_factor)
 
 
@@ -88,7 +89,8 @@ def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str
                                  dataclasses.replace(options, force=False, reproducer_dir=None), progress, config=config)
         if progress:
             progress(f"{name}: compiling the VAE decoder")
-        module, latents, scaling = _vae_decoder(root)
+        sizes = options.export_sizes()
+        module, latents, scaling = _vae_decoder(root, sizes.height, sizes.width)
         vae_opts = CompileOptions(target=options.target, seed=options.seed, verify=options.verify,
                                   min_cosine=options.min_cosine, providers=options.providers, device=options.device,
                                   dtype=options.dtype)

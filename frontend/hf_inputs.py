@@ -3,7 +3,8 @@
 Diffusers denoisers (``*Transformer2DModel``, ``UNet2DConditionModel`` and
 relatives) get:
 
-* ``hidden_states`` / ``sample``: ``[B, in_channels, H, W]`` from ``sample_size``;
+* ``hidden_states`` / ``sample``: ``[B, in_channels, H, W]`` from ``sample_size``
+  (or the ``height``/``width`` given, :mod:`genzip.frontend.export_sizes`);
 * ``timestep``: ``[B]`` float in [0, 1000);
 * ``encoder_hidden_states``: ``[B, text_len, D]``, D the text-encoder width
   (``caption_channels``, ``encoder_hid_dim``, ``joint_attention_dim`` or
@@ -64,8 +65,10 @@ def _check_required(model: torch.nn.Module, params, given: dict[str, Any]) -> No
         )
 
 
-def diffusers_call(model: torch.nn.Module, *, batch: int, seed: int, text_len: int = 77) -> Call:
-    """Example call of a diffusers denoiser (see the module docstring)."""
+def diffusers_call(model: torch.nn.Module, *, batch: int, seed: int, text_len: int = 77,
+                   height: int | None = None, width: int | None = None) -> Call:
+    """Example call of a diffusers denoiser (see the module docstring); ``height``/``width``
+    (latent pixels) replace the config's ``sample_size``."""
     config = model.config
     params = inspect.signature(model.forward).parameters
     g = torch.Generator().manual_seed(seed)
@@ -79,6 +82,7 @@ def diffusers_call(model: torch.nn.Module, *, batch: int, seed: int, text_len: i
             "pass a `package.module:function` reference returning (module, example_inputs) instead",
         )
     h, w = (size, size) if isinstance(size, int) else tuple(size)
+    h, w = height or h, width or w
     kwargs[spatial] = torch.randn(batch, channels, h, w, generator=g)
     if "timestep" in params:
         kwargs["timestep"] = torch.randint(0, 1000, (batch,), generator=g).float()

@@ -70,7 +70,7 @@ def _config(model: PlannedModel) -> dict[str, Any]:
     spec = {s["name"]: s["shape"] for s in model.inputs}
     out = model.manifest["outputs"][0]["shape"]
     config.setdefault("in_channels", spec["hidden_states"][1])
-    config.setdefault("sample_size", spec["hidden_states"][2])
+    config["sample_size"] = spec["hidden_states"][2]  # the export's latent size (--height), not the preset's
     config.setdefault("out_channels", out[1])
     return config
 
