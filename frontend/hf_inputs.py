@@ -9,6 +9,9 @@ relatives) get:
 * ``encoder_hidden_states``: ``[B, text_len, D]``, D the text-encoder width
   (``caption_channels``, ``encoder_hid_dim``, ``joint_attention_dim`` or
   ``cross_attention_dim``, first one set);
+* ``encoder_attention_mask`` when the forward takes one (PixArt, UNets): int64
+  ``[B, text_len]`` keep-mask with padding in every sample but the first
+  (:func:`prompt_mask`), so the export has the mask input and is verified padded;
 * ``pooled_projections`` / ``class_labels`` / ``added_cond_kwargs`` when the
   config asks for them (SD3, DiT class conditioning, PixArt resolution
   conditions, SDXL text-time embeddings);
@@ -89,6 +92,8 @@ def diffusers_call(model: torch.nn.Module, *, batch: int, seed: int, text_len: i
     text_dim = _text_dim(config)
     if "encoder_hidden_states" in params and text_dim:
         kwargs["encoder_hidden_states"] = torch.randn(batch, text_len, text_dim, generator=g)
+        if "encoder_attention_mask" in params:
+            kwargs["encoder_attention_mask"] = prompt_mask(batch, text_len)
     pooled = _cfg(config, "pooled_projection_dim")
     if "pooled_projections" in params and pooled:
         kwargs["pooled_projections"] = torch.randn(batch, pooled, generator=g)
@@ -104,6 +109,16 @@ def diffusers_call(model: torch.nn.Module, *, batch: int, seed: int, text_len: i
         kwargs["return_dict"] = False
     _check_required(model, params, kwargs)
     return (), kwargs
+
+
+def prompt_mask(batch: int, text_len: int) -> torch.Tensor:
+    """int64 ``[B, T]`` keep-mask of padded prompts, as a tokenizer returns it: sample 0 keeps
+    every token, sample i > 0 pads its last ``i * T // (2B)`` (at least one) tokens, so the
+    export is checked against PyTorch with padding in it."""
+    mask = torch.ones(batch, text_len, dtype=torch.int64)
+    for i in range(1, batch):
+        mask[i, text_len - max(1, i * text_len // (2 * batch)):] = 0
+    return mask
 
 
 def _added_cond_kwargs(model, config, batch: int, hw: tuple[int, int], g) -> dict[str, torch.Tensor]:

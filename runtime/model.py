@@ -25,6 +25,7 @@ from genzip.ort_session import make_session
 from genzip.providers import resolve_providers
 from genzip.runtime import plan as plans
 from genzip.runtime.caches import AttentionCaches, Slot, call_identity
+from genzip.runtime.conditioning import with_prompt_mask
 
 SHARE_PASS = "share-attn"
 
@@ -103,6 +104,7 @@ class PlannedModel:
     def call(self, feeds: dict[str, np.ndarray], step: int, *, cfg_pair: bool,
              identity: str | None = None) -> np.ndarray:
         """The main output of one transformer call at ``step`` (caches updated)."""
+        feeds = with_prompt_mask(feeds, self.inputs)
         if self.layout is None:
             return self.session.run([self.main_output], feeds)[0]
         batch = next(iter(feeds.values())).shape[:1]
@@ -118,7 +120,7 @@ class PlannedModel:
     def run_modes(self, feeds: dict[str, np.ndarray], modes: list[int], slot: Slot,
                   step: int | str = "?") -> dict[str, np.ndarray]:
         """All outputs of one call with explicit per-layer ``modes``, reading ``slot``; no cache update."""
-        run_feeds = dict(feeds)
+        run_feeds = with_prompt_mask(feeds, self.inputs)
         run_feeds[self.layout.modes_input] = np.asarray(modes, dtype=np.int64)
         for lay, mode in zip(self.layout.layers, modes):
             i = lay["layer"]

@@ -90,7 +90,7 @@ def test_drop_in_pipeline_transformer_matches_sampler(arts, plan):
     # genzip.load results still run plain numpy feeds.
     feeds = transformer.model.manifest["inputs"]
     assert "output" in transformer(**{s["name"]: np.zeros([2 if isinstance(d, str) else d for d in s["shape"]],
-                                                          np.float32) for s in feeds})
+                                                          np.dtype(s["dtype"])) for s in feeds})  # mask: int64
 
 
 def test_two_prompts_from_one_seed_are_not_a_cfg_pair(arts):
