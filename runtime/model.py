@@ -25,7 +25,7 @@ from genzip.ort_session import make_session
 from genzip.providers import resolve_providers
 from genzip.runtime import plan as plans
 from genzip.runtime.caches import AttentionCaches, Slot, call_identity
-from genzip.runtime.conditioning import with_prompt_mask
+from genzip.runtime.conditioning import MASK, with_prompt_mask
 
 SHARE_PASS = "share-attn"
 
@@ -111,6 +111,9 @@ class PlannedModel:
         if identity is None:
             cond = feeds.get("encoder_hidden_states")
             identity = call_identity(feeds.get("class_labels") if cond is None else cond, batch)
+            mask = feeds.get(MASK)
+            if mask is not None and not np.all(mask):  # a padded prompt is another conditioning
+                identity += call_identity(mask, batch)
         slot = self.caches.slot(identity)
         modes = self.modes(step, cfg_pair and batch[0] % 2 == 0)
         outs = self.run_modes(feeds, modes, slot, step)

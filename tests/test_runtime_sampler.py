@@ -136,6 +136,21 @@ def test_split_cfg_calls_use_their_own_caches(arts):
     assert len(split.model.caches.slots) == 2 and len(batched.model.caches.slots) == 1
 
 
+def test_a_padded_prompt_has_its_own_cache_slot(arts):
+    """The same embeddings with a padded mask are another conditioning: they must not read the
+    caches the unpadded prompt filled (an all-ones mask is the unpadded prompt)."""
+    share, _ = arts
+    transformer = genzip.load(share, plan=_plan([["full", "share-step", "full", "share-step"]] * 2))
+    c, _ = _cond(transformer.model)
+    x, t = torch.zeros(1, 4, 16, 16), torch.tensor([900])
+    text = torch.from_numpy(c)
+    padded = torch.ones(1, c.shape[1], dtype=torch.int64)
+    padded[:, -2:] = 0
+    for mask in (None, torch.ones_like(padded), padded):
+        transformer(x, encoder_hidden_states=text, encoder_attention_mask=mask, timestep=t, return_dict=False)
+    assert len(transformer.model.caches.slots) == 2
+
+
 def test_bad_input(arts, tmp_path):
     share, base = arts
     with pytest.raises(GenzipError, match="3 layers but artifact .* has 2"):
