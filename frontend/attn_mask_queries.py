@@ -7,9 +7,11 @@ ONNX Runtime's CPU kernel refuses that ("inconsistent q_sequence_length (between
 attn_mask and Q)"): it reads the mask's second-to-last axis as the query length.
 
 Invariant after :func:`expand_mask_queries`: every default-domain ``Attention`` node of
-the main graph whose mask had a size-1 query axis (and whose query length is not 1)
+the graph given whose mask had a size-1 query axis (and whose query length is not 1)
 reads ``Expand(mask, [1, ..., Sq, 1])`` instead, ``Sq`` taken from ``Q`` at run time
 (so a dynamic query length stays dynamic); the values are the same mask, repeated.
+The frontend applies it to its exports; ``canonicalize-attn`` to the Attention nodes it
+builds from other exporters' MatMul/Add/Softmax chains, whose Add broadcast the mask.
 """
 
 from __future__ import annotations

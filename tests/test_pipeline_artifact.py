@@ -52,6 +52,17 @@ def test_one_artifact_with_every_component(dit_pipeline):
             assert json.load(f)["fidelity"] == manifest["fidelity"][part]
 
 
+def test_the_vae_decoder_follows_the_export_sizes(dit_pipeline):
+    """--height/--width reach the VAE decoder's example latents (the transformer's latent size)."""
+    from pathlib import Path
+
+    from genzip.pipeline import _vae_decoder
+
+    folder, _ = dit_pipeline
+    assert _vae_decoder(Path(folder))[1].shape == (1, 4, 8, 8)  # the transformer config's sample_size
+    assert _vae_decoder(Path(folder), 4, 6)[1].shape == (1, 4, 4, 6)
+
+
 def test_load_pipeline_images_match_pytorch(dit_pipeline):
     import diffusers
 
