@@ -109,3 +109,23 @@ def test_a_callable_gets_the_sizes_it_takes(tmp_path, monkeypatch):
     assert load_model("sized_user_model:build", sizes=ExportSizes(seq_len=6)).example_inputs["input"].shape[1] == 6
     with pytest.raises(GenzipError, match="takes no 'seq_len' parameter, so --seq-len 6"):
         load_model("sized_user_model:fixed", sizes=ExportSizes(seq_len=6))
+
+
+def test_an_in_memory_denoiser_is_traced_at_the_sizes_given(monkeypatch):
+    """genzip.compile(dit, text_len=..., height=..., width=...): load_object builds its call at them."""
+    from genzip.frontend import from_torch
+    from genzip.frontend.loader import load_object
+    from genzip.frontend.presets import _build_module, get_preset
+
+    def traced(module, call, **kwargs):
+        kw = call[1]
+        raise _Traced(kw["hidden_states"].shape, kw["encoder_hidden_states"].shape,
+                      kw["encoder_attention_mask"].shape, kwargs["info"]["export_sizes"])
+
+    monkeypatch.setattr(from_torch, "source_from_torch", traced)
+    dit = _build_module(get_preset("tiny-pixart"))
+    with pytest.raises(_Traced) as got:
+        load_object(dit, sizes=ExportSizes.from_settings(text_len=5, sample_size=8))
+    assert got.value.args == ((2, 4, 8, 8), (2, 5, 32), (2, 5), {"text_len": 5, "height": 8, "width": 8})
+    with pytest.raises(GenzipError, match="example_inputs"):
+        load_object(dit, (torch.zeros(2, 4, 8, 8),), sizes=ExportSizes(height=8))
