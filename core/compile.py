@@ -21,6 +21,7 @@ from genzip.backends.trt_backend import require_tensorrt
 from genzip.backends.write import Compiled, write_artifact
 from genzip.errors import GenzipError
 from genzip.frontend import load_model
+from genzip.frontend.export_sizes import ExportSizes
 from genzip.frontend.hf_folder import folder_family
 from genzip.frontend.loader import classify_object, classify_ref, load_object, object_family
 from genzip.frontend.user_inputs import UserData, read_calib_path, read_npz
@@ -71,6 +72,18 @@ class CompileOptions:
     # (default $RAY_ADDRESS); neither: in this process. Results never depend on it.
     workers: int | None = None
     ray_address: str | None = None
+    # Sizes of the non-batch axes the export traces (genzip.frontend.export_sizes): caption
+    # tokens, latent height/width (sample_size: both), LLM tokens. None: the model's default.
+    text_len: int | None = None
+    height: int | None = None
+    width: int | None = None
+    sample_size: int | None = None
+    seq_len: int | None = None
+
+    def export_sizes(self) -> ExportSizes:
+        """The size settings, checked (positive integers; sample_size not with height/width)."""
+        return ExportSizes.from_settings(text_len=self.text_len, height=self.height, width=self.width,
+                                         sample_size=self.sample_size, seq_len=self.seq_len)
 
 
 # What each kind of source hands the passes (see frontend.loader): presets attach a
@@ -200,7 +213,11 @@ def compile_model(
     resolve_providers(opts.providers or None, opts.device or None)  # a provider this ORT lacks fails first
     check_out_dir(out_dir, opts.force)
     kind = classify_ref(model_ref) if isinstance(model_ref, str) else classify_object(model_ref)
+    sizes = opts.export_sizes()
     user = _user_data(opts)
+    if sizes.given() and user is not None and user.inputs is not None:
+        raise GenzipError(f"{', '.join(sizes.given())} and --inputs both set the export's shapes",
+                          "drop the size flags (the inputs' shapes are traced) or drop --inputs")
     check_needs(pipeline.passes, _provided(kind, model_ref, user, opts.kv_cache), _SOURCE_WORDS[kind])
 
     label = model_ref if isinstance(model_ref, str) else f"a {type(model_ref).__name__}"
@@ -209,9 +226,9 @@ def compile_model(
         _stage(progress, f"loading {label}")
         with _frontend_progress(progress):
             if isinstance(model_ref, str):
-                source = load_model(model_ref, seed=opts.seed, kv_cache=opts.kv_cache, user=user)
+                source = load_model(model_ref, seed=opts.seed, kv_cache=opts.kv_cache, user=user, sizes=sizes)
             else:
-                source = load_object(model_ref, example_call, seed=opts.seed, user=user)
+                source = load_object(model_ref, example_call, seed=opts.seed, user=user, sizes=sizes)
         return compile_source(source, out_dir, opts, progress, pipeline, config=config, executor=executor)
 
 

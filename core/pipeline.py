@@ -98,6 +98,7 @@ def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str
     import dataclasses
 
     from genzip.compile import compile_model
+    from genzip.frontend.export_sizes import check_diffusers
 
     root = Path(folder).expanduser()
     name = pipeline_class(root)
@@ -111,6 +112,11 @@ def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str
         if not (root / part).is_dir():
             raise GenzipError(f"'{root}' is a {name} folder without its '{part}' folder",
                               "pass a folder written by the pipeline's save_pretrained()")
+    sizes = options.export_sizes()
+    if sizes.text_len or sizes.seq_len:
+        raise GenzipError(f"--text-len / --seq-len cannot apply to a {name} folder: its tokenizer's maximum "
+                          "length sets the text length of every component",
+                          "drop them (--height/--width/--sample-size apply to a pipeline)")
     say = progress or (lambda _: None)
     with staged_folder(out_dir, options.force) as tmp:
         fidelity, passes, components, configs = {}, {}, {}, {}
@@ -126,8 +132,11 @@ def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str
             record(denoiser, compile_model(str(root / denoiser), os.path.join(tmp, denoiser), denoiser_opts, progress,
                                            config=config))
         else:  # the padding mask is a graph input (pipeline_parts.masked_transformer)
-            module, call, _ = parts.masked_transformer(root, length)
-            record(denoiser, compile_model(module, os.path.join(tmp, denoiser), denoiser_opts, progress,
+            module, call, _ = parts.masked_transformer(root, length, height=sizes.height, width=sizes.width)
+            check_diffusers(dataclasses.replace(sizes, text_len=None), module.model, has_text=True)
+            # the example call is built at the sizes asked for, so they leave the options
+            fixed = dataclasses.replace(denoiser_opts, height=None, width=None, sample_size=None)
+            record(denoiser, compile_model(module, os.path.join(tmp, denoiser), fixed, progress,
                                            example_call=call, config=config))
         configs[denoiser] = json.loads((root / denoiser / "config.json").read_text())
         if text:
@@ -139,13 +148,13 @@ def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str
                                                  progress, example_call=call))
             shutil.copytree(root / "tokenizer", os.path.join(tmp, "tokenizer"))
         say(f"{name}: compiling the VAE decoder")
-        module, latents, configs["vae"] = parts.vae_decoder(root, denoiser)
+        module, latents, configs["vae"] = parts.vae_decoder(root, denoiser, sizes.height, sizes.width)
         record("vae_decoder", compile_model(module, os.path.join(tmp, "vae_decoder"),
                                             _side_options(options, component_passes.get("vae", "")),
                                             progress, example_call=(latents,)))
         if name in IMAGE_PIPELINES:
             say(f"{name}: compiling the VAE encoder")
-            module, image = parts.vae_encoder(root, denoiser)
+            module, image = parts.vae_encoder(root, denoiser, sizes.height, sizes.width)
             record("vae_encoder", compile_model(module, os.path.join(tmp, "vae_encoder"),
                                                 _side_options(options, component_passes.get("vae", "")),
                                                 progress, example_call=(image,)))

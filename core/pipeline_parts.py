@@ -49,10 +49,12 @@ def text_encoder(folder: Path, class_name: str, length: int | None, masked: bool
     return TextEncoder(encoder).eval(), call, encoder.config.to_dict()
 
 
-def masked_transformer(folder: Path, length: int, batch: int = 2):
-    """(the PixArt transformer with ``encoder_attention_mask`` as an input, its example call,
-    its config dict). diffusers' PixArt pipelines pass the prompt's padding mask; a graph
-    without it would attend to padding, unlike PyTorch."""
+def masked_transformer(folder: Path, length: int, batch: int = 2, height: int | None = None,
+                       width: int | None = None):
+    """(the PixArt transformer with ``encoder_attention_mask`` as an input, its example call at
+    ``height`` x ``width`` latents (default: its sample size), its config dict). diffusers'
+    PixArt pipelines pass the prompt's padding mask; a graph without it would attend to
+    padding, unlike PyTorch."""
     import diffusers
     import torch
 
@@ -81,19 +83,21 @@ def masked_transformer(folder: Path, length: int, batch: int = 2):
     g = torch.Generator().manual_seed(0)
     size = config["sample_size"]
     call: dict[str, Any] = {
-        "hidden_states": torch.randn(batch, config["in_channels"], size, size, generator=g),
+        "hidden_states": torch.randn(batch, config["in_channels"], height or size, width or size, generator=g),
         "encoder_hidden_states": torch.randn(batch, length, config["caption_channels"], generator=g),
         "timestep": torch.randint(0, 1000, (batch,), generator=g).float(),
         "encoder_attention_mask": (torch.arange(length) < max(1, length // 3)).long()[None].repeat(batch, 1),
     }
     if model.use_additional_conditions:  # PixArt micro-conditions (sample_size 128)
-        call["resolution"] = torch.tensor([[size * 8.0, size * 8.0]]).repeat(batch, 1)
+        call["resolution"] = torch.tensor([[(height or size) * 8.0, (width or size) * 8.0]]).repeat(batch, 1)
         call["aspect_ratio"] = torch.ones(batch, 1)
     return MaskedTransformer(model).eval(), call, config
 
 
-def vae_decoder(folder: Path, denoiser: str):
-    """(the VAE's decode as a module, its example latents, its config dict)."""
+def vae_decoder(folder: Path, denoiser: str, height: int | None = None, width: int | None = None):
+    """(the VAE's decode as a module, its example latents, its config dict); the latents are
+    the denoiser's: ``height`` x ``width`` when given (``--height``/``--width``), else its
+    sample size."""
     import diffusers
     import torch
 
@@ -111,11 +115,11 @@ def vae_decoder(folder: Path, denoiser: str):
     g = torch.Generator().manual_seed(0)
     # Batch 1: the decoder's export is not batch-dynamic (torch.export finds a batch constraint in
     # AutoencoderKL.decode), so OrtVaeDecoder decodes one latent per call.
-    latents = torch.randn(1, vae.config.latent_channels, size, size, generator=g)
+    latents = torch.randn(1, vae.config.latent_channels, height or size, width or size, generator=g)
     return VaeDecoder(vae).eval(), latents, dict(vae.config)
 
 
-def vae_encoder(folder: Path, denoiser: str):
+def vae_encoder(folder: Path, denoiser: str, height: int | None = None, width: int | None = None):
     """(the VAE's ``encode`` as a module ``image -> latent_dist.parameters`` (mean and log-variance
     stacked on channels, what ``DiagonalGaussianDistribution`` is built from), its example
     image at the pixel size of the denoiser's sample size)."""
@@ -133,7 +137,7 @@ def vae_encoder(folder: Path, denoiser: str):
             return self.vae.encode(image).latent_dist.parameters
 
     size = json.loads((folder / denoiser / "config.json").read_text())["sample_size"]
-    pixels = size * 2 ** (len(vae.config.block_out_channels) - 1)
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
     g = torch.Generator().manual_seed(0)
-    image = torch.rand(1, vae.config.in_channels, pixels, pixels, generator=g) * 2 - 1
+    image = torch.rand(1, vae.config.in_channels, (height or size) * scale, (width or size) * scale, generator=g) * 2 - 1
     return VaeEncoder(vae).eval(), image

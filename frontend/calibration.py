@@ -40,13 +40,15 @@ def ddpm_alpha_bar(steps: int = 1000) -> np.ndarray:
 
 
 def dit_trajectory(module, *, batch: int, seed: int, text_len: int, like: Feeds, trajectories: int = 2,
-                   steps: int = 4, alpha_bar: np.ndarray | None = None) -> list[Feeds]:
+                   steps: int = 4, alpha_bar: np.ndarray | None = None, height: int | None = None,
+                   width: int | None = None) -> list[Feeds]:
     alpha_bar = ddpm_alpha_bar() if alpha_bar is None else alpha_bar
     times = np.linspace(999, 0, steps).round().astype(int)
     in_ch = int(module.config.in_channels)
     out: list[Feeds] = []
     for r in range(trajectories):
-        args, kwargs = hf_inputs.diffusers_call(module, batch=batch, seed=seed + CALIB_SEED_OFFSET + r, text_len=text_len)
+        args, kwargs = hf_inputs.diffusers_call(module, batch=batch, seed=seed + CALIB_SEED_OFFSET + r,
+                                                text_len=text_len, height=height, width=width)
         x = kwargs["hidden_states"]
         for i, t in enumerate(times):
             kwargs["hidden_states"] = x
@@ -99,18 +101,24 @@ def text_windows(folder, *, batch: int, seq_len: int, like: Feeds, samples: int 
 
 
 def example_sizes(like: Feeds, *, batch: int, text_len: int = 0, seq_len: int = 0) -> dict[str, int]:
-    """Batch, text and sequence lengths of the example inputs (the user's may differ from the
-    defaults), so a self-recorded calibration set has the shapes the export traced."""
+    """Batch, text and sequence lengths and the latent height/width of the example inputs (the
+    user's or ``--text-len``/``--height`` may differ from the defaults), so a self-recorded
+    calibration set has the shapes the export traced."""
     first = next(iter(like.values()))
     text = like.get("encoder_hidden_states")
     ids = like.get("input_ids")
-    return {"batch": int(first.shape[0]) if first.ndim else batch,
-            "text_len": int(text.shape[1]) if text is not None and text.ndim == 3 else text_len,
-            "seq_len": int(ids.shape[1]) if ids is not None and ids.ndim == 2 else seq_len}
+    latents = next((like[n] for n in ("hidden_states", "sample") if n in like and like[n].ndim == 4), None)
+    sizes = {"batch": int(first.shape[0]) if first.ndim else batch,
+             "text_len": int(text.shape[1]) if text is not None and text.ndim == 3 else text_len,
+             "seq_len": int(ids.shape[1]) if ids is not None and ids.ndim == 2 else seq_len}
+    if latents is not None:
+        sizes.update(height=int(latents.shape[2]), width=int(latents.shape[3]))
+    return sizes
 
 
 def preset_calibration(module, family: str, *, batch: int, seed: int, like: Feeds, text_len: int = 0,
-                       seq_len: int = 0, weights=None) -> Callable[[], list[Feeds]]:
+                       seq_len: int = 0, weights=None, height: int | None = None,
+                       width: int | None = None) -> Callable[[], list[Feeds]]:
     """Trained presets (``weights`` = their folder) calibrate on their own noise schedule
     (DiT) or on real training text (LLMs); random-weight presets on seeded inputs."""
     if family == "dit":
@@ -120,7 +128,7 @@ def preset_calibration(module, family: str, *, batch: int, seed: int, like: Feed
 
             alpha_bar = _dit.ddpm().alphas_cumprod.double().numpy()
         return _Once(dit_trajectory, module, batch=batch, seed=seed, text_len=text_len, like=like,
-                     alpha_bar=alpha_bar)
+                     alpha_bar=alpha_bar, height=height, width=width)
     if weights is not None:
         return _Once(text_windows, weights, batch=batch, seq_len=seq_len, like=like)
     return _Once(llm_tokens, module, batch=batch, seed=seed, seq_len=seq_len, like=like)

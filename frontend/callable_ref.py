@@ -3,7 +3,10 @@
 ``example_inputs`` is a tuple/list of tensors (positional) or a dict name ->
 tensor (keyword; non-tensor values pass through as constants). If the function
 takes ``seed`` / ``batch`` parameters, ``load_model``'s values are passed; a
-``batch`` request to a function without that parameter is an error.
+``batch`` request to a function without that parameter is an error. The export sizes
+(``--text-len``, ``--height``, ``--width``, ``--seq-len``) are passed the same way, as
+``text_len``, ``height``, ``width``, ``seq_len`` keywords; one the function does not
+take is an error naming the parameter to add.
 """
 
 from __future__ import annotations
@@ -55,9 +58,15 @@ def _resolve(ref: str):
     return func
 
 
-def _call(func, ref: str, seed: int, batch: int | None):
+def _call(func, ref: str, seed: int, batch: int | None, sizes=None):
     params = inspect.signature(func).parameters
     kwargs: dict[str, Any] = {}
+    for name, value in (sizes.record() if sizes is not None else {}).items():
+        if name not in params:
+            flag = "--" + name.replace("_", "-")
+            raise GenzipError(f"'{ref}' takes no '{name}' parameter, so {flag} {value} cannot be applied",
+                              f"add a {name} parameter to the function or drop {flag}")
+        kwargs[name] = value
     if "seed" in params:
         kwargs["seed"] = seed
     if "batch" in params:
@@ -96,11 +105,13 @@ def as_module_call(result, ref: str):
     raise GenzipError(f"'{ref}' returned example inputs of type {type(inputs).__name__}", _FIX_RETURN)
 
 
-def load_callable(ref: str, *, seed: int, batch: int | None, user=None) -> SourceModel:
+def load_callable(ref: str, *, seed: int, batch: int | None, user=None, sizes=None) -> SourceModel:
     """Import and call the function, then export and verify the module it returns."""
     from genzip.frontend.from_torch import source_from_torch
     from genzip.frontend.torch_io import common_batch
 
-    module, call = as_module_call(_call(_resolve(ref), ref, seed, batch), ref)
+    module, call = as_module_call(_call(_resolve(ref), ref, seed, batch, sizes), ref)
     info = {"family": None, "class": type(module).__name__, "batch": common_batch(call), "seed": seed}
+    if sizes is not None and sizes.record():
+        info["export_sizes"] = sizes.record()
     return source_from_torch(module, call, source=ref, kind="callable", info=info, user=user)

@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 
 DIFFUSERS_BATCH = 2  # a classifier-free-guidance pair
 LLM_BATCH = 1
+TEXT_LEN = 77  # caption tokens of a diffusers folder's export (CLIP's length) unless --text-len
+SEQ_LEN = 32  # tokens of a causal-LM folder's export unless --seq-len
 _DENOISER_COMPONENTS = ("transformer", "unet")
 
 
@@ -181,10 +183,14 @@ def folder_family(folder: Path) -> str | None:
 
 
 def load_hf_folder(folder: Path, *, seed: int, batch: int | None, kv_cache: bool = False,
-                   user=None) -> SourceModel:
+                   user=None, sizes=None) -> SourceModel:
     """Load, export and verify a local Hugging Face model folder; ``kv_cache`` exports a
-    causal LM as the prefill/decode graph with past/present key-values."""
-    from genzip.frontend import hf_inputs
+    causal LM as the prefill/decode graph with past/present key-values; ``sizes``
+    (:class:`~genzip.frontend.export_sizes.ExportSizes`) set the traced text length,
+    latent size or sequence length."""
+    import inspect
+
+    from genzip.frontend import export_sizes, hf_inputs
     from genzip.frontend.from_torch import source_from_torch
 
     root = folder
@@ -195,6 +201,8 @@ def load_hf_folder(folder: Path, *, seed: int, batch: int | None, kv_cache: bool
             "drop --kv-cache",
         )
     if kv_cache:
+        export_sizes.refuse(sizes, "a --kv-cache export (its prefill and decode lengths are dynamic)",
+                            "drop the size flags, or drop --kv-cache")
         module = _load_causal_lm(folder).eval()
         exportable_experts(module)
         return _kv_cache_source(folder, module, type(module).__name__, seed)
@@ -202,14 +210,18 @@ def load_hf_folder(folder: Path, *, seed: int, batch: int | None, kv_cache: bool
         class_name = config["_class_name"]
         module = _load_diffusers(folder, class_name).eval()
         batch = batch or DIFFUSERS_BATCH
-        call = hf_inputs.diffusers_call(module, batch=batch, seed=seed)
+        has_text = "encoder_hidden_states" in inspect.signature(module.forward).parameters
+        sizes = export_sizes.check_diffusers(sizes, module, has_text=has_text)
+        call = hf_inputs.diffusers_call(module, batch=batch, seed=seed, text_len=sizes.text_len or TEXT_LEN,
+                                        height=sizes.height, width=sizes.width)
         kind, family, outputs = "diffusers", hf_inputs.diffusers_family(class_name), hf_inputs.DIFFUSERS_OUTPUTS
     elif config.get("architectures"):
         module = _load_causal_lm(folder).eval()
         exportable_experts(module)
         class_name = type(module).__name__
         batch = batch or LLM_BATCH
-        call = hf_inputs.causal_lm_call(module, batch=batch, seed=seed)
+        sizes = export_sizes.check_causal_lm(sizes, module)
+        call = hf_inputs.causal_lm_call(module, batch=batch, seed=seed, seq_len=sizes.seq_len or SEQ_LEN)
         kind, family, outputs = "transformers", "llm", hf_inputs.CAUSAL_LM_OUTPUTS
     else:
         raise GenzipError(
@@ -218,13 +230,15 @@ def load_hf_folder(folder: Path, *, seed: int, batch: int | None, kv_cache: bool
         )
     info = {"family": family, "class": class_name, "path": str(folder), "batch": batch, "seed": seed}
     info.update(pipeline_scheduler(root))
+    if sizes.record():
+        info["export_sizes"] = sizes.record()
     source = source_from_torch(module, call, source=str(folder), kind=kind, output_names=outputs, info=info,
                                user=user)
     if family == "dit":  # no data given: record the model's own denoising trajectory, as presets do
         from genzip.frontend.calibration import example_sizes, preset_calibration
 
-        sizes = example_sizes(source.example_inputs, batch=batch, text_len=77)
-        del sizes["seq_len"]
+        shapes = example_sizes(source.example_inputs, batch=batch, text_len=TEXT_LEN)
+        del shapes["seq_len"]
         source.info.setdefault("calibration", preset_calibration(module, "dit", like=source.example_inputs,
-                                                                 seed=seed, **sizes))
+                                                                 seed=seed, **shapes))
     return source

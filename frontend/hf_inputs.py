@@ -3,11 +3,15 @@
 Diffusers denoisers (``*Transformer2DModel``, ``UNet2DConditionModel`` and
 relatives) get:
 
-* ``hidden_states`` / ``sample``: ``[B, in_channels, H, W]`` from ``sample_size``;
+* ``hidden_states`` / ``sample``: ``[B, in_channels, H, W]`` from ``sample_size``
+  (or the ``height``/``width`` given, :mod:`genzip.frontend.export_sizes`);
 * ``timestep``: ``[B]`` float in [0, 1000);
 * ``encoder_hidden_states``: ``[B, text_len, D]``, D the text-encoder width
   (``caption_channels``, ``encoder_hid_dim``, ``joint_attention_dim`` or
   ``cross_attention_dim``, first one set);
+* ``encoder_attention_mask`` when the forward takes one (PixArt, UNets): int64
+  ``[B, text_len]`` keep-mask with padding in every sample but the first
+  (:func:`prompt_mask`), so the export has the mask input and is verified padded;
 * ``pooled_projections`` / ``class_labels`` / ``added_cond_kwargs`` when the
   config asks for them (SD3, DiT class conditioning, PixArt resolution
   conditions, SDXL text-time embeddings);
@@ -64,8 +68,10 @@ def _check_required(model: torch.nn.Module, params, given: dict[str, Any]) -> No
         )
 
 
-def diffusers_call(model: torch.nn.Module, *, batch: int, seed: int, text_len: int = 77) -> Call:
-    """Example call of a diffusers denoiser (see the module docstring)."""
+def diffusers_call(model: torch.nn.Module, *, batch: int, seed: int, text_len: int = 77,
+                   height: int | None = None, width: int | None = None) -> Call:
+    """Example call of a diffusers denoiser (see the module docstring); ``height``/``width``
+    (latent pixels) replace the config's ``sample_size``."""
     config = model.config
     params = inspect.signature(model.forward).parameters
     g = torch.Generator().manual_seed(seed)
@@ -79,12 +85,15 @@ def diffusers_call(model: torch.nn.Module, *, batch: int, seed: int, text_len: i
             "pass a `package.module:function` reference returning (module, example_inputs) instead",
         )
     h, w = (size, size) if isinstance(size, int) else tuple(size)
+    h, w = height or h, width or w
     kwargs[spatial] = torch.randn(batch, channels, h, w, generator=g)
     if "timestep" in params:
         kwargs["timestep"] = torch.randint(0, 1000, (batch,), generator=g).float()
     text_dim = _text_dim(config)
     if "encoder_hidden_states" in params and text_dim:
         kwargs["encoder_hidden_states"] = torch.randn(batch, text_len, text_dim, generator=g)
+        if "encoder_attention_mask" in params:
+            kwargs["encoder_attention_mask"] = prompt_mask(batch, text_len)
     pooled = _cfg(config, "pooled_projection_dim")
     if "pooled_projections" in params and pooled:
         kwargs["pooled_projections"] = torch.randn(batch, pooled, generator=g)
@@ -100,6 +109,16 @@ def diffusers_call(model: torch.nn.Module, *, batch: int, seed: int, text_len: i
         kwargs["return_dict"] = False
     _check_required(model, params, kwargs)
     return (), kwargs
+
+
+def prompt_mask(batch: int, text_len: int) -> torch.Tensor:
+    """int64 ``[B, T]`` keep-mask of padded prompts, as a tokenizer returns it: sample 0 keeps
+    every token, sample i > 0 pads its last ``i * T // (2B)`` (at least one) tokens, so the
+    export is checked against PyTorch with padding in it."""
+    mask = torch.ones(batch, text_len, dtype=torch.int64)
+    for i in range(1, batch):
+        mask[i, text_len - max(1, i * text_len // (2 * batch)):] = 0
+    return mask
 
 
 def _added_cond_kwargs(model, config, batch: int, hw: tuple[int, int], g) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from genzip.errors import GenzipError
 from genzip.frontend.callable_ref import is_callable_ref
+from genzip.frontend.export_sizes import ExportSizes, check_causal_lm, check_diffusers, refuse
 from genzip.frontend.presets import PRESETS
 from genzip.frontend.source import SourceModel
 from genzip.frontend.user_inputs import UserData
@@ -31,7 +32,7 @@ def _looks_like_path(ref: str) -> bool:
 
 
 def load_model(ref: str, *, seed: int = 0, batch: int | None = None, kv_cache: bool = False,
-               user: UserData | None = None) -> SourceModel:
+               user: UserData | None = None, sizes: ExportSizes | None = None) -> SourceModel:
     """Load ``ref`` (preset, .onnx file, local HF folder or ``module:function``).
 
     ``seed`` seeds random weights (presets) and example inputs; ``batch``
@@ -53,6 +54,10 @@ def load_model(ref: str, *, seed: int = 0, batch: int | None = None, kv_cache: b
     ``user`` carries the user's example inputs and calibration set
     (:mod:`genzip.frontend.user_inputs`); both are checked before any export, the inputs
     become ``example_inputs`` and the set ``info["calibration"]``.
+
+    ``sizes`` (:mod:`genzip.frontend.export_sizes`) set the traced text length, latent
+    height/width or sequence length of presets, folders and ``module:function`` references
+    (as keywords); an ONNX file's shapes are its own, so sizes for one are an error.
     """
     if not isinstance(ref, str) or not ref.strip():
         raise GenzipError(
@@ -73,19 +78,21 @@ def load_model(ref: str, *, seed: int = 0, batch: int | None = None, kv_cache: b
     if kind == "preset":
         from genzip.frontend.presets import load_preset
 
-        return load_preset(ref, seed=seed, batch=batch, user=user)
+        return load_preset(ref, seed=seed, batch=batch, user=user, sizes=sizes)
     path = Path(ref).expanduser()
     if kind == "onnx":
         from genzip.frontend.onnx_file import load_onnx_file
 
+        refuse(sizes, "an ONNX file (its input shapes are fixed by the file)",
+               "pass inputs of the sizes you want with --inputs FILE.npz")
         return load_onnx_file(path, seed=seed, batch=batch, user=user)
     if kind == "folder":
         from genzip.frontend.hf_folder import load_hf_folder
 
-        return load_hf_folder(path, seed=seed, batch=batch, kv_cache=kv_cache, user=user)
+        return load_hf_folder(path, seed=seed, batch=batch, kv_cache=kv_cache, user=user, sizes=sizes)
     from genzip.frontend.callable_ref import load_callable
 
-    return load_callable(ref, seed=seed, batch=batch, user=user)
+    return load_callable(ref, seed=seed, batch=batch, user=user, sizes=sizes)
 
 
 def classify_ref(ref: str) -> str:
@@ -153,16 +160,20 @@ def object_family(obj: Any) -> str | None:
     return None
 
 
-def load_object(obj: Any, example_inputs: Any = None, *, seed: int = 0, user: UserData | None = None) -> SourceModel:
+def load_object(obj: Any, example_inputs: Any = None, *, seed: int = 0, user: UserData | None = None,
+                sizes: ExportSizes | None = None) -> SourceModel:
     """Export and verify an in-memory model (``genzip.compile``).
 
     A torch module runs on ``example_inputs`` (a tensor, a tuple of tensors or a dict name ->
     tensor); diffusers denoisers and transformers causal LMs may omit them (genzip builds
-    them as for their folders). An ONNX model's ``example_inputs`` are feeds by input name.
+    them as for their folders, at ``sizes`` when given). An ONNX model's ``example_inputs``
+    are feeds by input name.
     """
     kind = classify_object(obj)
     name = type(obj).__name__
     if kind == "onnx-object":
+        refuse(sizes, "an ONNX model (its input shapes are fixed by the model)",
+               "pass example inputs of the sizes you want")
         import onnx
         import onnx_ir as ir
 
@@ -188,11 +199,23 @@ def load_object(obj: Any, example_inputs: Any = None, *, seed: int = 0, user: Us
         # NumPy arrays are welcome too: the call is made of tensors.
         example_inputs = pytree.tree_map(lambda x: torch.from_numpy(x) if isinstance(x, np.ndarray) else x,
                                          example_inputs)
+        refuse(sizes, "a model given with example_inputs (they set its sizes)",
+               "build example_inputs of the sizes you want and drop the size keywords")
         _, call = as_module_call((obj, example_inputs), f"python:{name}")
     elif family in ("dit", "unet", "diffusers"):
-        call, outputs = hf_inputs.diffusers_call(obj, batch=2, seed=seed), hf_inputs.DIFFUSERS_OUTPUTS
+        import inspect
+
+        from genzip.frontend.hf_folder import TEXT_LEN
+
+        has_text = "encoder_hidden_states" in inspect.signature(obj.forward).parameters
+        sizes = check_diffusers(sizes, obj, has_text=has_text)
+        call = hf_inputs.diffusers_call(obj, batch=2, seed=seed, text_len=sizes.text_len or TEXT_LEN,
+                                        height=sizes.height, width=sizes.width)
     elif family == "llm":
-        call, outputs = hf_inputs.causal_lm_call(obj, batch=1, seed=seed), hf_inputs.CAUSAL_LM_OUTPUTS
+        from genzip.frontend.hf_folder import SEQ_LEN
+
+        sizes = check_causal_lm(sizes, obj)
+        call = hf_inputs.causal_lm_call(obj, batch=1, seed=seed, seq_len=sizes.seq_len or SEQ_LEN)
     else:
         raise GenzipError(f"genzip cannot build example inputs for a {name}",
                           "pass example_inputs (a tensor, a tuple of tensors or a dict name -> tensor)")
@@ -201,13 +224,15 @@ def load_object(obj: Any, example_inputs: Any = None, *, seed: int = 0, user: Us
     elif family == "llm":
         outputs = hf_inputs.CAUSAL_LM_OUTPUTS
     info = {"family": family, "class": name, "batch": common_batch(call), "seed": seed}
+    if sizes is not None and sizes.record():
+        info["export_sizes"] = sizes.record()
     source = source_from_torch(obj, call, source=f"python:{name}", kind="object", output_names=outputs,
                                info=info, user=user)
     if family == "dit":  # no data given: the model's own denoising trajectory, as for presets and folders
         from genzip.frontend.calibration import example_sizes, preset_calibration
 
-        sizes = example_sizes(source.example_inputs, batch=2, text_len=77)
-        del sizes["seq_len"]
+        shapes = example_sizes(source.example_inputs, batch=2, text_len=77)
+        del shapes["seq_len"]
         source.info.setdefault("calibration", preset_calibration(obj, "dit", like=source.example_inputs,
-                                                                 seed=seed, **sizes))
+                                                                 seed=seed, **shapes))
     return source

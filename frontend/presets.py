@@ -142,11 +142,12 @@ def _load_trained(spec: _Preset) -> Any:
     return module
 
 
-def load_preset(name: str, *, seed: int, batch: int | None, user=None):
-    """Build, export and verify preset ``name``."""
+def load_preset(name: str, *, seed: int, batch: int | None, user=None, sizes=None):
+    """Build, export and verify preset ``name``; ``sizes`` (:class:`ExportSizes`) replace the
+    preset's text length, latent size or sequence length."""
     import torch
 
-    from genzip.frontend import hf_inputs
+    from genzip.frontend import export_sizes, hf_inputs
     from genzip.frontend.from_torch import source_from_torch
 
     spec = get_preset(name)
@@ -154,13 +155,21 @@ def load_preset(name: str, *, seed: int, batch: int | None, user=None):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = _build_module(spec).eval()
+    text_len, seq_len = spec.text_len, spec.seq_len
     if spec.family == "dit":
-        call = hf_inputs.diffusers_call(module, batch=batch, seed=seed, text_len=spec.text_len)
+        sizes = export_sizes.check_diffusers(sizes, module, has_text=bool(spec.text_len))
+        text_len = sizes.text_len or text_len
+        call = hf_inputs.diffusers_call(module, batch=batch, seed=seed, text_len=text_len,
+                                        height=sizes.height, width=sizes.width)
         outputs = hf_inputs.DIFFUSERS_OUTPUTS
     else:
-        call = hf_inputs.causal_lm_call(module, batch=batch, seed=seed, seq_len=spec.seq_len)
+        sizes = export_sizes.check_causal_lm(sizes, module)
+        seq_len = sizes.seq_len or seq_len
+        call = hf_inputs.causal_lm_call(module, batch=batch, seed=seed, seq_len=seq_len)
         outputs = hf_inputs.CAUSAL_LM_OUTPUTS
     info = {"family": spec.family, "preset": name, "class": type(module).__name__, "batch": batch, "seed": seed}
+    if sizes.record():
+        info["export_sizes"] = sizes.record()
     if spec.weights is not None:
         info["weights"] = spec.weights
     source = source_from_torch(module, call, source=name, kind="preset", output_names=outputs, info=info, user=user)
@@ -169,9 +178,9 @@ def load_preset(name: str, *, seed: int, batch: int | None, user=None):
     from genzip.frontend.calibration import example_sizes, preset_calibration
     from genzip.frontend.trained import WEIGHTS
 
-    sizes = example_sizes(source.example_inputs, batch=batch, text_len=spec.text_len, seq_len=spec.seq_len)
+    shapes = example_sizes(source.example_inputs, batch=batch, text_len=text_len, seq_len=seq_len)
     source.info.setdefault("calibration", preset_calibration(
-        module, spec.family, like=source.example_inputs, seed=seed, **sizes,
+        module, spec.family, like=source.example_inputs, seed=seed, **shapes,
         weights=WEIGHTS / spec.weights if spec.weights else None,
     ))
     return source

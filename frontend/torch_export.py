@@ -20,6 +20,7 @@ import torch
 
 from genzip.errors import GenzipError
 from genzip.frontend import onnx_names
+from genzip.frontend.attn_mask_queries import expand_mask_queries
 from genzip.frontend.fx_cleanup import remove_noop_ops
 from genzip.frontend.torch_io import Call, batch_dynamic_shapes, input_leaves
 
@@ -109,6 +110,7 @@ def export_onnx(
         if name:
             onnx_names.rename_value(graph, value, name)
 
+    expand_mask_queries(graph)  # ORT's Attention needs the mask's query axis (diffusers' cross-attention masks)
     onnx_names.keep_outputs(model, len(output_names))
     onnx_names.name_outputs(graph, output_names)
 

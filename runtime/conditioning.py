@@ -10,6 +10,10 @@ A DiT artifact is conditioned through exactly one graph input:
   ``num_embeds_ada_norm``, 1000 for ImageNet), the extra row of the class
   embedding table that classifier-free-guidance training dropped labels to.
 
+A text DiT exported from a forward that takes ``encoder_attention_mask`` (PixArt) also
+has that input (int64 ``[B, T]``, 1 = keep the prompt token); callers that give none get
+all ones (:func:`with_prompt_mask`).
+
 Everything downstream (sampler, plan search, caches) handles the pair
 ``(cond, uncond)`` of arrays of the artifact's conditioning input and stacks it as
 ``[uncond, cond]``, the order share-attn's ASC records in the manifest.
@@ -22,10 +26,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from genzip.backends.runner import load_npz
+from genzip.backends.runner import load_npz, np_dtype
 from genzip.errors import GenzipError
 
 TEXT, CLASS = "encoder_hidden_states", "class_labels"
+MASK = "encoder_attention_mask"  # text DiTs whose forward takes one (PixArt): [B, T] keep-mask
+
+
+def with_prompt_mask(feeds: dict[str, np.ndarray], inputs: list[dict]) -> dict[str, np.ndarray]:
+    """``feeds`` plus an all-ones ``encoder_attention_mask`` (every prompt token kept, what an
+    artifact without the input computes) when the artifact takes one and none was given, so
+    callers that know nothing of masks (sampler, plan search) run mask-taking artifacts."""
+    spec = next((s for s in inputs if s["name"] == MASK), None)
+    if spec is None or MASK in feeds or TEXT not in feeds:
+        return feeds
+    text = feeds[TEXT]
+    return {**feeds, MASK: np.ones(text.shape[:2], dtype=np_dtype(spec["dtype"]))}
 
 
 def conditioning_input(model) -> str:

@@ -36,13 +36,14 @@ pipeline stacks its CFG batch as ``[cond, null]``, the reverse of the artifact's
 ``[uncond, cond]``; such a pair is swapped in and out around the call, so ASC shares
 the half it was searched on.
 
-An artifact exported with an ``encoder_attention_mask`` input (the PixArt transformer
-of a pipeline artifact, ``genzip-compile PIPELINE_FOLDER``) is fed the pipeline's
-padding mask (all ones when none is passed), and ``added_cond_kwargs``' ``resolution``
-/ ``aspect_ratio`` where it has those inputs. Otherwise the exported graph has no
-attention-mask input, so a mask with zeros (padded prompt embeddings, whose output
-would then differ from PyTorch) is refused with an error that says so; an all-ones
-mask is accepted. Latents, timesteps and
+An artifact exported with an ``encoder_attention_mask`` input (a PixArt or UNet export,
+``[B, T]`` keep-mask, as the pipeline passes ``prompt_attention_mask``) is fed the mask
+given, so padded prompts match PyTorch, and all ones when none is passed; PixArt's
+``added_cond_kwargs`` ``resolution`` / ``aspect_ratio`` are fed where the artifact has
+those inputs. An artifact whose graph has no mask input (an older export, a model whose
+forward takes none) refuses a mask with zeros (padded prompt embeddings, whose output
+would then differ from PyTorch) with an error that says so; an all-ones mask is
+accepted. Latents, timesteps and
 conditioning are checked against the artifact's input shapes before the call, so a
 prompt or resolution the export does not take names the sizes it does.
 """
@@ -74,7 +75,7 @@ def _config(model: PlannedModel) -> dict[str, Any]:
     spec = {s["name"]: s["shape"] for s in model.inputs}
     out = model.manifest["outputs"][0]["shape"]
     config.setdefault("in_channels", spec["hidden_states"][1])
-    config.setdefault("sample_size", spec["hidden_states"][2])
+    config["sample_size"] = spec["hidden_states"][2]  # the export's latent size (--height), not the preset's
     config.setdefault("out_channels", out[1])
     return config
 
@@ -103,6 +104,7 @@ class DiffusersTransformer:
         self._last_t: float | None = None
         self.cond_input = conditioning.conditioning_input(self.model)
         self.null_class = conditioning.null_class(self.model) if self.cond_input == conditioning.CLASS else None
+        self.has_mask = any(s["name"] == conditioning.MASK for s in self.model.inputs)
 
     def _input_dtype(self, name: str) -> np.dtype:
         spec = next(s for s in self.model.inputs if s["name"] == name)
@@ -153,6 +155,27 @@ class DiffusersTransformer:
                               f"use labels below {self.null_class} ({self.null_class}: the null class)")
         return labels
 
+    def _prompt_mask(self, encoder_attention_mask, batch: int) -> np.ndarray | None:
+        """The keep-mask to feed: the one given, in the artifact's dtype, when the graph has the
+        input (None: the model fills in all ones); refused with zeros when it has none."""
+        if encoder_attention_mask is None:
+            return None
+        value = encoder_attention_mask.detach().cpu().numpy() if hasattr(encoder_attention_mask, "detach") \
+            else np.asarray(encoder_attention_mask)
+        value = value.reshape(value.shape[0], -1) if value.ndim == 3 and value.shape[1] == 1 else value  # [B, 1, T]
+        if self.has_mask:
+            return value.astype(self._input_dtype(conditioning.MASK))
+        if not np.all(value != 0):
+            text = next((s["shape"] for s in self.model.inputs if s["name"] == self.cond_input), None)
+            raise GenzipError(
+                "this genzip transformer takes no encoder_attention_mask (its exported graph has no mask input), "
+                "and the mask given has zeros: padded prompt tokens would be attended to, unlike in PyTorch",
+                f"pass prompt embeddings without padding (mask all ones; the artifact takes {text}), "
+                "recompile it with this genzip (a PixArt export now has the mask input) "
+                "or use the PyTorch transformer for padded prompts",
+            )
+        return None
+
     def _layout(self, cond: np.ndarray, batch: int) -> str:
         """This call's CFG layout: ``cfg`` when given, else read off class labels (module docstring)."""
         if batch % 2:
@@ -176,14 +199,10 @@ class DiffusersTransformer:
                            "guidance_scale > 1)")
         return "none"
 
-    def _extra_feeds(self, encoder_attention_mask, added_cond_kwargs, cond: np.ndarray) -> dict[str, np.ndarray]:
-        """Feeds of the optional inputs this artifact has: the padding mask and PixArt's micro-conditions."""
+    def _micro_conditions(self, added_cond_kwargs) -> dict[str, np.ndarray]:
+        """PixArt's ``resolution`` / ``aspect_ratio`` feeds, where this artifact has those inputs."""
         names = {s["name"] for s in self.model.inputs}
         extra: dict[str, np.ndarray] = {}
-        if "encoder_attention_mask" in names:
-            mask = np.ones(cond.shape[:2]) if encoder_attention_mask is None \
-                else encoder_attention_mask.detach().cpu().numpy()
-            extra["encoder_attention_mask"] = mask.astype(self._input_dtype("encoder_attention_mask"))
         for key in ("resolution", "aspect_ratio"):
             value = (added_cond_kwargs or {}).get(key)
             if key in names:
@@ -205,16 +224,8 @@ class DiffusersTransformer:
         t = np.broadcast_to(np.asarray(timestep.detach().cpu().float() if hasattr(timestep, "detach") else timestep,
                                        dtype=np.float32).reshape(-1), (batch,)).astype(self._input_dtype("timestep"))
         cond = self._conditioning(encoder_hidden_states, class_labels, batch)
-        extra = self._extra_feeds(encoder_attention_mask, added_cond_kwargs, cond)
-        if "encoder_attention_mask" not in extra and encoder_attention_mask is not None \
-                and not bool(torch.all(encoder_attention_mask != 0)):
-            text = next((s["shape"] for s in self.model.inputs if s["name"] == self.cond_input), None)
-            raise GenzipError(
-                "this genzip transformer takes no encoder_attention_mask (its exported graph has no mask input), "
-                "and the mask given has zeros: padded prompt tokens would be attended to, unlike in PyTorch",
-                f"pass prompt embeddings without padding (mask all ones; the artifact takes {text}) "
-                "or use the PyTorch transformer for padded prompts",
-            )
+        mask = self._prompt_mask(encoder_attention_mask, batch)
+        extra = self._micro_conditions(added_cond_kwargs)
         if self._last_t is not None and float(t.max()) > self._last_t:
             self.reset()  # timesteps went up: a new sampling run
         self._last_t = float(t.max())
@@ -227,6 +238,9 @@ class DiffusersTransformer:
         order = np.r_[half:batch, 0:half] if swap else slice(None)
         feeds = {"hidden_states": latents[order], "timestep": t[order], self.cond_input: cond[order],
                  **{k: v[order] for k, v in extra.items()}}
+        if mask is not None:
+            feeds[conditioning.MASK] = mask[order]
+        feeds = conditioning.with_prompt_mask(feeds, self.model.inputs)  # no mask given: keep every token
         check_inputs(feeds, self.model.inputs)  # names the accepted sizes, before ORT's raw error
         result = self.model.call(feeds, step, cfg_pair=cfg_pair)
         result = result if result.dtype in (np.float32, np.float16) else result.astype(np.float32)  # bf16: no torch view

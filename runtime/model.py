@@ -25,6 +25,7 @@ from genzip.ort_session import make_session
 from genzip.providers import resolve_providers
 from genzip.runtime import plan as plans
 from genzip.runtime.caches import AttentionCaches, Slot, call_identity
+from genzip.runtime.conditioning import MASK, with_prompt_mask
 
 SHARE_PASS = "share-attn"
 
@@ -106,12 +107,16 @@ class PlannedModel:
     def call(self, feeds: dict[str, np.ndarray], step: int, *, cfg_pair: bool,
              identity: str | None = None) -> np.ndarray:
         """The main output of one transformer call at ``step`` (caches updated)."""
+        feeds = with_prompt_mask(feeds, self.inputs)
         if self.layout is None:
             return self.session.run([self.main_output], feeds)[0]
         batch = next(iter(feeds.values())).shape[:1]
         if identity is None:
             cond = feeds.get("encoder_hidden_states")
             identity = call_identity(feeds.get("class_labels") if cond is None else cond, batch)
+            mask = feeds.get(MASK)
+            if mask is not None and not np.all(mask):  # a padded prompt is another conditioning
+                identity += call_identity(mask, batch)
         slot = self.caches.slot(identity)
         modes = self.modes(step, cfg_pair and batch[0] % 2 == 0)
         outs = self.run_modes(feeds, modes, slot, step)
@@ -121,7 +126,7 @@ class PlannedModel:
     def run_modes(self, feeds: dict[str, np.ndarray], modes: list[int], slot: Slot,
                   step: int | str = "?") -> dict[str, np.ndarray]:
         """All outputs of one call with explicit per-layer ``modes``, reading ``slot``; no cache update."""
-        run_feeds = dict(feeds)
+        run_feeds = with_prompt_mask(feeds, self.inputs)
         run_feeds[self.layout.modes_input] = np.asarray(modes, dtype=np.int64)
         for lay, mode in zip(self.layout.layers, modes):
             i = lay["layer"]

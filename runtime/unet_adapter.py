@@ -23,6 +23,7 @@ import numpy as np
 
 from genzip.backends.runner import check_inputs, np_dtype
 from genzip.errors import GenzipError
+from genzip.runtime import conditioning
 from genzip.runtime.caches import StepClock
 from genzip.runtime.model import PlannedModel
 
@@ -47,7 +48,7 @@ class DiffusersUNet:
         return self
 
     def __call__(self, sample, timestep, encoder_hidden_states=None, timestep_cond=None, added_cond_kwargs=None,
-                 cross_attention_kwargs=None, return_dict: bool = True, **unused):
+                 cross_attention_kwargs=None, return_dict: bool = True, encoder_attention_mask=None, **unused):
         import torch
 
         given = {"timestep_cond": timestep_cond, "added_cond_kwargs": added_cond_kwargs or None,
@@ -63,6 +64,14 @@ class DiffusersUNet:
         if encoder_hidden_states is not None:
             feeds["encoder_hidden_states"] = (encoder_hidden_states.detach().cpu().float().numpy()
                                               .astype(self._dtypes["encoder_hidden_states"]))
+        if encoder_attention_mask is not None and conditioning.MASK in self._dtypes:
+            feeds[conditioning.MASK] = (encoder_attention_mask.detach().cpu().numpy()
+                                        .astype(self._dtypes[conditioning.MASK]))
+        elif encoder_attention_mask is not None and not bool(torch.all(encoder_attention_mask != 0)):
+            raise GenzipError("this genzip UNet takes no encoder_attention_mask and the mask given has zeros",
+                              "recompile it with this genzip (UNet exports take the mask) or pass no padding mask")
+        # Stable Diffusion pipelines pass no mask (CLIP's padding is attended to, as in PyTorch): all ones.
+        feeds = conditioning.with_prompt_mask(feeds, self.model.inputs)
         check_inputs({k: v[:1] for k, v in feeds.items()}, _any_batch(self.model.inputs))
         if self._last_t is not None and float(t.max()) > self._last_t:  # timesteps went up: a new sampling run
             self.clock.reset()

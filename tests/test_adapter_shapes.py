@@ -1,5 +1,6 @@
 """The diffusers adapter and `genzip run` name the sizes an artifact accepts instead of ORT's
-raw 'Got invalid dimensions', and the adapter refuses a padded-prompt mask it would ignore."""
+raw 'Got invalid dimensions'; padded prompts match PyTorch through the export's mask input, and an
+artifact without one refuses a padded-prompt mask it would ignore."""
 
 from __future__ import annotations
 
@@ -21,8 +22,41 @@ def _call_args(transformer, text_len=None):
     return latents, text, tokens
 
 
-def test_padded_prompt_mask_is_refused(pixart_ort):
+def _eager_tiny_pixart():
+    """The module of the pixart_ort fixture (tiny-pixart, seed 0), as load_preset builds it."""
+    from genzip.frontend.presets import _build_module, get_preset
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return _build_module(get_preset("tiny-pixart")).eval()
+
+
+def test_padded_prompts_match_pytorch(pixart_ort):
+    """The export has an encoder_attention_mask input; a padded prompt's output matches eager
+    PixArt with the same mask, and differs from the unpadded one (the mask matters)."""
     transformer = genzip.load(pixart_ort[0])
+    assert any(s["name"] == "encoder_attention_mask" and s["dtype"] == "int64" for s in transformer.manifest["inputs"])
+    canonical = transformer.manifest["pass_stats"][0]
+    assert canonical["pass"] == "canonicalize-attn" and canonical["stats"]["cross"] == 2  # masked, still recognized
+    _, tokens, dim = next(s["shape"] for s in transformer.manifest["inputs"] if s["name"] == "encoder_hidden_states")
+    g = torch.Generator().manual_seed(5)
+    latents, text = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, tokens, dim, generator=g)
+    mask = torch.ones(2, tokens, dtype=torch.int64)
+    mask[1, tokens // 2:] = 0  # the second prompt is padded
+    t = torch.tensor([500.0, 500.0])
+    got = transformer(latents, encoder_hidden_states=text, encoder_attention_mask=mask, timestep=t,
+                      return_dict=False)[0]
+    with torch.no_grad():
+        want = _eager_tiny_pixart()(latents, encoder_hidden_states=text, encoder_attention_mask=mask, timestep=t,
+                                    return_dict=False)[0]
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    unmasked = transformer(latents, encoder_hidden_states=text, timestep=t, return_dict=False)[0]
+    assert torch.allclose(unmasked[0], got[0], atol=1e-5) and (unmasked[1] - got[1]).abs().max() > 1e-3
+
+
+def test_a_padded_mask_is_refused_by_an_artifact_without_the_input(pixart_ort):
+    transformer = genzip.load(pixart_ort[0])
+    transformer.has_mask = False  # as for an artifact exported before the mask input, or from a maskless forward
     latents, text, tokens = _call_args(transformer)
     ones = torch.ones(1, tokens)
     out = transformer(latents, encoder_hidden_states=text, encoder_attention_mask=ones, timestep=torch.tensor([500]),

@@ -147,7 +147,7 @@ def test_decomposed_4d_with_mask():
     _assert_canonical(node, 0.25)
     assert node.metadata_props["genzip.attn.kind"] == "cross"
     assert node.metadata_props["genzip.attn.index"] == "0"
-    assert result.stats == {"attention_nodes": 1, "from_decomposed": 1, "from_3d": 0, "self": 0, "cross": 1}
+    assert result.stats == {"attention_nodes": 1, "from_decomposed": 1, "from_3d": 0, "self": 0, "cross": 1, "masks_expanded": 0}
 
 
 def test_decomposed_rank3_is_wrapped_in_unsqueeze_squeeze():
@@ -297,7 +297,7 @@ def test_torch_sdpa_opset23_self_and_cross(torch_pair):
     assert [n.metadata_props["genzip.attn.index"] for n in nodes] == ["0", "1"]
     for node in nodes:
         _assert_canonical(node, 1 / math.sqrt(8))
-    assert result.stats == {"attention_nodes": 2, "from_decomposed": 0, "from_3d": 0, "self": 1, "cross": 1}
+    assert result.stats == {"attention_nodes": 2, "from_decomposed": 0, "from_3d": 0, "self": 1, "cross": 1, "masks_expanded": 0}
 
 
 def test_torch_decomposed_opset18(torch_pair):
@@ -338,7 +338,7 @@ def test_pixart_attn1_self_attn2_cross(pixart):
         _assert_canonical(node, 1 / math.sqrt(8))
     scopes = [n.metadata_props["genzip.attn.scope"] for n in _attention(model)]
     assert scopes == [f"transformer_blocks.{i}.attn{j}" for i in (0, 1) for j in (1, 2)]
-    assert result.stats == {"attention_nodes": 4, "from_decomposed": 0, "from_3d": 0, "self": 2, "cross": 2}
+    assert result.stats == {"attention_nodes": 4, "from_decomposed": 0, "from_3d": 0, "self": 2, "cross": 2, "masks_expanded": 0}
     snapshot = proto_bytes(model)
     assert CanonicalizeAttentionPass()(model).modified is False
     assert proto_bytes(model) == snapshot
@@ -353,7 +353,7 @@ def test_no_attention_leaves_the_model_untouched():
     result = CanonicalizeAttentionPass()(model)
     assert result.modified is False
     assert proto_bytes(model) == snapshot
-    assert result.stats == {"attention_nodes": 0, "from_decomposed": 0, "from_3d": 0, "self": 0, "cross": 0}
+    assert result.stats == {"attention_nodes": 0, "from_decomposed": 0, "from_3d": 0, "self": 0, "cross": 0, "masks_expanded": 0}
     assert "attention-canonical" in model_facts(model)
 
 

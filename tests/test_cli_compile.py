@@ -37,7 +37,7 @@ def test_ort_artifact_layout_and_manifest(pixart_ort):
     assert manifest["export_fidelity"]["cosine"] > 0.999
     assert {"torch", "onnx", "onnxruntime", "onnx-ir"} <= set(manifest["versions"])
     names = [s["name"] for s in manifest["inputs"]]
-    assert names == ["hidden_states", "timestep", "encoder_hidden_states"]
+    assert names == ["hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask"]
     # The batch axis stays symbolic in the manifest.
     assert isinstance(manifest["inputs"][0]["shape"][0], str)
     report = open(os.path.join(folder, "report.md")).read()

@@ -97,6 +97,8 @@ def test_yaml_and_json_configs(project):
     ('model = "m.onnx"\nrecipe = {name = "w8a8", windw = 1}\n', r"recipe 'w8a8' has no parameter 'windw'"),
     ('model = "m.onnx"\nrecipe = {window = 1}\n', r"a recipe table needs a 'name' string"),
     ('model = "m.onnx"\nrecipe = "w8a8"\nmin_cosine = true\n', r"key 'min_cosine' is True \(bool\), expected a number"),
+    ('model = "m.onnx"\ntext_len = 12\n', r"--text-len cannot apply to an ONNX file"),
+    ('model = "m.onnx"\nheight = "tall"\n', r"key 'height' is 'tall' \(str\), expected an integer"),
     ('model = "m.onnx\n', r"does not parse"),
     ('target = "onnx"\n', r"no model to compile"),
 ])

@@ -27,7 +27,7 @@ def test_diffusers_pixart_folder(tmp_path):
     model.save_pretrained(tmp_path, safe_serialization=True)
     sm = load_model(str(tmp_path))
     assert sm.kind == "diffusers" and sm.info["family"] == "dit"
-    assert [v.name for v in sm.model.graph.inputs] == ["hidden_states", "timestep", "encoder_hidden_states"]
+    assert [v.name for v in sm.model.graph.inputs] == ["hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask"]
     assert sm.example_inputs["hidden_states"].shape == (2, 4, 8, 8)
     assert sm.example_inputs["encoder_hidden_states"].shape[::2] == (2, 12)  # caption_channels
     assert _attention_count(sm) == 2 and sm.fidelity["cosine"] > 0.999
@@ -50,7 +50,8 @@ def test_diffusers_pipeline_folder_uses_denoiser(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_end=0.012).save_pretrained(tmp_path / "scheduler")
     sm = load_model(str(tmp_path), batch=1)
-    assert sm.info["family"] == "unet" and list(sm.example_inputs) == ["sample", "timestep", "encoder_hidden_states"]
+    assert sm.info["family"] == "unet" and list(sm.example_inputs) == ["sample", "timestep", "encoder_hidden_states",
+                                                                       "encoder_attention_mask"]
     assert sm.fidelity["cosine"] > 0.999
     # The pipeline's scheduler config ships in the artifact, and the sampler takes it.
     out = tmp_path / "artifact"

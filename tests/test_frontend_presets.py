@@ -41,7 +41,7 @@ def test_tiny_pixart(tiny_pixart):
     assert sm.kind == "preset" and sm.source == "tiny-pixart"
     assert sm.info["family"] == "dit" and sm.info["dynamic"] is True
     graph = sm.model.graph
-    assert [v.name for v in graph.inputs] == ["hidden_states", "timestep", "encoder_hidden_states"]
+    assert [v.name for v in graph.inputs] == ["hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask"]
     assert [v.name for v in graph.outputs] == ["output"]
     assert sm.example_inputs["hidden_states"].shape == (2, 4, 16, 16)  # 256 tokens, CFG batch
     assert sm.example_inputs["encoder_hidden_states"].shape == (2, 8, 32)

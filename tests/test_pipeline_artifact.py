@@ -52,6 +52,17 @@ def test_one_artifact_with_every_component(dit_pipeline):
             assert json.load(f)["fidelity"] == manifest["fidelity"][part]
 
 
+def test_the_vae_decoder_follows_the_export_sizes(dit_pipeline):
+    """--height/--width reach the VAE decoder's example latents (the transformer's latent size)."""
+    from pathlib import Path
+
+    from genzip.pipeline_parts import vae_decoder
+
+    folder, _ = dit_pipeline
+    assert vae_decoder(Path(folder), "transformer")[1].shape == (1, 4, 8, 8)  # the transformer config's sample_size
+    assert vae_decoder(Path(folder), "transformer", 4, 6)[1].shape == (1, 4, 4, 6)
+
+
 def test_load_pipeline_images_match_pytorch(dit_pipeline):
     import diffusers
 
@@ -86,3 +97,15 @@ def test_single_model_tools_refuse_a_pipeline_artifact(dit_pipeline, capsys):
     assert rc == 2 and "whole-pipeline artifact" in err and len(err.splitlines()) == 1
     with pytest.raises(GenzipError, match="is not a pipeline artifact"):
         genzip.load_pipeline(os.path.join(out, "transformer"))
+
+
+def test_text_len_is_refused_for_a_pipeline_folder(dit_pipeline, tmp_path):
+    """The tokenizer's maximum length sets every component's text length: refused before any export."""
+    from genzip.compile import CompileOptions
+    from genzip.errors import GenzipError
+    from genzip.pipeline import compile_pipeline
+
+    folder, _ = dit_pipeline
+    with pytest.raises(GenzipError, match="--text-len / --seq-len cannot apply to a DiTPipeline folder"):
+        compile_pipeline(folder, str(tmp_path / "out"), CompileOptions(text_len=12))
+    assert not (tmp_path / "out").exists()

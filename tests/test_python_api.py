@@ -127,7 +127,7 @@ def test_diffusers_object_calibrates_on_its_own_trajectory():
     with genzip.compile(model, recipe="w8a8", target="onnx", min_cosine=0.9) as art:
         calibrate = next(r for r in art.manifest["pass_stats"] if r["pass"] == "calibrate")
         assert calibrate["stats"]["samples"] == 8  # 2 trajectories x 4 steps, recorded by genzip
-        assert [s["name"] for s in art.manifest["inputs"]] == ["hidden_states", "timestep", "encoder_hidden_states"]
+        assert [s["name"] for s in art.manifest["inputs"]] == ["hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask"]
 
 
 def test_every_cli_flag_has_a_keyword():

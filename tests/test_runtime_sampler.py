@@ -90,7 +90,7 @@ def test_drop_in_pipeline_transformer_matches_sampler(arts, plan):
     # genzip.load results still run plain numpy feeds.
     feeds = transformer.model.manifest["inputs"]
     assert "output" in transformer(**{s["name"]: np.zeros([2 if isinstance(d, str) else d for d in s["shape"]],
-                                                          np.float32) for s in feeds})
+                                                          np.dtype(s["dtype"])) for s in feeds})  # mask: int64
 
 
 def test_two_prompts_from_one_seed_are_not_a_cfg_pair(arts):
@@ -134,6 +134,21 @@ def test_split_cfg_calls_use_their_own_caches(arts):
         np.testing.assert_allclose(torch.cat(parts).numpy(), pair.numpy(), rtol=1e-4, atol=1e-4)
         x = x - 0.01 * pair[1:, :4]
     assert len(split.model.caches.slots) == 2 and len(batched.model.caches.slots) == 1
+
+
+def test_a_padded_prompt_has_its_own_cache_slot(arts):
+    """The same embeddings with a padded mask are another conditioning: they must not read the
+    caches the unpadded prompt filled (an all-ones mask is the unpadded prompt)."""
+    share, _ = arts
+    transformer = genzip.load(share, plan=_plan([["full", "share-step", "full", "share-step"]] * 2))
+    c, _ = _cond(transformer.model)
+    x, t = torch.zeros(1, 4, 16, 16), torch.tensor([900])
+    text = torch.from_numpy(c)
+    padded = torch.ones(1, c.shape[1], dtype=torch.int64)
+    padded[:, -2:] = 0
+    for mask in (None, torch.ones_like(padded), padded):
+        transformer(x, encoder_hidden_states=text, encoder_attention_mask=mask, timestep=t, return_dict=False)
+    assert len(transformer.model.caches.slots) == 2
 
 
 def test_bad_input(arts, tmp_path):

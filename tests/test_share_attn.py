@@ -59,7 +59,7 @@ def test_structure_and_manifest(arts):
     assert lay["cfg_order"] == ["uncond", "cond"] and lay["modes_input"] == "attn_modes"
     assert [entry["attn_index"] for entry in lay["layers"]] == [0, 2]  # self-attention only
     # The plain inputs are unchanged (the cache inputs have defaults); cache outputs were added.
-    assert [s["name"] for s in manifest["inputs"]] == ["hidden_states", "timestep", "encoder_hidden_states"]
+    assert [s["name"] for s in manifest["inputs"]] == ["hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask"]
     assert {s["name"] for s in manifest["outputs"]} >= {"attn_block_out.0", "attn_residual_out.1"}
     model = ir.load(os.path.join(share, "model.onnx"))
     top = [n.op_type for n in model.graph]

@@ -48,6 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-data", metavar="FILE.npz|DIR",
                    help="calibration set: .npz with samples on a new leading axis or on the batch axis, "
                         "or a folder of one-sample .npz files")
+    sizes = p.add_argument_group("export sizes (presets, HF folders, module:function, Python models)")
+    sizes.add_argument("--text-len", type=int, metavar="N",
+                       help="caption tokens of a text-conditioned denoiser (default: the preset's, 77 for folders)")
+    sizes.add_argument("--height", type=int, metavar="H",
+                       help="latent height of a denoiser (image pixels / 8; a multiple of the patch size)")
+    sizes.add_argument("--width", type=int, metavar="W", help="latent width of a denoiser (as --height)")
+    sizes.add_argument("--sample-size", type=int, metavar="S", help="square latent size: --height S --width S")
+    sizes.add_argument("--seq-len", type=int, metavar="N",
+                       help="tokens of a causal LM's export (default: the preset's, 32 for folders; "
+                            "at most max_position_embeddings)")
     add_provider_flags(p)
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
                    help="artifact precision: fp16/bf16 convert the float32 export after every other pass "

@@ -6,7 +6,9 @@ Canonical form (fact ``attention-canonical``):
 * op ``Attention``, default domain, model opset >= 23;
 * inputs ``Q [B, Hq, Sq, D]``, ``K [B, Hkv, Skv, D]``, ``V [B, Hkv, Skv, Dv]``,
   optional ``attn_mask`` (added to the scaled scores, broadcastable to
-  ``[B, Hq, Sq, Skv]``); no past key/value inputs;
+  ``[B, Hq, Sq, Skv]``, its query axis not a broadcast 1 unless Sq is: ONNX Runtime
+  refuses that, so such a mask is fed through ``Expand``, stat ``masks_expanded``);
+  no past key/value inputs;
 * exactly one output, ``Y [B, Hq, Sq, Dv]``;
 * attributes ``scale`` (float; left absent only when D is not static),
   ``is_causal`` (0/1), ``softcap`` = 0.0, ``qk_matmul_output_mode`` = 0; no
@@ -43,6 +45,7 @@ from onnxscript.version_converter import ConvertVersionPass
 from onnxscript.version_converter._version_converter import VersionConverterError
 
 from genzip.errors import GenzipError
+from genzip.frontend.attn_mask_queries import expand_mask_queries
 from genzip.metadata import ATTN_INDEX_KEY as INDEX_KEY
 from genzip.metadata import ATTN_KIND_KEY as KIND_KEY
 from genzip.metadata import ATTN_KIND_REASON_KEY as KIND_REASON_KEY
@@ -217,6 +220,10 @@ class CanonicalizeAttentionPass(GenzipPass):
                 node = attn_normalize.rebuild_4d(node)
                 modified = True
             modified |= attn_normalize.normalize_attributes(node, d)
+        # ORT's Attention wants the mask's query axis; a decomposed chain's Add broadcast it
+        # (TorchScript's PixArt cross-attention mask is [B, H, 1, T]).
+        stats["masks_expanded"] = sum(expand_mask_queries(g) for g in model_graphs(model) if isinstance(g, ir.Graph))
+        modified |= stats["masks_expanded"] > 0
         # Classified once every node is final: the walk stops at (and names) other attentions.
         sources = Sources()
         for node in _attention_nodes(model):
