@@ -3,13 +3,14 @@ past/present buffer; generate() and onnxruntime-genai's loop equal transformers 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import onnx_ir as ir
 import pytest
 import torch
-from tiny_llm import compile_kv_artifact
+from tiny_llm import make_folder
 
 import genzip
 from genzip.errors import GenzipError
@@ -18,17 +19,24 @@ from genzip.passes.infra.registry import get_pass_class
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    """(transformers eager Llama, its plain --kv-cache CausalLM, its ort-gqa CausalLM, the ort-gqa artifact)."""
+    """(transformers eager Llama, its plain --kv-cache CausalLM, its ort-gqa CausalLM, the ort-gqa artifact),
+    both artifacts compiled from one export."""
     import transformers
 
-    from genzip.compile import CompileOptions, compile_model
+    from genzip.compile import CompileOptions, compile_source
+    from genzip.frontend.loader import load_model
 
+    torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("gqa")
-    folder, plain = compile_kv_artifact(root, "llama")
-    gqa = root / "llama.gqa"
-    compile_model(str(folder), str(gqa), CompileOptions(target="ort", passes="ort-gqa", kv_cache=True))
+    folder = make_folder(root, "llama")
+    source = load_model(str(folder), kv_cache=True)
+    lms = {}
+    for name, passes in (("plain", ""), ("gqa", "ort-gqa")):
+        copy = dataclasses.replace(source, model=ir.from_proto(ir.to_proto(source.model)))
+        compile_source(copy, str(root / name), CompileOptions(target="ort", passes=passes))
+        lms[name] = genzip.load(str(root / name), threads=2)
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    return hf, genzip.load(str(plain), threads=2), genzip.load(str(gqa), threads=2), gqa
+    return hf, lms["plain"], lms["gqa"], root / "gqa"
 
 
 def _hf_greedy(hf, ids: np.ndarray, n: int) -> np.ndarray:
