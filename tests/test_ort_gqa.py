@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import onnx_ir as ir
@@ -14,6 +15,7 @@ from tiny_llm import make_folder
 
 import genzip
 from genzip.errors import GenzipError
+from genzip.passes.infra.context import PassContext
 from genzip.passes.infra.registry import get_pass_class
 
 
@@ -110,3 +112,7 @@ def test_refusals_are_one_line(pair):
         get_pass_class("ort-gqa")()(lowered)  # twice: no Concat cache left
     with pytest.raises(GenzipError, match="kv-quant"):
         get_pass_class("kv-quant")()(lowered)
+    # a sliding-window model: its window is in the mask ort-gqa would drop
+    mistral = SimpleNamespace(config=SimpleNamespace(sliding_window=16, max_position_embeddings=48))
+    with pytest.raises(GenzipError, match="sliding window of 16 tokens"):
+        get_pass_class("ort-gqa")()(ir.load(str(artifact / "model.onnx")), PassContext(torch_module=mistral))
