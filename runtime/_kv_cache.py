@@ -121,6 +121,7 @@ class BoundKVCache:
         # Pointers taken once: numpy's .ctypes costs microseconds per call, every step.
         self._ptrs = [[b.ctypes.data for b in side] for side in self._bufs]
         self._side = 0  # the side holding the current past
+        self._bound_io = None  # the IOBinding a shared cache is bound to (bound once)
         # The step's IOBinding and its all-ones mask / logits buffers (genzip.runtime.generate).
         self.io = None
         self.ones: np.ndarray | None = None
@@ -143,6 +144,9 @@ class BoundKVCache:
         if self.length + seq > self.capacity:
             raise ValueError(f"KV cache of capacity {self.capacity} cannot take {self.length + seq} tokens")
         if self.shared:
+            if self._bound_io is io:  # same buffers and shapes every step: an IOBinding keeps them
+                return
+            self._bound_io = io
             for slot, ptr in zip(self.slots, self._ptrs[0]):
                 dims = self._dims(slot, self.capacity)
                 io.bind_input(slot.past, "cpu", 0, slot.dtype, dims, ptr)
