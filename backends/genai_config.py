@@ -6,7 +6,9 @@ around ONNX Runtime cannot match on small models. The graph already uses
 onnxruntime-genai's default names (``input_ids``, ``attention_mask``, ``position_ids``,
 ``past_key_values.%d.key|value`` -> ``logits``, ``present.%d.key|value``); the cache is
 ``Concat(past, new)``, so the config turns off ``past_present_share_buffer`` (the
-builder's in-place GroupQueryAttention form).
+builder's in-place GroupQueryAttention form), except after ``ort-gqa`` (model metadata
+``genzip.kv_shared_buffer``), whose graph is that form: then it is on, and
+onnxruntime-genai binds one ``max_length`` buffer per cache tensor as past and present.
 
 Invariant: the config is written only when onnxruntime-genai can bind the graph as it
 is: exactly those inputs and outputs, and float32/float16 ``[batch, kv_heads, seq,
@@ -26,7 +28,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from genzip.metadata import CSKV_KEY, KV_CAPACITY_KEY
+from genzip.metadata import CSKV_KEY, KV_CAPACITY_KEY, KV_SHARED_KEY
 
 CONFIG_NAME = "genai_config.json"
 GENAI_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -77,8 +79,9 @@ def _generation(hf_folder: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def config(kv: dict, model_type: str, generation: dict[str, Any]) -> dict[str, Any]:
-    """The genai_config.json content for a graph :func:`unsupported` accepts."""
+def config(kv: dict, model_type: str, generation: dict[str, Any], shared: bool = False) -> dict[str, Any]:
+    """The genai_config.json content for a graph :func:`unsupported` accepts; ``shared``:
+    the graph updates its cache in place (``ort-gqa``)."""
     eos = generation.get("eos_token_id", kv.get("eos_token_id"))
     eos = eos if eos is not None else 0
     first_eos = eos[0] if isinstance(eos, list) and eos else eos
@@ -102,7 +105,7 @@ def config(kv: dict, model_type: str, generation: dict[str, Any]) -> dict[str, A
         },
         "search": {
             "max_length": kv["max_positions"], "min_length": 0, "do_sample": False, "num_beams": 1,
-            "num_return_sequences": 1, "past_present_share_buffer": False, "temperature": 1.0, "top_k": 50,
+            "num_return_sequences": 1, "past_present_share_buffer": shared, "temperature": 1.0, "top_k": 50,
             "top_p": 1.0, "repetition_penalty": 1.0, "length_penalty": 1.0, "diversity_penalty": 0.0,
             "no_repeat_ngram_size": 0, "early_stopping": True,
         },
@@ -122,5 +125,5 @@ def write_genai_config(model: ir.Model, kv: dict, model_type: str, folder: str) 
             shutil.copyfile(os.path.join(hf, name), os.path.join(folder, name))
             names.append(name)
     with open(os.path.join(folder, CONFIG_NAME), "w") as f:
-        json.dump(config(kv, model_type, _generation(hf)), f, indent=1)
+        json.dump(config(kv, model_type, _generation(hf), KV_SHARED_KEY in model.metadata_props), f, indent=1)
     return [CONFIG_NAME, *names], {"config": CONFIG_NAME, "tokenizer": names}

@@ -8,7 +8,8 @@ Speed. One random-weight Llama (config built here from the flags, GQA, saved wit
 ``save_pretrained`` into a temporary folder with trained-llama's tokenizer) is what
 every engine reads: genzip compiles it with ``--kv-cache`` once per variant
 (``fp32``, ``w4a16``, ``w8a8`` (static activations, calibrated on the folder's windows),
-``w8a8-dynamic``, ``kv8`` = ``kv-quant``, ``w4a16-kv8``, MoA ``moa-0.5`` /
+``w8a8-dynamic``, ``fp32-gqa`` / ``w4a16-gqa`` = the same with ``ort-gqa`` last (ORT's
+``GroupQueryAttention`` on one shared past/present buffer), ``kv8`` = ``kv-quant``, ``w4a16-kv8``, MoA ``moa-0.5`` /
 ``moa-0.25`` = ``span-attn{alpha=0 beta=DENSITY sinks=4 seq=CONTEXT+NEW}``, compiled per
 context: elastic spans of density·N and an evicting cache of sinks + density·seq tokens
 per KV head (per layer where a layer's KV heads need the same); ``moa-D-spread`` gives each
@@ -27,7 +28,8 @@ first new token (which the prefill produces), timed around the decode loop only.
 genzip's artifacts also run in onnxruntime-genai's generate loop through the
 ``genai_config.json`` they carry (engines ``genzip-VARIANT@ort-genai``; not kv8 or cskv,
 whose int8 / low-rank caches are not its layout). All engines run ``--threads`` intra-op threads. KV bytes: genzip's bound cache at
-capacity (one side of its ping-pong); onnxruntime-genai's shared past/present buffer
+capacity (one side of its ping-pong; the one shared buffer for ``*-gqa``); onnxruntime-genai's
+shared past/present buffer
 (``2 * layers * kv_heads * max_length * head_dim * 4``, the shape it allocates);
 transformers' cache tensors after the run.
 
@@ -66,7 +68,9 @@ from genzip.errors import GenzipError
 
 VARIANTS = {
     "fp32": "",
+    "fp32-gqa": "ort-gqa",
     "w4a16": "annotate-precision{scheme=w4a16 keep-defaults=false},quant{scheme=w4a16}",
+    "w4a16-gqa": "annotate-precision{scheme=w4a16 keep-defaults=false},quant{scheme=w4a16},ort-gqa",
     "w8a8": "annotate-precision,calibrate,quant{scheme=w8a8}",
     "w8a8-dynamic": "annotate-precision{scheme=w8a8-dynamic},quant{scheme=w8a8-dynamic}",
     "kv8": "kv-quant",
@@ -227,7 +231,8 @@ def run_genzip(lm, ids: np.ndarray, new: int, chunk: int) -> tuple[float, int]:
 class OrtGenai:
     """onnxruntime-genai's generate loop on a folder with a ``genai_config.json``: its model
     builder's export of the HF folder (``build``), or a genzip artifact (``artifact``), whose
-    Concat cache it holds twice (past and present) at the last step."""
+    Concat cache it holds twice (past and present) at the last step, or once when the artifact
+    shares one buffer (``ort-gqa``: ``past_present_share_buffer`` in its config)."""
 
     def __init__(self, og_folder: str, threads: int, copies: int):
         import onnxruntime_genai as og
@@ -258,9 +263,12 @@ class OrtGenai:
 
     @classmethod
     def artifact(cls, folder: str, threads: int) -> OrtGenai | None:
-        if not os.path.isfile(os.path.join(folder, "genai_config.json")):
+        path = os.path.join(folder, "genai_config.json")
+        if not os.path.isfile(path):
             return None  # kv-quant's int8 cache: not its layout (the manifest's genai.why_not)
-        return cls(folder, threads, copies=2)
+        with open(path) as f:
+            shared = json.load(f)["search"].get("past_present_share_buffer", False)
+        return cls(folder, threads, copies=1 if shared else 2)
 
     def run(self, ids: np.ndarray, new: int) -> tuple[float, int]:
         og = self.og

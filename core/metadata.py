@@ -15,6 +15,7 @@ PRECISION_PLAN_KEY = "genzip.mixed_precision"  # JSON mixed-precision allocation
 KV_QUANT_KEY = "genzip.kv_quant"  # JSON int8 KV-cache layout (passes/quant/kv_quant.py)
 KV_CAPACITY_KEY = "genzip.kv_capacity"  # JSON {past input: tokens kept} of an evicting cache (span-attn)
 CSKV_KEY = "genzip.cskv"  # JSON low-rank bi-branch KV-cache layout (passes/quant/cskv.py)
+KV_SHARED_KEY = "genzip.kv_shared_buffer"  # JSON: past/present share one buffer (passes/lowering/ort_gqa.py)
 
 # --- node keys -----------------------------------------------------------------------
 ATTN_KIND_KEY = "genzip.attn.kind"  # "self" | "cross" | "unknown" (passes/attention/_classify.py)

@@ -37,6 +37,13 @@ A ``cskv`` cache (low-rank features plus a window of recent full-precision rows)
 its window in ``past_key_values.*_window`` slots, which hold ``min(tokens, window)``
 tokens (the window comes from the model's ``CSKV_KEY`` metadata); every other slot
 holds every token.
+
+A shared cache (``ort-gqa``: ``com.microsoft.GroupQueryAttention``, model metadata
+``genzip.kv_shared_buffer``) needs no ping-pong: the op writes the new tokens into
+``present`` at rows ``[length, length + seq)`` and leaves the rest, so each slot gets
+one buffer of ``capacity`` tokens, bound as both ``past`` and ``present`` with shape
+``[batch, kv_heads, capacity, last_dim]`` every step (``attention_mask`` tells the op how
+many rows are filled). A decode step copies nothing; ``peak_bytes == bytes``.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ import json
 
 import numpy as np
 
-from genzip.metadata import CSKV_KEY, KV_CAPACITY_KEY
+from genzip.metadata import CSKV_KEY, KV_CAPACITY_KEY, KV_SHARED_KEY
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
                "tensor(float16)": np.float16}
@@ -81,6 +88,11 @@ def _kept(session) -> dict[str, int]:
     return kept
 
 
+def shares_buffer(session) -> bool:
+    """Whether the graph updates its cache in place (``ort-gqa``): past and present bind one buffer."""
+    return KV_SHARED_KEY in session.get_modelmeta().custom_metadata_map
+
+
 def session_slots(session) -> list[Slot]:
     """Every ``past_key_values.X`` input of ``session`` with its ``present.X`` output."""
     outputs = {o.name for o in session.get_outputs()}
@@ -102,16 +114,19 @@ def session_slots(session) -> list[Slot]:
 class BoundKVCache:
     """``slots`` cache tensors of capacity ``capacity`` tokens; ``length`` tokens filled."""
 
-    def __init__(self, *, slots: list[Slot], batch: int, kv_heads: int, capacity: int):
+    def __init__(self, *, slots: list[Slot], batch: int, kv_heads: int, capacity: int, shared: bool = False):
         self.slots = slots
         self.batch, self.kv_heads = batch, kv_heads
         self.capacity = capacity
         self.length = 0
-        # _bufs[side][j]: side 0/1 of the ping-pong, j over the slots.
-        self._bufs = [[np.zeros(int(np.prod(self._dims(s, capacity))), s.dtype) for s in slots] for _ in range(2)]
+        self.shared = shared  # one buffer bound as past and present (ort-gqa), no ping-pong
+        # _bufs[side][j]: side 0/1 of the ping-pong (only side 0 when shared), j over the slots.
+        self._bufs = [[np.zeros(int(np.prod(self._dims(s, capacity))), s.dtype) for s in slots]
+                      for _ in range(1 if shared else 2)]
         # Pointers taken once: numpy's .ctypes costs microseconds per call, every step.
         self._ptrs = [[b.ctypes.data for b in side] for side in self._bufs]
         self._side = 0  # the side holding the current past
+        self._bound_io = None  # the IOBinding a shared cache is bound to (bound once)
         # The step's IOBinding and its all-ones mask / logits buffers (genzip.runtime.generate).
         self.io = None
         self.ones: np.ndarray | None = None
@@ -133,6 +148,15 @@ class BoundKVCache:
         """Bind ``past`` (``length`` tokens) and ``present`` (``length + seq``) for one step."""
         if self.length + seq > self.capacity:
             raise ValueError(f"KV cache of capacity {self.capacity} cannot take {self.length + seq} tokens")
+        if self.shared:
+            if self._bound_io is io:  # same buffers and shapes every step: an IOBinding keeps them
+                return
+            self._bound_io = io
+            for slot, ptr in zip(self.slots, self._ptrs[0]):
+                dims = self._dims(slot, self.capacity)
+                io.bind_input(slot.past, "cpu", 0, slot.dtype, dims, ptr)
+                io.bind_output(slot.present, "cpu", 0, slot.dtype, dims, ptr)
+            return
         past, present = self._ptrs[self._side], self._ptrs[1 - self._side]
         for slot, ptr in zip(self.slots, past):
             io.bind_input(slot.past, "cpu", 0, slot.dtype, self._dims(slot, self.length), ptr)
@@ -140,11 +164,14 @@ class BoundKVCache:
             io.bind_output(slot.present, "cpu", 0, slot.dtype, self._dims(slot, self.length + seq), ptr)
 
     def advance(self, seq: int) -> None:
-        """After the run: the present side becomes the past."""
-        self._side = 1 - self._side
+        """After the run: the present side becomes the past (a shared buffer stays put)."""
+        self._side = self._side if self.shared else 1 - self._side
         self.length += seq
 
     def layer(self, j: int) -> np.ndarray:
         """A view of slot ``j`` as filled so far."""
         dims = self._dims(self.slots[j], self.length)
+        if self.shared:  # rows [0, length) of each head's capacity-long block
+            full = self._dims(self.slots[j], self.capacity)
+            return self._bufs[0][j].reshape(full)[:, :, : dims[2]]
         return self._bufs[self._side][j][: int(np.prod(dims))].reshape(dims)

@@ -22,7 +22,7 @@ from genzip.backends.ort_backend import artifact_model_path
 from genzip.errors import GenzipError
 from genzip.ort_session import make_session
 from genzip.providers import resolve_providers
-from genzip.runtime._kv_cache import BoundKVCache, session_slots
+from genzip.runtime._kv_cache import BoundKVCache, session_slots, shares_buffer
 from genzip.runtime._sampling import Sampling, next_tokens
 
 
@@ -71,6 +71,7 @@ class CausalLM:
         vocab = self.session.get_outputs()[0].shape[-1]
         self._vocab = vocab if isinstance(vocab, int) else int(self.manifest["kv_cache"]["vocab_size"])
         self.slots = session_slots(self.session)  # float32, or int8 + scales after kv-quant
+        self.shared_kv = shares_buffer(self.session)  # ort-gqa: past and present are one buffer
         self._tokenizer = None
 
     @property
@@ -121,7 +122,8 @@ class CausalLM:
 
     def new_cache(self, batch: int, capacity: int) -> BoundKVCache:
         """An empty cache of ``capacity`` tokens in the dtypes the graph declares."""
-        return BoundKVCache(slots=self.slots, batch=batch, kv_heads=self.spec["kv_heads"], capacity=capacity)
+        return BoundKVCache(slots=self.slots, batch=batch, kv_heads=self.spec["kv_heads"], capacity=capacity,
+                            shared=self.shared_kv)
 
     def _step(self, cache: BoundKVCache, ids: np.ndarray, all_positions: bool = False) -> np.ndarray:
         """One graph run over ``ids`` ``[batch, seq]``; returns the last position's logits

@@ -13,19 +13,25 @@ def test_bench_decode_json():
     rc, out, err = bench_scripts.run(
         "bench_decode.py", "--contexts", "24,40", "--new-tokens", "4", "--rounds", "1", "--hidden", "64",
         "--layers", "1", "--heads", "4", "--kv-heads", "2", "--intermediate", "128", "--prefill-chunk", "16",
-        "--variants", "fp32,kv8,moa-0.25,moa-0.25-spread+kv8,cskv25", "--ppl-contexts", "none", "--json", "--quiet")
+        "--variants", "fp32,fp32-gqa,kv8,moa-0.25,moa-0.25-spread+kv8,cskv25", "--ppl-contexts", "none", "--json",
+        "--quiet")
     assert rc == 0, err[-2000:]
     result = json.loads(out)
     engines = {r["engine"] for r in result["speed"]}
-    expected = {"genzip-fp32", "genzip-kv8", "genzip-moa-0.25", "genzip-moa-0.25-spread+kv8", "genzip-cskv25",
-                "transformers"}
+    expected = {"genzip-fp32", "genzip-fp32-gqa", "genzip-kv8", "genzip-moa-0.25", "genzip-moa-0.25-spread+kv8",
+                "genzip-cskv25", "transformers"}
     if importlib.util.find_spec("onnxruntime_genai") is None:
         assert "not installed" in result["skipped"]["ort-genai"]
     else:
         # kv8's int8, MoA's evicting and cskv's low-rank caches: no genai_config
-        expected |= {"ort-genai", "genzip-fp32@ort-genai"}
+        expected |= {"ort-genai", "genzip-fp32@ort-genai", "genzip-fp32-gqa@ort-genai"}
     assert engines == expected
     rows = {(r["engine"], r["context"]): r for r in result["speed"]}
+    # ort-gqa: one shared buffer, the size of one side of fp32's ping-pong; in onnxruntime-genai
+    # one buffer instead of past + present.
+    assert rows[("genzip-fp32-gqa", 40)]["kv_bytes"] == rows[("genzip-fp32", 40)]["kv_bytes"]
+    if "ort-genai" in engines:
+        assert rows[("genzip-fp32-gqa@ort-genai", 40)]["kv_bytes"] * 2 == rows[("genzip-fp32@ort-genai", 40)]["kv_bytes"]
     for row in rows.values():
         assert row["tokens_per_s"] > 0 and len(row["rounds"]) == 1 and row["kv_bytes"] > 0
     # The int8 cache: head_dim 16 -> 16 + 4 bytes per head and token instead of 64.

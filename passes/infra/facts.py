@@ -33,6 +33,8 @@ _FACTS: dict[str, tuple[str, str]] = {
                 "every KV-cache input and output is int8 with a float32 scale per head and token"),
     "kv-lowrank": ("genzip.passes.quant._cskv_layout:kv_lowrank_problem",
                    "every KV-cache input holds rank-r features (cskv) beside its basis and window"),
+    "kv-shared-buffer": ("genzip.passes.lowering._gqa_layout:kv_shared_problem",
+                         "every KV-cache output comes from a GroupQueryAttention updating its past input in place"),
     "sensitivity-measured": ("genzip.passes.precision._facts:measured_problem",
                              "the model carries a sensitivity table for its annotated layers"),
 }

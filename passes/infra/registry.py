@@ -18,6 +18,7 @@ _PASSES: dict[str, str] = {
     "window-attn": "genzip.passes.attention.window_attn:WindowAttentionPass",
     "span-attn": "genzip.passes.attention.span_attn:SpanAttentionPass",
     "legalize-trt": "genzip.passes.lowering.legalize_trt:LegalizeTrtPass",
+    "ort-gqa": "genzip.passes.lowering.ort_gqa:OrtGqaPass",
     "share-attn": "genzip.passes.attention.share_attn:ShareAttentionPass",
     "annotate-precision": "genzip.passes.quant.annotate_precision:AnnotatePrecisionPass",
     "calibrate": "genzip.passes.quant.calibrate:CalibratePass",
