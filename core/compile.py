@@ -453,9 +453,13 @@ class Artifact:
         return self._cleanup is not None
 
     def load(self, plan=None, threads: int | None = None, cfg: str | None = None, providers=None):
-        """The artifact ready to run (see ``genzip.load``)."""
+        """The artifact ready to run (see ``genzip.load``); a pipeline artifact as its diffusers
+        pipeline (see ``genzip.load_pipeline``)."""
         from genzip.runtime.open import open_artifact
+        from genzip.runtime.pipeline import PIPELINE_KIND, load_pipeline
 
+        if self.manifest.get("kind") == PIPELINE_KIND:
+            return load_pipeline(self.folder, plan=plan, providers=providers, threads=threads)
         return open_artifact(self.folder, plan=plan, threads=threads, cfg=cfg, providers=providers)
 
     def eval(self, **kwargs) -> dict[str, Any]:
@@ -513,7 +517,9 @@ def compile(  # genzip.compile(...): the public name; shadows the builtin only i
     the config's, else ``"ort"``. ``config``: a TOML/YAML/JSON file or an artifact's
     ``genzip.json`` (keywords override it). ``**options``: every other ``genzip-compile``
     flag by its name (``seed``, ``min_cosine``, ``verify``, ``force``, ``shapes``, ...).
-    Without ``out`` the artifact goes to a temporary folder the returned object owns.
+    Without ``out`` the artifact goes to a temporary folder the returned object owns. A
+    diffusers pipeline folder compiles whole, as ``genzip-compile`` does (``passes`` may hold
+    ``"NAME=SPEC"`` entries per component); its artifact's ``load()`` is the pipeline.
     """
     import tempfile
 
@@ -537,9 +543,13 @@ def compile(  # genzip.compile(...): the public name; shadows the builtin only i
     if in_memory:
         settings["model"] = model
     resolved = build_compile(settings)
-    if resolved.component_passes:
-        raise GenzipError("genzip.compile compiles a pipeline folder's denoiser alone, so passes=['NAME=SPEC'] "
-                          "has no component to apply to", "compile the pipeline folder with genzip-compile")
+    from genzip.pipeline import compile_pipeline, pipeline_class
+
+    whole = not in_memory and pipeline_class(resolved.model) is not None
+    if resolved.component_passes and not whole:
+        name = next(iter(resolved.component_passes))
+        raise GenzipError(f"passes=['{name}=...'] names a pipeline component, and {resolved.model} is not a "
+                          "pipeline folder genzip compiles whole", "pass the spec without a component name")
     owned = None
     out_dir = resolved.out
     if out_dir is None:
@@ -550,8 +560,12 @@ def compile(  # genzip.compile(...): the public name; shadows the builtin only i
         record["model"] = None  # an in-memory model cannot be named; rebuild with model= given again
     report = progress if callable(progress) else (_notebook_progress() if progress else None)
     try:
-        manifest = compile_model(resolved.model, out_dir, resolved.options, report,
-                                 example_call=example_inputs if in_memory else None, config=record)
+        if whole:  # a diffusers pipeline folder: every component, as genzip-compile does
+            manifest = compile_pipeline(resolved.model, out_dir, resolved.options, report, config=record,
+                                        component_passes=resolved.component_passes)
+        else:
+            manifest = compile_model(resolved.model, out_dir, resolved.options, report,
+                                     example_call=example_inputs if in_memory else None, config=record)
     except BaseException:
         if owned:
             import shutil
