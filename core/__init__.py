@@ -14,7 +14,7 @@ from __future__ import annotations
 from genzip._version import __version__
 from genzip.errors import GenzipError
 
-__all__ = ["GenzipError", "__version__", "compile", "load", "load_pipeline"]
+__all__ = ["GenzipError", "__version__", "compile", "compile_pipeline", "load", "load_pipeline"]
 
 
 def load(artifact: str, plan=None, threads: int | None = None, cfg: str | None = None, providers=None):
@@ -50,6 +50,28 @@ def load_pipeline(artifact: str, plan=None, providers=None, threads: int | None 
     from genzip.runtime.pipeline import load_pipeline as open_pipeline
 
     return open_pipeline(artifact, plan=plan, providers=providers, threads=threads)
+
+
+def compile_pipeline(folder, *, passes=None, recipe=None, target=None, out=None, config=None, progress=False,
+                     **options):
+    """Compile a diffusers pipeline folder whole (every component, one artifact folder), as
+    ``genzip-compile PIPELINE_FOLDER`` does, and return its ``Artifact``. ``passes``: a spec,
+    or a list whose ``"NAME=SPEC"`` entries give a component its own (``transformer``/``unet``,
+    ``text_encoder``, ``vae``); a bare spec is the denoiser's. Other keywords as for
+    ``genzip.compile``; ``load()`` on the result returns the diffusers pipeline."""
+    from genzip.compile import prepare
+    from genzip.pipeline import compile_pipeline as compile_whole
+    from genzip.pipeline import pipeline_class
+
+    prep = prepare(folder, passes=passes, recipe=recipe, target=target, out=out, config=config, progress=progress,
+                   api="genzip.compile_pipeline", **options)
+    if pipeline_class(prep.resolved.model) is None:
+        raise GenzipError(f"{prep.resolved.model} is not a diffusers pipeline folder genzip compiles whole",
+                          "pass a folder with model_index.json (DiT, PixArt, Stable Diffusion pipelines), "
+                          "or use genzip.compile for one model")
+    return prep.run(lambda out_dir: compile_whole(prep.resolved.model, out_dir, prep.resolved.options, prep.report,
+                                                  config=prep.record,
+                                                  component_passes=prep.resolved.component_passes))
 
 
 def __getattr__(name: str):

@@ -493,6 +493,69 @@ def option_keywords() -> set[str]:
     return (set(hints) - set(_KEYWORD_SETTINGS.values()) - {"model"}) | set(_KEYWORD_SETTINGS) | {"config", "progress"}
 
 
+def prepare(model: Any = None, example_inputs: Any = None, *, passes=None, recipe=None, target=None,
+            out=None, calib_data=None, config=None, progress=False, api: str = "genzip.compile",
+            **options: Any) -> Prepared:
+    """The keyword checks and settings resolution ``genzip.compile`` and
+    ``genzip.compile_pipeline`` share: the resolved compile, where it goes, and how it reports."""
+    import tempfile
+
+    in_memory = model is not None and not isinstance(model, (str, os.PathLike))
+    explicit: dict[str, Any] = {"passes": passes, "recipe": recipe, "target": target, "out": out}
+    explicit.update(options)
+    if model is not None and not in_memory:
+        explicit["model"] = os.fspath(model)
+    if not in_memory and example_inputs is not None:
+        explicit["inputs"] = example_inputs
+    unknown = set(options) - (option_keywords() - set(_KEYWORD_SETTINGS) - {"config", "progress"})
+    if unknown:
+        from genzip.errors import did_you_mean
+
+        key = sorted(unknown)[0]
+        raise GenzipError(f"{api} got an unknown keyword '{key}'{did_you_mean(key, option_keywords())}",
+                          f"its keywords are: {', '.join(sorted(option_keywords()))}")
+    settings = resolve_settings(config, explicit)
+    if calib_data is not None:
+        settings["calib_data"] = calib_data
+    if in_memory:
+        settings["model"] = model
+    resolved = build_compile(settings)
+    owned = None
+    out_dir = resolved.out
+    if out_dir is None:
+        owned = tempfile.mkdtemp(prefix="genzip-")
+        out_dir = os.path.join(owned, "artifact")
+    record = dict(resolved.record)
+    if in_memory:
+        record["model"] = None  # an in-memory model cannot be named; rebuild with model= given again
+    report = progress if callable(progress) else (_notebook_progress() if progress else None)
+    return Prepared(resolved, in_memory, out_dir, owned, record, report)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A resolved Python-API compile: ``owned`` is the temporary root to remove on failure."""
+
+    resolved: Any  # Resolved
+    in_memory: bool
+    out_dir: str
+    owned: str | None
+    record: dict[str, Any]
+    report: Callable[[str], None] | None
+
+    def run(self, write: Callable[[str], dict[str, Any]]) -> Artifact:
+        """``write(out_dir)`` -> manifest, as an :class:`Artifact`; the temporary root goes on failure."""
+        try:
+            manifest = write(self.out_dir)
+        except BaseException:
+            if self.owned:
+                import shutil
+
+                shutil.rmtree(self.owned, ignore_errors=True)
+            raise
+        return Artifact(os.path.abspath(self.out_dir), manifest, self.owned)
+
+
 def compile(  # genzip.compile(...): the public name; shadows the builtin only in this module
     model: Any = None,
     example_inputs: Any = None,
@@ -518,61 +581,18 @@ def compile(  # genzip.compile(...): the public name; shadows the builtin only i
     ``genzip.json`` (keywords override it). ``**options``: every other ``genzip-compile``
     flag by its name (``seed``, ``min_cosine``, ``verify``, ``force``, ``shapes``, ...).
     Without ``out`` the artifact goes to a temporary folder the returned object owns. A
-    diffusers pipeline folder compiles whole, as ``genzip-compile`` does (``passes`` may hold
-    ``"NAME=SPEC"`` entries per component); its artifact's ``load()`` is the pipeline.
+    diffusers pipeline folder's denoiser is compiled alone here; ``genzip.compile_pipeline``
+    compiles the whole pipeline, as ``genzip-compile PIPELINE_FOLDER`` does.
     """
-    import tempfile
-
-    in_memory = model is not None and not isinstance(model, (str, os.PathLike))
-    explicit: dict[str, Any] = {"passes": passes, "recipe": recipe, "target": target, "out": out}
-    explicit.update(options)
-    if model is not None and not in_memory:
-        explicit["model"] = os.fspath(model)
-    if not in_memory and example_inputs is not None:
-        explicit["inputs"] = example_inputs
-    unknown = set(options) - (option_keywords() - set(_KEYWORD_SETTINGS) - {"config", "progress"})
-    if unknown:
-        from genzip.errors import did_you_mean
-
-        key = sorted(unknown)[0]
-        raise GenzipError(f"genzip.compile got an unknown keyword '{key}'{did_you_mean(key, option_keywords())}",
-                          f"its keywords are: {', '.join(sorted(option_keywords()))}")
-    settings = resolve_settings(config, explicit)
-    if calib_data is not None:
-        settings["calib_data"] = calib_data
-    if in_memory:
-        settings["model"] = model
-    resolved = build_compile(settings)
-    from genzip.pipeline import compile_pipeline, pipeline_class
-
-    whole = not in_memory and pipeline_class(resolved.model) is not None
-    if resolved.component_passes and not whole:
-        name = next(iter(resolved.component_passes))
-        raise GenzipError(f"passes=['{name}=...'] names a pipeline component, and {resolved.model} is not a "
-                          "pipeline folder genzip compiles whole", "pass the spec without a component name")
-    owned = None
-    out_dir = resolved.out
-    if out_dir is None:
-        owned = tempfile.mkdtemp(prefix="genzip-")
-        out_dir = os.path.join(owned, "artifact")
-    record = dict(resolved.record)
-    if in_memory:
-        record["model"] = None  # an in-memory model cannot be named; rebuild with model= given again
-    report = progress if callable(progress) else (_notebook_progress() if progress else None)
-    try:
-        if whole:  # a diffusers pipeline folder: every component, as genzip-compile does
-            manifest = compile_pipeline(resolved.model, out_dir, resolved.options, report, config=record,
-                                        component_passes=resolved.component_passes)
-        else:
-            manifest = compile_model(resolved.model, out_dir, resolved.options, report,
-                                     example_call=example_inputs if in_memory else None, config=record)
-    except BaseException:
-        if owned:
-            import shutil
-
-            shutil.rmtree(owned, ignore_errors=True)
-        raise
-    return Artifact(os.path.abspath(out_dir), manifest, owned)
+    prep = prepare(model, example_inputs, passes=passes, recipe=recipe, target=target, out=out,
+                   calib_data=calib_data, config=config, progress=progress, **options)
+    if prep.resolved.component_passes:
+        name = next(iter(prep.resolved.component_passes))
+        raise GenzipError(f"passes=['{name}=...'] names a pipeline component, and genzip.compile compiles one model",
+                          "use genzip.compile_pipeline(PIPELINE_FOLDER, passes=[...]) for per-component specs")
+    return prep.run(lambda out_dir: compile_model(
+        prep.resolved.model, out_dir, prep.resolved.options, prep.report,
+        example_call=example_inputs if prep.in_memory else None, config=prep.record))
 
 
 def _notebook_progress() -> Callable[[str], None]:

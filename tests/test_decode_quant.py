@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from tiny_llm import genai_greedy
 
 import genzip
 from genzip.compile import CompileOptions, compile_source
@@ -134,14 +135,8 @@ def test_genai_config_only_where_onnxruntime_genai_can_bind_the_cache(lms):
     text = "In the beginning God created the heaven and the earth."
     ids = lms["w4a16"].tokenizer(text)["input_ids"]
     assert og.Tokenizer(model).encode(text).tolist() == ids
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(ids) + 8, min_length=len(ids) + 8, do_sample=False)
-    gen = og.Generator(model, params)
-    gen.append_tokens(np.array(ids, np.int32))
-    while not gen.is_done():
-        gen.generate_next_token()
     want = lms["w4a16"].generate(np.array([ids], np.int64), max_new_tokens=8, eos_token_id=[]).sequences
-    np.testing.assert_array_equal(np.asarray(gen.get_sequence(0), np.int64)[None], want)
+    np.testing.assert_array_equal(genai_greedy(og, model, ids, 8), want)
 
 
 SINKS = 4

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny_llm import compile_kv_artifact
+from tiny_llm import compile_kv_artifact, genai_greedy
 
 import genzip
 from genzip.errors import GenzipError
@@ -126,15 +126,8 @@ def test_onnxruntime_genai_runs_the_artifact(pair):
     hf, _, artifact = pair
     manifest = json.loads((artifact / "genzip.json").read_text())
     assert manifest["genai"]["config"] == "genai_config.json" and "genai_config.json" in manifest["files"]
-    model = og.Model(str(artifact))
     ids = np.array([[1, 5, 9, 12, 3]], np.int64)
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=ids.shape[1] + 12, min_length=ids.shape[1] + 12, do_sample=False)
-    gen = og.Generator(model, params)
-    gen.append_tokens(ids[0].astype(np.int32))
-    while not gen.is_done():
-        gen.generate_next_token()
-    np.testing.assert_array_equal(np.asarray(gen.get_sequence(0), np.int64)[None], _hf_greedy(hf, ids, 12))
+    np.testing.assert_array_equal(genai_greedy(og, artifact, ids, 12), _hf_greedy(hf, ids, 12))
 
 
 def test_fp16_kv_cache_artifact_generates_like_fp32(tmp_path):

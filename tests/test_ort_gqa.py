@@ -11,7 +11,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 import torch
-from tiny_llm import make_folder
+from tiny_llm import genai_greedy, make_folder
 
 import genzip
 from genzip.errors import GenzipError
@@ -94,15 +94,8 @@ def test_onnxruntime_genai_runs_it_with_a_shared_buffer(pair):
     hf, _, _, artifact = pair
     config = json.loads((artifact / "genai_config.json").read_text())
     assert config["search"]["past_present_share_buffer"] is True
-    model = og.Model(str(artifact))
     ids = np.array([[1, 5, 9, 12, 3]], np.int64)
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=ids.shape[1] + 12, min_length=ids.shape[1] + 12, do_sample=False)
-    gen = og.Generator(model, params)
-    gen.append_tokens(ids[0].astype(np.int32))
-    while not gen.is_done():
-        gen.generate_next_token()
-    np.testing.assert_array_equal(np.asarray(gen.get_sequence(0), np.int64)[None], _hf_greedy(hf, ids, 12))
+    np.testing.assert_array_equal(genai_greedy(og, artifact, ids, 12), _hf_greedy(hf, ids, 12))
 
 
 def test_refusals_are_one_line(pair):

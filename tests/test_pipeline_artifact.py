@@ -111,14 +111,16 @@ def test_text_len_is_refused_for_a_pipeline_folder(dit_pipeline, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_genzip_compile_compiles_a_pipeline_folder_whole(dit_pipeline, tmp_path):
+def test_genzip_compile_pipeline_compiles_a_pipeline_folder_whole(dit_pipeline, tmp_path):
     """Python parity with genzip-compile: every component, per-component specs, load() -> the pipeline."""
     import diffusers
 
     folder, _ = dit_pipeline
-    art = genzip.compile(folder, out=str(tmp_path / "a"), target="onnx", passes=["dce", "vae=dce"])
+    art = genzip.compile_pipeline(folder, out=str(tmp_path / "a"), target="onnx", passes=["dce", "vae=dce"])
     assert art.manifest["kind"] == "pipeline" and set(art.fidelity) == {"transformer", "vae_decoder"}
     assert art.manifest["passes"]["vae_decoder"] == "dce" and art.manifest["passes"]["transformer"] == "dce"
     assert isinstance(art.load(providers="cpu"), diffusers.DiTPipeline)
-    with pytest.raises(GenzipError, match="names a pipeline component, and tiny-llama is not a pipeline folder"):
+    with pytest.raises(GenzipError, match="tiny-llama is not a diffusers pipeline folder"):
+        genzip.compile_pipeline("tiny-llama")
+    with pytest.raises(GenzipError, match="names a pipeline component, and genzip.compile compiles one model"):
         genzip.compile("tiny-llama", passes=["vae=dce"])

@@ -90,3 +90,19 @@ def one_layer_llama_folder(path) -> str:
     """``one_layer_llama`` saved as a transformers folder at ``path``."""
     one_layer_llama().save_pretrained(path, safe_serialization=True)
     return str(path)
+
+
+def genai_greedy(og, model_or_folder, ids, new_tokens: int):
+    """Greedy ``[1, len(ids) + new_tokens]`` token ids from onnxruntime-genai's own C++ loop
+    (``og`` is the imported ``onnxruntime_genai``) over an artifact folder or an ``og.Model``."""
+    import numpy as np
+
+    model = og.Model(str(model_or_folder)) if isinstance(model_or_folder, (str, Path)) else model_or_folder
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + new_tokens, min_length=len(ids) + new_tokens, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(ids.astype(np.int32))
+    while not gen.is_done():
+        gen.generate_next_token()
+    return np.asarray(gen.get_sequence(0), np.int64)[None]
