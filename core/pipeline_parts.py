@@ -71,14 +71,11 @@ def masked_transformer(folder: Path, length: int, batch: int = 2, height: int | 
         def forward(self, hidden_states, encoder_hidden_states, timestep, encoder_attention_mask,
                     resolution=None, aspect_ratio=None):
             added = {"resolution": resolution, "aspect_ratio": aspect_ratio}
-            # The bias PixArt makes of a [B, L] mask, [B, 1, L], expanded here to [B, tokens, L]:
-            # the same scores, and ONNX Runtime's Attention op takes no mask broadcast over queries.
-            patch = self.model.config.patch_size
-            tokens = (hidden_states.shape[-2] // patch) * (hidden_states.shape[-1] // patch)
-            bias = (1 - encoder_attention_mask.to(hidden_states.dtype)) * -10000.0
-            bias = bias[:, None, :].expand(-1, tokens, -1)
+            # PixArt turns the [B, L] keep-mask into its [B, 1, L] bias; the frontend's export then
+            # gives that mask its query axis for ONNX Runtime (frontend.attn_mask_queries).
             return self.model(hidden_states, encoder_hidden_states=encoder_hidden_states, timestep=timestep,
-                              encoder_attention_mask=bias, added_cond_kwargs=added, return_dict=False)[0]
+                              encoder_attention_mask=encoder_attention_mask, added_cond_kwargs=added,
+                              return_dict=False)[0]
 
     g = torch.Generator().manual_seed(0)
     size = config["sample_size"]
