@@ -33,6 +33,30 @@ TEXT, CLASS = "encoder_hidden_states", "class_labels"
 MASK = "encoder_attention_mask"  # text DiTs whose forward takes one (PixArt): [B, T] keep-mask
 
 
+def prompt_mask(mask, dtype: np.dtype | None, inputs: list[dict], model: str) -> np.ndarray | None:
+    """The keep-mask to feed an artifact: ``mask`` (a tensor or array, ``[B, T]`` or
+    ``[B, 1, T]``) as ``dtype``, the graph's mask input dtype (None: the graph has no mask
+    input); None when no mask is given, or the graph has none and the mask is all ones. A mask
+    with zeros for a graph without the input is refused (``model`` names it, ``inputs`` give
+    the accepted text shape)."""
+    if mask is None:
+        return None
+    value = mask.detach().cpu().numpy() if hasattr(mask, "detach") else np.asarray(mask)
+    value = value.reshape(value.shape[0], -1) if value.ndim == 3 and value.shape[1] == 1 else value
+    if dtype is not None:
+        return value.astype(dtype)
+    if not np.all(value != 0):
+        text = next((s["shape"] for s in inputs if s["name"] == TEXT), None)
+        raise GenzipError(
+            f"this genzip {model} takes no encoder_attention_mask (its exported graph has no mask input), "
+            "and the mask given has zeros: padded prompt tokens would be attended to, unlike in PyTorch",
+            f"pass prompt embeddings without padding (mask all ones; the artifact takes {text}), "
+            f"recompile it with this genzip (PixArt and UNet exports now have the mask input) "
+            f"or use the PyTorch {model} for padded prompts",
+        )
+    return None
+
+
 def with_prompt_mask(feeds: dict[str, np.ndarray], inputs: list[dict]) -> dict[str, np.ndarray]:
     """``feeds`` plus an all-ones ``encoder_attention_mask`` (every prompt token kept, what an
     artifact without the input computes) when the artifact takes one and none was given, so

@@ -155,27 +155,6 @@ class DiffusersTransformer:
                               f"use labels below {self.null_class} ({self.null_class}: the null class)")
         return labels
 
-    def _prompt_mask(self, encoder_attention_mask, batch: int) -> np.ndarray | None:
-        """The keep-mask to feed: the one given, in the artifact's dtype, when the graph has the
-        input (None: the model fills in all ones); refused with zeros when it has none."""
-        if encoder_attention_mask is None:
-            return None
-        value = encoder_attention_mask.detach().cpu().numpy() if hasattr(encoder_attention_mask, "detach") \
-            else np.asarray(encoder_attention_mask)
-        value = value.reshape(value.shape[0], -1) if value.ndim == 3 and value.shape[1] == 1 else value  # [B, 1, T]
-        if self.has_mask:
-            return value.astype(self._input_dtype(conditioning.MASK))
-        if not np.all(value != 0):
-            text = next((s["shape"] for s in self.model.inputs if s["name"] == self.cond_input), None)
-            raise GenzipError(
-                "this genzip transformer takes no encoder_attention_mask (its exported graph has no mask input), "
-                "and the mask given has zeros: padded prompt tokens would be attended to, unlike in PyTorch",
-                f"pass prompt embeddings without padding (mask all ones; the artifact takes {text}), "
-                "recompile it with this genzip (a PixArt export now has the mask input) "
-                "or use the PyTorch transformer for padded prompts",
-            )
-        return None
-
     def _layout(self, cond: np.ndarray, batch: int) -> str:
         """This call's CFG layout: ``cfg`` when given, else read off class labels (module docstring)."""
         if batch % 2:
@@ -224,7 +203,9 @@ class DiffusersTransformer:
         t = np.broadcast_to(np.asarray(timestep.detach().cpu().float() if hasattr(timestep, "detach") else timestep,
                                        dtype=np.float32).reshape(-1), (batch,)).astype(self._input_dtype("timestep"))
         cond = self._conditioning(encoder_hidden_states, class_labels, batch)
-        mask = self._prompt_mask(encoder_attention_mask, batch)
+        mask = conditioning.prompt_mask(encoder_attention_mask,
+                                        self._input_dtype(conditioning.MASK) if self.has_mask else None,
+                                        self.model.inputs, "transformer")
         extra = self._micro_conditions(added_cond_kwargs)
         if self._last_t is not None and float(t.max()) > self._last_t:
             self.reset()  # timesteps went up: a new sampling run

@@ -64,12 +64,10 @@ class DiffusersUNet:
         if encoder_hidden_states is not None:
             feeds["encoder_hidden_states"] = (encoder_hidden_states.detach().cpu().float().numpy()
                                               .astype(self._dtypes["encoder_hidden_states"]))
-        if encoder_attention_mask is not None and conditioning.MASK in self._dtypes:
-            feeds[conditioning.MASK] = (encoder_attention_mask.detach().cpu().numpy()
-                                        .astype(self._dtypes[conditioning.MASK]))
-        elif encoder_attention_mask is not None and not bool(torch.all(encoder_attention_mask != 0)):
-            raise GenzipError("this genzip UNet takes no encoder_attention_mask and the mask given has zeros",
-                              "recompile it with this genzip (UNet exports take the mask) or pass no padding mask")
+        mask = conditioning.prompt_mask(encoder_attention_mask, self._dtypes.get(conditioning.MASK),
+                                        self.model.inputs, "UNet")
+        if mask is not None:
+            feeds[conditioning.MASK] = mask
         # Stable Diffusion pipelines pass no mask (CLIP's padding is attended to, as in PyTorch): all ones.
         feeds = conditioning.with_prompt_mask(feeds, self.model.inputs)
         check_inputs({k: v[:1] for k, v in feeds.items()}, _any_batch(self.model.inputs))
