@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 
-from genzip.jsonfile import cache_root
+from genzip.jsonfile import cache_root, write_atomic
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -42,13 +41,4 @@ def read(path: str) -> bytes:
 
 
 def write(path: str, data: bytes) -> None:
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".timing-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: f.write(data), binary=True, prefix=".timing-")

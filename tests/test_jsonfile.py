@@ -40,3 +40,19 @@ def test_cache_root_order(monkeypatch, tmp_path):
     assert jsonfile.cache_root() == str(tmp_path)
     monkeypatch.delenv("GENZIP_CACHE_DIR")
     assert jsonfile.cache_root().endswith("/.cache/genzip")
+
+
+def test_write_atomic_replaces_whole_or_leaves_the_old_file(tmp_path):
+    path = tmp_path / "sub" / "out.bin"
+    jsonfile.write_atomic(str(path), lambda f: f.write(b"first"), binary=True)
+    assert path.read_bytes() == b"first"  # the folder was created
+
+    def half_then_fail(f):
+        f.write("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        jsonfile.write_atomic(str(path), half_then_fail)
+    assert path.read_bytes() == b"first" and sorted(p.name for p in path.parent.iterdir()) == ["out.bin"]
+    jsonfile.write_atomic(str(path), lambda f: f.write("é"))
+    assert path.read_text(encoding="utf-8") == "é"

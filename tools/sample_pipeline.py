@@ -20,10 +20,10 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 
 from genzip.errors import GenzipError
+from genzip.jsonfile import write_atomic
 
 
 def image_paths(out: str, count: int, grid: bool = False, force: bool = False) -> list[str]:
@@ -52,16 +52,7 @@ def grid_image(images: list):
 
 def save_png(image, path: str) -> None:
     """Write ``image`` to ``path`` atomically (temporary sibling, then rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder, prefix=".genzip-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: image.save(f, format="PNG"), binary=True, suffix=".png")
 
 
 def _conditioning(args: argparse.Namespace, pipeline: str) -> dict:

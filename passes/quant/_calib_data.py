@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -158,8 +157,4 @@ def read_cache(path: str, mhash: str, dhash: str) -> dict[str, Any] | None:
 
 def write_cache(path: str, body: dict[str, Any]) -> None:
     """Atomic write, so two compiles racing on one key never read half a file."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".calib-", dir=os.path.dirname(path))
-    with os.fdopen(fd, "w") as f:
-        json.dump(body, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    jsonfile.write_atomic(path, lambda f: json.dump(body, f, indent=1, sort_keys=True), prefix=".calib-")

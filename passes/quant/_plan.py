@@ -12,8 +12,6 @@ otherwise the error is one line naming the key or the parse problem.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from typing import Any
 
@@ -74,10 +72,5 @@ def check_keys(plan: dict[str, str], keys, path: str) -> None:
 
 def write_plan(path: str, layers: dict[str, str], info: dict[str, Any]) -> None:
     """Atomic write (temp file + rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".plan-", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"version": PLAN_VERSION, "info": info, "layers": layers}, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    body = json.dumps({"version": PLAN_VERSION, "info": info, "layers": layers}, indent=1) + "\n"
+    jsonfile.write_atomic(path, lambda f: f.write(body), prefix=".plan-")
