@@ -6,7 +6,8 @@ Dims:
 * a symbolic dim is *batch-like* when its name contains "batch" (or is ``N``,
   ``B``, ``bs``), or it is axis 0 of some input of rank >= 2; batch-like dims
   become ``batch`` (default 1), every other symbolic/unknown dim becomes
-  ``DEFAULT_DIM`` (16). A symbol takes one value across all inputs.
+  ``DEFAULT_DIM`` (16). A symbol takes one value across all inputs; a dim named
+  by arithmetic on symbols (``past_sequence_length + sequence_length``) is computed.
 
 Values: floats ~ N(0, 1); integers uniform in [0, ``DEFAULT_DIM``) (safe as
 token ids / indices for most models), except inputs named ``*mask*``, which
@@ -16,6 +17,8 @@ sizes, Slice axes, ...: see ``_integer_feeds``); booleans are all True.
 
 from __future__ import annotations
 
+import ast
+import operator
 import re
 
 import numpy as np
@@ -65,12 +68,20 @@ def synthesize_inputs(
                 dims.append(dim)
                 continue
             sym = dim.value
+            if sym is not None and not sym.isidentifier():
+                dims.append(None)  # an expression of other symbols: filled in below
+                continue
             is_batch = sym in batch_like if sym is not None else (axis == 0 and value.shape.rank() >= 2)
             size = (batch or 1) if is_batch else DEFAULT_DIM
             if sym is not None:
                 size = chosen.setdefault(sym, size)
             dims.append(size)
         shapes[value.name] = tuple(dims)
+    for value in inputs:
+        if None in shapes[value.name]:
+            shapes[value.name] = tuple(
+                size if size is not None else _expression_size(dim.value, chosen)
+                for size, dim in zip(shapes[value.name], value.shape))
     # Values second: an integer input's valid range can depend on another input's chosen shape.
     feeds: dict[str, np.ndarray] = {}
     for value in inputs:
@@ -83,6 +94,34 @@ def synthesize_inputs(
             shape = (rule.length,)
         feeds[value.name] = fill_integers(rule, shape, value.dtype.numpy(), rng, DEFAULT_DIM)
     return feeds, chosen
+
+
+_ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv}
+
+
+def _expression_size(expression: str, chosen: dict[str, int]) -> int:
+    """The size of a dim named by arithmetic on other dims (Optimum's
+    ``past_sequence_length + sequence_length``), so every input agrees on it; a symbol
+    seen only here gets ``DEFAULT_DIM``. Anything else is ``DEFAULT_DIM`` too."""
+
+    def value(node: ast.expr) -> int | None:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.Name):
+            return chosen.setdefault(node.id, DEFAULT_DIM)
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+            left, right = value(node.left), value(node.right)
+            if left is None or right is None or (isinstance(node.op, ast.FloorDiv) and right == 0):
+                return None
+            return _ARITHMETIC[type(node.op)](left, right)
+        return None
+
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except SyntaxError:
+        return chosen.setdefault(expression, DEFAULT_DIM)
+    size = value(tree.body)
+    return chosen.setdefault(expression, size if size is not None and size > 0 else DEFAULT_DIM)
 
 
 def _is_integer(dtype: ir.DataType) -> bool:

@@ -120,7 +120,8 @@ def _evaluate(value: ir.Value | None, depth: int = 0) -> np.ndarray | None:
     if any(a is None for a in args) or not args:
         return None
     if op == "Gather" and len(args) == 2 and args[1].dtype != object:
-        return np.take(args[0], args[1], axis=node.attributes.get_int("axis", 0))
+        # asarray: taking one element of an object array (symbolic dims) gives a bare Python value.
+        return np.asarray(np.take(args[0], args[1], axis=node.attributes.get_int("axis", 0)), dtype=args[0].dtype)
     if op == "Slice" and len(args) >= 3 and all(a.dtype != object for a in args[1:]):
         return _slice(args[0], args[1:])
     args = [_numeric(a) for a in args]

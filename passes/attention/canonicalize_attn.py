@@ -51,6 +51,7 @@ from genzip.metadata import ATTN_KIND_KEY as KIND_KEY
 from genzip.metadata import ATTN_KIND_REASON_KEY as KIND_REASON_KEY
 from genzip.metadata import ATTN_SCOPE_KEY as SCOPE_KEY
 from genzip.passes.attention import _normalize as attn_normalize
+from genzip.passes.attention import _symbolic_shapes as symbolic_shapes
 from genzip.passes.attention._classify import UNKNOWN, Sources, attention_scope, classify
 from genzip.passes.attention._patterns import attention_rules
 from genzip.passes.cleanup.fold_constants import fold
@@ -113,6 +114,9 @@ def _type_untyped_chains(model: ir.Model, rules: pattern.RewriteRuleSet) -> bool
     if folded:
         _infer(model, "after folding")
         matched = matched or _has_decomposed(model, rules)
+    if not matched and symbolic_shapes.name_dims(model):
+        # Dynamic batch/sequence axes: ONNX's inference names each unknown dim afresh.
+        matched = _has_decomposed(model, rules)
     if matched:
         logger.info("canonicalize-attn: typed and folded the graph to match its attention chains")
         return True
