@@ -95,7 +95,9 @@ def _try_dynamic(module, call, batch: int, names: Sequence[str], what: str, axes
         exported = export_onnx(module, trace_call, dynamic=True, output_names=names, what=what, axes=axes)
     except (torch.onnx.OnnxExporterError, *EXPORT_ERRORS) as e:
         if axes:
-            raise AxesRefused(dynamic_axes.named_in(e, axes) or {a.kind for a in axes}, first_line(e)) from e
+            # torch.export's "Constraints violated (height, width)! For more information, ...": its first part
+            reason = first_line(e).split(" For more information")[0].rstrip("!. ")
+            raise AxesRefused(dynamic_axes.named_in(e, axes) or {a.kind for a in axes}, reason) from e
         logger.warning("%s: dynamic-batch export failed (%s); exporting with a static batch", what, first_line(e))
         return None
     if not any(0 in d for d in exported.dynamic_axes.values()):

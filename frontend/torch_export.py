@@ -24,6 +24,7 @@ from genzip.frontend import onnx_names
 from genzip.frontend.attn_mask_queries import expand_mask_queries
 from genzip.frontend.dynamic_axes import export_dims
 from genzip.frontend.fx_cleanup import remove_noop_ops
+from genzip.frontend.rotary_batch import expand_rotary_batch
 from genzip.frontend.torch_io import Call, batch_dynamic_shapes, input_leaves
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,8 @@ def export_onnx(
             onnx_names.rename_value(graph, value, name)
 
     expand_mask_queries(graph)  # ORT's Attention needs the mask's query axis (diffusers' cross-attention masks)
+    if dynamic and axes:
+        expand_rotary_batch(graph)  # a dynamic sequence leaves RotaryEmbedding caches at batch 1
     onnx_names.keep_outputs(model, len(output_names))
     onnx_names.name_outputs(graph, output_names)
 
