@@ -44,8 +44,9 @@ def _probes():
         batch = dim("batch", min=1)
         base = {k: ({0: batch} if hasattr(v, "shape") else None) for k, v in kwargs.items()}
         if "encoder_hidden_states" in kwargs:
-            yield f"{name} caption tokens", module, (args, kwargs), dict(
-                base, encoder_hidden_states={0: batch, 1: dim("text", min=2, max=512)})
+            text = {0: batch, 1: dim("text", min=2, max=512)}  # the prompt mask shares the caption axis
+            masked = {"encoder_attention_mask": text} if "encoder_attention_mask" in kwargs else {}
+            yield f"{name} caption tokens", module, (args, kwargs), dict(base, encoder_hidden_states=text, **masked)
         patch = int(spec.config.get("patch_size", 1))
         h, w = dim("h", min=1, max=64), dim("w", min=1, max=64)
         yield f"{name} latent height/width", module, (args, kwargs), dict(

@@ -5,6 +5,11 @@ dynamic. torch.export specializes size-1 dims, so a batch-1 example is traced
 at batch 2. A dynamic export is verified at two batch sizes (the example's and
 another); if it cannot be exported or verified, the model is exported static
 and ``info["dynamic"]`` is False (a warning is logged).
+
+Non-batch axes asked dynamic (``--dynamic-axes``, :mod:`genzip.frontend.dynamic_axes`)
+go with the dynamic batch and are verified at a second size of each axis kind too; a
+kind that fails is a one-line error for an explicit request and is exported static
+under ``auto`` (the export is retried without it).
 """
 
 from __future__ import annotations
