@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -27,7 +28,7 @@ from torch.utils import _pytree as pytree
 from genzip.errors import GenzipError
 from genzip.frontend import dynamic_axes, torch_io
 from genzip.frontend.source import SourceModel
-from genzip.frontend.torch_export import EXPORT_ERRORS, Exported, export_onnx, export_or_fail, first_line
+from genzip.frontend.torch_export import BATCH_DIM, EXPORT_ERRORS, Exported, export_onnx, export_or_fail, first_line
 from genzip.frontend.user_inputs import Spec, UserData, calibration_samples, check_inputs
 from genzip.frontend.verify import fidelity, run_onnx
 
@@ -102,7 +103,10 @@ def _try_dynamic(module, call, batch: int, names: Sequence[str], what: str, axes
         if axes:
             # torch.export's "Constraints violated (height, width)! For more information, ...": its first part
             reason = first_line(e).split(" For more information")[0].rstrip("!. ")
-            raise AxesRefused(dynamic_axes.named_in(e, axes) or {a.kind for a in axes}, reason) from e
+            named = dynamic_axes.named_in(e, axes)
+            if not named and re.search(rf"\b{BATCH_DIM}\b", reason):
+                reason = f"its batch axis cannot be dynamic ({reason}), and dynamic sizes go with a dynamic batch"
+            raise AxesRefused(named or {a.kind for a in axes}, reason) from e
         logger.warning("%s: dynamic-batch export failed (%s); exporting with a static batch", what, first_line(e))
         return None
     if not any(0 in d for d in exported.dynamic_axes.values()):

@@ -134,6 +134,23 @@ def test_auto_keeps_the_axes_the_export_refuses_static(monkeypatch):
     assert named_in(RuntimeError("Constraints violated (height, width)! For more"), axes) == {"size"}
 
 
+def test_a_batch_that_cannot_be_dynamic_is_named(monkeypatch):
+    """A UNet2DConditionModel's batch is not dynamic (torch.export: "Constraints violated (batch)"), and the
+    sizes go with a dynamic batch: the error says so rather than blaming the axis."""
+    from genzip.frontend import from_torch
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Constraints violated (batch)! For more information, run with TORCH_LOGS")
+
+    monkeypatch.setattr(from_torch, "export_onnx", refuse)
+    module = types.SimpleNamespace(config={})
+    axes = plan(DynamicAxes.parse("text"), module, {"encoder_hidden_states": (2, 8, 32)}, "'m'")
+    with pytest.raises(from_torch.AxesRefused) as refused:
+        from_torch._try_dynamic(module, ((), {"x": torch.zeros(2, 3)}), 2, ["out"], "'m'", axes)
+    assert refused.value.kinds == {"text"} and refused.value.reason == (
+        "its batch axis cannot be dynamic (Constraints violated (batch)), and dynamic sizes go with a dynamic batch")
+
+
 @pytest.mark.parametrize("spec, shapes, config, message", [
     ("txt", {}, {}, "'txt' is not an axis kind"),
     ("text=0:4", {}, {}, "needs 1 <= MIN <= MAX"),
