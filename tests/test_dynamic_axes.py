@@ -213,3 +213,15 @@ def test_the_setting_is_a_flag_a_keyword_and_recorded(tmp_path):
 
     assert explicit_settings(["tiny-pixart", "--dynamic-axes", "auto"])["dynamic_axes"] == "auto"
     assert json.loads(json.dumps(resolved.record))["dynamic_axes"] == "text=1:77"
+
+
+def test_a_whole_pipeline_refuses_dynamic_axes(tmp_path):
+    from genzip.pipeline import compile_pipeline
+
+    folder = tmp_path / "dit-pipeline"
+    for part in ("transformer", "vae", "scheduler"):
+        (folder / part).mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "DiTPipeline"}))
+    with pytest.raises(GenzipError, match="--dynamic-axes cannot apply to a whole DiTPipeline folder; compile its "
+                                          "transformer folder alone"):
+        compile_pipeline(str(folder), str(tmp_path / "out"), CompileOptions(dynamic_axes="auto"))
