@@ -39,8 +39,33 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
         raise GenzipError(f"{path} is not a readable .npz of arrays ({e})", "write it with numpy.savez") from None
 
 
-def check_inputs(feeds: dict[str, np.ndarray], specs: list[dict[str, Any]]) -> None:
-    """Raise one GenzipError naming the first input whose name, rank, dims or dtype mismatch."""
+def dim_ranges(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The ranges of the dims the export kept dynamic (``--dynamic-axes``): dim name ->
+    ``{"min", "opt", "max", "multiple", ...}``; empty for an artifact with static sizes."""
+    return manifest.get("source_info", {}).get("dynamic_sizes") or {}
+
+
+def traced_shape(shape: list[Any], manifest: dict[str, Any]) -> list[Any]:
+    """``shape`` with each dim kept dynamic by ``--dynamic-axes`` replaced by its traced (opt)
+    size: what code that builds inputs of "the artifact's size" uses (the batch stays a name)."""
+    ranges = dim_ranges(manifest)
+    return [ranges[d]["opt"] if isinstance(d, str) and d in ranges else d for d in shape]
+
+
+def _check_range(name: str, shape, axis: int, dim: str, got: int, r: dict[str, Any]) -> None:
+    multiple = r.get("multiple", 1)
+    if r["min"] <= got <= r["max"] and got % multiple == 0:
+        return
+    sizes = f"{r['min']}..{r['max']}" + (f" in multiples of {multiple}" if multiple > 1 else "")
+    raise GenzipError(f"input '{name}' has {dim} {got} (axis {axis} of {list(shape)}), and this artifact takes "
+                      f"{dim} {sizes}", f"pass a {dim} in {sizes}, or recompile with a --dynamic-axes range that "
+                      f"includes {got}")
+
+
+def check_inputs(feeds: dict[str, np.ndarray], specs: list[dict[str, Any]],
+                 ranges: dict[str, dict[str, Any]] | None = None) -> None:
+    """Raise one GenzipError naming the first input whose name, rank, dims or dtype mismatch;
+    a dynamic dim with a range in ``ranges`` (:func:`dim_ranges`) must lie in it."""
     names = [s["name"] for s in specs]
     missing = [n for n in names if n not in feeds]
     if missing:
@@ -68,6 +93,8 @@ def check_inputs(feeds: dict[str, np.ndarray], specs: list[dict[str, Any]]) -> N
                     f"input '{spec['name']}' has shape {list(arr.shape)}, expected {shape} (axis {axis})",
                     "reshape it to the manifest's shape",
                 )
+            if isinstance(dim, str) and dim in (ranges or {}):
+                _check_range(spec["name"], arr.shape, axis, dim, got, ranges[dim])
             if isinstance(dim, str) and bound.setdefault(dim, got) != got:
                 raise GenzipError(
                     f"input '{spec['name']}' sets {dim}={got} but an earlier input set {dim}={bound[dim]}",
@@ -139,7 +166,7 @@ class CompiledModel:
         return synthetic_inputs(self.inputs)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_inputs(feeds, self.inputs)
+        check_inputs(feeds, self.inputs, dim_ranges(self.manifest))
         if self._trt is not None:
             return self._trt.run(feeds)
         outs = self.session.run(self.output_names, feeds)

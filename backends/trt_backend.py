@@ -54,10 +54,12 @@ def require_tensorrt() -> None:
 
 def write_engine(folder: str, model_name: str, inputs: Sequence[Mapping[str, Any]],
                  example_inputs: Mapping[str, np.ndarray], options=None,
-                 progress: Callable[[str], None] | None = None) -> tuple[list[str], dict[str, Any]]:
+                 progress: Callable[[str], None] | None = None,
+                 ranges: Mapping[str, Mapping[str, int]] | None = None) -> tuple[list[str], dict[str, Any]]:
     """Build ``folder/model.engine`` (updating the timing cache); return (file names, manifest
-    ``trt`` section). ``progress`` gets TensorRT's build phases."""
+    ``trt`` section). ``progress`` gets TensorRT's build phases; ``ranges`` are the dynamic
+    sizes' ranges (``--dynamic-axes``), each dim's profile min/max."""
     from genzip.backends.trt_build import build_engine
 
     shapes = {name: tuple(arr.shape) for name, arr in example_inputs.items()}
-    return build_engine(folder, model_name, inputs, shapes, options, progress)
+    return build_engine(folder, model_name, inputs, shapes, options, progress, ranges)

@@ -131,7 +131,8 @@ def _parse(trt, network, path: str) -> None:
 
 def build_engine(folder: str, model_name: str, inputs: Sequence[Mapping[str, Any]],
                  example_shapes: Mapping[str, Sequence[int]], options: TrtBuildOptions | None = None,
-                 progress: Callable[[str], None] | None = None) -> tuple[list[str], dict[str, Any]]:
+                 progress: Callable[[str], None] | None = None,
+                 ranges: Mapping[str, Mapping[str, int]] | None = None) -> tuple[list[str], dict[str, Any]]:
     """Write the engine for ``folder/model_name`` and update the timing cache; return (file
     names, manifest section). ``progress`` gets TensorRT's build phases as lines."""
     import tensorrt as trt
@@ -142,7 +143,7 @@ def build_engine(folder: str, model_name: str, inputs: Sequence[Mapping[str, Any
 
     opts = options or TrtBuildOptions()
     version = sup.parse_version(trt.__version__)
-    profiles = resolve_profiles(opts.shapes, inputs, example_shapes)
+    profiles = resolve_profiles(opts.shapes, inputs, example_shapes, ranges)
     model = ir.load(os.path.join(folder, model_name))
     form = resolve_plugin_form(opts.plugin_form, version)
     stats = prepare_parser_model(model, version, form == "aot")

@@ -12,9 +12,11 @@ One flag replaces trtexec's ``--minShapes/--optShapes/--maxShapes`` triple::
   the triple for the same effect).
 
 Inputs a profile does not name get their range from the manifest: static dims are
-fixed; a symbolic dim runs from 1 (min) through its value in the artifact's example
-inputs (opt) to twice that (max). The same rule applies to every use of a symbol,
-so inputs sharing a dim name stay consistent.
+fixed; a dim the export kept dynamic with a range (``--dynamic-axes``, the manifest's
+``source_info.dynamic_sizes``) runs from that range's min through its value in the
+artifact's example inputs (opt) to its max; any other symbolic dim (the batch) runs from
+1 (min) through its example value (opt) to twice that (max). The same rule applies to
+every use of a symbol, so inputs sharing a dim name stay consistent.
 
 Invariant: every profile returned by ``resolve_profiles`` covers every graph input,
 with ``min <= opt <= max`` elementwise, the manifest's rank, and its static dims.
@@ -116,8 +118,10 @@ def parse_shapes(spec: str) -> Profile:
     return profile
 
 
-def default_range(spec: Mapping[str, Any], example_shape: Sequence[int] | None) -> ShapeRange:
-    """Range of one manifest input: static dims fixed, symbolic dims 1 .. example .. 2*example."""
+def default_range(spec: Mapping[str, Any], example_shape: Sequence[int] | None,
+                  ranges: Mapping[str, Mapping[str, int]] | None = None) -> ShapeRange:
+    """Range of one manifest input: static dims fixed, a dim in ``ranges`` (dim name ->
+    ``{"min", "max"}``) min .. example .. max, other symbolic dims 1 .. example .. 2*example."""
     shape = spec["shape"]
     if shape is None:
         raise GenzipError(f"input '{spec['name']}' has no known rank, so it has no optimization profile",
@@ -131,6 +135,9 @@ def default_range(spec: Mapping[str, Any], example_shape: Sequence[int] | None) 
             raise GenzipError(f"input '{spec['name']}' dim {axis} ('{dim}') is dynamic and has no example value",
                               f"give its range with --shapes {spec['name']}:MIN:OPT:MAX")
         value = int(example_shape[axis])
+        if ranges and dim in ranges:
+            lo.append(int(ranges[dim]["min"])), opt.append(value), hi.append(int(ranges[dim]["max"]))
+            continue
         lo.append(1), opt.append(value), hi.append(max(1, 2 * value))
     return ShapeRange(tuple(lo), tuple(opt), tuple(hi))
 
@@ -149,8 +156,10 @@ def _check_against(name: str, given: ShapeRange, spec: Mapping[str, Any]) -> Non
 
 
 def resolve_profiles(specs: Sequence[str], inputs: Sequence[Mapping[str, Any]],
-                     example_shapes: Mapping[str, Sequence[int]]) -> list[Profile]:
-    """Parse every ``--shapes`` value and complete each profile from the manifest ``inputs``."""
+                     example_shapes: Mapping[str, Sequence[int]],
+                     ranges: Mapping[str, Mapping[str, int]] | None = None) -> list[Profile]:
+    """Parse every ``--shapes`` value and complete each profile from the manifest ``inputs``
+    (``ranges``: the dynamic sizes' ranges, see :func:`default_range`)."""
     by_name = {s["name"]: s for s in inputs}
     parsed = [parse_shapes(s) for s in specs] or [{}]
     profiles = []
@@ -160,6 +169,6 @@ def resolve_profiles(specs: Sequence[str], inputs: Sequence[Mapping[str, Any]],
                 raise GenzipError(f"--shapes names '{name}', which is not a model input{did_you_mean(name, by_name)}",
                                   f"the model takes {', '.join(by_name)}")
             _check_against(name, shape_range, by_name[name])
-        profiles.append({s["name"]: given.get(s["name"]) or default_range(s, example_shapes.get(s["name"]))
+        profiles.append({s["name"]: given.get(s["name"]) or default_range(s, example_shapes.get(s["name"]), ranges)
                          for s in inputs})
     return profiles

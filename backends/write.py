@@ -144,7 +144,7 @@ def write_artifact(compiled: Compiled, out_dir: str, *, target: str, force: bool
         trt_section = ort_section = None
         if target == "trt":
             trt_names, trt_section = write_engine(tmp, MODEL_NAME, inputs, source.example_inputs, trt_options,
-                                                  progress)
+                                                  progress, source.info.get("dynamic_sizes"))
             names += trt_names
         if target == "ort":
             optimized, ort_section = write_checked_optimized(tmp, MODEL_NAME, source.example_inputs,
@@ -185,6 +185,8 @@ def write_artifact(compiled: Compiled, out_dir: str, *, target: str, force: bool
         for key in ("family", "preset", "dynamic", "scheduler_config"):
             if key in source.info:
                 manifest.setdefault("source_info", {})[key] = source.info[key]
+        if source.info.get("dynamic_sizes"):  # non-batch dims kept dynamic: their ranges (--dynamic-axes)
+            manifest.setdefault("source_info", {})["dynamic_sizes"] = source.info["dynamic_sizes"]
         write_json(os.path.join(tmp, MANIFEST), manifest)
         with open(os.path.join(tmp, REPORT), "w") as f:
             f.write(_report(manifest, compiled.records, histogram) + "".join(line + "\n" for line in mixed_lines))

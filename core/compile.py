@@ -21,6 +21,7 @@ from genzip.backends.trt_backend import require_tensorrt
 from genzip.backends.write import Compiled, write_artifact
 from genzip.errors import GenzipError
 from genzip.frontend import load_model
+from genzip.frontend.dynamic_axes import DynamicAxes
 from genzip.frontend.export_sizes import ExportSizes
 from genzip.frontend.hf_folder import folder_family
 from genzip.frontend.loader import classify_object, classify_ref, load_object, object_family
@@ -30,7 +31,15 @@ from genzip.ort_session import ORT_ERRORS, ort_failure, run_model, run_user_mode
 from genzip.parallel import executor as search_executor
 from genzip.passes import Instrumentation, build_pipeline, run_pipeline
 from genzip.passes.attention._span_kv_heads import split_head_feeds
-from genzip.passes.infra.context import CALIBRATION, EXAMPLE_INPUTS, TORCH_MODULE, PassContext, check_needs
+from genzip.passes.infra.context import (
+    CALIBRATION,
+    EXAMPLE_INPUTS,
+    STATIC_AXES,
+    TORCH_MODULE,
+    PassContext,
+    check_needs,
+    static_axis_conflicts,
+)
 from genzip.passes.precision.cast_float import cast_feeds
 from genzip.passes.quant._cskv_layout import compress_feeds
 from genzip.passes.quant._kv_layout import quantize_feeds
@@ -79,6 +88,10 @@ class CompileOptions:
     width: int | None = None
     sample_size: int | None = None
     seq_len: int | None = None
+    # Which of those axes the export keeps dynamic (genzip.frontend.dynamic_axes): "none"
+    # (static, the default), "auto" (where the model and the passes allow), or a list of
+    # text, size, seq with optional =MIN:MAX ranges; the traced sizes are the opt sizes.
+    dynamic_axes: str = "none"
 
     def export_sizes(self) -> ExportSizes:
         """The size settings, checked (positive integers; sample_size not with height/width)."""
@@ -219,6 +232,7 @@ def compile_model(
         raise GenzipError(f"{', '.join(sizes.given())} and --inputs both set the export's shapes",
                           "drop the size flags (the inputs' shapes are traced) or drop --inputs")
     check_needs(pipeline.passes, _provided(kind, model_ref, user, opts.kv_cache), _SOURCE_WORDS[kind])
+    axes = dynamic_request(opts.dynamic_axes, pipeline.passes)
 
     label = model_ref if isinstance(model_ref, str) else f"a {type(model_ref).__name__}"
     # Before loading: a missing Ray or an unreachable cluster fails in seconds.
@@ -226,10 +240,24 @@ def compile_model(
         _stage(progress, f"loading {label}")
         with _frontend_progress(progress):
             if isinstance(model_ref, str):
-                source = load_model(model_ref, seed=opts.seed, kv_cache=opts.kv_cache, user=user, sizes=sizes)
+                source = load_model(model_ref, seed=opts.seed, kv_cache=opts.kv_cache, user=user, sizes=sizes,
+                                    axes=axes)
             else:
-                source = load_object(model_ref, example_call, seed=opts.seed, user=user, sizes=sizes)
+                source = load_object(model_ref, example_call, seed=opts.seed, user=user, sizes=sizes, axes=axes)
         return compile_source(source, out_dir, opts, progress, pipeline, config=config, executor=executor)
+
+
+def dynamic_request(spec: str, passes) -> DynamicAxes:
+    """``--dynamic-axes`` parsed and checked against the pipeline before any export: an axis
+    asked dynamic that a pass needs static is a one-line error; ``auto`` keeps it static."""
+    request = DynamicAxes.parse(spec)
+    conflicts = static_axis_conflicts(passes, request.kinds())
+    if conflicts and request.explicit:
+        name, kind, why = conflicts[0]
+        raise GenzipError(f"pass '{name}' needs the {STATIC_AXES[kind]} static ({why}), and --dynamic-axes "
+                          f"asks for it dynamic", f"drop {kind} from --dynamic-axes (export it static), or use "
+                          "--dynamic-axes auto")
+    return request.keep_static(kind for _, kind, _ in conflicts)
 
 
 def compile_source(source, out_dir: str, options: CompileOptions, progress: Callable[[str], None] | None = None,
@@ -404,6 +432,7 @@ def build_compile(settings: Mapping[str, Any]) -> Resolved:
         for flag in s.get("shapes", ()):
             parse_shapes(flag)  # a malformed --shapes fails before the model loads
         trt = TrtBuildOptions(**{k: s[k] for k in _trt_fields() if k in s})
+    DynamicAxes.parse(s.get("dynamic_axes"))  # a malformed --dynamic-axes fails before the model loads too
     min_cosine = s.get("min_cosine", MIN_COSINE)
     if not 0.0 <= min_cosine <= 1.0:
         raise GenzipError(f"--min-cosine {min_cosine} is outside [0, 1]", "pass a cosine such as 0.99 or 0.9")

@@ -117,6 +117,9 @@ def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str
         raise GenzipError(f"--text-len / --seq-len cannot apply to a {name} folder: its tokenizer's maximum "
                           "length sets the text length of every component",
                           "drop them (--height/--width/--sample-size apply to a pipeline)")
+    if options.dynamic_axes != "none":  # each component is traced at the pipeline's own sizes
+        raise GenzipError(f"--dynamic-axes cannot apply to a whole {name} folder",
+                          f"compile its {denoiser} folder alone with --dynamic-axes, or drop it")
     say = progress or (lambda _: None)
     with staged_folder(out_dir, options.force) as tmp:
         fidelity, passes, components, configs = {}, {}, {}, {}

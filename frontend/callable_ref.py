@@ -105,7 +105,7 @@ def as_module_call(result, ref: str):
     raise GenzipError(f"'{ref}' returned example inputs of type {type(inputs).__name__}", _FIX_RETURN)
 
 
-def load_callable(ref: str, *, seed: int, batch: int | None, user=None, sizes=None) -> SourceModel:
+def load_callable(ref: str, *, seed: int, batch: int | None, user=None, sizes=None, axes=None) -> SourceModel:
     """Import and call the function, then export and verify the module it returns."""
     from genzip.frontend.from_torch import source_from_torch
     from genzip.frontend.torch_io import common_batch
@@ -114,4 +114,4 @@ def load_callable(ref: str, *, seed: int, batch: int | None, user=None, sizes=No
     info = {"family": None, "class": type(module).__name__, "batch": common_batch(call), "seed": seed}
     if sizes is not None and sizes.record():
         info["export_sizes"] = sizes.record()
-    return source_from_torch(module, call, source=ref, kind="callable", info=info, user=user)
+    return source_from_torch(module, call, source=ref, kind="callable", info=info, user=user, axes=axes)

@@ -5,12 +5,18 @@ dynamic. torch.export specializes size-1 dims, so a batch-1 example is traced
 at batch 2. A dynamic export is verified at two batch sizes (the example's and
 another); if it cannot be exported or verified, the model is exported static
 and ``info["dynamic"]`` is False (a warning is logged).
+
+Non-batch axes asked dynamic (``--dynamic-axes``, :mod:`genzip.frontend.dynamic_axes`)
+go with the dynamic batch and are verified at a second size of each axis kind too; a
+kind that fails is a one-line error for an explicit request and is exported static
+under ``auto`` (the export is retried without it).
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -20,9 +26,9 @@ import torch
 from torch.utils import _pytree as pytree
 
 from genzip.errors import GenzipError
-from genzip.frontend import torch_io
+from genzip.frontend import dynamic_axes, torch_io
 from genzip.frontend.source import SourceModel
-from genzip.frontend.torch_export import EXPORT_ERRORS, Exported, export_onnx, export_or_fail, first_line
+from genzip.frontend.torch_export import BATCH_DIM, EXPORT_ERRORS, Exported, export_onnx, export_or_fail, first_line
 from genzip.frontend.user_inputs import Spec, UserData, calibration_samples, check_inputs
 from genzip.frontend.verify import fidelity, run_onnx
 
@@ -57,25 +63,86 @@ def _check(exported: Exported, module, call, names: Sequence[str], what: str):
     return fid, {v.name: e for v, e in zip(exported.model.graph.outputs, expected)}
 
 
-def _try_dynamic(module, call, batch: int, names: Sequence[str], what: str):
-    """Dynamic-batch export checked at two batch sizes, or None when that fails."""
+class AxesRefused(Exception):
+    """The export cannot keep these axis kinds dynamic (torch.export's or the check's reason)."""
+
+    def __init__(self, kinds: set[str], reason: str):
+        super().__init__(reason)
+        self.kinds, self.reason = kinds, reason
+
+
+def _check_axes(exported: Exported, module, call, names: Sequence[str], what: str, axes) -> None:
+    """Each dynamic axis kind kept symbolic in the ONNX graph and checked against eager
+    PyTorch at another size (one kind at a time, so a failure names its kind)."""
+    lost = {a.kind for a in axes if any(exported.dynamic_axes.get(n, {}).get(i) is None for n, i in a.inputs)}
+    if lost:
+        raise AxesRefused(lost, "the ONNX exporter fixed it to the traced size")
+    for kind in dict.fromkeys(a.kind for a in axes):
+        mine = [a for a in axes if a.kind == kind]
+        sizes = ", ".join(f"{a.dim} {a.other()}" for a in mine)
+        try:
+            _check(exported, module, dynamic_axes.resized(call, mine), names, f"{what} at {sizes}")
+        except GenzipError as e:
+            raise AxesRefused({kind}, f"at {sizes} it does not match PyTorch: {e.problem}") from e
+        except EXPORT_ERRORS as e:  # the eager model itself refuses the other size
+            raise AxesRefused({kind}, f"PyTorch cannot run it at {sizes}: {first_line(e)}") from e
+
+
+def _try_dynamic(module, call, batch: int, names: Sequence[str], what: str, axes=()):
+    """Dynamic-batch export (with ``axes`` dynamic too) checked at two batch sizes and at
+    another size of each axis; None when the batch cannot be dynamic, :class:`AxesRefused`
+    when an axis cannot."""
     trace_call = call if batch >= 2 else torch_io.double_batch(call)
     other_call = torch_io.take_batch(call, 1) if batch >= 2 else trace_call
-    logger.info("exporting %s to ONNX with a dynamic batch (torch.export, then the dynamo exporter)", what)
+    dims = ", ".join(a.dim for a in axes)
+    logger.info("exporting %s to ONNX with a dynamic batch%s (torch.export, then the dynamo exporter)",
+                what, f" and {dims}" if axes else "")
     try:
-        exported = export_onnx(module, trace_call, dynamic=True, output_names=names, what=what)
+        exported = export_onnx(module, trace_call, dynamic=True, output_names=names, what=what, axes=axes)
     except (torch.onnx.OnnxExporterError, *EXPORT_ERRORS) as e:
+        if axes:
+            # torch.export's "Constraints violated (height, width)! For more information, ...": its first part
+            reason = first_line(e).split(" For more information")[0].rstrip("!. ")
+            named = dynamic_axes.named_in(e, axes)
+            if not named and re.search(rf"\b{BATCH_DIM}\b", reason):
+                reason = f"its batch axis cannot be dynamic ({reason}), and dynamic sizes go with a dynamic batch"
+            raise AxesRefused(named or {a.kind for a in axes}, reason) from e
         logger.warning("%s: dynamic-batch export failed (%s); exporting with a static batch", what, first_line(e))
         return None
-    if not exported.dynamic_axes:
+    if not any(0 in d for d in exported.dynamic_axes.values()):
+        if axes:
+            raise AxesRefused({a.kind for a in axes}, "the exporter kept the batch static")
         logger.warning("%s: the exporter kept the batch static", what)
         return None
+    if axes:
+        _check_axes(exported, module, trace_call, names, what, axes)
     try:
         _check(exported, module, other_call, names, f"{what} at batch {1 if batch >= 2 else 2 * batch}")
         return exported, _check(exported, module, call, names, what)
     except GenzipError as e:
+        if axes:
+            raise AxesRefused({a.kind for a in axes}, f"it does not match PyTorch: {e.problem}") from e
         logger.warning("%s: dynamic-batch export failed verification (%s); exporting with a static batch", what, e)
         return None
+
+
+def _export_with_axes(module, call, batch: int, names: Sequence[str], what: str, request, axes):
+    """:func:`_try_dynamic` with ``axes``; an explicit request that fails is a one-line error,
+    ``auto`` drops the axes that failed and tries again (the rest stays dynamic)."""
+    while True:
+        try:
+            return _try_dynamic(module, call, batch, names, what, axes), axes
+        except AxesRefused as refused:
+            kinds = [k for k in dynamic_axes.KINDS if k in refused.kinds]
+            if request.explicit:
+                raise GenzipError(
+                    f"--dynamic-axes {','.join(kinds)}: {what} cannot keep its {dynamic_axes.describe(kinds)} "
+                    f"dynamic: {refused.reason}",
+                    f"drop {','.join(kinds)} from --dynamic-axes (export {'them' if len(kinds) > 1 else 'it'} "
+                    "static), or use --dynamic-axes auto",
+                ) from refused
+            logger.info("%s: keeping the %s static (%s)", what, dynamic_axes.describe(kinds), refused.reason)
+            axes = [a for a in axes if a.kind not in refused.kinds]
 
 
 def call_input_names(module: torch.nn.Module, call: torch_io.Call) -> list[str]:
@@ -132,6 +199,7 @@ def source_from_torch(
     info: dict[str, Any] | None = None,
     dynamic: bool = True,
     user: UserData | None = None,
+    axes: dynamic_axes.DynamicAxes | None = None,
 ) -> SourceModel:
     """Export, verify and wrap ``module(*args, **kwargs)``.
 
@@ -142,6 +210,9 @@ def source_from_torch(
 
     ``user`` (``--inputs`` / ``--calib-data``) is checked before the export: its example
     inputs replace ``call``, and its calibration set lands in ``info["calibration"]``.
+
+    ``axes`` (``--dynamic-axes``) asks for non-batch axes dynamic too; those kept land in
+    ``info["dynamic_sizes"]`` (dim name -> range, :meth:`dynamic_axes.Axis.record`).
     """
     module.eval()
     what = f"'{source}'"
@@ -156,11 +227,23 @@ def source_from_torch(
     batch = torch_io.common_batch(call)
     if dynamic and not batch:
         logger.info("%s: inputs share no batch axis 0; exporting with static shapes", what)
-    result = _try_dynamic(module, call, batch, output_names, what) if dynamic and batch else None
+    request = axes or dynamic_axes.NONE
+    planned = dynamic_axes.plan(request, module, {k: tuple(v.shape) for k, v in call[1].items()
+                                                  if isinstance(v, torch.Tensor)}, what)
+    if planned and not (dynamic and batch):
+        if request.explicit:
+            raise GenzipError(f"--dynamic-axes needs {what} exported with a dynamic batch, and its inputs share no "
+                              "batch axis 0", "drop --dynamic-axes")
+        planned = []
+    kept: list[dynamic_axes.Axis] = []
+    if planned:
+        result, kept = _export_with_axes(module, call, batch, output_names, what, request, planned)
+    else:
+        result = _try_dynamic(module, call, batch, output_names, what) if dynamic and batch else None
     if result is None:
         logger.info("exporting %s to ONNX with static shapes (torch.export, then the dynamo exporter)", what)
         exported = export_or_fail(module, call, dynamic=False, output_names=output_names, what=what)
-        result = exported, _check(exported, module, call, output_names, what)
+        result, kept = (exported, _check(exported, module, call, output_names, what)), []
     exported, (fid, reference) = result
     elapsed = time.perf_counter() - start
     logger.info(
@@ -177,6 +260,7 @@ def source_from_torch(
         reference_outputs=reference,
         dynamic=bool(exported.dynamic_axes),
         dynamic_axes=exported.dynamic_axes,
+        dynamic_sizes={a.dim: a.record() for a in kept},
         export_s=round(elapsed, 2),
         removed_noops=exported.removed_noops,
     )

@@ -183,11 +183,11 @@ def folder_family(folder: Path) -> str | None:
 
 
 def load_hf_folder(folder: Path, *, seed: int, batch: int | None, kv_cache: bool = False,
-                   user=None, sizes=None) -> SourceModel:
+                   user=None, sizes=None, axes=None) -> SourceModel:
     """Load, export and verify a local Hugging Face model folder; ``kv_cache`` exports a
     causal LM as the prefill/decode graph with past/present key-values; ``sizes``
     (:class:`~genzip.frontend.export_sizes.ExportSizes`) set the traced text length,
-    latent size or sequence length."""
+    latent size or sequence length, and ``axes`` (``DynamicAxes``) which of them stay dynamic."""
     import inspect
 
     from genzip.frontend import export_sizes, hf_inputs
@@ -233,7 +233,7 @@ def load_hf_folder(folder: Path, *, seed: int, batch: int | None, kv_cache: bool
     if sizes.record():
         info["export_sizes"] = sizes.record()
     source = source_from_torch(module, call, source=str(folder), kind=kind, output_names=outputs, info=info,
-                               user=user)
+                               user=user, axes=axes)
     if family == "dit":  # no data given: record the model's own denoising trajectory, as presets do
         from genzip.frontend.calibration import example_sizes, preset_calibration
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from genzip.errors import GenzipError
 from genzip.frontend.callable_ref import is_callable_ref
+from genzip.frontend.dynamic_axes import DynamicAxes, refuse_axes
 from genzip.frontend.export_sizes import ExportSizes, check_causal_lm, check_diffusers, refuse
 from genzip.frontend.presets import PRESETS
 from genzip.frontend.source import SourceModel
@@ -32,7 +33,8 @@ def _looks_like_path(ref: str) -> bool:
 
 
 def load_model(ref: str, *, seed: int = 0, batch: int | None = None, kv_cache: bool = False,
-               user: UserData | None = None, sizes: ExportSizes | None = None) -> SourceModel:
+               user: UserData | None = None, sizes: ExportSizes | None = None,
+               axes: DynamicAxes | None = None) -> SourceModel:
     """Load ``ref`` (preset, .onnx file, local HF folder or ``module:function``).
 
     ``seed`` seeds random weights (presets) and example inputs; ``batch``
@@ -58,6 +60,10 @@ def load_model(ref: str, *, seed: int = 0, batch: int | None = None, kv_cache: b
     ``sizes`` (:mod:`genzip.frontend.export_sizes`) set the traced text length, latent
     height/width or sequence length of presets, folders and ``module:function`` references
     (as keywords); an ONNX file's shapes are its own, so sizes for one are an error.
+
+    ``axes`` (:mod:`genzip.frontend.dynamic_axes`, ``--dynamic-axes``) keeps those axes
+    dynamic in the export where the model allows it; an explicit request for an ONNX file
+    or a ``--kv-cache`` export is an error (their shapes are their own).
     """
     if not isinstance(ref, str) or not ref.strip():
         raise GenzipError(
@@ -78,21 +84,24 @@ def load_model(ref: str, *, seed: int = 0, batch: int | None = None, kv_cache: b
     if kind == "preset":
         from genzip.frontend.presets import load_preset
 
-        return load_preset(ref, seed=seed, batch=batch, user=user, sizes=sizes)
+        return load_preset(ref, seed=seed, batch=batch, user=user, sizes=sizes, axes=axes)
     path = Path(ref).expanduser()
     if kind == "onnx":
         from genzip.frontend.onnx_file import load_onnx_file
 
         refuse(sizes, "an ONNX file (its input shapes are fixed by the file)",
                "pass inputs of the sizes you want with --inputs FILE.npz")
+        refuse_axes(axes, "an ONNX file (its input shapes are the file's own)")
         return load_onnx_file(path, seed=seed, batch=batch, user=user)
     if kind == "folder":
         from genzip.frontend.hf_folder import load_hf_folder
 
-        return load_hf_folder(path, seed=seed, batch=batch, kv_cache=kv_cache, user=user, sizes=sizes)
+        if kv_cache:
+            refuse_axes(axes, "a --kv-cache export (its prefill and decode lengths are dynamic already)")
+        return load_hf_folder(path, seed=seed, batch=batch, kv_cache=kv_cache, user=user, sizes=sizes, axes=axes)
     from genzip.frontend.callable_ref import load_callable
 
-    return load_callable(ref, seed=seed, batch=batch, user=user, sizes=sizes)
+    return load_callable(ref, seed=seed, batch=batch, user=user, sizes=sizes, axes=axes)
 
 
 def classify_ref(ref: str) -> str:
@@ -161,7 +170,7 @@ def object_family(obj: Any) -> str | None:
 
 
 def load_object(obj: Any, example_inputs: Any = None, *, seed: int = 0, user: UserData | None = None,
-                sizes: ExportSizes | None = None) -> SourceModel:
+                sizes: ExportSizes | None = None, axes: DynamicAxes | None = None) -> SourceModel:
     """Export and verify an in-memory model (``genzip.compile``).
 
     A torch module runs on ``example_inputs`` (a tensor, a tuple of tensors or a dict name ->
@@ -174,6 +183,7 @@ def load_object(obj: Any, example_inputs: Any = None, *, seed: int = 0, user: Us
     if kind == "onnx-object":
         refuse(sizes, "an ONNX model (its input shapes are fixed by the model)",
                "pass example inputs of the sizes you want")
+        refuse_axes(axes, "an ONNX model (its input shapes are the model's own)")
         import onnx
         import onnx_ir as ir
 
@@ -227,7 +237,7 @@ def load_object(obj: Any, example_inputs: Any = None, *, seed: int = 0, user: Us
     if sizes is not None and sizes.record():
         info["export_sizes"] = sizes.record()
     source = source_from_torch(obj, call, source=f"python:{name}", kind="object", output_names=outputs,
-                               info=info, user=user)
+                               info=info, user=user, axes=axes)
     if family == "dit":  # no data given: the model's own denoising trajectory, as for presets and folders
         from genzip.frontend.calibration import example_sizes, preset_calibration
 

@@ -142,9 +142,10 @@ def _load_trained(spec: _Preset) -> Any:
     return module
 
 
-def load_preset(name: str, *, seed: int, batch: int | None, user=None, sizes=None):
+def load_preset(name: str, *, seed: int, batch: int | None, user=None, sizes=None, axes=None):
     """Build, export and verify preset ``name``; ``sizes`` (:class:`ExportSizes`) replace the
-    preset's text length, latent size or sequence length."""
+    preset's text length, latent size or sequence length; ``axes`` (``DynamicAxes``) which of
+    them stay dynamic."""
     import torch
 
     from genzip.frontend import export_sizes, hf_inputs
@@ -172,7 +173,8 @@ def load_preset(name: str, *, seed: int, batch: int | None, user=None, sizes=Non
         info["export_sizes"] = sizes.record()
     if spec.weights is not None:
         info["weights"] = spec.weights
-    source = source_from_torch(module, call, source=name, kind="preset", output_names=outputs, info=info, user=user)
+    source = source_from_torch(module, call, source=name, kind="preset", output_names=outputs, info=info, user=user,
+                               axes=axes)
     # Seeded calibration inputs that are not the example (fidelity) inputs; sampled lazily
     # (unless the user gave a calibration set). Shaped like the example inputs, which may be the user's.
     from genzip.frontend.calibration import example_sizes, preset_calibration

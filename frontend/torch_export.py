@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import onnx_ir as ir
 import torch
@@ -21,7 +22,9 @@ import torch
 from genzip.errors import GenzipError
 from genzip.frontend import onnx_names
 from genzip.frontend.attn_mask_queries import expand_mask_queries
+from genzip.frontend.dynamic_axes import export_dims
 from genzip.frontend.fx_cleanup import remove_noop_ops
+from genzip.frontend.rotary_batch import expand_rotary_batch
 from genzip.frontend.torch_io import Call, batch_dynamic_shapes, input_leaves
 
 logger = logging.getLogger(__name__)
@@ -86,14 +89,20 @@ def export_onnx(
     dynamic: bool,
     output_names: Sequence[str],
     what: str,
+    axes: Sequence[Any] = (),
 ) -> Exported:
     """Export ``module(*args, **kwargs)``; ``output_names`` name (and keep) the first outputs.
 
-    Raises the exporter's own error (one of ``EXPORT_ERRORS``) so the caller can
-    retry without dynamic shapes; see :func:`export_or_fail` for the user-facing one.
+    ``axes`` (:class:`genzip.frontend.dynamic_axes.Axis`, with ``dynamic``) are exported
+    dynamic too, their ONNX dims named after them; ``dynamic_axes`` of the result lists the
+    ones the ONNX graph kept symbolic. Raises the exporter's own error (one of
+    ``EXPORT_ERRORS``) so the caller can retry without dynamic shapes; see
+    :func:`export_or_fail` for the user-facing one.
     """
     args, kwargs = call
-    dynamic_shapes = batch_dynamic_shapes(module, call, torch.export.Dim(BATCH_DIM, min=1)) if dynamic else None
+    extra = export_dims(axes) if dynamic and axes else None
+    dynamic_shapes = batch_dynamic_shapes(module, call, torch.export.Dim(BATCH_DIM, min=1), extra) \
+        if dynamic else None
     with torch.no_grad(), _quiet_exporter():
         ep = torch.export.export(module, args, kwargs, dynamic_shapes=dynamic_shapes, strict=False)
         removed = remove_noop_ops(ep)
@@ -111,6 +120,8 @@ def export_onnx(
             onnx_names.rename_value(graph, value, name)
 
     expand_mask_queries(graph)  # ORT's Attention needs the mask's query axis (diffusers' cross-attention masks)
+    if dynamic and axes:
+        expand_rotary_batch(graph)  # a dynamic sequence leaves RotaryEmbedding caches at batch 1
     onnx_names.keep_outputs(model, len(output_names))
     onnx_names.name_outputs(graph, output_names)
 
@@ -122,6 +133,16 @@ def export_onnx(
     for value in graph.inputs:
         if value.shape and isinstance(value.shape[0], ir.SymbolicDim):
             dynamic_axes[value.name] = {0: BATCH_DIM}
+    by_name, named = {v.name: v for v in graph.inputs}, set()
+    for a in axes if dynamic else ():
+        for name, axis in a.inputs:
+            dim = by_name[name].shape[axis] if name in by_name and by_name[name].shape is not None else None
+            if not isinstance(dim, ir.SymbolicDim) or not dim.value:
+                continue  # the exporter fixed it: the caller refuses or drops the axis
+            if dim.value not in named:  # else torch.export tied it to an axis named already (h = w)
+                onnx_names.name_symbolic_dim(graph, dim.value, a.dim)
+                named.add(a.dim)
+            dynamic_axes.setdefault(name, {})[axis] = by_name[name].shape[axis].value
     return Exported(model, [v.name for v in graph.inputs], dynamic_axes, removed)
 
 

@@ -93,8 +93,10 @@ def double_batch(call: Call) -> Call:
     return _map_tensors(grow, call)
 
 
-def batch_dynamic_shapes(module: torch.nn.Module, call: Call, dim: torch.export.Dim) -> dict:
-    """``dynamic_shapes`` for torch.export marking axis 0 of every batched input.
+def batch_dynamic_shapes(module: torch.nn.Module, call: Call, dim: torch.export.Dim,
+                         extra: dict[str, dict[int, Any]] | None = None) -> dict:
+    """``dynamic_shapes`` for torch.export marking axis 0 of every batched input, and the
+    ``extra`` axes (``{top-level input name: {axis: Dim}}``, genzip.frontend.dynamic_axes).
 
     torch.export wants the structure of the bound forward signature (a ``**kwargs``
     parameter holds a dict), so bind the call the same way.
@@ -105,4 +107,12 @@ def batch_dynamic_shapes(module: torch.nn.Module, call: Call, dim: torch.export.
     def spec(x):
         return {0: dim} if isinstance(x, torch.Tensor) and x.dim() >= 1 else None
 
-    return {name: pytree.tree_map(spec, value) for name, value in bound.arguments.items()}
+    shapes = {name: pytree.tree_map(spec, value) for name, value in bound.arguments.items()}
+    for name, axes in (extra or {}).items():
+        if name in shapes and isinstance(shapes[name], dict) and isinstance(bound.arguments[name], torch.Tensor):
+            shapes[name] = {**shapes[name], **axes}
+        else:  # a **kwargs parameter holds the keyword inputs
+            for param, value in bound.arguments.items():
+                if isinstance(value, dict) and isinstance(value.get(name), torch.Tensor):
+                    shapes[param][name] = {**shapes[param][name], **axes}
+    return shapes

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from genzip.backends.runner import load_npz, np_dtype
+from genzip.backends.runner import load_npz, np_dtype, traced_shape
 from genzip.errors import GenzipError
 
 TEXT, CLASS = "encoder_hidden_states", "class_labels"
@@ -142,7 +142,7 @@ def default_conditioning(model, batch: int, seed: int, distinct: bool = False) -
             return class_pair(model, np.sort(rng.choice(null, size=batch, replace=False)), "default labels")
         return class_pair(model, rng.integers(0, null, size=batch), "default labels")
     spec = next(s for s in model.inputs if s["name"] == TEXT)
-    tokens, dim = spec["shape"][1], spec["shape"][2]
+    tokens, dim = traced_shape(spec["shape"], model.manifest)[1:3]
     cond = rng.standard_normal((batch, tokens, dim)).astype(np.float32)
     return cond, np.zeros_like(cond)
 

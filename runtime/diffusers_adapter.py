@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from genzip.backends.runner import check_inputs, np_dtype
+from genzip.backends.runner import check_inputs, dim_ranges, np_dtype
 from genzip.errors import GenzipError
 from genzip.runtime import conditioning
 from genzip.runtime import plan as plans
@@ -75,7 +75,8 @@ def _config(model: PlannedModel) -> dict[str, Any]:
     spec = {s["name"]: s["shape"] for s in model.inputs}
     out = model.manifest["outputs"][0]["shape"]
     config.setdefault("in_channels", spec["hidden_states"][1])
-    config["sample_size"] = spec["hidden_states"][2]  # the export's latent size (--height), not the preset's
+    height = spec["hidden_states"][2]  # the export's latent size (--height), not the preset's; dynamic: the traced one
+    config["sample_size"] = height if isinstance(height, int) else dim_ranges(model.manifest)[height]["opt"]
     config.setdefault("out_channels", out[1])
     return config
 
@@ -121,7 +122,7 @@ class DiffusersTransformer:
         return self.model.manifest
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_inputs(feeds, self.model.inputs)
+        check_inputs(feeds, self.model.inputs, dim_ranges(self.manifest))
         names = self.model.output_names
         return dict(zip(names, self.model.session.run(names, feeds)))
 
@@ -222,7 +223,7 @@ class DiffusersTransformer:
         if mask is not None:
             feeds[conditioning.MASK] = mask[order]
         feeds = conditioning.with_prompt_mask(feeds, self.model.inputs)  # no mask given: keep every token
-        check_inputs(feeds, self.model.inputs)  # names the accepted sizes, before ORT's raw error
+        check_inputs(feeds, self.model.inputs, dim_ranges(self.manifest))  # names the accepted sizes, before ORT's raw error
         result = self.model.call(feeds, step, cfg_pair=cfg_pair)
         result = result if result.dtype in (np.float32, np.float16) else result.astype(np.float32)  # bf16: no torch view
         out = torch.from_numpy(np.ascontiguousarray(result[order]) if swap else result)

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from genzip.backends.runner import np_dtype
+from genzip.backends.runner import np_dtype, traced_shape
 from genzip.errors import GenzipError
 from genzip.runtime import conditioning
 from genzip.runtime.model import PlannedModel
@@ -154,7 +154,7 @@ def sample(
     if call is None:
         model.check_steps(steps)
     spec = _input_spec(model, "hidden_states")
-    channels, height, width = spec["shape"][1:]
+    channels, height, width = traced_shape(spec["shape"], model.manifest)[1:]
     out_channels = model.manifest["outputs"][0]["shape"][1]
     batch = prompt_embeds.shape[0]
     sched, _ = scheduler_for(model, scheduler, scheduler_config)

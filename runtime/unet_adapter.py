@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from genzip.backends.runner import check_inputs, np_dtype
+from genzip.backends.runner import check_inputs, dim_ranges, np_dtype
 from genzip.errors import GenzipError
 from genzip.runtime import conditioning
 from genzip.runtime.caches import StepClock
@@ -70,7 +70,8 @@ class DiffusersUNet:
             feeds[conditioning.MASK] = mask
         # Stable Diffusion pipelines pass no mask (CLIP's padding is attended to, as in PyTorch): all ones.
         feeds = conditioning.with_prompt_mask(feeds, self.model.inputs)
-        check_inputs({k: v[:1] for k, v in feeds.items()}, _any_batch(self.model.inputs))
+        check_inputs({k: v[:1] for k, v in feeds.items()}, _any_batch(self.model.inputs),
+                     dim_ranges(self.model.manifest))
         if self._last_t is not None and float(t.max()) > self._last_t:  # timesteps went up: a new sampling run
             self.clock.reset()
             self.model.caches.clear()

@@ -13,6 +13,7 @@ import sys
 import onnx_ir as ir
 
 from genzip.backends.artifact import read_manifest
+from genzip.backends.runner import dim_ranges
 from genzip.describe import op_histogram
 
 _REGISTER = ("python -c \"import sys; from genzip.plugins.trt_plugins import register; register(); "
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shape_flags(artifact: str, inputs) -> str:
+def _shape_flags(artifact: str, inputs, ranges=None) -> str:
     """--trt-{min,opt,max}-shapes from the default optimization profile, when any dim is dynamic."""
     from genzip.backends.runner import EXAMPLE_INPUTS, load_npz
     from genzip.backends.trt_profiles import resolve_profiles
@@ -61,7 +62,7 @@ def _shape_flags(artifact: str, inputs) -> str:
         return ""
     path = os.path.join(artifact, EXAMPLE_INPUTS)
     examples = {k: v.shape for k, v in load_npz(path).items()} if os.path.isfile(path) else {}
-    (profile,) = resolve_profiles([], inputs, examples)
+    (profile,) = resolve_profiles([], inputs, examples, ranges)
     flags = []
     for which in ("min", "opt", "max"):
         # Quoted: '[' and ']' are glob characters in some shells.
@@ -101,7 +102,7 @@ def polygraphy_commands(artifact: str, manifest, model: ir.Model) -> str:
         f"# (compared by cosine similarity >= {gate}, the gate this artifact passed at compile time;"
         " --compare-func psnr --psnr-threshold DB compares by PSNR instead)",
         f"{trt_prefix} run {onnx_path} --trt --onnxrt {feed} {check}"
-        + _shape_flags(artifact, manifest["inputs"]),
+        + _shape_flags(artifact, manifest["inputs"], dim_ranges(manifest)),
     ]
     if plugins:
         lines += [

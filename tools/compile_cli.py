@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     sizes.add_argument("--seq-len", type=int, metavar="N",
                        help="tokens of a causal LM's export (default: the preset's, 32 for folders; "
                             "at most max_position_embeddings)")
+    sizes.add_argument("--dynamic-axes", default="none", metavar="none|auto|text,size,seq",
+                       help="keep these axes dynamic in the export, each with an optional =MIN:MAX range "
+                            "(e.g. text=1:120); the traced sizes above are the opt sizes; auto: every axis the "
+                            "model and the passes allow (default: none, all static)")
     add_provider_flags(p)
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
                    help="artifact precision: fp16/bf16 convert the float32 export after every other pass "

@@ -103,6 +103,10 @@ class ShareAttentionPass(GenzipPass):
                                              "share; use share-attn's own window modes (share-attn{window=F}) instead"}
     transforming = True
 
+    def static_axes(self) -> dict[str, str]:
+        why = "its cache inputs and window modes are shaped by the static token grid of each self-attention"
+        return {"size": why, "seq": why}
+
     def run(self, model: ir.Model, context: PassContext) -> GenzipPassResult:
         refuse_int8_scores(model, "share-attn")
         all_sites = af.attention_sites(model)

@@ -145,6 +145,9 @@ class SpanAttentionPass(GenzipPass):
     requires_facts = frozenset({"attention-canonical"})
     transforming = True
 
+    def static_axes(self) -> dict[str, str]:
+        return {"seq": "its per-head spans are resolved against the static sequence length"}
+
     def _rules(self, layers: list[af.AttentionSite]) -> tuple[list[list[tuple[float, float]]], int]:
         """Per layer, per head (alpha, beta); and the sink count."""
         heads = [s.node.inputs[0].shape[1] if s.node.inputs[0].shape is not None else None for s in layers]

@@ -97,6 +97,10 @@ class WindowAttentionPass(GenzipPass):
                                            "use share-attn's own window modes instead"}
     transforming = True
 
+    def static_axes(self) -> dict[str, str]:
+        why = "its banded windows and query chunks are sized from the static token count of each self-attention"
+        return {"size": why, "seq": why}
+
     def _window(self, n: int | ir.SymbolicDim, site: af.AttentionSite) -> int:
         return resolve_window(self.options, n, f"window-attn: attention {site.index} ({site.scope or site.node.name})")
 

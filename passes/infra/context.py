@@ -78,6 +78,17 @@ def calibration_need(data: str | None) -> frozenset[str]:
     return frozenset() if data else frozenset({CALIBRATION})
 
 
+# The export axis kinds a pass may need static (genzip.frontend.dynamic_axes; passes do
+# not import the frontend), and the words errors use for them.
+STATIC_AXES = {"text": "caption length (text)", "size": "latent height/width (size)", "seq": "sequence length (seq)"}
+
+
+def static_axis_conflicts(passes: Iterable[Any], dynamic: Iterable[str]) -> list[tuple[str, str, str]]:
+    """``(pass name, axis kind, why)`` for each pass that needs static an axis in ``dynamic``."""
+    dynamic = set(dynamic)
+    return [(p.name, kind, why) for p in passes for kind, why in p.static_axes().items() if kind in dynamic]
+
+
 def check_needs(passes: Iterable[Any], provided: frozenset[str], source: str) -> None:
     """Raise the one-line error for the first pass needing what ``source`` cannot provide."""
     for pass_ in passes:

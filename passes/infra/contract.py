@@ -10,6 +10,9 @@ A pass declares:
 * ``needs()``: the :class:`~genzip.passes.infra.context.PassContext` fields it
   reads (calibration data, the torch module), which the driver checks before it
   loads the model;
+* ``static_axes()``: the export axis kinds (``text``, ``size``, ``seq``, see
+  ``genzip.frontend.dynamic_axes``) it needs static, each with why; the driver
+  refuses (or, under ``--dynamic-axes auto``, keeps static) those axes before export;
 * ``run(model, context) -> GenzipPassResult`` carrying an honest ``modified``
   flag and a ``stats`` dict.
 
@@ -103,6 +106,10 @@ class GenzipPass(ir.passes.InPlacePass):
     def needs(self) -> frozenset[str]:
         """Context fields this configured pass reads (see ``context.NEEDS``)."""
         return frozenset()
+
+    def static_axes(self) -> dict[str, str]:
+        """Export axis kinds this configured pass needs static -> why (see ``context.STATIC_AXES``)."""
+        return {}
 
     def noop_problem(self, model: ir.Model, result: GenzipPassResult, later: tuple[GenzipPass, ...]) -> str | None:
         """Why this run did nothing it was asked to (``None``: it did its work).
