@@ -162,7 +162,8 @@ def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str
             # the example call is built at the sizes asked for, so they leave the options
             fixed = dataclasses.replace(denoiser_opts, height=None, width=None, sample_size=None)
             record(denoiser, compile_model(module, os.path.join(tmp, denoiser), fixed, progress,
-                                           example_call=call, config=config))
+                                           example_call=call, config=config,
+                                           calibration=parts.masked_calibration(module, call, options.seed)))
         configs[denoiser] = json.loads((root / denoiser / "config.json").read_text())
         for part, tokenizer, mode, text_len in encoders:
             say(f"{name}: compiling the {part.replace('_', ' ')}")

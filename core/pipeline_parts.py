@@ -109,6 +109,20 @@ def masked_transformer(folder: Path, length: int, batch: int = 2, height: int | 
     return MaskedTransformer(model).eval(), call, config
 
 
+def masked_calibration(module, call: dict[str, Any], seed: int):
+    """The masked transformer's calibration set, recorded like a preset's or a DiT folder's
+    (``frontend.calibration.dit_trajectory``: short DDIM runs of the model's own epsilon from
+    seeded latents and captions, 2 trajectories x 4 timesteps), with padded prompt masks
+    (``hf_inputs.prompt_mask``) and the micro-conditions, named and typed like the export's
+    inputs (``call``'s keys). A zero-argument callable, sampled only when a pass calibrates."""
+    from genzip.frontend.calibration import example_sizes, preset_calibration
+
+    like = {name: value.numpy() for name, value in call.items()}
+    shapes = example_sizes(like, batch=len(call["hidden_states"]))
+    del shapes["seq_len"]
+    return preset_calibration(module.model, "dit", like=like, seed=seed, **shapes)
+
+
 def vae_decoder(folder: Path, denoiser: str, height: int | None = None, width: int | None = None):
     """(the VAE's decode as a module, its example latents, its config dict); the latents are
     the denoiser's: ``height`` x ``width`` when given (``--height``/``--width``), else its
