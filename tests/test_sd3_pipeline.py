@@ -2,7 +2,7 @@
 attention and pooled projections, VAE with a shift factor, flow-matching Euler; built offline)
 compiles into one artifact; load_pipeline returns a StableDiffusion3Pipeline on ONNX Runtime
 whose images match PyTorch's at the same seed; clip_skip (a hidden state the export lacks) is a
-one-line error."""
+one-line error; genzip sample writes a PNG and refuses --image (no VAE encoder)."""
 
 from __future__ import annotations
 
@@ -77,3 +77,6 @@ def test_sd3_sample_writes_png(sd3_pipeline, tmp_path, capsys):
     from PIL import Image
 
     assert Image.open(image).size == (16, 16)
+    assert genzip_cli.main(["sample", out, "--image", str(image), "--prompt", PROMPTS[0], "--out",
+                            str(tmp_path / "x.png")]) == 2
+    assert "--image needs an image pipeline artifact" in capsys.readouterr().err
