@@ -6,7 +6,9 @@ encoder and its tokenizer, VAE decoder, scheduler; ``StableDiffusionImg2ImgPipel
 also the VAE encoder), ``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline`` (PixArt
 transformer and T5 text encoder, both taking the prompt's padding mask) and
 ``StableDiffusion3Pipeline`` (SD3 transformer with pooled projections, two projection
-CLIPs giving pooled and penultimate states, T5 without mask, three tokenizers). Other
+CLIPs giving pooled and penultimate states, T5 without mask, three tokenizers) and
+``StableDiffusionXLPipeline`` (UNet with the ``text_time`` added conditions, two CLIPs
+giving penultimate states and the second's pooled projection). Other
 pipeline folders keep compiling their denoiser alone (``genzip.frontend.hf_folder``).
 
 Invariant: the artifact folder is complete or absent (it is staged and renamed);
@@ -37,7 +39,7 @@ from genzip.runtime.pipeline import MANIFEST, PIPELINE_KIND
 PIPELINES = {"DiTPipeline": "transformer", "StableDiffusionPipeline": "unet",
              "StableDiffusionImg2ImgPipeline": "unet",
              "PixArtAlphaPipeline": "transformer", "PixArtSigmaPipeline": "transformer",
-             "StableDiffusion3Pipeline": "transformer"}
+             "StableDiffusion3Pipeline": "transformer", "StableDiffusionXLPipeline": "unet"}
 # Text encoders of each text pipeline: (component, its tokenizer, what the export returns
 # (pipeline_parts.LAST/MASKED/HIDDEN), the prompt length it pads to: None is the tokenizer's
 # model_max_length). A component model_index.json leaves null (SD3 without T5) is skipped.
@@ -49,6 +51,9 @@ TEXT_ENCODERS = {
     "StableDiffusion3Pipeline": (("text_encoder", "tokenizer", parts.HIDDEN, None),
                                  ("text_encoder_2", "tokenizer_2", parts.HIDDEN, None),
                                  ("text_encoder_3", "tokenizer_3", parts.LAST, 256)),
+    # SDXL reads both penultimate states (concatenated) and the second encoder's pooled projection
+    "StableDiffusionXLPipeline": (("text_encoder", "tokenizer", parts.HIDDEN, None),
+                                  ("text_encoder_2", "tokenizer_2", parts.HIDDEN, None)),
 }
 # Pipelines that encode an input image with the VAE (vae_encoder/).
 IMAGE_PIPELINES = ("StableDiffusionImg2ImgPipeline",)
@@ -151,9 +156,10 @@ def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str
         denoiser_opts = dataclasses.replace(options, passes=denoiser_spec, force=False, reproducer_dir=None)
         length = MASKED_TEXT_LENGTH.get(name)
         if length is None:
-            if name == "StableDiffusion3Pipeline":  # CLIP tokens then T5 tokens (SD3_T5_LENGTH)
+            if encoders:  # the prompt length the pipeline pads to: CLIP's (SD3: then T5's, SD3_T5_LENGTH)
                 clip = parts.tokenizer_length(root, "tokenizer") or 77
-                denoiser_opts = dataclasses.replace(denoiser_opts, text_len=clip + SD3_T5_LENGTH)
+                extra = SD3_T5_LENGTH if name == "StableDiffusion3Pipeline" else 0
+                denoiser_opts = dataclasses.replace(denoiser_opts, text_len=clip + extra)
             record(denoiser, compile_model(str(root / denoiser), os.path.join(tmp, denoiser), denoiser_opts, progress,
                                            config=config))
         else:  # the padding mask is a graph input (pipeline_parts.masked_transformer)
@@ -198,6 +204,9 @@ def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str
                     if configs["vae"].get(key) is not None},
             "configs": configs,
             "id2label": index.get("id2label"),
+            # the pipeline's own registered settings (SDXL's force_zeros_for_empty_prompt), as in model_index.json
+            "pipeline_options": {k: v for k, v in index.items() if not k.startswith("_") and k != "id2label"
+                                 and not (isinstance(v, list) and len(v) == 2)},
             "scheduler": "scheduler",
             "fidelity": fidelity,
             "passes": passes,

@@ -4,7 +4,7 @@
 ``genzip.json`` (``PIPELINES``) built from ONNX Runtime
 components: the transformer is ``DiffusersTransformer`` and the UNet ``DiffusersUNet``
 (plan applied), each text encoder is an ``OrtTextEncoder`` (SD3: three) with the
-artifact's own tokenizer files, the VAE is ``OrtVaeDecoder`` (with the encoder where the pipeline
+artifact's own tokenizer files (SDXL: two), the VAE is ``OrtVaeDecoder`` (with the encoder where the pipeline
 encodes images), the scheduler is the
 pipeline's own (``scheduler/``). It is called like the original
 (``pipe(class_labels=[...])`` or ``pipe(prompt=...)``, ``num_inference_steps=...,
@@ -57,6 +57,10 @@ class OrtVaeDecoder:
 
     def to(self, *args, **kwargs) -> OrtVaeDecoder:
         return self
+
+    def modules(self):
+        """See ``OrtTextEncoder.modules`` (SDXL asks the VAE's execution device too)."""
+        return iter((self,))
 
     def decode(self, latents, return_dict: bool = True, generator=None):
         import torch
@@ -140,6 +144,11 @@ class OrtTextEncoder:
     def to(self, *args, **kwargs) -> OrtTextEncoder:
         return self
 
+    def modules(self):
+        """What diffusers (SDXL's ``get_module_execution_device``) walks for offloading hooks: no
+        torch submodules, so none; the execution device is then ``device``."""
+        return iter((self,))
+
     def __call__(self, input_ids, attention_mask=None, output_hidden_states=None, **unused):
         import torch
 
@@ -170,7 +179,7 @@ class OrtTextEncoder:
 
 
 PIPELINES = ("DiTPipeline", "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "PixArtAlphaPipeline",
-             "PixArtSigmaPipeline", "StableDiffusion3Pipeline")
+             "PixArtSigmaPipeline", "StableDiffusion3Pipeline", "StableDiffusionXLPipeline")
 
 
 def _tokenizer(artifact: str, manifest: dict[str, Any], name: str = "tokenizer"):
@@ -226,6 +235,15 @@ def load_pipeline(artifact: str, plan=None, providers=None, threads: int | None 
                                         providers=providers) if present else None
             text[f"tokenizer{suffix}"] = _tokenizer(artifact, manifest, f"tokenizer{suffix}") if present else None
         return diffusers.StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, vae=vae, **text)
+    if name == "StableDiffusionXLPipeline":
+        unet = DiffusersUNet(path["unet"], configs["unet"], plan, threads=threads, providers=providers)
+        text = {part: OrtTextEncoder(path[part], configs[part], threads=threads, providers=providers)
+                for part in ("text_encoder", "text_encoder_2")}
+        options = manifest.get("pipeline_options", {})
+        return diffusers.StableDiffusionXLPipeline(
+            vae=vae, unet=unet, scheduler=scheduler, tokenizer=_tokenizer(artifact, manifest),
+            tokenizer_2=_tokenizer(artifact, manifest, "tokenizer_2"), **text,
+            force_zeros_for_empty_prompt=options.get("force_zeros_for_empty_prompt", True))
     text_encoder = OrtTextEncoder(path["text_encoder"], configs["text_encoder"], threads=threads,
                                   providers=providers)
     if name.startswith("PixArt"):

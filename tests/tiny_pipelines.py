@@ -165,3 +165,32 @@ def stable_diffusion_3(folder: Path, text_len: int = 77):
         text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
     pipe.save_pretrained(folder)
     return pipe
+
+
+def stable_diffusion_xl(folder: Path, text_len: int = 77):
+    """Save a tiny random StableDiffusionXLPipeline to ``folder``; return it. A 2-layer
+    ``CLIPTextModel`` and a 2-layer ``CLIPTextModelWithProjection`` (SDXL reads both
+    penultimate states, concatenated, and the second's pooled projection), the SD UNet with
+    SDXL's ``text_time`` added conditions (``text_embeds``, 6 ``time_ids``), the 2-block VAE,
+    Euler discrete."""
+    import diffusers
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    tokenizer = clip_tokenizer(folder.parent / f"{folder.name}-tokenizer", max_length=text_len)
+    text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=text_len, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)).eval()
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4, addition_embed_type="text_time",
+        addition_time_embed_dim=4, projection_class_embeddings_input_dim=8 + 6 * 4).eval()
+    pipe = diffusers.StableDiffusionXLPipeline(
+        vae=_vae(), text_encoder=text_encoder, text_encoder_2=_clip_with_projection(tokenizer, 8, 8, text_len),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
+        scheduler=diffusers.EulerDiscreteScheduler(beta_schedule="scaled_linear"))
+    pipe.save_pretrained(folder)
+    return pipe
