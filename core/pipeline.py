@@ -212,7 +212,7 @@ def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str
             "passes": passes,
         }
         if tokenizers:
-            manifest["tokenizer"] = tokenizers["tokenizer"]  # what artifacts before SD3 held
+            manifest["tokenizer"] = next(iter(tokenizers.values()))  # what artifacts before SD3 held
             manifest["tokenizers"] = tokenizers
         if config is not None:
             manifest["config"] = config

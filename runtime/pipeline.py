@@ -193,6 +193,18 @@ def _tokenizer(artifact: str, manifest: dict[str, Any], name: str = "tokenizer")
     return cls.from_pretrained(os.path.join(artifact, spec["folder"]), local_files_only=True)
 
 
+def _text_parts(artifact: str, manifest: dict[str, Any], path: dict[str, str], suffixes, threads, providers):
+    """``text_encoder{suffix}`` and ``tokenizer{suffix}`` keywords of a pipeline with several
+    encoders; one its model_index.json left null (SD3 without T5) is None, as diffusers loads it."""
+    text: dict[str, Any] = {}
+    for suffix in suffixes:
+        part, present = f"text_encoder{suffix}", f"text_encoder{suffix}" in path
+        text[part] = OrtTextEncoder(path[part], manifest["configs"][part], threads=threads,
+                                    providers=providers) if present else None
+        text[f"tokenizer{suffix}"] = _tokenizer(artifact, manifest, f"tokenizer{suffix}") if present else None
+    return text
+
+
 def load_pipeline(artifact: str, plan=None, providers=None, threads: int | None = None):
     """See ``genzip.load_pipeline``."""
     import diffusers
@@ -227,22 +239,14 @@ def load_pipeline(artifact: str, plan=None, providers=None, threads: int | None 
         # the full config: the pipeline reads patch_size and joint_attention_dim off it
         transformer = DiffusersTransformer(path["transformer"], plan, threads=threads, providers=providers,
                                            config=configs["transformer"])
-        text = {}
-        for suffix in ("", "_2", "_3"):
-            part = f"text_encoder{suffix}"
-            present = part in path  # text_encoder_3 may be left out (model_index null): zeros, as in PyTorch
-            text[part] = OrtTextEncoder(path[part], configs[part], threads=threads,
-                                        providers=providers) if present else None
-            text[f"tokenizer{suffix}"] = _tokenizer(artifact, manifest, f"tokenizer{suffix}") if present else None
+        text = _text_parts(artifact, manifest, path, ("", "_2", "_3"), threads, providers)
         return diffusers.StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, vae=vae, **text)
     if name == "StableDiffusionXLPipeline":
         unet = DiffusersUNet(path["unet"], configs["unet"], plan, threads=threads, providers=providers)
-        text = {part: OrtTextEncoder(path[part], configs[part], threads=threads, providers=providers)
-                for part in ("text_encoder", "text_encoder_2")}
         options = manifest.get("pipeline_options", {})
         return diffusers.StableDiffusionXLPipeline(
-            vae=vae, unet=unet, scheduler=scheduler, tokenizer=_tokenizer(artifact, manifest),
-            tokenizer_2=_tokenizer(artifact, manifest, "tokenizer_2"), **text,
+            vae=vae, unet=unet, scheduler=scheduler, **_text_parts(artifact, manifest, path, ("", "_2"), threads,
+                                                                    providers),
             force_zeros_for_empty_prompt=options.get("force_zeros_for_empty_prompt", True))
     text_encoder = OrtTextEncoder(path["text_encoder"], configs["text_encoder"], threads=threads,
                                   providers=providers)
