@@ -4,7 +4,7 @@ Supported pipeline classes (``PIPELINES``): ``DiTPipeline`` (class-conditional D
 transformer, VAE decoder, scheduler), ``StableDiffusionPipeline`` (UNet, CLIP text
 encoder and its tokenizer, VAE decoder, scheduler; ``StableDiffusionImg2ImgPipeline``
 also the VAE encoder), ``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline`` (PixArt
-transformer and T5 text encoder, both taking the prompt's padding mask) and
+transformer and T5 text encoder, both taking the prompt's padding mask),
 ``StableDiffusion3Pipeline`` (SD3 transformer with pooled projections, two projection
 CLIPs giving pooled and penultimate states, T5 without mask, three tokenizers) and
 ``StableDiffusionXLPipeline`` (UNet with the ``text_time`` added conditions, two CLIPs

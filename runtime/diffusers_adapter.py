@@ -40,8 +40,8 @@ An artifact exported with an ``encoder_attention_mask`` input (a PixArt or UNet 
 ``[B, T]`` keep-mask, as the pipeline passes ``prompt_attention_mask``) is fed the mask
 given, so padded prompts match PyTorch, and all ones when none is passed; PixArt's
 ``added_cond_kwargs`` ``resolution`` / ``aspect_ratio`` and SD3's ``pooled_projections``
-are fed where the artifact has those inputs. An artifact whose graph has no mask input (an older export, a model whose
-forward takes none) refuses a mask with zeros (padded prompt embeddings, whose output
+are fed where the artifact has those inputs. An artifact whose graph has no mask input (an
+older export, a model whose forward takes none) refuses a mask with zeros (padded prompt embeddings, whose output
 would then differ from PyTorch) with an error that says so; an all-ones mask is
 accepted. Latents, timesteps and
 conditioning are checked against the artifact's input shapes before the call, so a
