@@ -1,7 +1,7 @@
 """Calibrated recipes on a whole pipeline: ``genzip-compile PIXART_FOLDER --recipe w8a8`` quantizes
 the masked PixArt transformer, calibrated on its own denoising trajectory (recorded like a DiT
 folder's, in the export's input layout: padded prompt masks, micro-conditions); the pipeline's
-images stay close to float32 PyTorch's at the same seed."""
+images stay close to float32 PyTorch's at the same seed; genzip sample writes its PNG."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 import genzip
-from genzip.tools import compile_cli
+from genzip.tools import compile_cli, genzip_cli
 from tests.tiny_pipelines import pixart
 
 
@@ -36,3 +36,6 @@ def test_pixart_pipeline_w8a8_calibrates_on_its_trajectory(tmp_path):
     err = np.abs(got - want)
     # measured 2.6e-3 max abs (PSNR 65 dB); float32 artifacts match to 5e-7, so int8 did change it
     assert 1e-5 < err.max() < 1e-2 and want.std() > 0.05
+    # genzip sample runs PixArt without resolution binning (a tiny sample size has no bins)
+    assert genzip_cli.main(["sample", str(out), "--prompt", "a red cat", "--steps", "1", "--out",
+                            str(tmp_path / "cat.png"), "--quiet"]) == 0

@@ -146,7 +146,11 @@ def run_pipeline(args: argparse.Namespace, providers) -> int:
     if args.scheduler is not None:  # the class swapped, the model's noise schedule kept
         pipe.scheduler = scheduler_class(args.scheduler).from_config(pipe.scheduler.config)
     start = time.perf_counter()
-    images = pipe(**cond, **given_image, num_inference_steps=args.steps, guidance_scale=args.cfg,
+    # PixArt bins the requested size to its trained aspect ratios: at the default size (square,
+    # the export's) the bin is that size itself, and a sample size without bins (a small model)
+    # raises, so binning is off: the same images where it applies, and small models run too.
+    binning = {"use_resolution_binning": False} if name.startswith("PixArt") else {}
+    images = pipe(**cond, **given_image, **binning, num_inference_steps=args.steps, guidance_scale=args.cfg,
                   generator=torch.manual_seed(args.seed), output_type="pil").images
     total_ms = (time.perf_counter() - start) * 1e3
     for image, path in zip([grid_image(images)] if args.grid else images, paths):
