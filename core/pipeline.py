@@ -8,7 +8,8 @@ transformer and T5 text encoder, both taking the prompt's padding mask),
 ``StableDiffusion3Pipeline`` (SD3 transformer with pooled projections, two projection
 CLIPs giving pooled and penultimate states, T5 without mask, three tokenizers) and
 ``StableDiffusionXLPipeline`` (UNet with the ``text_time`` added conditions, two CLIPs
-giving penultimate states and the second's pooled projection). Other
+giving penultimate states and the second's pooled projection); their ``Img2Img`` siblings
+also the VAE encoder. Other
 pipeline folders keep compiling their denoiser alone (``genzip.frontend.hf_folder``).
 
 Invariant: the artifact folder is complete or absent (it is staged and renamed);
@@ -39,7 +40,8 @@ from genzip.runtime.pipeline import MANIFEST, PIPELINE_KIND
 PIPELINES = {"DiTPipeline": "transformer", "StableDiffusionPipeline": "unet",
              "StableDiffusionImg2ImgPipeline": "unet",
              "PixArtAlphaPipeline": "transformer", "PixArtSigmaPipeline": "transformer",
-             "StableDiffusion3Pipeline": "transformer", "StableDiffusionXLPipeline": "unet"}
+             "StableDiffusion3Pipeline": "transformer", "StableDiffusion3Img2ImgPipeline": "transformer",
+             "StableDiffusionXLPipeline": "unet", "StableDiffusionXLImg2ImgPipeline": "unet"}
 # Text encoders of each text pipeline: (component, its tokenizer, what the export returns
 # (pipeline_parts.LAST/MASKED/HIDDEN), the prompt length it pads to: None is the tokenizer's
 # model_max_length). A component model_index.json leaves null (SD3 without T5) is skipped.
@@ -55,8 +57,10 @@ TEXT_ENCODERS = {
     "StableDiffusionXLPipeline": (("text_encoder", "tokenizer", parts.HIDDEN, None),
                                   ("text_encoder_2", "tokenizer_2", parts.HIDDEN, None)),
 }
+TEXT_ENCODERS["StableDiffusion3Img2ImgPipeline"] = TEXT_ENCODERS["StableDiffusion3Pipeline"]
+TEXT_ENCODERS["StableDiffusionXLImg2ImgPipeline"] = TEXT_ENCODERS["StableDiffusionXLPipeline"]
 # Pipelines that encode an input image with the VAE (vae_encoder/).
-IMAGE_PIPELINES = ("StableDiffusionImg2ImgPipeline",)
+IMAGE_PIPELINES = ("StableDiffusionImg2ImgPipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusionXLImg2ImgPipeline")
 # Pipelines that pass the prompt's padding mask to the text encoder and the denoiser, with the
 # prompt length they pad to (their __call__'s max_sequence_length default).
 MASKED_TEXT_LENGTH = {"PixArtAlphaPipeline": 120, "PixArtSigmaPipeline": 300}
@@ -158,7 +162,7 @@ def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str
         if length is None:
             if encoders:  # the prompt length the pipeline pads to: CLIP's (SD3: then T5's, SD3_T5_LENGTH)
                 clip = parts.tokenizer_length(root, "tokenizer") or 77
-                extra = SD3_T5_LENGTH if name == "StableDiffusion3Pipeline" else 0
+                extra = SD3_T5_LENGTH if name.startswith("StableDiffusion3") else 0
                 denoiser_opts = dataclasses.replace(denoiser_opts, text_len=clip + extra)
             record(denoiser, compile_model(str(root / denoiser), os.path.join(tmp, denoiser), denoiser_opts, progress,
                                            config=config))

@@ -179,7 +179,8 @@ class OrtTextEncoder:
 
 
 PIPELINES = ("DiTPipeline", "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "PixArtAlphaPipeline",
-             "PixArtSigmaPipeline", "StableDiffusion3Pipeline", "StableDiffusionXLPipeline")
+             "PixArtSigmaPipeline", "StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline",
+             "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
 
 
 def _tokenizer(artifact: str, manifest: dict[str, Any], name: str = "tokenizer"):
@@ -235,19 +236,22 @@ def load_pipeline(artifact: str, plan=None, providers=None, threads: int | None 
         transformer = DiffusersTransformer(path["transformer"], plan, threads=threads, providers=providers)
         return diffusers.DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler,
                                      id2label=manifest.get("id2label"))
-    if name == "StableDiffusion3Pipeline":
+    if name.startswith("StableDiffusion3"):
         # the full config: the pipeline reads patch_size and joint_attention_dim off it
         transformer = DiffusersTransformer(path["transformer"], plan, threads=threads, providers=providers,
                                            config=configs["transformer"])
         text = _text_parts(artifact, manifest, path, ("", "_2", "_3"), threads, providers)
-        return diffusers.StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, vae=vae, **text)
-    if name == "StableDiffusionXLPipeline":
+        return getattr(diffusers, name)(transformer=transformer, scheduler=scheduler, vae=vae, **text)
+    if name.startswith("StableDiffusionXL"):
+        import inspect
+
         unet = DiffusersUNet(path["unet"], configs["unet"], plan, threads=threads, providers=providers)
-        options = manifest.get("pipeline_options", {})
-        return diffusers.StableDiffusionXLPipeline(
-            vae=vae, unet=unet, scheduler=scheduler, **_text_parts(artifact, manifest, path, ("", "_2"), threads,
-                                                                    providers),
-            force_zeros_for_empty_prompt=options.get("force_zeros_for_empty_prompt", True))
+        cls = getattr(diffusers, name)
+        # the pipeline's own settings (force_zeros_for_empty_prompt, img2img's requires_aesthetics_score)
+        params = inspect.signature(cls.__init__).parameters
+        options = {k: v for k, v in manifest.get("pipeline_options", {}).items() if k in params}
+        return cls(vae=vae, unet=unet, scheduler=scheduler, **options,
+                   **_text_parts(artifact, manifest, path, ("", "_2"), threads, providers))
     text_encoder = OrtTextEncoder(path["text_encoder"], configs["text_encoder"], threads=threads,
                                   providers=providers)
     if name.startswith("PixArt"):

@@ -137,8 +137,9 @@ def _clip_with_projection(tokenizer, hidden: int, projection: int, text_len: int
         pad_token_id=tokenizer.pad_token_id)).eval()
 
 
-def stable_diffusion_3(folder: Path, text_len: int = 77):
-    """Save a tiny random StableDiffusion3Pipeline to ``folder``; return it. Two 2-layer CLIP
+def stable_diffusion_3(folder: Path, text_len: int = 77, img2img: bool = False):
+    """Save a tiny random StableDiffusion3Pipeline (``img2img``: the same components as a
+    StableDiffusion3Img2ImgPipeline) to ``folder``; return it. Two 2-layer CLIP
     encoders with projections (SD3 reads the penultimate hidden state, so one layer would give
     the bare embeddings), a 1-layer T5 encoder, a 1-layer SD3 transformer (joint attention,
     pooled projections), the 2-block VAE with SD3's shift factor, flow-matching Euler."""
@@ -158,7 +159,8 @@ def stable_diffusion_3(folder: Path, text_len: int = 77):
         pos_embed_max_size=8).eval()
     vae = _vae()
     vae.register_to_config(scaling_factor=1.5305, shift_factor=0.0609)
-    pipe = diffusers.StableDiffusion3Pipeline(
+    cls = diffusers.StableDiffusion3Img2ImgPipeline if img2img else diffusers.StableDiffusion3Pipeline
+    pipe = cls(
         transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
         text_encoder=_clip_with_projection(tokenizer, 8, 8, text_len), tokenizer=tokenizer,
         text_encoder_2=_clip_with_projection(tokenizer, 8, 8, text_len), tokenizer_2=tokenizer,
@@ -167,8 +169,9 @@ def stable_diffusion_3(folder: Path, text_len: int = 77):
     return pipe
 
 
-def stable_diffusion_xl(folder: Path, text_len: int = 77):
-    """Save a tiny random StableDiffusionXLPipeline to ``folder``; return it. A 2-layer
+def stable_diffusion_xl(folder: Path, text_len: int = 77, img2img: bool = False):
+    """Save a tiny random StableDiffusionXLPipeline (``img2img``: the same components as a
+    StableDiffusionXLImg2ImgPipeline) to ``folder``; return it. A 2-layer
     ``CLIPTextModel`` and a 2-layer ``CLIPTextModelWithProjection`` (SDXL reads both
     penultimate states, concatenated, and the second's pooled projection), the SD UNet with
     SDXL's ``text_time`` added conditions (``text_embeds``, 6 ``time_ids``), the 2-block VAE,
@@ -188,7 +191,8 @@ def stable_diffusion_xl(folder: Path, text_len: int = 77):
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4, addition_embed_type="text_time",
         addition_time_embed_dim=4, projection_class_embeddings_input_dim=8 + 6 * 4).eval()
-    pipe = diffusers.StableDiffusionXLPipeline(
+    cls = diffusers.StableDiffusionXLImg2ImgPipeline if img2img else diffusers.StableDiffusionXLPipeline
+    pipe = cls(
         vae=_vae(), text_encoder=text_encoder, text_encoder_2=_clip_with_projection(tokenizer, 8, 8, text_len),
         tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
         scheduler=diffusers.EulerDiscreteScheduler(beta_schedule="scaled_linear"))
