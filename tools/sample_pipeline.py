@@ -4,7 +4,7 @@ Images from a pipeline artifact: class labels for a ``DiTPipeline``, prompts for
 pipeline (``StableDiffusionPipeline``). One PNG per label or prompt: ``--out`` itself
 for one image, ``STEM-<i>.png`` for several; with ``--grid``, one image at ``--out``
 holding them all (rows of ``ceil(sqrt(n))``). An image pipeline's artifact
-(``StableDiffusionImg2ImgPipeline``) transforms ``--image IN.png`` with each prompt
+(``StableDiffusionImg2ImgPipeline``, its SD3 and SDXL siblings) transforms ``--image IN.png`` with each prompt
 (``--strength``, default diffusers' 0.8); without ``--image`` it samples from noise through
 its text-to-image sibling (diffusers' ``AutoPipelineForText2Image.from_pipe``, same
 components). The pipeline runs as
