@@ -40,6 +40,10 @@ def test_sd3_components_and_manifest(sd3_pipeline):
     assert sorted(manifest["components"]) == ["text_encoder", "text_encoder_2", "text_encoder_3", "transformer",
                                               "vae_decoder", "vae_encoder"]
     assert manifest["passes"]["text_encoder_3"] == "dce" and manifest["passes"]["text_encoder"] == ""
+    from genzip.compile import build_compile, resolve_settings
+
+    rebuild = build_compile(resolve_settings(os.path.join(out, "genzip.json")))  # --config ARTIFACT/genzip.json
+    assert rebuild.component_passes == {"text_encoder_3": "dce"}  # a component name with a digit
     assert manifest["vae"] == {"scaling_factor": 1.5305, "shift_factor": 0.0609}
     assert sorted(manifest["tokenizers"]) == ["tokenizer", "tokenizer_2", "tokenizer_3"]
     for part in manifest["components"]:
