@@ -57,8 +57,9 @@ def compile_pipeline(folder, *, passes=None, recipe=None, target=None, out=None,
     """Compile a diffusers pipeline folder whole (every component, one artifact folder), as
     ``genzip-compile PIPELINE_FOLDER`` does, and return its ``Artifact``. ``passes``: a spec,
     or a list whose ``"NAME=SPEC"`` entries give a component its own (``transformer``/``unet``,
-    ``text_encoder``, ``vae``); a bare spec is the denoiser's. Other keywords as for
-    ``genzip.compile``; ``load()`` on the result returns the diffusers pipeline."""
+    ``text_encoder`` (SD3, SDXL: ``text_encoder_2``; SD3: ``text_encoder_3``), ``vae``); a bare
+    spec is the denoiser's. Other keywords as for ``genzip.compile``; ``load()`` on the result
+    returns the diffusers pipeline."""
     from genzip.compile import prepare
     from genzip.pipeline import compile_pipeline as compile_whole
     from genzip.pipeline import pipeline_class
@@ -67,7 +68,7 @@ def compile_pipeline(folder, *, passes=None, recipe=None, target=None, out=None,
                    api="genzip.compile_pipeline", **options)
     if pipeline_class(prep.resolved.model) is None:
         raise GenzipError(f"{prep.resolved.model} is not a diffusers pipeline folder genzip compiles whole",
-                          "pass a folder with model_index.json (DiT, PixArt, Stable Diffusion pipelines), "
+                          "pass a folder with model_index.json (DiT, PixArt, Stable Diffusion, SD3, SDXL pipelines), "
                           "or use genzip.compile for one model")
     return prep.run(lambda out_dir: compile_whole(prep.resolved.model, out_dir, prep.resolved.options, prep.report,
                                                   config=prep.record,

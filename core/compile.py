@@ -210,12 +210,17 @@ def compile_model(
     *,
     example_call: Any = None,
     config: dict[str, Any] | None = None,
+    calibration: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Compile ``model_ref`` into the artifact folder ``out_dir``; return its manifest.
 
     ``model_ref`` is a reference string, or an in-memory model (``nn.Module``,
     ``onnx.ModelProto``, ``onnx_ir.Model``; ``example_call`` is then its example inputs).
     ``config`` is the resolved configuration the manifest records (``genzip.compile``).
+    ``calibration``: the source's own calibration set when it records none itself (a
+    zero-argument callable returning feed dicts by graph input name, called only when a
+    pass calibrates; the whole-pipeline compile gives PixArt's masked transformer its
+    denoising trajectory); the user's ``calib_data`` takes precedence.
     """
     opts = options or CompileOptions()
     if opts.target not in TARGETS:
@@ -231,7 +236,8 @@ def compile_model(
     if sizes.given() and user is not None and user.inputs is not None:
         raise GenzipError(f"{', '.join(sizes.given())} and --inputs both set the export's shapes",
                           "drop the size flags (the inputs' shapes are traced) or drop --inputs")
-    check_needs(pipeline.passes, _provided(kind, model_ref, user, opts.kv_cache), _SOURCE_WORDS[kind])
+    provided = _provided(kind, model_ref, user, opts.kv_cache) | ({CALIBRATION} if calibration else set())
+    check_needs(pipeline.passes, provided, _SOURCE_WORDS[kind])
     axes = dynamic_request(opts.dynamic_axes, pipeline.passes)
 
     label = model_ref if isinstance(model_ref, str) else f"a {type(model_ref).__name__}"
@@ -244,6 +250,8 @@ def compile_model(
                                     axes=axes)
             else:
                 source = load_object(model_ref, example_call, seed=opts.seed, user=user, sizes=sizes, axes=axes)
+        if calibration is not None:
+            source.info.setdefault("calibration", calibration)
         return compile_source(source, out_dir, opts, progress, pipeline, config=config, executor=executor)
 
 

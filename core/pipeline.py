@@ -3,15 +3,21 @@
 Supported pipeline classes (``PIPELINES``): ``DiTPipeline`` (class-conditional DiT
 transformer, VAE decoder, scheduler), ``StableDiffusionPipeline`` (UNet, CLIP text
 encoder and its tokenizer, VAE decoder, scheduler; ``StableDiffusionImg2ImgPipeline``
-also the VAE encoder) and ``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline`` (PixArt
-transformer and T5 text encoder, both taking the prompt's padding mask). Other pipeline folders keep
-compiling their denoiser alone (``genzip.frontend.hf_folder``).
+also the VAE encoder), ``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline`` (PixArt
+transformer and T5 text encoder, both taking the prompt's padding mask),
+``StableDiffusion3Pipeline`` (SD3 transformer with pooled projections, two projection
+CLIPs giving pooled and penultimate states, T5 without mask, three tokenizers) and
+``StableDiffusionXLPipeline`` (UNet with the ``text_time`` added conditions, two CLIPs
+giving penultimate states and the second's pooled projection); their ``Img2Img`` siblings
+also the VAE encoder. Other
+pipeline folders keep compiling their denoiser alone (``genzip.frontend.hf_folder``).
 
 Invariant: the artifact folder is complete or absent (it is staged and renamed);
 it holds one sub-artifact per neural component (``transformer/`` or ``unet/``,
-``text_encoder/``, ``vae_decoder/``, ``vae_encoder/``), each a normal genzip artifact with its own
-manifest and fidelity gate, plus the pipeline's ``model_index.json``, ``scheduler/``
-and ``tokenizer/`` files, and a top-level ``genzip.json`` with ``"kind": "pipeline"``
+``text_encoder/`` (``text_encoder_2/``, ``text_encoder_3/``), ``vae_decoder/``,
+``vae_encoder/``), each a normal genzip artifact with its own manifest and fidelity gate,
+plus the pipeline's ``model_index.json``, ``scheduler/`` and ``tokenizer/`` (``tokenizer_2/``,
+``tokenizer_3/``) files, and a top-level ``genzip.json`` with ``"kind": "pipeline"``
 naming them and holding each component's config (what the diffusers pipeline reads).
 """
 
@@ -30,22 +36,47 @@ from genzip.backends.artifact import staged_folder, write_json
 from genzip.errors import GenzipError
 from genzip.runtime.pipeline import MANIFEST, PIPELINE_KIND
 
-# pipeline class -> its denoiser folder; text pipelines also have text_encoder/ and tokenizer/.
+# pipeline class -> its denoiser folder; text pipelines also have their TEXT_ENCODERS.
 PIPELINES = {"DiTPipeline": "transformer", "StableDiffusionPipeline": "unet",
              "StableDiffusionImg2ImgPipeline": "unet",
-             "PixArtAlphaPipeline": "transformer", "PixArtSigmaPipeline": "transformer"}
-TEXT_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "PixArtAlphaPipeline",
-                  "PixArtSigmaPipeline")
+             "PixArtAlphaPipeline": "transformer", "PixArtSigmaPipeline": "transformer",
+             "StableDiffusion3Pipeline": "transformer", "StableDiffusion3Img2ImgPipeline": "transformer",
+             "StableDiffusionXLPipeline": "unet", "StableDiffusionXLImg2ImgPipeline": "unet"}
+# Text encoders of each text pipeline: (component, its tokenizer, what the export returns
+# (pipeline_parts.LAST/MASKED/HIDDEN), the prompt length it pads to: None is the tokenizer's
+# model_max_length). A component model_index.json leaves null (SD3 without T5) is skipped.
+TEXT_ENCODERS = {
+    "StableDiffusionPipeline": (("text_encoder", "tokenizer", parts.LAST, None),),
+    "StableDiffusionImg2ImgPipeline": (("text_encoder", "tokenizer", parts.LAST, None),),
+    "PixArtAlphaPipeline": (("text_encoder", "tokenizer", parts.MASKED, 120),),
+    "PixArtSigmaPipeline": (("text_encoder", "tokenizer", parts.MASKED, 300),),
+    "StableDiffusion3Pipeline": (("text_encoder", "tokenizer", parts.HIDDEN, None),
+                                 ("text_encoder_2", "tokenizer_2", parts.HIDDEN, None),
+                                 ("text_encoder_3", "tokenizer_3", parts.LAST, 256)),
+    # SDXL reads both penultimate states (concatenated) and the second encoder's pooled projection
+    "StableDiffusionXLPipeline": (("text_encoder", "tokenizer", parts.HIDDEN, None),
+                                  ("text_encoder_2", "tokenizer_2", parts.HIDDEN, None)),
+}
+TEXT_ENCODERS["StableDiffusion3Img2ImgPipeline"] = TEXT_ENCODERS["StableDiffusion3Pipeline"]
+TEXT_ENCODERS["StableDiffusionXLImg2ImgPipeline"] = TEXT_ENCODERS["StableDiffusionXLPipeline"]
 # Pipelines that encode an input image with the VAE (vae_encoder/).
-IMAGE_PIPELINES = ("StableDiffusionImg2ImgPipeline",)
+IMAGE_PIPELINES = ("StableDiffusionImg2ImgPipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusionXLImg2ImgPipeline")
 # Pipelines that pass the prompt's padding mask to the text encoder and the denoiser, with the
 # prompt length they pad to (their __call__'s max_sequence_length default).
 MASKED_TEXT_LENGTH = {"PixArtAlphaPipeline": 120, "PixArtSigmaPipeline": 300}
+# SD3's transformer takes the CLIP states (tokenizer length) and T5's (max_sequence_length
+# default 256) concatenated along the tokens.
+SD3_T5_LENGTH = 256
 
 
 def component_names(name: str) -> tuple[str, ...]:
     """The component names ``--passes NAME=SPEC`` takes for pipeline class ``name``."""
-    return (PIPELINES[name],) + (("text_encoder",) if name in TEXT_PIPELINES else ()) + ("vae",)
+    return (PIPELINES[name],) + tuple(part for part, *_ in TEXT_ENCODERS.get(name, ())) + ("vae",)
+
+
+def text_encoders(name: str, index: dict[str, Any]) -> list[tuple[str, str, str, int | None]]:
+    """The ``TEXT_ENCODERS`` rows of pipeline ``name`` whose component ``model_index.json`` names."""
+    return [row for row in TEXT_ENCODERS.get(name, ()) if (index.get(row[0]) or [None])[0] is not None]
 
 
 def pipeline_class(model_ref: Any) -> str | None:
@@ -103,12 +134,12 @@ def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str
     root = Path(folder).expanduser()
     name = pipeline_class(root)
     denoiser = PIPELINES[name]
-    text = name in TEXT_PIPELINES
     component_passes = dict(component_passes or {})
     check_component_passes(name, component_passes)
     denoiser_spec = ",".join(s for s in (options.passes, component_passes.get(denoiser, "")) if s)
     index = json.loads((root / "model_index.json").read_text())
-    for part in (denoiser, "vae", "scheduler") + (("text_encoder", "tokenizer") if text else ()):
+    encoders = text_encoders(name, index)
+    for part in (denoiser, "vae", "scheduler") + tuple(p for row in encoders for p in row[:2]):
         if not (root / part).is_dir():
             raise GenzipError(f"'{root}' is a {name} folder without its '{part}' folder",
                               "pass a folder written by the pipeline's save_pretrained()")
@@ -122,7 +153,7 @@ def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str
                           f"compile its {denoiser} folder alone with --dynamic-axes, or drop it")
     say = progress or (lambda _: None)
     with staged_folder(out_dir, options.force) as tmp:
-        fidelity, passes, components, configs = {}, {}, {}, {}
+        fidelity, passes, components, configs, tokenizers = {}, {}, {}, {}, {}
 
         def record(part: str, manifest: dict[str, Any]) -> None:
             components[part] = part
@@ -132,6 +163,10 @@ def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str
         denoiser_opts = dataclasses.replace(options, passes=denoiser_spec, force=False, reproducer_dir=None)
         length = MASKED_TEXT_LENGTH.get(name)
         if length is None:
+            if encoders:  # the prompt length the pipeline pads to: CLIP's (SD3: then T5's, SD3_T5_LENGTH)
+                clip = parts.tokenizer_length(root, "tokenizer") or 77
+                extra = SD3_T5_LENGTH if name.startswith("StableDiffusion3") else 0
+                denoiser_opts = dataclasses.replace(denoiser_opts, text_len=clip + extra)
             record(denoiser, compile_model(str(root / denoiser), os.path.join(tmp, denoiser), denoiser_opts, progress,
                                            config=config))
         else:  # the padding mask is a graph input (pipeline_parts.masked_transformer)
@@ -140,16 +175,19 @@ def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str
             # the example call is built at the sizes asked for, so they leave the options
             fixed = dataclasses.replace(denoiser_opts, height=None, width=None, sample_size=None)
             record(denoiser, compile_model(module, os.path.join(tmp, denoiser), fixed, progress,
-                                           example_call=call, config=config))
+                                           example_call=call, config=config,
+                                           calibration=parts.masked_calibration(module, call, options.seed)))
         configs[denoiser] = json.loads((root / denoiser / "config.json").read_text())
-        if text:
-            say(f"{name}: compiling the text encoder")
-            module, call, configs["text_encoder"] = parts.text_encoder(root, index["text_encoder"][1], length,
-                                                                       masked=length is not None)
-            record("text_encoder", compile_model(module, os.path.join(tmp, "text_encoder"),
-                                                 _side_options(options, component_passes.get("text_encoder", "")),
-                                                 progress, example_call=call))
-            shutil.copytree(root / "tokenizer", os.path.join(tmp, "tokenizer"))
+        for part, tokenizer, mode, text_len in encoders:
+            say(f"{name}: compiling the {part.replace('_', ' ')}")
+            module, call, configs[part] = parts.text_encoder(root, index[part][1], text_len, mode, part=part,
+                                                             tokenizer=tokenizer)
+            record(part, compile_model(module, os.path.join(tmp, part),
+                                       _side_options(options, component_passes.get(part, "")), progress,
+                                       example_call=call))
+            if tokenizer not in tokenizers:
+                shutil.copytree(root / tokenizer, os.path.join(tmp, tokenizer))
+                tokenizers[tokenizer] = {"folder": tokenizer, "class": index[tokenizer][1]}
         say(f"{name}: compiling the VAE decoder")
         module, latents, configs["vae"] = parts.vae_decoder(root, denoiser, sizes.height, sizes.width)
         record("vae_decoder", compile_model(module, os.path.join(tmp, "vae_decoder"),
@@ -169,15 +207,20 @@ def compile_pipeline(folder: str, out_dir: str, options, progress: Callable[[str
             "pipeline": name,
             "source": str(root.resolve()),
             "components": components,
-            "vae": {"scaling_factor": float(configs["vae"]["scaling_factor"])},
+            "vae": {key: float(configs["vae"][key]) for key in ("scaling_factor", "shift_factor")
+                    if configs["vae"].get(key) is not None},
             "configs": configs,
             "id2label": index.get("id2label"),
+            # the pipeline's own registered settings (SDXL's force_zeros_for_empty_prompt), as in model_index.json
+            "pipeline_options": {k: v for k, v in index.items() if not k.startswith("_") and k != "id2label"
+                                 and not (isinstance(v, list) and len(v) == 2)},
             "scheduler": "scheduler",
             "fidelity": fidelity,
             "passes": passes,
         }
-        if text:
-            manifest["tokenizer"] = {"folder": "tokenizer", "class": index["tokenizer"][1]}
+        if tokenizers:
+            manifest["tokenizer"] = next(iter(tokenizers.values()))  # what artifacts before SD3 held
+            manifest["tokenizers"] = tokenizers
         if config is not None:
             manifest["config"] = config
         write_json(os.path.join(tmp, MANIFEST), manifest)

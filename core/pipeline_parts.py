@@ -15,12 +15,20 @@ from typing import Any
 
 from genzip.errors import GenzipError
 
+# What a text encoder export returns, by how its pipeline reads it (``text_encoder(mode=...)``).
+LAST, MASKED, HIDDEN = "last", "masked", "hidden"
 
-def text_encoder(folder: Path, class_name: str, length: int | None, masked: bool):
-    """(the text encoder as a module ``input_ids[, attention_mask] -> last_hidden_state``, its
-    example call, its config dict). ``length``: the prompt length the pipeline pads to (None:
-    the tokenizer's ``model_max_length``). ``masked``: the pipeline passes the padding mask
-    (T5 in PixArt), so it is an input; the example masks the second half of the prompt."""
+
+def text_encoder(folder: Path, class_name: str, length: int | None, mode: str = LAST,
+                 part: str = "text_encoder", tokenizer: str = "tokenizer"):
+    """(the text encoder ``folder/part`` as a module, its example call, its config dict).
+    ``length``: the prompt length the pipeline pads to (None: the ``tokenizer`` folder's
+    ``model_max_length``). ``mode``: ``LAST``, ``input_ids -> last_hidden_state`` (CLIP in SD,
+    T5 in SD3); ``MASKED``, the same with the pipeline's padding mask as an ``attention_mask``
+    input (T5 in PixArt; the example masks the second half of the prompt); ``HIDDEN``,
+    ``input_ids -> (output_0, penultimate)``: the encoder's first output (a projection CLIP's
+    pooled ``text_embeds``) and the hidden state before the last layer, what SD3's
+    ``encoder(ids, output_hidden_states=True)`` is read for (``[0]``, ``hidden_states[-2]``)."""
     import torch
     import transformers
 
@@ -28,11 +36,10 @@ def text_encoder(folder: Path, class_name: str, length: int | None, masked: bool
     if cls is None:
         raise GenzipError(f"transformers has no text encoder class '{class_name}'",
                           "check model_index.json or upgrade transformers")
-    encoder = cls.from_pretrained(folder / "text_encoder", local_files_only=True, use_safetensors=True,
+    encoder = cls.from_pretrained(folder / part, local_files_only=True, use_safetensors=True,
                                   dtype=torch.float32).eval()
     if length is None:
-        tok_config = json.loads((folder / "tokenizer" / "tokenizer_config.json").read_text())
-        length = int(tok_config.get("model_max_length") or encoder.config.max_position_embeddings)
+        length = tokenizer_length(folder, tokenizer) or int(encoder.config.max_position_embeddings)
 
     class TextEncoder(torch.nn.Module):
         def __init__(self, encoder):
@@ -40,13 +47,24 @@ def text_encoder(folder: Path, class_name: str, length: int | None, masked: bool
             self.encoder = encoder
 
         def forward(self, input_ids, attention_mask=None):
+            if mode == HIDDEN:
+                out = self.encoder(input_ids, output_hidden_states=True, return_dict=True)
+                return out[0], out.hidden_states[-2]
             return self.encoder(input_ids, attention_mask=attention_mask, return_dict=False)[0]
 
     g = torch.Generator().manual_seed(0)
     call: dict[str, Any] = {"input_ids": torch.randint(0, encoder.config.vocab_size, (1, length), generator=g)}
-    if masked:
+    if mode == MASKED:
         call["attention_mask"] = (torch.arange(length) < max(1, length // 2)).long()[None]
     return TextEncoder(encoder).eval(), call, encoder.config.to_dict()
+
+
+def tokenizer_length(folder: Path, tokenizer: str) -> int | None:
+    """The ``model_max_length`` of the pipeline's ``tokenizer`` folder (what its pipeline pads
+    CLIP prompts to), None when unset."""
+    config = json.loads((folder / tokenizer / "tokenizer_config.json").read_text())
+    value = config.get("model_max_length")
+    return int(value) if value and value < 1e6 else None
 
 
 def masked_transformer(folder: Path, length: int, batch: int = 2, height: int | None = None,
@@ -89,6 +107,20 @@ def masked_transformer(folder: Path, length: int, batch: int = 2, height: int | 
         call["resolution"] = torch.tensor([[(height or size) * 8.0, (width or size) * 8.0]]).repeat(batch, 1)
         call["aspect_ratio"] = torch.ones(batch, 1)
     return MaskedTransformer(model).eval(), call, config
+
+
+def masked_calibration(module, call: dict[str, Any], seed: int):
+    """The masked transformer's calibration set, recorded like a preset's or a DiT folder's
+    (``frontend.calibration.dit_trajectory``: short DDIM runs of the model's own epsilon from
+    seeded latents and captions, 2 trajectories x 4 timesteps), with padded prompt masks
+    (``hf_inputs.prompt_mask``) and the micro-conditions, named and typed like the export's
+    inputs (``call``'s keys). A zero-argument callable, sampled only when a pass calibrates."""
+    from genzip.frontend.calibration import example_sizes, preset_calibration
+
+    like = {name: value.numpy() for name, value in call.items()}
+    shapes = example_sizes(like, batch=len(call["hidden_states"]))
+    del shapes["seq_len"]
+    return preset_calibration(module.model, "dit", like=like, seed=seed, **shapes)
 
 
 def vae_decoder(folder: Path, denoiser: str, height: int | None = None, width: int | None = None):

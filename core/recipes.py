@@ -105,7 +105,7 @@ def expand_recipe(name: str, extra: str = "", params: Mapping[str, Any] | None =
     return f"{spec},{extra}" if extra else spec
 
 
-_COMPONENT_SPEC = re.compile(r"^([a-z_]+)=(.*)$", re.S)
+_COMPONENT_SPEC = re.compile(r"^([a-z_][a-z0-9_]*)=(.*)$", re.S)  # text_encoder_3=dce
 
 
 def split_component_passes(passes: str | list[str] | tuple[str, ...]) -> tuple[str, dict[str, str]]:

@@ -29,8 +29,13 @@ Feeds = dict[str, np.ndarray]
 
 
 def _to_feeds(call, like: Feeds) -> Feeds:
-    """Name the call's tensors like the example inputs (same order, same dtypes)."""
+    """Name the call's tensors like the example inputs, in their dtypes: by key when every leaf
+    has one of their names (an export whose forward orders its inputs unlike diffusers' call,
+    such as the pipeline's masked PixArt), else in order."""
     leaves = torch_io.input_leaves(call)
+    if len(leaves) == len(like) and {name for name, _ in leaves} == set(like):
+        named = dict(leaves)
+        return {name: torch_io.to_numpy(named[name]).astype(like[name].dtype, copy=False) for name in like}
     return {name: torch_io.to_numpy(t).astype(like[name].dtype, copy=False) for name, (_, t) in zip(like, leaves)}
 
 

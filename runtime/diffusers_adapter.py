@@ -39,9 +39,9 @@ the half it was searched on.
 An artifact exported with an ``encoder_attention_mask`` input (a PixArt or UNet export,
 ``[B, T]`` keep-mask, as the pipeline passes ``prompt_attention_mask``) is fed the mask
 given, so padded prompts match PyTorch, and all ones when none is passed; PixArt's
-``added_cond_kwargs`` ``resolution`` / ``aspect_ratio`` are fed where the artifact has
-those inputs. An artifact whose graph has no mask input (an older export, a model whose
-forward takes none) refuses a mask with zeros (padded prompt embeddings, whose output
+``added_cond_kwargs`` ``resolution`` / ``aspect_ratio`` and SD3's ``pooled_projections``
+are fed where the artifact has those inputs. An artifact whose graph has no mask input (an
+older export, a model whose forward takes none) refuses a mask with zeros (padded prompt embeddings, whose output
 would then differ from PyTorch) with an error that says so; an all-ones mask is
 accepted. Latents, timesteps and
 conditioning are checked against the artifact's input shapes before the call, so a
@@ -65,9 +65,11 @@ from genzip.runtime.model import PlannedModel
 logger = logging.getLogger(__name__)
 
 
-def _config(model: PlannedModel) -> dict[str, Any]:
+def _config(model: PlannedModel, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The diffusers config the pipeline reads: ``base`` (the folder's ``config.json``, given by
+    ``load_pipeline``) or the preset's, with the export's own channels and latent size."""
     info = model.manifest.get("source_info", {})
-    config: dict[str, Any] = {}
+    config: dict[str, Any] = {k: v for k, v in (base or {}).items() if not k.startswith("_")}
     if info.get("preset"):
         from genzip.frontend.presets import get_preset
 
@@ -88,7 +90,7 @@ class DiffusersTransformer:
     """A compiled DiT artifact behaving like a diffusers transformer (see module docstring)."""
 
     def __init__(self, artifact: str, plan: plans.Plan | None = None, threads: int | None = None,
-                 cfg: str | None = None, providers=None):
+                 cfg: str | None = None, providers=None, config: dict[str, Any] | None = None):
         import torch
         from diffusers.configuration_utils import FrozenDict
 
@@ -98,7 +100,7 @@ class DiffusersTransformer:
         self.cfg = cfg
         self._warned_cfg = False
         self.model = PlannedModel(artifact, plan, threads=threads, providers=providers)
-        self.config = FrozenDict(_config(self.model))
+        self.config = FrozenDict(_config(self.model, config))
         self.dtype = torch.float32
         self.device = torch.device("cpu")
         self.clock = StepClock()
@@ -179,22 +181,25 @@ class DiffusersTransformer:
                            "guidance_scale > 1)")
         return "none"
 
-    def _micro_conditions(self, added_cond_kwargs) -> dict[str, np.ndarray]:
-        """PixArt's ``resolution`` / ``aspect_ratio`` feeds, where this artifact has those inputs."""
+    def _extra_conditions(self, added_cond_kwargs, pooled_projections) -> dict[str, np.ndarray]:
+        """PixArt's ``resolution`` / ``aspect_ratio`` and SD3's ``pooled_projections`` feeds, where
+        this artifact has those inputs."""
         names = {s["name"] for s in self.model.inputs}
+        given = {**(added_cond_kwargs or {}), "pooled_projections": pooled_projections}
         extra: dict[str, np.ndarray] = {}
-        for key in ("resolution", "aspect_ratio"):
-            value = (added_cond_kwargs or {}).get(key)
+        for key in ("resolution", "aspect_ratio", "pooled_projections"):
+            value = given.get(key)
             if key in names:
                 if value is None:
-                    raise GenzipError(f"this genzip transformer takes added_cond_kwargs['{key}'], which was not passed",
-                                      f"pass added_cond_kwargs={{'{key}': ...}} as the PixArt pipeline does")
+                    call = f"{key}=..." if key == "pooled_projections" else f"added_cond_kwargs={{'{key}': ...}}"
+                    raise GenzipError(f"this genzip transformer takes '{key}', which was not passed",
+                                      f"pass {call} as the diffusers pipeline does")
                 extra[key] = value.detach().cpu().float().numpy().astype(self._input_dtype(key))
         return extra
 
     def forward(self, hidden_states, encoder_hidden_states=None, timestep=None, added_cond_kwargs=None,
                 cross_attention_kwargs=None, attention_mask=None, encoder_attention_mask=None,
-                return_dict: bool = True, class_labels=None, **unused):
+                return_dict: bool = True, class_labels=None, pooled_projections=None, **unused):
         import torch
 
         # The artifact's own input dtype (fp16 artifacts take fp16); the output goes back
@@ -207,7 +212,7 @@ class DiffusersTransformer:
         mask = conditioning.prompt_mask(encoder_attention_mask,
                                         self._input_dtype(conditioning.MASK) if self.has_mask else None,
                                         self.model.inputs, "transformer")
-        extra = self._micro_conditions(added_cond_kwargs)
+        extra = self._extra_conditions(added_cond_kwargs, pooled_projections)
         if self._last_t is not None and float(t.max()) > self._last_t:
             self.reset()  # timesteps went up: a new sampling run
         self._last_t = float(t.max())

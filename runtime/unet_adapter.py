@@ -5,18 +5,22 @@ return_dict=False)[0]`` with torch tensors in and out (on the device and dtype o
 ``sample`` passed in) and carries the UNet's ``config`` (``in_channels``,
 ``sample_size``, ``time_cond_proj_dim``, ... as the pipeline reads them). The scalar
 timestep the pipeline passes is broadcast to the batch, as the UNet itself does.
+``added_cond_kwargs`` entries (SDXL's ``text_embeds`` and ``time_ids``) are fed to the
+graph inputs of the same names; ``add_embedding.linear_1.in_features`` is the width SDXL
+checks its time ids against (``projection_class_embeddings_input_dim``).
 A static-batch export (torch.export finds a batch constraint in ``UNet2DConditionModel``)
 runs the batch in slices of its size, the last slice padded with copies of its last
 row and trimmed after: every sample of a UNet batch is computed independently.
 
 Invariant: the feeds are checked against the artifact's inputs before ORT runs, so a
 prompt length or resolution the export does not take names the sizes it does. Inputs
-the exported graph does not have (``timestep_cond``, ``added_cond_kwargs``,
+the exported graph does not have (``timestep_cond``, an ``added_cond_kwargs`` entry,
 ``cross_attention_kwargs``) must be absent: a value given is refused, not ignored.
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -42,6 +46,9 @@ class DiffusersUNet:
         self.clock = StepClock()
         self._last_t: float | None = None
         self._dtypes = {s["name"]: np_dtype(s["dtype"]) for s in self.model.inputs}
+        # SDXL's _get_add_time_ids reads the added-embedding width off the module itself
+        width = config.get("projection_class_embeddings_input_dim")
+        self.add_embedding = SimpleNamespace(linear_1=SimpleNamespace(in_features=width)) if width else None
 
     def to(self, *args, **kwargs) -> DiffusersUNet:
         """``pipe.to(...)`` compatibility: a no-op (ORT's providers, chosen at load, decide where it runs)."""
@@ -51,12 +58,18 @@ class DiffusersUNet:
                  cross_attention_kwargs=None, return_dict: bool = True, encoder_attention_mask=None, **unused):
         import torch
 
-        given = {"timestep_cond": timestep_cond, "added_cond_kwargs": added_cond_kwargs or None,
-                 "cross_attention_kwargs": cross_attention_kwargs or None}
+        added = dict(added_cond_kwargs or {})
+        given = {"timestep_cond": timestep_cond, "cross_attention_kwargs": cross_attention_kwargs or None,
+                 **{f"added_cond_kwargs['{k}']": v for k, v in added.items() if k not in self._dtypes}}
         extra = [k for k, v in given.items() if v is not None and k not in self._dtypes]
         if extra:
             raise GenzipError(f"this genzip UNet was exported without {', '.join(extra)}",
                               "call the pipeline without the options that need them")
+        missing = [n for n in ("text_embeds", "time_ids") if n in self._dtypes and n not in added]
+        if missing:
+            raise GenzipError(f"this genzip UNet takes added_cond_kwargs {', '.join(missing)}, which were not passed",
+                              "call it as StableDiffusionXLPipeline does (added_cond_kwargs={'text_embeds': ..., "
+                              "'time_ids': ...})")
         x = sample.detach().cpu().float().numpy().astype(self._dtypes["sample"])
         batch = x.shape[0]
         t = np.asarray(timestep.detach().cpu().float() if hasattr(timestep, "detach") else timestep, dtype=np.float32)
@@ -64,6 +77,8 @@ class DiffusersUNet:
         if encoder_hidden_states is not None:
             feeds["encoder_hidden_states"] = (encoder_hidden_states.detach().cpu().float().numpy()
                                               .astype(self._dtypes["encoder_hidden_states"]))
+        for key, value in added.items():  # [B, D] each, batched like the sample
+            feeds[key] = value.detach().cpu().float().numpy().astype(self._dtypes[key])
         mask = conditioning.prompt_mask(encoder_attention_mask, self._dtypes.get(conditioning.MASK),
                                         self.model.inputs, "UNet")
         if mask is not None:

@@ -115,9 +115,39 @@ def test_component_spec_on_a_single_model_and_misplaced_flags(sd_pipeline, tmp_p
     assert genzip_cli.main(["sample", out, "--labels", "1", "--out", str(tmp_path / "y.png")]) == 2
     assert "text-conditioned: it takes no --labels" in capsys.readouterr().err
     assert genzip_cli.main(["sample", os.path.join(out, "unet"), "--prompt", "a cat"]) == 2
-    assert "--prompt and --grid need a pipeline artifact" in capsys.readouterr().err
+    assert "--prompt, --image and --grid need a pipeline artifact" in capsys.readouterr().err
     assert genzip_cli.main(["run", out]) == 2
     assert f"pass one of its components ({os.path.join(out, 'unet')})" in capsys.readouterr().err
+
+
+def test_sample_image_to_image(sd_pipeline, tmp_path, capsys):
+    from PIL import Image
+
+    _, out = sd_pipeline
+    pixels = (np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "in.png")
+    args = ["sample", out, "--image", str(tmp_path / "in.png"), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1],
+            "--steps", "3", "--json", "--quiet"]
+    assert genzip_cli.main([*args, "--out", str(tmp_path / "out.png")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["image"] == str(tmp_path / "in.png") and summary["strength"] == 0.8  # diffusers' default
+    # what the CLI wrote is the img2img pipeline's output on that image at the same seed
+    pipe = genzip.load_pipeline(out, providers="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    want = pipe(prompt=PROMPTS[:2], image=Image.open(tmp_path / "in.png").convert("RGB"), strength=0.8,
+                num_inference_steps=3, guidance_scale=4.5, generator=torch.manual_seed(0)).images
+    for path, image in zip(summary["images"], want):
+        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(image))
+    Image.fromarray(pixels[:8]).save(tmp_path / "small.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    for extra, message in [(["--image", str(tmp_path / "small.png")], "is 16x8, and this artifact's VAE encoder "
+                                                                       "takes 16x16 images"),
+                           (["--image", str(tmp_path / "out-0.png"), "--strength", "1.5"], "outside (0, 1]"),
+                           (["--strength", "0.5"], "no --image was given"),
+                           (["--image", str(tmp_path / "notes.txt")], "cannot be read as an image")]:
+        assert genzip_cli.main(["sample", out, "--prompt", "a", "--out", str(tmp_path / "x.png"), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
 
 
 def test_pixart_pipeline_with_padding_mask_matches_pytorch(tmp_path):

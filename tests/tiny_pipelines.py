@@ -125,3 +125,76 @@ def stable_diffusion(folder: Path, text_len: int = 77, img2img: bool = False):
         feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder)
     return pipe
+
+
+def _clip_with_projection(tokenizer, hidden: int, projection: int, text_len: int):
+    import transformers
+
+    return transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=2, projection_dim=projection, max_position_embeddings=text_len,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)).eval()
+
+
+def stable_diffusion_3(folder: Path, text_len: int = 77, img2img: bool = False):
+    """Save a tiny random StableDiffusion3Pipeline (``img2img``: the same components as a
+    StableDiffusion3Img2ImgPipeline) to ``folder``; return it. Two 2-layer CLIP
+    encoders with projections (SD3 reads the penultimate hidden state, so one layer would give
+    the bare embeddings), a 1-layer T5 encoder, a 1-layer SD3 transformer (joint attention,
+    pooled projections), the 2-block VAE with SD3's shift factor, flow-matching Euler."""
+    import diffusers
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    tokenizer = clip_tokenizer(folder.parent / f"{folder.name}-tokenizer", max_length=text_len)
+    tokenizer_3 = t5_tokenizer(max_length=256)
+    text_encoder_3 = transformers.T5EncoderModel(transformers.T5Config(
+        vocab_size=len(tokenizer_3), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+        pad_token_id=tokenizer_3.pad_token_id, eos_token_id=tokenizer_3.eos_token_id)).eval()
+    transformer = diffusers.SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=16, out_channels=4,
+        pos_embed_max_size=8).eval()
+    vae = _vae()
+    vae.register_to_config(scaling_factor=1.5305, shift_factor=0.0609)
+    cls = diffusers.StableDiffusion3Img2ImgPipeline if img2img else diffusers.StableDiffusion3Pipeline
+    pipe = cls(
+        transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+        text_encoder=_clip_with_projection(tokenizer, 8, 8, text_len), tokenizer=tokenizer,
+        text_encoder_2=_clip_with_projection(tokenizer, 8, 8, text_len), tokenizer_2=tokenizer,
+        text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
+    pipe.save_pretrained(folder)
+    return pipe
+
+
+def stable_diffusion_xl(folder: Path, text_len: int = 77, img2img: bool = False):
+    """Save a tiny random StableDiffusionXLPipeline (``img2img``: the same components as a
+    StableDiffusionXLImg2ImgPipeline) to ``folder``; return it. A 2-layer
+    ``CLIPTextModel`` and a 2-layer ``CLIPTextModelWithProjection`` (SDXL reads both
+    penultimate states, concatenated, and the second's pooled projection), the SD UNet with
+    SDXL's ``text_time`` added conditions (``text_embeds``, 6 ``time_ids``), the 2-block VAE,
+    Euler discrete."""
+    import diffusers
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    tokenizer = clip_tokenizer(folder.parent / f"{folder.name}-tokenizer", max_length=text_len)
+    text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=text_len, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)).eval()
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4, addition_embed_type="text_time",
+        addition_time_embed_dim=4, projection_class_embeddings_input_dim=8 + 6 * 4).eval()
+    cls = diffusers.StableDiffusionXLImg2ImgPipeline if img2img else diffusers.StableDiffusionXLPipeline
+    pipe = cls(
+        vae=_vae(), text_encoder=text_encoder, text_encoder_2=_clip_with_projection(tokenizer, 8, 8, text_len),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
+        scheduler=diffusers.EulerDiscreteScheduler(beta_schedule="scaled_linear"))
+    pipe.save_pretrained(folder)
+    return pipe

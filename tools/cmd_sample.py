@@ -39,6 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", help="class-conditional DiT: comma-separated class labels, one image each")
     p.add_argument("--prompt", action="append", metavar="TEXT",
                    help="text pipeline artifact: a prompt, one image each (repeatable)")
+    p.add_argument("--image", metavar="IN.png",
+                   help="image pipeline artifact (StableDiffusionImg2ImgPipeline): the input image each --prompt "
+                        "transforms, at the artifact's pixel size")
+    p.add_argument("--strength", type=float, default=None,
+                   help="with --image: how far from the input image to go, 0..1 (default diffusers' 0.8)")
     p.add_argument("--out", help="write the final latents here (.npz, key 'latents'); a pipeline artifact "
                    "writes images: image.png (one PNG per label or prompt, image-<i>.png for several)")
     p.add_argument("--grid", action="store_true", help="pipeline artifact: one grid image at --out instead")
@@ -108,8 +113,9 @@ def run(args: argparse.Namespace) -> int:
         from genzip.tools.sample_pipeline import run_pipeline
 
         return run_pipeline(args, providers_from(args))
-    if args.prompt or args.grid:
-        raise GenzipError(f"--prompt and --grid need a pipeline artifact, and {args.artifact} is a single model",
+    if args.prompt or args.grid or args.image:
+        raise GenzipError(f"--prompt, --image and --grid need a pipeline artifact, and {args.artifact} is a single "
+                          "model",
                           "compile the diffusers pipeline folder (model_index.json) with genzip-compile, "
                           "or pass --embeds / --labels")
     plan = load_plan(args.plan) if args.plan else None

@@ -4,8 +4,10 @@ Images from a pipeline artifact: class labels for a ``DiTPipeline``, prompts for
 pipeline (``StableDiffusionPipeline``). One PNG per label or prompt: ``--out`` itself
 for one image, ``STEM-<i>.png`` for several; with ``--grid``, one image at ``--out``
 holding them all (rows of ``ceil(sqrt(n))``). An image pipeline's artifact
-(``StableDiffusionImg2ImgPipeline``) samples from noise through its text-to-image
-sibling (diffusers' ``AutoPipelineForText2Image.from_pipe``, same components). The pipeline runs as
+(``StableDiffusionImg2ImgPipeline``, its SD3 and SDXL siblings) transforms ``--image IN.png`` with each prompt
+(``--strength``, default diffusers' 0.8); without ``--image`` it samples from noise through
+its text-to-image sibling (diffusers' ``AutoPipelineForText2Image.from_pipe``, same
+components). The pipeline runs as
 ``genzip.load_pipeline`` opens it (ONNX Runtime components, the model's own scheduler
 unless ``--scheduler``), seeded by ``--seed``.
 
@@ -80,6 +82,46 @@ def _conditioning(args: argparse.Namespace, pipeline: str) -> dict:
     return {"prompt": list(args.prompt)}
 
 
+# diffusers' StableDiffusionImg2ImgPipeline.__call__ default
+DEFAULT_STRENGTH = 0.8
+
+
+def input_image(args: argparse.Namespace, manifest: dict, artifact: str) -> dict:
+    """The img2img call's ``image`` and ``strength`` from ``--image`` / ``--strength`` (none: {}).
+    Refused in one line: an artifact without a VAE encoder, a file PIL cannot read, an image
+    whose size is not the one the encoder was exported at, a strength outside (0, 1]."""
+    if args.image is None:
+        if args.strength is not None:
+            raise GenzipError("--strength applies to an input image, and no --image was given",
+                              "pass --image IN.png, or drop --strength")
+        return {}
+    name = manifest["pipeline"]
+    if "vae_encoder" not in manifest["components"]:
+        raise GenzipError(f"--image needs an image pipeline artifact, and {artifact} holds a {name}",
+                          "compile a StableDiffusionImg2ImgPipeline folder, or drop --image")
+    strength = DEFAULT_STRENGTH if args.strength is None else args.strength
+    if not 0 < strength <= 1:
+        raise GenzipError(f"--strength {strength} is outside (0, 1]", "pass e.g. --strength 0.8")
+    from PIL import Image, UnidentifiedImageError
+
+    from genzip import jsonfile
+
+    try:
+        image = Image.open(args.image).convert("RGB")
+    except (OSError, UnidentifiedImageError) as e:
+        raise GenzipError(f"--image {args.image} cannot be read as an image ({e})",
+                          "pass a PNG or JPEG file") from None
+    encoder = jsonfile.read_json(os.path.join(artifact, manifest["components"]["vae_encoder"], "genzip.json"),
+                                 "manifest", "recompile the artifact")
+    height, width = encoder["inputs"][0]["shape"][2:]
+    if image.size != (width, height):
+        raise GenzipError(f"--image {args.image} is {image.size[0]}x{image.size[1]}, and this artifact's VAE encoder "
+                          f"takes {width}x{height} images",
+                          f"resize it to {width}x{height}, or recompile the pipeline with --height/--width "
+                          "(latent pixels, 1/8 of the image's)")
+    return {"image": image, "strength": strength}
+
+
 def run_pipeline(args: argparse.Namespace, providers) -> int:
     import torch
 
@@ -87,14 +129,16 @@ def run_pipeline(args: argparse.Namespace, providers) -> int:
     from genzip.runtime.pipeline import read_pipeline_manifest
     from genzip.runtime.sampler import scheduler_class
 
-    name = read_pipeline_manifest(args.artifact)["pipeline"]
+    manifest = read_pipeline_manifest(args.artifact)
+    name = manifest["pipeline"]
     cond = _conditioning(args, name)
+    given_image = input_image(args, manifest, args.artifact)
     count = len(next(iter(cond.values())))
     if args.grid and not args.out:
         raise GenzipError("--grid writes one image at --out, and no --out was given", "pass --out grid.png")
     paths = image_paths(args.out, count, grid=args.grid, force=args.force) if args.out else []
     pipe = load_pipeline(args.artifact, plan=args.plan, providers=providers, threads=args.threads)
-    if "Img2Img" in name:  # no --image: sample from noise with the same components
+    if "Img2Img" in name and not given_image:  # no --image: sample from noise with the same components
         import diffusers
 
         pipe = diffusers.AutoPipelineForText2Image.from_pipe(pipe)
@@ -102,12 +146,18 @@ def run_pipeline(args: argparse.Namespace, providers) -> int:
     if args.scheduler is not None:  # the class swapped, the model's noise schedule kept
         pipe.scheduler = scheduler_class(args.scheduler).from_config(pipe.scheduler.config)
     start = time.perf_counter()
-    images = pipe(**cond, num_inference_steps=args.steps, guidance_scale=args.cfg,
+    # PixArt bins the requested size to its trained aspect ratios: at the default size (square,
+    # the export's) the bin is that size itself, and a sample size without bins (a small model)
+    # raises, so binning is off: the same images where it applies, and small models run too.
+    binning = {"use_resolution_binning": False} if name.startswith("PixArt") else {}
+    images = pipe(**cond, **given_image, **binning, num_inference_steps=args.steps, guidance_scale=args.cfg,
                   generator=torch.manual_seed(args.seed), output_type="pil").images
     total_ms = (time.perf_counter() - start) * 1e3
     for image, path in zip([grid_image(images)] if args.grid else images, paths):
         save_png(image, path)
     given = {"labels": cond["class_labels"]} if "class_labels" in cond else {"prompts": cond["prompt"]}
+    if given_image:
+        given.update(image=args.image, strength=given_image["strength"])
     summary = {"artifact": args.artifact, "pipeline": name, **given, "steps": args.steps,
                "cfg": args.cfg, "seed": args.seed, "scheduler": type(pipe.scheduler).__name__, "images": paths,
                "grid": bool(args.grid), "total_ms": total_ms}

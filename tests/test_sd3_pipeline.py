@@ -1,0 +1,104 @@
+"""A tiny random StableDiffusion3Img2ImgPipeline (two projection CLIPs, T5, SD3 transformer with
+joint attention and pooled projections, VAE with a shift factor and its encoder, flow-matching
+Euler; built offline) compiles into one artifact; load_pipeline returns it on ONNX Runtime, and
+its images (img2img, and text-to-image through StableDiffusion3Pipeline(**components)) match
+PyTorch's at the same seed; clip_skip (a hidden state the export lacks) is a one-line error;
+genzip sample writes PNGs from noise and from --image."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import genzip
+from genzip.errors import GenzipError
+from genzip.tools import compile_cli, genzip_cli
+from tests.tiny_pipelines import stable_diffusion_3
+
+PROMPTS = ["a red cat", "a photo of the dog", "blue"]
+
+
+@pytest.fixture(scope="module")
+def sd3_pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sd3")
+    folder, out = root / "sd3-pipe", root / "artifact"
+    stable_diffusion_3(folder, img2img=True)
+    assert compile_cli.main([str(folder), "--out", str(out), "--passes", "text_encoder_3=dce", "--quiet"]) == 0
+    return str(folder), str(out)
+
+
+def test_sd3_components_and_manifest(sd3_pipeline):
+    _, out = sd3_pipeline
+    with open(os.path.join(out, "genzip.json")) as f:
+        manifest = json.load(f)
+    assert manifest["pipeline"] == "StableDiffusion3Img2ImgPipeline"
+    assert sorted(manifest["components"]) == ["text_encoder", "text_encoder_2", "text_encoder_3", "transformer",
+                                              "vae_decoder", "vae_encoder"]
+    assert manifest["passes"]["text_encoder_3"] == "dce" and manifest["passes"]["text_encoder"] == ""
+    from genzip.compile import build_compile, resolve_settings
+
+    rebuild = build_compile(resolve_settings(os.path.join(out, "genzip.json")))  # --config ARTIFACT/genzip.json
+    assert rebuild.component_passes == {"text_encoder_3": "dce"}  # a component name with a digit
+    assert manifest["vae"] == {"scaling_factor": 1.5305, "shift_factor": 0.0609}
+    assert sorted(manifest["tokenizers"]) == ["tokenizer", "tokenizer_2", "tokenizer_3"]
+    for part in manifest["components"]:
+        assert manifest["fidelity"][part]["cosine"] > 0.999
+    with open(os.path.join(out, "transformer", "genzip.json")) as f:
+        inputs = {s["name"]: s["shape"] for s in json.load(f)["inputs"]}
+    # 77 CLIP tokens then 256 T5 tokens, as the pipeline concatenates them; the pooled CLIP projections
+    assert inputs["encoder_hidden_states"] == ["batch", 77 + 256, 16] and inputs["pooled_projections"] == ["batch", 16]
+    with open(os.path.join(out, "text_encoder", "genzip.json")) as f:
+        outputs = [s["shape"] for s in json.load(f)["outputs"]]
+    assert outputs == [["batch", 8], ["batch", 77, 8]]  # pooled text_embeds, penultimate hidden state
+
+
+def test_sd3_load_pipeline_images_match_pytorch(sd3_pipeline):
+    import diffusers
+
+    folder, out = sd3_pipeline
+    img2img = genzip.load_pipeline(out, providers="cpu")
+    assert isinstance(img2img, diffusers.StableDiffusion3Img2ImgPipeline)
+    reference = diffusers.StableDiffusion3Img2ImgPipeline.from_pretrained(folder)
+    pipes = [img2img, reference, diffusers.StableDiffusion3Pipeline(**img2img.components),
+             diffusers.StableDiffusion3Pipeline(**reference.components)]
+    for p in pipes:
+        p.set_progress_bar_config(disable=True)
+    # img2img: the VAE encoder's distribution sampled with the same generator, shifted and scaled
+    image = torch.rand(2, 3, 16, 16, generator=torch.manual_seed(1))
+    call = dict(prompt=PROMPTS[:2], image=image, strength=0.8, num_inference_steps=3, output_type="np")
+    got, want = (p(generator=torch.manual_seed(0), **call).images for p in pipes[:2])
+    assert got.shape == want.shape == (2, 16, 16, 3)
+    assert np.abs(got - want).max() < 1e-3 and want.std() > 0.05
+    call = dict(prompt=PROMPTS, num_inference_steps=2, output_type="np")  # CFG: a transformer batch of 6
+    got, want = (p(generator=torch.manual_seed(0), **call).images for p in pipes[2:])
+    assert got.shape == want.shape == (3, 16, 16, 3)
+    assert np.abs(got - want).max() < 1e-3 and want.std() > 0.05
+    with pytest.raises(GenzipError, match="penultimate hidden state only"):
+        pipes[2](prompt=PROMPTS[0], num_inference_steps=1, clip_skip=1)
+
+
+def test_sd3_sample_writes_pngs(sd3_pipeline, tmp_path, capsys):
+    from PIL import Image
+
+    _, out = sd3_pipeline
+    noise, edited = tmp_path / "sd3.png", tmp_path / "edited.png"
+    assert genzip_cli.main(["sample", out, "--prompt", PROMPTS[0], "--steps", "2", "--out", str(noise),
+                            "--quiet"]) == 0
+    assert genzip_cli.main(["sample", out, "--image", str(noise), "--prompt", PROMPTS[1], "--steps", "2",
+                            "--out", str(edited), "--quiet"]) == 0
+    capsys.readouterr()
+    assert Image.open(noise).size == Image.open(edited).size == (16, 16)
+
+
+def test_image_needs_a_vae_encoder():
+    from genzip.tools.sample_pipeline import input_image
+
+    args = argparse.Namespace(image="in.png", strength=None)
+    manifest = {"pipeline": "StableDiffusion3Pipeline", "components": {"transformer": "transformer"}}
+    with pytest.raises(GenzipError, match="--image needs an image pipeline artifact"):
+        input_image(args, manifest, "art")
