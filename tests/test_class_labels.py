@@ -167,7 +167,7 @@ def test_labels_refused_for_a_text_dit():
 
     from genzip.tools.cmd_sample import conditioning as cli_conditioning
 
-    text_dit = SimpleNamespace(folder="pix", inputs=[{"name": "hidden_states"}, {"name": "timestep"},
+    text_dit = SimpleNamespace(folder="pix", manifest={}, inputs=[{"name": "hidden_states"}, {"name": "timestep"},
                                                      {"name": "encoder_hidden_states", "shape": ["batch", 8, 32]}])
     with pytest.raises(GenzipError, match="--labels needs a class-conditional DiT"):
         cli_conditioning(text_dit, None, 1, 0, "3")
