@@ -13,12 +13,10 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
-import genzip
 from genzip.errors import GenzipError
 from genzip.tools import compile_cli, genzip_cli
-from tests.tiny_pipelines import stable_diffusion_3
+from tests.tiny_pipelines import img2img_and_text_runs, stable_diffusion_3
 
 PROMPTS = ["a red cat", "a photo of the dog", "blue"]
 
@@ -61,25 +59,16 @@ def test_sd3_load_pipeline_images_match_pytorch(sd3_pipeline):
     import diffusers
 
     folder, out = sd3_pipeline
-    img2img = genzip.load_pipeline(out, providers="cpu")
-    assert isinstance(img2img, diffusers.StableDiffusion3Img2ImgPipeline)
-    reference = diffusers.StableDiffusion3Img2ImgPipeline.from_pretrained(folder)
-    pipes = [img2img, reference, diffusers.StableDiffusion3Pipeline(**img2img.components),
-             diffusers.StableDiffusion3Pipeline(**reference.components)]
-    for p in pipes:
-        p.set_progress_bar_config(disable=True)
-    # img2img: the VAE encoder's distribution sampled with the same generator, shifted and scaled
-    image = torch.rand(2, 3, 16, 16, generator=torch.manual_seed(1))
-    call = dict(prompt=PROMPTS[:2], image=image, strength=0.8, num_inference_steps=3, output_type="np")
-    got, want = (p(generator=torch.manual_seed(0), **call).images for p in pipes[:2])
-    assert got.shape == want.shape == (2, 16, 16, 3)
-    assert np.abs(got - want).max() < 1e-3 and want.std() > 0.05
-    call = dict(prompt=PROMPTS, num_inference_steps=2, output_type="np")  # CFG: a transformer batch of 6
-    got, want = (p(generator=torch.manual_seed(0), **call).images for p in pipes[2:])
-    assert got.shape == want.shape == (3, 16, 16, 3)
-    assert np.abs(got - want).max() < 1e-3 and want.std() > 0.05
+    # img2img: the VAE encoder's distribution sampled with the same generator, shifted and scaled;
+    # text: three prompts with CFG, a transformer batch of 6
+    pipe, edited, text = img2img_and_text_runs(
+        out, folder, diffusers.StableDiffusion3Img2ImgPipeline, diffusers.StableDiffusion3Pipeline,
+        img2img_prompts=PROMPTS[:2], text_call=dict(prompt=PROMPTS, num_inference_steps=2))
+    for (got, want), n in ((edited, 2), (text, 3)):
+        assert got.shape == want.shape == (n, 16, 16, 3)
+        assert np.abs(got - want).max() < 1e-3 and want.std() > 0.05
     with pytest.raises(GenzipError, match="penultimate hidden state only"):
-        pipes[2](prompt=PROMPTS[0], num_inference_steps=1, clip_skip=1)
+        pipe(prompt=PROMPTS[0], num_inference_steps=1, clip_skip=1)
 
 
 def test_sd3_sample_writes_pngs(sd3_pipeline, tmp_path, capsys):

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-import genzip
 from genzip.errors import GenzipError
 from genzip.tools import compile_cli
-from tests.tiny_pipelines import stable_diffusion_xl
+from tests.tiny_pipelines import img2img_and_text_runs, stable_diffusion_xl
 
 
 @pytest.fixture(scope="module")
@@ -41,25 +40,15 @@ def test_sdxl_images_match_pytorch(sdxl_pipeline):
     # both CLIPs' penultimate states concatenated (8 + 8); the pooled projection and 6 time ids
     assert inputs["encoder_hidden_states"][1:] == [77, 16] and inputs["text_embeds"][1:] == [8]
     assert inputs["time_ids"][1:] == [6]
-    img2img = genzip.load_pipeline(out, providers="cpu")
-    assert isinstance(img2img, diffusers.StableDiffusionXLImg2ImgPipeline)
-    reference = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(folder)
-    pipes = [img2img, reference, diffusers.StableDiffusionXLPipeline(**img2img.components),
-             diffusers.StableDiffusionXLPipeline(**reference.components)]
-    for p in pipes:
-        p.set_progress_bar_config(disable=True)
-    image = torch.rand(2, 3, 16, 16, generator=torch.manual_seed(1))
-    call = dict(prompt=["a red cat", "blue"], image=image, strength=0.8, num_inference_steps=3, output_type="np")
-    got, want = (p(generator=torch.manual_seed(0), **call).images for p in pipes[:2])
-    assert got.shape == want.shape == (2, 16, 16, 3)
-    assert np.abs(got - want).max() < 1e-3 and want.std() > 0.05
-    # Three prompts with CFG: a UNet batch of 6 in static slices of 2, added conditions sliced alike
-    call = dict(prompt=["a red cat", "a photo of the dog", "blue"], negative_prompt=["dog", "", "red"],
-                num_inference_steps=2, output_type="np")
-    got, want = (p(generator=torch.manual_seed(0), **call).images for p in pipes[2:])
-    assert got.shape == want.shape == (3, 16, 16, 3)
-    assert np.abs(got - want).max() < 1e-3 and want.std() > 0.05
-    pipe = pipes[2]
+    # Text: three prompts with CFG, a UNet batch of 6 in static slices of 2, added conditions sliced alike
+    pipe, edited, text = img2img_and_text_runs(
+        out, folder, diffusers.StableDiffusionXLImg2ImgPipeline, diffusers.StableDiffusionXLPipeline,
+        img2img_prompts=["a red cat", "blue"],
+        text_call=dict(prompt=["a red cat", "a photo of the dog", "blue"], negative_prompt=["dog", "", "red"],
+                       num_inference_steps=2))
+    for (got, want), n in ((edited, 2), (text, 3)):
+        assert got.shape == want.shape == (n, 16, 16, 3)
+        assert np.abs(got - want).max() < 1e-3 and want.std() > 0.05
     latents = torch.zeros(2, 4, 8, 8)
     with pytest.raises(GenzipError, match="takes added_cond_kwargs text_embeds, time_ids, which were not passed"):
         pipe.unet(latents, 1.0, encoder_hidden_states=torch.zeros(2, 77, 16))

@@ -17,7 +17,7 @@ import torch
 
 import genzip
 from genzip.tools import compile_cli, genzip_cli
-from tests.tiny_pipelines import pixart, stable_diffusion
+from tests.tiny_pipelines import img2img_and_text_runs, pixart, stable_diffusion
 
 PROMPTS = ["a red cat", "a photo of the dog", "blue"]
 
@@ -58,24 +58,14 @@ def test_load_pipeline_images_match_pytorch(sd_pipeline):
     import diffusers
 
     folder, out = sd_pipeline
-    img2img = genzip.load_pipeline(out, providers="cpu")
-    assert isinstance(img2img, diffusers.StableDiffusionImg2ImgPipeline)
-    reference = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(folder)
-    pipes = [img2img, reference, diffusers.StableDiffusionPipeline(**img2img.components),
-             diffusers.StableDiffusionPipeline(**reference.components)]
-    for p in pipes:
-        p.set_progress_bar_config(disable=True)
-    # img2img: the VAE encoder's mean and log-variance, sampled with the same generator
-    image = torch.rand(2, 3, 16, 16, generator=torch.manual_seed(1))
-    call = dict(prompt=PROMPTS[:2], image=image, strength=0.8, num_inference_steps=3, output_type="np")
-    got, want = (p(generator=torch.manual_seed(0), **call).images for p in pipes[:2])
-    assert got.shape == want.shape == (2, 16, 16, 3)
-    assert np.abs(got - want).max() < 1e-3 and want.std() > 0.05
+    # img2img: the VAE encoder's mean and log-variance, sampled with the same generator.
     # Three prompts: the static-batch UNet (2) runs the CFG batch of 6 in slices.
-    call = dict(prompt=PROMPTS, num_inference_steps=2, output_type="np")
-    got, want = (p(generator=torch.manual_seed(0), **call).images for p in pipes[2:])
-    assert got.shape == want.shape == (3, 16, 16, 3)
-    assert np.abs(got - want).max() < 1e-3 and want.std() > 0.05
+    _, edited, text = img2img_and_text_runs(
+        out, folder, diffusers.StableDiffusionImg2ImgPipeline, diffusers.StableDiffusionPipeline,
+        img2img_prompts=PROMPTS[:2], text_call=dict(prompt=PROMPTS, num_inference_steps=2))
+    for (got, want), n in ((edited, 2), (text, 3)):
+        assert got.shape == want.shape == (n, 16, 16, 3)
+        assert np.abs(got - want).max() < 1e-3 and want.std() > 0.05
 
 
 def test_sample_prompts_as_pngs_and_grid(sd_pipeline, tmp_path, capsys):

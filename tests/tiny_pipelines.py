@@ -198,3 +198,26 @@ def stable_diffusion_xl(folder: Path, text_len: int = 77, img2img: bool = False)
         scheduler=diffusers.EulerDiscreteScheduler(beta_schedule="scaled_linear"))
     pipe.save_pretrained(folder)
     return pipe
+
+
+def img2img_and_text_runs(out: str, folder: str, img2img_cls, text_cls, *, img2img_prompts: list[str],
+                          text_call: dict):
+    """genzip.load_pipeline(out) against the PyTorch pipeline saved in ``folder``, same seed:
+    img2img of two random 16x16 images (3 steps, strength 0.8), then text-to-image with
+    ``text_call`` on both pipelines' components (the text class built from them). Returns the
+    genzip text-to-image pipeline and the two (genzip, PyTorch) image pairs."""
+    import torch
+
+    import genzip
+
+    img2img = genzip.load_pipeline(out, providers="cpu")
+    assert isinstance(img2img, img2img_cls)
+    reference = img2img_cls.from_pretrained(folder)
+    pipes = [img2img, reference, text_cls(**img2img.components), text_cls(**reference.components)]
+    for p in pipes:
+        p.set_progress_bar_config(disable=True)
+    image = torch.rand(2, 3, 16, 16, generator=torch.manual_seed(1))
+    call = dict(prompt=img2img_prompts, image=image, strength=0.8, num_inference_steps=3, output_type="np")
+    edited = tuple(p(generator=torch.manual_seed(0), **call).images for p in pipes[:2])
+    text = tuple(p(generator=torch.manual_seed(0), output_type="np", **text_call).images for p in pipes[2:])
+    return pipes[2], edited, text
