@@ -26,7 +26,8 @@ def sd3_pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("sd3")
     folder, out = root / "sd3-pipe", root / "artifact"
     stable_diffusion_3(folder, img2img=True)
-    assert compile_cli.main([str(folder), "--out", str(out), "--passes", "text_encoder_3=dce", "--quiet"]) == 0
+    assert compile_cli.main([str(folder), "--out", str(out), "--passes", "canonicalize-attn,share-attn",
+                             "--passes", "text_encoder_3=dce", "--quiet"]) == 0
     return str(folder), str(out)
 
 
@@ -38,6 +39,7 @@ def test_sd3_components_and_manifest(sd3_pipeline):
     assert sorted(manifest["components"]) == ["text_encoder", "text_encoder_2", "text_encoder_3", "transformer",
                                               "vae_decoder", "vae_encoder"]
     assert manifest["passes"]["text_encoder_3"] == "dce" and manifest["passes"]["text_encoder"] == ""
+    assert manifest["passes"]["transformer"] == "canonicalize-attn,share-attn"
     from genzip.compile import build_compile, resolve_settings
 
     rebuild = build_compile(resolve_settings(os.path.join(out, "genzip.json")))  # --config ARTIFACT/genzip.json
@@ -69,6 +71,36 @@ def test_sd3_load_pipeline_images_match_pytorch(sd3_pipeline):
         assert np.abs(got - want).max() < 1e-3 and want.std() > 0.05
     with pytest.raises(GenzipError, match="penultimate hidden state only"):
         pipe(prompt=PROMPTS[0], num_inference_steps=1, clip_skip=1)
+
+
+def test_sd3_attention_sharing_plan(sd3_pipeline, tmp_path):
+    """share-attn takes SD3's joint attention as an attention-only block: an all-full plan is the
+    plain pipeline, and a plan that reuses step 0's attention changes the images a little."""
+    import diffusers
+    import torch
+
+    import genzip
+
+    _, out = sd3_pipeline
+    with open(os.path.join(out, "transformer", "genzip.json")) as f:
+        stats = json.load(f)["pass_stats"][1]["stats"]
+    assert (stats["layers"], stats["attention_only"]) == (1, 1)
+
+    def images(plan):
+        pipe = genzip.load_pipeline(out, plan=plan, providers="cpu")
+        text = diffusers.StableDiffusion3Pipeline(**pipe.components)
+        text.set_progress_bar_config(disable=True)
+        return text(prompt=PROMPTS[:2], num_inference_steps=3, generator=torch.manual_seed(0), output_type="np").images
+
+    def plan(methods):
+        path = tmp_path / f"{'-'.join(methods)}.json"
+        path.write_text(json.dumps({"schema": 1, "steps": 3, "layers": 1, "window": 8, "methods": [methods]}))
+        return str(path)
+
+    plain = images(None)
+    assert np.array_equal(images(plan(["full", "full", "full"])), plain)
+    shared = images(plan(["full", "share-step", "share-step"]))
+    assert 0 < np.abs(shared - plain).max() < 0.05
 
 
 def test_sd3_sample_writes_pngs(sd3_pipeline, tmp_path, capsys):

@@ -204,3 +204,50 @@ def test_full_only_refresh_rule_keeps_the_older_residual(arts):
         assert i not in new0  # the reference's rule: step 0's residual is never read, so never kept
         assert not np.allclose(new1[i], old0[i])  # the ASC step's, from the later input
     assert not np.allclose(old_out, new_out)
+
+
+@pytest.fixture(scope="module")
+def sd3_shared():
+    """An SD3-style block (joint attention + attn2) at a CFG batch of 2 with identical halves,
+    before and after canonicalize-attn,share-attn."""
+    import torch
+    from arch_models import BUILDERS
+
+    from genzip.frontend.from_torch import source_from_torch
+    from genzip.passes.attention.canonicalize_attn import CanonicalizeAttentionPass
+    from genzip.passes.attention.share_attn import ShareAttentionOptions, ShareAttentionPass
+
+    module, kwargs = BUILDERS["sd3"]()
+    kwargs = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in kwargs.items()}
+    # A dynamic batch, as genzip exports denoisers: ASC runs the block on half of it.
+    model = source_from_torch(module, ((), kwargs), source="sd3", kind="callable", output_names=["output"]).model
+    CanonicalizeAttentionPass().run(model, None)
+    before = ir.to_proto(model).SerializeToString()
+    result = ShareAttentionPass(ShareAttentionOptions()).run(model, None)
+    feeds = {k: v.numpy() for k, v in kwargs.items() if torch.is_tensor(v)}
+    return before, model, result, feeds
+
+
+def test_joint_attention_shares_as_an_attention_only_block(sd3_shared):
+    """SD3's joint attention projects image and text apart, so its block is the Attention node
+    alone: every mode still computes what the model computes."""
+    before, model, result, feeds = sd3_shared
+    assert (result.stats["layers"], result.stats["attention_only"]) == (2, 1)
+    session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    reference = ort.InferenceSession(before, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    caches = {i.name: np.zeros([d if isinstance(d, int) else 2 for d in i.shape], np.float32)
+              for i in session.get_inputs() if i.name.startswith(("attn_block_in", "attn_residual_in"))}
+    names = [o.name for o in session.get_outputs()]
+
+    def run(mode, given=None):
+        out = session.run(None, {**feeds, **caches, **(given or {}), "attn_modes": np.full(2, mode, np.int64)})
+        return dict(zip(names, out))
+
+    full = run(P.MODE_FULL)
+    np.testing.assert_allclose(full["output"], reference, rtol=1e-5, atol=1e-5)
+    # ASC with identical halves computes one half and copies it: the same output.
+    np.testing.assert_allclose(run(P.MODE_FULL_CFG)["output"], reference, rtol=1e-5, atol=1e-5)
+    # AST reuses the previous step's block outputs: fed the full step's, the same output.
+    previous = {n.replace("_out.", "_in."): v for n, v in full.items() if n.startswith("attn_block_out")}
+    assert len(previous) == 2
+    np.testing.assert_allclose(run(P.MODE_SHARE_STEP, previous)["output"], reference, rtol=1e-5, atol=1e-5)

@@ -28,6 +28,11 @@ constants (``w4a8-dynamic``'s int4 weights widened to int8). Per-token dynamic
 projections (``w8a8-dynamic``, ``w4a8-dynamic``) move whole, quantizer included, so
 an ASC step quantizes the half it computes.
 
+When the Q, K and V chains never meet (SD3's joint attention projects the image and the
+text stream apart and attends over their concatenation), the block is the ``Attention``
+node alone, reading Q, K and V (``attention_only``): a shared step skips the attention and
+still runs the projections.
+
 Invariant of a found ``Block``: every value produced inside it, except O, is used
 only inside it and is not a graph output, so the nodes can move into ``If``
 branches without changing anything else. Anything else makes ``find_block``
@@ -49,10 +54,11 @@ MAX_CHAIN = 12
 
 @dataclasses.dataclass
 class Block:
-    x: ir.Value  # shared input of the Q/K/V projections
+    xs: list[ir.Value]  # what the block reads: the Q/K/V projections' shared input, or Q, K, V
     attention: ir.Node
     nodes: list[ir.Node]  # topological order, attention included
-    output: ir.Value  # output-projection result
+    output: ir.Value  # output-projection result (the attention output of an attention-only block)
+    attention_only: bool = False
 
 
 def _constant(value: ir.Value | None) -> bool:
@@ -209,13 +215,24 @@ def _before_quantizer(x: ir.Value) -> ir.Value:
     return x
 
 
+def _attention_only(attention: ir.Node) -> Block | str:
+    """The block of an attention whose Q, K and V projections read different inputs (SD3's
+    joint attention: image and text streams projected apart, attended over their
+    concatenation): the ``Attention`` node alone, reading Q, K and V. A shared step then
+    skips the attention but not the projections; the output is the same either way."""
+    y = attention.outputs[0]
+    if len(attention.inputs) != 3 or any(v is None for v in attention.inputs) or y.is_graph_output():
+        return "no-shared-projection-input"
+    return Block(list(dict.fromkeys(attention.inputs)), attention, [attention], y, attention_only=True)
+
+
 def find_block(attention: ir.Node) -> Block | str:
     """The block around ``attention``, or why there is none (rules in the module docstring)."""
     chains = [_chain(v) for v in attention.inputs[:3]]
     others = [{id(v) for v in c} for c in chains[1:]]
     x = next((v for v in chains[0][1:] if all(id(v) in o for o in others)), None)
     if x is None:
-        return "no-shared-projection-input"
+        return _attention_only(attention)
     x = _before_quantizer(x)
     backward: list[ir.Node] = []
     for chain in chains:
@@ -242,7 +259,7 @@ def find_block(attention: ir.Node) -> Block | str:
     graph = attention.graph
     order = {id(n): i for i, n in enumerate(graph)}
     nodes.sort(key=lambda n: order[id(n)])
-    return Block(x, attention, nodes, output)
+    return Block([x], attention, nodes, output)
 
 
 def clone_nodes(

@@ -154,7 +154,8 @@ class ShareAttentionPass(GenzipPass):
             layout["layers"].append(self._rewrite(model, modes, layer, site, block, w))
         layout["window"] = max(windows)
         model.metadata_props[LAYOUT_KEY] = json.dumps(layout, separators=(",", ":"))
-        stats = {"layers": len(blocks), "window": layout["window"], "attn_flops_full": flops_full,
+        stats = {"layers": len(blocks), "attention_only": sum(b.attention_only for _, b in blocks),
+                 "window": layout["window"], "attn_flops_full": flops_full,
                  "attn_flops_window": flops_window, "layout": layout}
         return GenzipPassResult(model, True, stats)
 
@@ -193,11 +194,11 @@ class ShareAttentionPass(GenzipPass):
         c = Builder(f"{p}compute_")
         # Slice start 0 (whole batch) or B/2 (the conditional half), and Tile x1 or x2 back:
         # one computation, so each projection (and its weights) exists once.
-        halfway = c.op("Div", c.op("Shape", block.x, end=1), c.const([2]))
+        halfway = c.op("Div", c.op("Shape", block.xs[0], end=1), c.const([2]))
         start = c.op("Where", half, halfway, c.const([0]))
         copies = c.op("Where", half, c.const([2]), c.const([1]))
         end, axis0 = c.const([np.iinfo(np.int64).max]), c.const([0])
-        x = c.op("Slice", block.x, start, end, axis0)
+        sliced = {id(x): c.op("Slice", x, start, end, axis0) for x in block.xs}
         res = c.op("Slice", res_in, start, end, axis0)
         made_r: list[ir.Value] = []
 
@@ -222,7 +223,7 @@ class ShareAttentionPass(GenzipPass):
             made_r.append(out_r)
             return [out_y]
 
-        made, mapping = clone_nodes(block.nodes, {id(block.x): x}, f"{p}c_", {id(attn): variant})
+        made, mapping = clone_nodes(block.nodes, sliced, f"{p}c_", {id(attn): variant})
         c.nodes.extend(made)
         reps = c.op("Concat", copies, c.const([1] * (len(o.shape) - 1)), axis=0)
         compute_g = c.graph([c.op("Tile", mapping[id(o)], reps), made_r[0]], f"{p}compute")
