@@ -1,5 +1,6 @@
-"""canonicalize-attn on graphs Optimum exported (tests/fixtures/optimum, written by its
-make_optimum_fixtures.py in a separate environment: optimum-onnx needs transformers < 4.58).
+"""canonicalize-attn on graphs Optimum exported (tests/fixtures/optimum, in ONNX's text format,
+written by its make_optimum_fixtures.py in a separate environment: optimum-onnx needs
+transformers < 4.58).
 
 These keep batch, sequence and past-sequence axes dynamic, so ONNX's shape inference names
 each unknown dim afresh; the attention chains are recognised only once ORT's symbolic
@@ -23,6 +24,12 @@ from genzip.tools import compile_cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "optimum"
 VOCAB = 64
+
+
+def _load(name: str) -> ir.Model:
+    import onnx.parser
+
+    return ir.from_proto(onnx.parser.parse_model((FIXTURES / f"{name}.onnx.txt").read_text()))
 
 
 def _feeds(model: ir.Model, *, batch: int, seq: int, past: int) -> dict[str, np.ndarray]:
@@ -57,8 +64,7 @@ def _run(model: ir.Model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("name", ["llama", "gpt2", "bert"])
 def test_optimum_attention_is_recognised_and_exact(name):
-    source = ir.load(FIXTURES / f"{name}.onnx")
-    model = ir.load(FIXTURES / f"{name}.onnx")
+    source, model = _load(name), _load(name)
     result = CanonicalizeAttentionPass().run(model, None)
     assert result.modified
     assert (result.stats["self"], result.stats["cross"], result.stats["from_decomposed"]) == (2, 0, 2)
@@ -75,7 +81,7 @@ def test_optimum_attention_is_recognised_and_exact(name):
 def test_expression_dims_are_computed_for_synthesized_inputs():
     """Optimum names the mask axis ``past_sequence_length + sequence_length``: the made-up
     inputs must agree with the past and current lengths, or ORT rejects them (it did)."""
-    model = ir.load(FIXTURES / "gpt2.onnx")
+    model = _load("gpt2")
     feeds, dims = synthesize_inputs(model.graph, seed=0, batch=None)
     assert dims["past_sequence_length + sequence_length"] == dims["past_sequence_length"] + dims["sequence_length"]
     assert feeds["attention_mask"].shape[1] == feeds["past_key_values.0.key"].shape[2] + feeds["input_ids"].shape[1]
@@ -84,8 +90,9 @@ def test_expression_dims_are_computed_for_synthesized_inputs():
 
 def test_compile_cli_on_an_optimum_export(tmp_path, capsys):
     """The file as a user passes it: synthesized inputs, the attention canonical, fidelity exact."""
-    out = tmp_path / "art"
-    rc = compile_cli.main([str(FIXTURES / "gpt2.onnx"), "--passes", "canonicalize-attn", "--out", str(out), "--quiet"])
+    out, path = tmp_path / "art", tmp_path / "gpt2.onnx"
+    ir.save(_load("gpt2"), path)
+    rc = compile_cli.main([str(path), "--passes", "canonicalize-attn", "--out", str(out), "--quiet"])
     assert rc == 0, capsys.readouterr().err
     manifest = json.loads((out / "genzip.json").read_text())
     assert manifest["fidelity"]["cosine"] > 0.99999
