@@ -16,7 +16,7 @@ import pytest
 
 from genzip.errors import GenzipError
 from genzip.tools import compile_cli, genzip_cli
-from tests.tiny_pipelines import img2img_and_text_runs, stable_diffusion_3
+from tests.tiny_pipelines import assert_img2img_and_text_match, stable_diffusion_3
 
 PROMPTS = ["a red cat", "a photo of the dog", "blue"]
 
@@ -63,12 +63,9 @@ def test_sd3_load_pipeline_images_match_pytorch(sd3_pipeline):
     folder, out = sd3_pipeline
     # img2img: the VAE encoder's distribution sampled with the same generator, shifted and scaled;
     # text: three prompts with CFG, a transformer batch of 6
-    pipe, edited, text = img2img_and_text_runs(
+    pipe = assert_img2img_and_text_match(
         out, folder, diffusers.StableDiffusion3Img2ImgPipeline, diffusers.StableDiffusion3Pipeline,
         img2img_prompts=PROMPTS[:2], text_call=dict(prompt=PROMPTS, num_inference_steps=2))
-    for (got, want), n in ((edited, 2), (text, 3)):
-        assert got.shape == want.shape == (n, 16, 16, 3)
-        assert np.abs(got - want).max() < 1e-3 and want.std() > 0.05
     with pytest.raises(GenzipError, match="penultimate hidden state only"):
         pipe(prompt=PROMPTS[0], num_inference_steps=1, clip_skip=1)
 

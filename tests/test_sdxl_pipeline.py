@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 
 from genzip.errors import GenzipError
 from genzip.tools import compile_cli
-from tests.tiny_pipelines import img2img_and_text_runs, stable_diffusion_xl
+from tests.tiny_pipelines import assert_img2img_and_text_match, stable_diffusion_xl
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +40,11 @@ def test_sdxl_images_match_pytorch(sdxl_pipeline):
     assert inputs["encoder_hidden_states"][1:] == [77, 16] and inputs["text_embeds"][1:] == [8]
     assert inputs["time_ids"][1:] == [6]
     # Text: three prompts with CFG, a UNet batch of 6 in static slices of 2, added conditions sliced alike
-    pipe, edited, text = img2img_and_text_runs(
+    pipe = assert_img2img_and_text_match(
         out, folder, diffusers.StableDiffusionXLImg2ImgPipeline, diffusers.StableDiffusionXLPipeline,
         img2img_prompts=["a red cat", "blue"],
         text_call=dict(prompt=["a red cat", "a photo of the dog", "blue"], negative_prompt=["dog", "", "red"],
                        num_inference_steps=2))
-    for (got, want), n in ((edited, 2), (text, 3)):
-        assert got.shape == want.shape == (n, 16, 16, 3)
-        assert np.abs(got - want).max() < 1e-3 and want.std() > 0.05
     latents = torch.zeros(2, 4, 8, 8)
     with pytest.raises(GenzipError, match="takes added_cond_kwargs text_embeds, time_ids, which were not passed"):
         pipe.unet(latents, 1.0, encoder_hidden_states=torch.zeros(2, 77, 16))
