@@ -21,17 +21,13 @@ import onnx
 import onnx.helper
 import onnx_ir as ir
 
+from genzip.ort_session import is_large
+
 logger = logging.getLogger(__name__)
 
-# Past this many initializer bytes the protobuf copy the inference needs is not made.
-_MAX_BYTES = 1 << 30
 # What ORT's inference raises on graphs it cannot follow (its code paths raise these).
 _INFERENCE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AssertionError, AttributeError,
                      ZeroDivisionError, NotImplementedError)
-
-
-def _initializer_bytes(model: ir.Model) -> int:
-    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
 
 
 def _typed(type_proto: onnx.TypeProto) -> tuple[ir.Shape, ir.DataType] | None:
@@ -90,7 +86,8 @@ def _inferred(model: ir.Model) -> dict[str, tuple[ir.Shape, ir.DataType]]:
 def name_dims(model: ir.Model) -> bool:
     """Give the main graph's values ORT's symbolically named shapes (and element types
     where they had none); True when any changed."""
-    if _initializer_bytes(model) > _MAX_BYTES:
+    # A large model (or one with external weights) is not copied into one protobuf.
+    if is_large(model):
         logger.info("canonicalize-attn: model too large for symbolic shape inference; skipped")
         return False
     shapes = _inferred(model)
