@@ -86,6 +86,11 @@ _SPECS: dict[str, _Preset] = {
         "class-conditional DiT trained on scikit-learn's digits (32x32 pixels, 256 tokens, 4 layers, 10 classes)",
         "dit", 2, _trained_config("trained-dit"), module="DiTTransformer2DModel", weights="trained-dit",
     ),
+    "trained-pixart": _Preset(
+        "text-conditioned PixArt DiT trained on scikit-learn's digits with captions through a frozen CLIP-style "
+        "encoder (32x32 pixels, 256 image + 8 caption tokens, 4 layers)",
+        "dit", 2, _trained_config("trained-pixart"), text_len=8, weights="trained-pixart",
+    ),
     "trained-llama": _Preset(
         "Llama (GQA 4/2, hidden 192, 4 layers) trained on the King James Bible, own BPE-1024 tokenizer, 128 tokens",
         "llm", 1, _trained_config("trained-llama"), seq_len=128, weights="trained-llama",
@@ -131,6 +136,10 @@ def _load_trained(spec: _Preset) -> Any:
     from genzip.frontend.trained import WEIGHTS
 
     folder = WEIGHTS / spec.weights
+    if spec.family == "dit" and spec.module == "PixArtTransformer2DModel":
+        from genzip.frontend.trained import _pixart
+
+        return _pixart.load(folder)
     if spec.family == "dit":
         from genzip.frontend.trained import _dit
 
@@ -157,11 +166,14 @@ def load_preset(name: str, *, seed: int, batch: int | None, user=None, sizes=Non
         torch.manual_seed(seed)
         module = _build_module(spec).eval()
     text_len, seq_len = spec.text_len, spec.seq_len
+    captions = _caption_embedder(spec)
     if spec.family == "dit":
         sizes = export_sizes.check_diffusers(sizes, module, has_text=bool(spec.text_len))
         text_len = sizes.text_len or text_len
         call = hf_inputs.diffusers_call(module, batch=batch, seed=seed, text_len=text_len,
                                         height=sizes.height, width=sizes.width)
+        if captions is not None:  # a text-conditioned trained preset: real caption embeddings
+            call[1]["encoder_hidden_states"] = captions(batch, seed)
         outputs = hf_inputs.DIFFUSERS_OUTPUTS
     else:
         sizes = export_sizes.check_causal_lm(sizes, module)
@@ -183,6 +195,16 @@ def load_preset(name: str, *, seed: int, batch: int | None, user=None, sizes=Non
     shapes = example_sizes(source.example_inputs, batch=batch, text_len=text_len, seq_len=seq_len)
     source.info.setdefault("calibration", preset_calibration(
         module, spec.family, like=source.example_inputs, seed=seed, **shapes,
-        weights=WEIGHTS / spec.weights if spec.weights else None,
+        weights=WEIGHTS / spec.weights if spec.weights else None, captions=captions,
     ))
     return source
+
+
+def _caption_embedder(spec: _Preset):
+    """``(batch, seed) -> encoder_hidden_states`` of a trained preset with a committed text
+    encoder (seeded captions through it, CFG layout), else None."""
+    if spec.weights is None or spec.family != "dit" or spec.module != "PixArtTransformer2DModel":
+        return None
+    from genzip.frontend.trained import WEIGHTS, _pixart
+
+    return _pixart.CaptionEmbedder(WEIGHTS / spec.weights)

@@ -6,6 +6,8 @@ functions, so the evaluation code does not depend on how the trainers store thin
 * ``trained_preset(manifest)``: which trained preset an artifact was compiled from
   (``source_info.preset``, or a compile of the committed weights folder itself), else None;
 * ``heldout_images(n)``: the first ``n`` held-out digits (images in [-1, 1], labels);
+* ``caption_pair(preset, labels)``: a text-conditioned preset's caption embeddings of
+  ``labels`` (its committed frozen text encoder) and of the empty caption (the negative);
 * ``judge()``: the committed digit classifier; ``judge_logits_features(judge, images)``;
 * ``tokenizer(preset)`` and ``heldout_token_windows(tokenizer, seq_len, n)``: the KJV
   held-out split tokenized with the preset's own tokenizer, cut into windows.
@@ -24,7 +26,8 @@ import numpy as np
 
 from genzip.errors import GenzipError
 
-DIT_PRESETS = ("trained-dit",)
+DIT_PRESETS = ("trained-dit", "trained-pixart")
+TEXT_DIT_PRESETS = ("trained-pixart",)  # conditioned on captions through a committed text encoder
 LLM_PRESETS = ("trained-llama", "trained-moe")
 
 
@@ -88,6 +91,18 @@ def heldout_images(n: int) -> tuple[np.ndarray, np.ndarray]:
 
     images, labels = _digits.load("heldout")
     return images[:n].numpy(), labels[:n].numpy().astype(np.int64)
+
+
+def caption_pair(preset: str, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cond, uncond) ``encoder_hidden_states`` of a text-conditioned trained preset: sample i's
+    caption shows digit ``labels[i]`` (templates cycle with i, as its trainer measured), the
+    unconditional half is the empty caption, both through the committed frozen text encoder."""
+    from genzip.frontend.trained import _pixart
+
+    encoder = _pixart.load_text_encoder(_need_weights(preset, _pixart.TEXT_ENCODER).parent)
+    cond = _pixart.encode(encoder, [_pixart.caption(int(y), i) for i, y in enumerate(labels)]).numpy()
+    uncond = _pixart.encode(encoder, [""]).numpy()
+    return cond, np.repeat(uncond, len(cond), axis=0)
 
 
 def judge():

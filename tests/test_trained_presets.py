@@ -42,3 +42,27 @@ def test_trained_dit_calibrates_on_its_own_noise_schedule():
     cosine = _dit.ddpm().alphas_cumprod.double().numpy()
     assert not np.allclose(cosine, ddpm_alpha_bar())  # the linear schedule of the random presets
     assert cosine[0] > cosine[500] > cosine[999] > 0
+
+
+def test_trained_pixart_calibrates_on_its_own_caption_embeddings():
+    """Its calibration trajectory feeds the committed text encoder's captions (CFG layout: the
+    empty caption first), so token 0 is the same BOS row in every sample, as bos=true needs."""
+    from genzip.frontend.calibration import dit_trajectory
+    from genzip.frontend.trained import WEIGHTS, _pixart
+
+    spec = get_preset("trained-pixart")
+    assert spec.family == "dit" and spec.text_len == _pixart.TEXT_LEN
+    assert spec.config["caption_channels"] == _pixart.TEXT_DIM and spec.config["in_channels"] == 1
+    folder = WEIGHTS / "trained-pixart"
+    embed = _pixart.CaptionEmbedder(folder)
+    like = {"hidden_states": np.zeros((2, 1, 32, 32), np.float32), "timestep": np.zeros(2, np.float32),
+            "encoder_hidden_states": np.zeros((2, 8, _pixart.TEXT_DIM), np.float32)}
+    feeds = dit_trajectory(_pixart.load(folder), batch=2, seed=0, text_len=8, like=like, trajectories=2, steps=2,
+                           captions=embed)
+    text = np.stack([f["encoder_hidden_states"] for f in feeds])
+    assert text.shape == (4, 2, 8, _pixart.TEXT_DIM)
+    np.testing.assert_allclose(text[:, :, 0], np.broadcast_to(text[0, 0, 0], text.shape[:2] + text.shape[-1:]),
+                               atol=1e-6)
+    empty = _pixart.encode(_pixart.load_text_encoder(folder), [""]).numpy()[0]
+    np.testing.assert_array_equal(text[0, 0], empty)
+    assert not np.allclose(text[0, 1], empty) and not np.allclose(text[0, 1], text[2, 1])

@@ -28,11 +28,11 @@ def _one_thread():
 
 
 def test_required_presets_are_committed():
-    for name in ("trained-dit", "trained-llama"):
+    for name in ("trained-dit", "trained-pixart", "trained-llama"):
         assert (WEIGHTS / name / _manifest.MANIFEST).is_file(), name
 
 
-@pytest.mark.parametrize("name", ["trained-dit", *LMS])
+@pytest.mark.parametrize("name", ["trained-dit", "trained-pixart", *LMS])
 def test_manifest_matches_weights(name):
     folder = WEIGHTS / name
     manifest = _manifest.read_manifest(folder)
@@ -67,6 +67,52 @@ def test_dit_denoises_heldout_digits():
     judge = _classifier.DigitClassifier()
     judge.load_state_dict(load_file(str(folder / _classifier.WEIGHTS)))
     assert _classifier.accuracy(judge.eval(), images, labels) >= 0.9
+
+
+def test_pixart_denoises_heldout_digits_from_captions():
+    pytest.importorskip("sklearn", reason="the held-out digits ship with scikit-learn")
+    from genzip.frontend.trained import _digits, _pixart
+
+    folder = WEIGHTS / "trained-pixart"
+    manifest = _manifest.read_manifest(folder)
+    model = _pixart.load(folder)
+    assert model.config.out_channels == 2 * model.config.in_channels
+    encoder = _pixart.load_text_encoder(folder)
+    assert manifest["text_encoder"]["trained"] is False and list(_pixart.VOCAB) == manifest["text_encoder"]["vocab"]
+    # the committed encoder is the seeded one the manifest names (frozen: never trained)
+    fresh = _pixart.build_text_encoder(manifest["text_encoder"]["seed"])
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), encoder.state_dict().values()))
+    images, labels = _digits.load("heldout")
+    images, labels = images[:32], labels[:32]
+    text = _pixart.encode(encoder, [_pixart.caption(int(y), i) for i, y in enumerate(labels)])
+    assert text.shape == (32, _pixart.TEXT_LEN, _pixart.TEXT_DIM)
+    # causal encoder: token 0 (<bos>) is the same row for every caption, the empty one too (MixDQ's BOS)
+    empty = _pixart.encode(encoder, [""])
+    assert torch.allclose(text[:, 0], empty[:, 0].expand(32, -1), atol=1e-6)
+    assert not torch.allclose(text[0, 3], text[1, 3])
+    trained_loss = _pixart.denoise_loss(model, images, text)
+    random_loss = _pixart.denoise_loss(_pixart.build(seed=1).eval(), images, text)
+    assert trained_loss < 0.3 * random_loss, (trained_loss, random_loss)
+    # the caption decides the digit: wrong captions denoise worse than the right ones
+    wrong = _pixart.encode(encoder, [_pixart.caption((int(y) + 5) % 10, i) for i, y in enumerate(labels)])
+    assert _pixart.denoise_loss(model, images, wrong) > trained_loss
+    assert manifest["quality"]["sample_class_accuracy"] >= 0.5
+
+
+def test_pixart_eval_conditions_are_captions_with_the_empty_negative():
+    pytest.importorskip("sklearn", reason="the held-out digits ship with scikit-learn")
+    import numpy as np
+
+    from genzip.frontend.trained import _pixart
+    from genzip.runtime import _eval_dit
+
+    cond, uncond, described = _eval_dit.conditions(None, 4, 0, "trained-pixart")
+    assert cond.shape == uncond.shape == (4, _pixart.TEXT_LEN, _pixart.TEXT_DIM) and "captions" in described
+    np.testing.assert_array_equal(uncond[0], uncond[3])
+    np.testing.assert_allclose(cond[:, 0], uncond[:, 0], atol=1e-6)  # the BOS row
+    embed = _pixart.CaptionEmbedder(WEIGHTS / "trained-pixart")(4, 7)  # preset example inputs / calibration
+    np.testing.assert_array_equal(embed[0].numpy(), uncond[0])  # CFG layout: empty captions first
+    assert not np.allclose(embed[2].numpy(), uncond[0])
 
 
 @pytest.mark.parametrize("name", LMS)
