@@ -101,8 +101,15 @@ _SPECS: dict[str, _Preset] = {
     ),
 }
 
+def _described(spec: _Preset) -> str:
+    """The CLI line of a preset; a trained one whose weights are not committed says so."""
+    if spec.weights is not None and not spec.config:  # _trained_config found no committed config.json
+        return f"{spec.description} [weights not committed: unusable]"
+    return spec.description
+
+
 PRESETS: types.MappingProxyType[str, str] = types.MappingProxyType(
-    {name: spec.description for name, spec in _SPECS.items()}
+    {name: _described(spec) for name, spec in _SPECS.items()}
 )
 
 
@@ -136,6 +143,11 @@ def _load_trained(spec: _Preset) -> Any:
     from genzip.frontend.trained import WEIGHTS
 
     folder = WEIGHTS / spec.weights
+    if not (folder / "config.json").is_file():  # a registered preset whose weights are not committed (yet)
+        raise GenzipError(
+            f"trained preset '{spec.weights}' has no committed weights in {folder}",
+            "train them with its script in genzip.frontend.trained (README: Presets) or use another preset",
+        )
     if spec.family == "dit" and spec.module == "PixArtTransformer2DModel":
         from genzip.frontend.trained import _pixart
 
