@@ -94,6 +94,11 @@ def run(args) -> int:
     if bad or not schemes or args.samples < 2:
         raise GenzipError(f"--schemes: unknown {', '.join(bad) or '(none)'} or --samples < 2",
                           f"choose from {','.join(SCHEMES)}, --samples >= 2")
+    from genzip.frontend.trained import WEIGHTS
+
+    if not (WEIGHTS / PRESET / "config.json").is_file():
+        raise GenzipError(f"{PRESET} has no committed weights in {WEIGHTS / PRESET}",
+                          "train them: python -m genzip.frontend.trained.train_pixart --out that folder")
     say = Progress(not args.quiet)
     load = [round(x, 2) for x in os.getloadavg()]
     ratio = token0_ratio()
