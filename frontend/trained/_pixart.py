@@ -6,8 +6,9 @@ Invariants:
   [-1, 1] (patch 2 -> 256 tokens) with the trained-dit noise schedule; its output has 2
   channels in the learned-sigma layout (channel 0 = epsilon, the only one trained);
 * it is conditioned on ``encoder_hidden_states`` ``[B, TEXT_LEN, TEXT_DIM]``: the last
-  hidden state of a transformers ``CLIPTextModel`` (causal, CLIP's architecture) that is
-  seeded at random and frozen, never trained. Captions are word-tokenized with the fixed
+  hidden state of a transformers ``CLIPTextModelWithProjection`` (causal, CLIP's
+  architecture) trained CLIP-style first (``_clip``: contrastive against an image tower on
+  the same digits) and then frozen while the denoiser learns. Captions are word-tokenized with the fixed
   ``VOCAB``: ``<bos> words <eos>`` padded with ``<eos>`` to ``TEXT_LEN``, as Stable
   Diffusion pads CLIP's. Because the encoder is causal, token 0 (``<bos>``) has the same
   embedding in every caption (the empty caption included): MixDQ's prompt-invariant BOS;
@@ -40,6 +41,7 @@ CONFIG = dict(
 TEXT_CONFIG = dict(
     vocab_size=len(VOCAB), hidden_size=TEXT_DIM, intermediate_size=4 * TEXT_DIM, num_hidden_layers=2,
     num_attention_heads=4, max_position_embeddings=TEXT_LEN, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=EOS,
+    projection_dim=TEXT_DIM,
 )
 SCHEDULE = _dit.SCHEDULE
 EVAL_TIMESTEPS = _dit.EVAL_TIMESTEPS
@@ -64,11 +66,11 @@ def tokenize(captions: list[str]) -> torch.Tensor:
 
 
 def build_text_encoder(seed: int):
-    """The frozen CLIP-style causal text encoder, seeded (its weights are never trained)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+    """The CLIP-style causal text encoder at its seeded initialisation (``_clip.train`` trains it)."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    return CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG)).eval().requires_grad_(False)
+    return CLIPTextModelWithProjection(CLIPTextConfig(**TEXT_CONFIG)).eval()
 
 
 @torch.no_grad()
@@ -92,9 +94,9 @@ def load(folder: str | Path):
 
 
 def load_text_encoder(folder: str | Path):
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextModelWithProjection
 
-    return CLIPTextModel.from_pretrained(str(Path(folder) / TEXT_ENCODER)).eval().requires_grad_(False)
+    return CLIPTextModelWithProjection.from_pretrained(str(Path(folder) / TEXT_ENCODER)).eval().requires_grad_(False)
 
 
 def epsilon(model, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
