@@ -1,19 +1,25 @@
-"""``python benchmarks/bench_bos.py``: MixDQ's BOS handling (``bos=true``) vs plain quantization on ``trained-pixart``.
+"""``python benchmarks/bench_bos.py``: MixDQ's BOS handling (``bos=true``) vs plain quantization of the text path on ``trained-sd3``.
 
     python benchmarks/bench_bos.py [--samples N] [--schemes w8a8,w4a8] [--steps 20] [--cfg 4]
         [--keep DIR] [--reuse] [--json]
 
-One process. ``trained-pixart`` (captions through a frozen CLIP-style causal text
-encoder, token 0 = ``<bos>``) is compiled into real ``ort`` artifacts: FP32, and per
-scheme ``annotate-precision{scheme=S bos=B},calibrate,quant{scheme=S}`` with B = false
-and true. Quality is ``genzip eval``'s (``genzip.runtime._eval_dit``): ``N`` samples
-captioned with the held-out digits' labels, class accuracy by the committed judge,
-Fréchet distance in its feature space, PSNR / SSIM vs FP32 at the same seeds (FP32 is
-sampled once). It also measures what MixDQ's premise needs: the **token-0 activation
-ratio** of the BOS layers' input (``caption_projection``'s output, read by every
-``attn2.to_k`` / ``attn2.to_v``) on the preset's calibration captions: max |x| over
-token 0 / max |x| over tokens 1:, overall and per channel (the largest channel ratio);
-the same at the text encoder's output.
+One process. ``trained-sd3`` (an SD3 MMDiT reading captions through its CLIP-style causal
+text encoder, trained contrastively and then frozen; token 0 = ``<bos>``) is compiled
+into real ``ort`` artifacts: FP32, and per scheme S
+
+* ``S`` with the default keeps: the text path (``context_embedder``, the GEMM on the
+  text encoder's states) stays fp32, as genzip keeps caption embedders;
+* ``S text bos=false``: ``annotate-precision{scheme=S quantize=context_embedder}``, the
+  text path quantized as plainly as every other layer (token 0 in the same range);
+* ``S text bos=true``: the same with MixDQ's BOS handling (token 0's output a
+  precomputed constant, tokens 1: quantized with a range that ignores token 0).
+
+Quality is ``genzip eval``'s (``genzip.runtime._eval_dit``): ``N`` samples captioned with
+the held-out digits' labels, class accuracy by the committed judge, Fréchet distance in
+its feature space, PSNR / SSIM vs FP32 at the same seeds (FP32 is sampled once). It also
+measures what MixDQ's premise needs: the **token-0 activation ratio** at the text path's
+input (the encoder's token states) on the preset's calibration captions: max |x| over
+token 0 / max |x| over tokens 1:, overall and per channel (the largest channel ratio).
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ import numpy as np
 
 from genzip.errors import GenzipError
 
-PRESET = "trained-pixart"
+PRESET = "trained-sd3"
+TEXT_PATH = "context_embedder"
 SCHEMES = ("w8a8", "w4a8", "w8a8-dynamic")
 
 
@@ -62,25 +69,19 @@ def _compile(name: str, passes: str, folder: str, say, reuse: bool) -> tuple[str
 
 
 def token0_ratio(samples: int = 8) -> dict:
-    """Token-0 vs other tokens' activation magnitude on the preset's calibration captions."""
+    """Token-0 vs other tokens' activation magnitude at the text path's input, on the
+    preset's calibration captions (the committed encoder's token states)."""
     import torch
 
-    from genzip.frontend.trained import WEIGHTS, _pixart
+    from genzip.frontend.trained import WEIGHTS, _captions
 
-    folder = WEIGHTS / PRESET
-    model = _pixart.load(folder)
-    text = torch.cat([_pixart.CaptionEmbedder(folder)(2, 1000 + i) for i in range(samples)])
-    with torch.no_grad():
-        projected = model.caption_projection(text)
-    out = {}
-    for name, x in (("text_encoder_output", text), ("caption_projection_output", projected)):
-        a = x.abs()
-        t0, rest = a[:, 0], a[:, 1:]
-        per_channel = t0.amax(0) / rest.amax((0, 1)).clamp_min(1e-12)
-        out[name] = {"token0_max": float(t0.max()), "other_tokens_max": float(rest.max()),
-                     "ratio": float(t0.max() / rest.max()), "max_channel_ratio": float(per_channel.max()),
-                     "token0_rms_over_others_rms": float(t0.pow(2).mean().sqrt() / rest.pow(2).mean().sqrt())}
-    return out
+    embed = _captions.CaptionEmbedder(WEIGHTS / PRESET)
+    a = torch.cat([embed(2, 1000 + i)[0] for i in range(samples)]).abs()
+    t0, rest = a[:, 0], a[:, 1:]
+    per_channel = t0.amax(0) / rest.amax((0, 1)).clamp_min(1e-12)
+    return {"token0_max": float(t0.max()), "other_tokens_max": float(rest.max()),
+            "ratio": float(t0.max() / rest.max()), "max_channel_ratio": float(per_channel.max()),
+            "token0_rms_over_others_rms": float(t0.pow(2).mean().sqrt() / rest.pow(2).mean().sqrt())}
 
 
 def run(args) -> int:
@@ -98,25 +99,27 @@ def run(args) -> int:
 
     if not (WEIGHTS / PRESET / "config.json").is_file():
         raise GenzipError(f"{PRESET} has no committed weights in {WEIGHTS / PRESET}",
-                          "train them: python -m genzip.frontend.trained.train_pixart --out that folder")
+                          "train them: python -m genzip.frontend.trained.train_captioned --out that folder")
     say = Progress(not args.quiet)
     load = [round(x, 2) for x in os.getloadavg()]
     ratio = token0_ratio()
-    say(f"token-0 ratio at the BOS layers' input: {ratio['caption_projection_output']['ratio']:.3f}")
+    say(f"token-0 ratio at the text path's input: {ratio['ratio']:.3f}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.keep or tmp
         os.makedirs(folder, exist_ok=True)
         variants = [("fp32", "")]
         for scheme in schemes:
+            tail = f"calibrate,quant{{scheme={scheme}}}"
+            variants.append((scheme, f"annotate-precision{{scheme={scheme}}},{tail}"))
             for bos in ("false", "true"):
-                variants.append((f"{scheme} bos={bos}",
-                                 f"annotate-precision{{scheme={scheme} bos={bos}}},calibrate,quant{{scheme={scheme}}}"))
+                variants.append((f"{scheme} text bos={bos}",
+                                 f"annotate-precision{{scheme={scheme} quantize={TEXT_PATH} bos={bos}}},{tail}"))
         built = []
         for name, passes in variants:
             d, manifest = _compile(name.replace(" ", "_").replace("=", "-"), passes, folder, say, args.reuse)
             built.append((name, d, manifest))
         fp32 = PlannedModel(built[0][1])
-        cond, uncond, described = _eval_dit.conditions(fp32, args.samples, args.seed, PRESET)
+        cond, uncond, described, extra = _eval_dit.conditions(fp32, args.samples, args.seed, PRESET)
         labels = _eval_dit.heldout_labels(args.samples)
         schedule = _eval_data.dit_schedule()
         judge = _eval_data.judge()
@@ -126,7 +129,7 @@ def run(args) -> int:
         for name, d, manifest in built:
             t0 = time.perf_counter()
             lat = _eval_dit.sample_all(PlannedModel(d), cond, uncond, steps=args.steps, cfg=args.cfg, seed=args.seed,
-                                       scheduler="dpm", scheduler_config=schedule)
+                                       scheduler="dpm", scheduler_config=schedule, extra=extra)
             reference = lat if reference is None else reference
             got = _eval_dit.judged(lat, labels, real_features, judge)
             ref, art = np.clip(reference, -1, 1), np.clip(lat, -1, 1)
@@ -152,9 +155,9 @@ def run(args) -> int:
 
 
 def _print_table(result: dict) -> None:
-    r0 = result["token0_activation"]["caption_projection_output"]
+    r0 = result["token0_activation"]
     print(f"{result['model']}: {result['samples']} held-out captions, {result['steps']} steps, CFG {result['cfg']}; "
-          f"token-0 / other-token max |x| at the BOS layers' input {r0['ratio']:.3f} "
+          f"token-0 / other-token max |x| at the text path's input {r0['ratio']:.3f} "
           f"(largest channel {r0['max_channel_ratio']:.2f}); load {result['load_before']} -> {result['load_after']}")
     print("| variant | accuracy | Δ points | Fréchet | PSNR dB | SSIM | BOS layers |")
     print("|---|---|---|---|---|---|---|")

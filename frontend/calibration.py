@@ -54,8 +54,8 @@ def dit_trajectory(module, *, batch: int, seed: int, text_len: int, like: Feeds,
     for r in range(trajectories):
         args, kwargs = hf_inputs.diffusers_call(module, batch=batch, seed=seed + CALIB_SEED_OFFSET + r,
                                                 text_len=text_len, height=height, width=width)
-        if captions is not None:  # trained text-conditioned preset: its own encoder's caption embeddings
-            kwargs["encoder_hidden_states"] = captions(batch, seed + CALIB_SEED_OFFSET + r)
+        if captions is not None:  # trained caption-conditioned preset: its own encoder's caption encodings
+            kwargs.update(captions.forward_inputs(kwargs, batch, seed + CALIB_SEED_OFFSET + r))
         x = kwargs["hidden_states"]
         for i, t in enumerate(times):
             kwargs["hidden_states"] = x
@@ -127,8 +127,8 @@ def preset_calibration(module, family: str, *, batch: int, seed: int, like: Feed
                        seq_len: int = 0, weights=None, height: int | None = None,
                        width: int | None = None, captions=None) -> Callable[[], list[Feeds]]:
     """Trained presets (``weights`` = their folder) calibrate on their own noise schedule
-    (DiT; a text-conditioned one on ``captions(batch, seed)``, its encoder's embeddings of
-    seeded captions) or on real training text (LLMs); random-weight presets on seeded inputs."""
+    (DiT; a caption-conditioned one on ``captions`` (``_captions.CaptionEmbedder``), its
+    encoder's encodings of seeded captions) or on real training text (LLMs); random-weight presets on seeded inputs."""
     if family == "dit":
         alpha_bar = None
         if weights is not None:

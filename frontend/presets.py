@@ -86,10 +86,10 @@ _SPECS: dict[str, _Preset] = {
         "class-conditional DiT trained on scikit-learn's digits (32x32 pixels, 256 tokens, 4 layers, 10 classes)",
         "dit", 2, _trained_config("trained-dit"), module="DiTTransformer2DModel", weights="trained-dit",
     ),
-    "trained-pixart": _Preset(
-        "text-conditioned PixArt DiT trained on scikit-learn's digits with captions through a frozen CLIP-style "
-        "encoder (32x32 pixels, 256 image + 8 caption tokens, 4 layers)",
-        "dit", 2, _trained_config("trained-pixart"), text_len=8, weights="trained-pixart",
+    "trained-sd3": _Preset(
+        "SD3 MMDiT trained on scikit-learn's digits with captions through its own CLIP-style text encoder "
+        "(tokens + pooled state; 32x32 pixels, 256 image + 8 caption tokens, 4 layers)",
+        "dit", 2, _trained_config("trained-sd3"), text_len=8, module="SD3Transformer2DModel", weights="trained-sd3",
     ),
     "trained-llama": _Preset(
         "Llama (GQA 4/2, hidden 192, 4 layers) trained on the King James Bible, own BPE-1024 tokenizer, 128 tokens",
@@ -148,10 +148,10 @@ def _load_trained(spec: _Preset) -> Any:
             f"trained preset '{spec.weights}' has no committed weights in {folder}",
             "train them with its script in genzip.frontend.trained (README: Presets) or use another preset",
         )
-    if spec.family == "dit" and spec.module == "PixArtTransformer2DModel":
-        from genzip.frontend.trained import _pixart
+    if spec.family == "dit" and spec.text_len:  # caption-conditioned
+        from genzip.frontend.trained import _captioned
 
-        return _pixart.load(folder)
+        return _captioned.load(spec.weights, folder)
     if spec.family == "dit":
         from genzip.frontend.trained import _dit
 
@@ -184,8 +184,8 @@ def load_preset(name: str, *, seed: int, batch: int | None, user=None, sizes=Non
         text_len = sizes.text_len or text_len
         call = hf_inputs.diffusers_call(module, batch=batch, seed=seed, text_len=text_len,
                                         height=sizes.height, width=sizes.width)
-        if captions is not None:  # a text-conditioned trained preset: real caption embeddings
-            call[1]["encoder_hidden_states"] = captions(batch, seed)
+        if captions is not None:  # a caption-conditioned trained preset: real caption encodings
+            call[1].update(captions.forward_inputs(call[1], batch, seed))
         outputs = hf_inputs.DIFFUSERS_OUTPUTS
     else:
         sizes = export_sizes.check_causal_lm(sizes, module)
@@ -213,10 +213,11 @@ def load_preset(name: str, *, seed: int, batch: int | None, user=None, sizes=Non
 
 
 def _caption_embedder(spec: _Preset):
-    """``(batch, seed) -> encoder_hidden_states`` of a trained preset with a committed text
+    """``(batch, seed) -> (token states, pooled)`` of a trained preset with a committed text
     encoder (seeded captions through it, CFG layout), else None."""
-    if spec.weights is None or spec.family != "dit" or spec.module != "PixArtTransformer2DModel":
+    if spec.weights is None or spec.family != "dit" or not spec.text_len:
         return None
-    from genzip.frontend.trained import WEIGHTS, _pixart
+    from genzip.frontend.trained import WEIGHTS, _captions
 
-    return _pixart.CaptionEmbedder(WEIGHTS / spec.weights)
+    return _captions.CaptionEmbedder(WEIGHTS / spec.weights)
+

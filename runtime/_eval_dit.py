@@ -9,8 +9,8 @@ Invariants:
 * PSNR / SSIM compare the final latents; for ``trained-dit`` (pixel space) the images
   clamped to [-1, 1], what the judge sees;
 * real-data figures (accuracy, Fréchet distance) exist only for ``trained-dit`` and
-  ``trained-pixart``: their conditions are the held-out split's labels in order (for
-  ``trained-pixart`` as captions through its committed text encoder, the empty caption as
+  ``trained-sd3``: their conditions are the held-out split's labels in order (for
+  ``trained-sd3`` as captions through its committed text encoder, the empty caption as
   the negative), its samples are clamped to the
   training range [-1, 1] and judged by the committed classifier; the Fréchet distance
   compares the samples' classifier features with those of the held-out real images.
@@ -40,18 +40,20 @@ def _images_per_call(model) -> int:
     return batch // 2
 
 
-def conditions(model, n: int, seed: int, preset: str | None) -> tuple[np.ndarray, np.ndarray, str]:
-    """(cond, uncond, description) of ``n`` images: held-out labels for the trained DiTs (as captions
-    for trained-pixart), else seeded random."""
+def conditions(model, n: int, seed: int, preset: str | None) -> tuple[np.ndarray, np.ndarray, str, dict]:
+    """(cond, uncond, description, extra) of ``n`` images: held-out labels for the trained DiTs
+    (as captions for the caption-conditioned ones, whose pooled states are ``extra``), else
+    seeded random (no ``extra``)."""
     if preset in _eval_data.TEXT_DIT_PRESETS:
-        cond, uncond = _eval_data.caption_pair(preset, heldout_labels(n))
-        return cond, uncond, "captions of the held-out digits' labels (digits split), in split order; negative: ''"
+        cond, uncond, extra = _eval_data.caption_pair(preset, heldout_labels(n))
+        described = "captions of the held-out digits' labels (digits split), in split order; negative: ''"
+        return cond, uncond, described, extra
     if preset in _eval_data.DIT_PRESETS:
         cond, uncond = conditioning.class_pair(model, heldout_labels(n), "held-out labels")
-        return cond, uncond, "held-out digit labels (trained-dit split), in split order"
+        return cond, uncond, "held-out digit labels (trained-dit split), in split order", {}
     cond, uncond = conditioning.default_conditioning(model, n, seed)
     kind = "class labels" if conditioning.conditioning_input(model) == conditioning.CLASS else "prompt embeddings"
-    return cond, uncond, f"seeded random {kind} (seed {seed}); this model has no held-out conditions"
+    return cond, uncond, f"seeded random {kind} (seed {seed}); this model has no held-out conditions", {}
 
 
 def heldout_labels(n: int) -> np.ndarray:
@@ -61,13 +63,16 @@ def heldout_labels(n: int) -> np.ndarray:
 
 
 def sample_all(model, cond, uncond, *, steps: int, cfg: float, seed: int, scheduler: str | None,
-               scheduler_config: dict | None, bar=None) -> np.ndarray:
-    """Final latents of every condition, in batches of what one call takes."""
+               scheduler_config: dict | None, bar=None, extra: dict | None = None) -> np.ndarray:
+    """Final latents of every condition, in batches of what one call takes (``extra``: the
+    (cond, uncond) rows of other per-prompt inputs, batched alike)."""
     per_call = _images_per_call(model)
     out = []
     for b, start in enumerate(range(0, len(cond), per_call)):
         part = slice(start, start + per_call)
+        batch_extra = {k: (c[part], u[part]) for k, (c, u) in (extra or {}).items()}
         res = sample(model, cond[part], uncond[part], steps=steps, cfg=cfg, seed=seed + b, scheduler=scheduler,
+                     extra=batch_extra,
                      scheduler_config=scheduler_config, progress=(lambda i, n: bar.update(1)) if bar else None)
         out.append(res.latents)
     return np.concatenate(out)
@@ -126,7 +131,7 @@ def evaluate_dit(model, reference, *, samples: int, seed: int, steps: int, cfg: 
     ``why`` names the reason of every figure left ``None``."""
     from tqdm import tqdm
 
-    cond, uncond, described = conditions(model, samples, seed, preset)
+    cond, uncond, described, extra = conditions(model, samples, seed, preset)
     trained = preset in _eval_data.DIT_PRESETS
     # the trained DiTs learned epsilon on their own DDPM betas: DPM-Solver must use them; a flow
     # scheduler has no betas to take (and is a mismatch the user chose).
@@ -138,7 +143,7 @@ def evaluate_dit(model, reference, *, samples: int, seed: int, steps: int, cfg: 
     with tqdm(total=total, desc="genzip eval: sampling", unit="step", disable=not progress, leave=False) as bar:
         for name, m in runs:
             latents[name] = sample_all(m, cond, uncond, steps=steps, cfg=cfg, seed=seed, scheduler=scheduler,
-                                       scheduler_config=schedule, bar=bar)
+                                       scheduler_config=schedule, bar=bar, extra=extra)
     figures: dict[str, Any] = {"conditions": described, "steps": steps, "cfg": cfg,
                                "scheduler": scheduler_for(model, scheduler, schedule)[1],
                                "accuracy": None, "frechet_distance": None, "reference_accuracy": None,
@@ -156,7 +161,7 @@ def evaluate_dit(model, reference, *, samples: int, seed: int, steps: int, cfg: 
         if figures["frechet_distance"] is None:
             why["frechet_distance"] = why["reference_frechet_distance"] = "needs at least 2 samples (--samples 2+)"
     else:
-        no_data = (f"needs real data and a judge; only trained-dit and trained-pixart have them (this "
+        no_data = (f"needs real data and a judge; only trained-dit and trained-sd3 have them (this "
                    f"artifact's preset is {preset or 'none'})")
         for key in ("accuracy", "frechet_distance", "reference_accuracy", "reference_frechet_distance", "real_images"):
             why[key] = no_data

@@ -9,7 +9,6 @@ import pytest
 from genzip.errors import GenzipError
 from genzip.frontend import PRESETS
 from genzip.frontend.presets import get_preset, load_preset
-from genzip.frontend.trained import WEIGHTS
 
 
 def test_genzip_presets_lists_the_trained_models():
@@ -21,7 +20,7 @@ def test_genzip_presets_lists_the_trained_models():
 
 
 def test_a_trained_preset_without_committed_weights_is_a_one_line_error(monkeypatch, tmp_path):
-    """A registered trained preset whose folder is absent (trained-pixart until its weights are in)
+    """A registered trained preset whose folder is absent (e.g. a fresh clone that lost one)
     refuses before anything is built, naming the folder and the fix."""
     import genzip.frontend.trained as trained
 
@@ -57,27 +56,30 @@ def test_trained_dit_calibrates_on_its_own_noise_schedule():
     assert cosine[0] > cosine[500] > cosine[999] > 0
 
 
-@pytest.mark.skipif(not (WEIGHTS / "trained-pixart" / "config.json").is_file(),
-                    reason="trained-pixart weights are not committed (its runs ignored their captions; README: MixDQ BOS)")
-def test_trained_pixart_calibrates_on_its_own_caption_embeddings():
+def test_trained_sd3_calibrates_on_its_own_caption_encodings():
     """Its calibration trajectory feeds the committed text encoder's captions (CFG layout: the
-    empty caption first), so token 0 is the same BOS row in every sample, as bos=true needs."""
+    empty caption first) as token states and pooled states, so token 0 is the same BOS row in
+    every sample, as bos=true needs."""
     from genzip.frontend.calibration import dit_trajectory
-    from genzip.frontend.trained import WEIGHTS, _pixart
+    from genzip.frontend.trained import WEIGHTS, _captioned, _captions
 
-    spec = get_preset("trained-pixart")
-    assert spec.family == "dit" and spec.text_len == _pixart.TEXT_LEN
-    assert spec.config["caption_channels"] == _pixart.TEXT_DIM and spec.config["in_channels"] == 1
-    folder = WEIGHTS / "trained-pixart"
-    embed = _pixart.CaptionEmbedder(folder)
-    like = {"hidden_states": np.zeros((2, 1, 32, 32), np.float32), "timestep": np.zeros(2, np.float32),
-            "encoder_hidden_states": np.zeros((2, 8, _pixart.TEXT_DIM), np.float32)}
-    feeds = dit_trajectory(_pixart.load(folder), batch=2, seed=0, text_len=8, like=like, trajectories=2, steps=2,
-                           captions=embed)
+    spec = get_preset("trained-sd3")
+    assert spec.family == "dit" and spec.text_len == _captions.TEXT_LEN
+    assert spec.config["joint_attention_dim"] == _captions.TEXT_DIM and spec.config["in_channels"] == 1
+    folder = WEIGHTS / "trained-sd3"
+    embed = _captions.CaptionEmbedder(folder)
+    like = {"hidden_states": np.zeros((2, 1, 32, 32), np.float32),
+            "encoder_hidden_states": np.zeros((2, 8, _captions.TEXT_DIM), np.float32),
+            "pooled_projections": np.zeros((2, _captions.TEXT_DIM), np.float32), "timestep": np.zeros(2, np.float32)}
+    feeds = dit_trajectory(_captioned.load("trained-sd3", folder), batch=2, seed=0, text_len=8, like=like,
+                           trajectories=2, steps=2, captions=embed)
     text = np.stack([f["encoder_hidden_states"] for f in feeds])
-    assert text.shape == (4, 2, 8, _pixart.TEXT_DIM)
+    pooled = np.stack([f["pooled_projections"] for f in feeds])
+    assert text.shape == (4, 2, 8, _captions.TEXT_DIM) and pooled.shape == (4, 2, _captions.TEXT_DIM)
     np.testing.assert_allclose(text[:, :, 0], np.broadcast_to(text[0, 0, 0], text.shape[:2] + text.shape[-1:]),
                                atol=1e-6)
-    empty = _pixart.encode(_pixart.load_text_encoder(folder), [""]).numpy()[0]
-    np.testing.assert_array_equal(text[0, 0], empty)
-    assert not np.allclose(text[0, 1], empty) and not np.allclose(text[0, 1], text[2, 1])
+    empty_states, empty_pooled = (x.numpy()[0] for x in _captions.encode(_captions.load_text_encoder(folder), [""]))
+    np.testing.assert_array_equal(text[0, 0], empty_states)
+    np.testing.assert_array_equal(pooled[0, 0], empty_pooled)
+    assert not np.allclose(text[0, 1], empty_states) and not np.allclose(text[0, 1], text[2, 1])
+    assert not np.allclose(pooled[0, 1], empty_pooled)

@@ -1,4 +1,4 @@
-"""CLIP-style contrastive training of trained-pixart's text encoder on digit captions.
+"""CLIP-style contrastive training of the caption-conditioned presets' text encoder on digit captions.
 
 Invariants: the text tower is a transformers ``CLIPTextModelWithProjection`` (causal,
 CLIP's architecture, final LayerNorm, EOS pooling); the image tower is a small CNN on
