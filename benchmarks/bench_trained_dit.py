@@ -120,7 +120,7 @@ class _Quality:
         from genzip.runtime import _eval_data, _eval_dit
 
         self.samples, self.seed, self.steps, self.cfg = samples, seed, steps, cfg
-        self.cond, self.uncond, _ = _eval_dit.conditions(fp32_model, samples, seed, PRESET)
+        self.cond, self.uncond, _, _ = _eval_dit.conditions(fp32_model, samples, seed, PRESET)
         self.schedule = _eval_data.dit_schedule()
         self.judge = _eval_data.judge()
         real, _ = _eval_data.heldout_images(10**9)

@@ -46,7 +46,7 @@ def ddpm_alpha_bar(steps: int = 1000) -> np.ndarray:
 
 def dit_trajectory(module, *, batch: int, seed: int, text_len: int, like: Feeds, trajectories: int = 2,
                    steps: int = 4, alpha_bar: np.ndarray | None = None, height: int | None = None,
-                   width: int | None = None) -> list[Feeds]:
+                   width: int | None = None, captions=None) -> list[Feeds]:
     alpha_bar = ddpm_alpha_bar() if alpha_bar is None else alpha_bar
     times = np.linspace(999, 0, steps).round().astype(int)
     in_ch = int(module.config.in_channels)
@@ -54,6 +54,8 @@ def dit_trajectory(module, *, batch: int, seed: int, text_len: int, like: Feeds,
     for r in range(trajectories):
         args, kwargs = hf_inputs.diffusers_call(module, batch=batch, seed=seed + CALIB_SEED_OFFSET + r,
                                                 text_len=text_len, height=height, width=width)
+        if captions is not None:  # trained caption-conditioned preset: its own encoder's caption encodings
+            kwargs.update(captions.forward_inputs(kwargs, batch, seed + CALIB_SEED_OFFSET + r))
         x = kwargs["hidden_states"]
         for i, t in enumerate(times):
             kwargs["hidden_states"] = x
@@ -123,9 +125,10 @@ def example_sizes(like: Feeds, *, batch: int, text_len: int = 0, seq_len: int = 
 
 def preset_calibration(module, family: str, *, batch: int, seed: int, like: Feeds, text_len: int = 0,
                        seq_len: int = 0, weights=None, height: int | None = None,
-                       width: int | None = None) -> Callable[[], list[Feeds]]:
+                       width: int | None = None, captions=None) -> Callable[[], list[Feeds]]:
     """Trained presets (``weights`` = their folder) calibrate on their own noise schedule
-    (DiT) or on real training text (LLMs); random-weight presets on seeded inputs."""
+    (DiT; a caption-conditioned one on ``captions`` (``_captions.CaptionEmbedder``), its
+    encoder's encodings of seeded captions) or on real training text (LLMs); random-weight presets on seeded inputs."""
     if family == "dit":
         alpha_bar = None
         if weights is not None:
@@ -133,7 +136,7 @@ def preset_calibration(module, family: str, *, batch: int, seed: int, like: Feed
 
             alpha_bar = _dit.ddpm().alphas_cumprod.double().numpy()
         return _Once(dit_trajectory, module, batch=batch, seed=seed, text_len=text_len, like=like,
-                     alpha_bar=alpha_bar, height=height, width=width)
+                     alpha_bar=alpha_bar, height=height, width=width, captions=captions)
     if weights is not None:
         return _Once(text_windows, weights, batch=batch, seq_len=seq_len, like=like)
     return _Once(llm_tokens, module, batch=batch, seed=seed, seq_len=seq_len, like=like)

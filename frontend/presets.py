@@ -86,6 +86,11 @@ _SPECS: dict[str, _Preset] = {
         "class-conditional DiT trained on scikit-learn's digits (32x32 pixels, 256 tokens, 4 layers, 10 classes)",
         "dit", 2, _trained_config("trained-dit"), module="DiTTransformer2DModel", weights="trained-dit",
     ),
+    "trained-sd3": _Preset(
+        "SD3 MMDiT trained on scikit-learn's digits with captions through its own CLIP-style text encoder "
+        "(tokens + pooled state; 32x32 pixels, 256 image + 8 caption tokens, 4 layers)",
+        "dit", 2, _trained_config("trained-sd3"), text_len=8, module="SD3Transformer2DModel", weights="trained-sd3",
+    ),
     "trained-llama": _Preset(
         "Llama (GQA 4/2, hidden 192, 4 layers) trained on the King James Bible, own BPE-1024 tokenizer, 128 tokens",
         "llm", 1, _trained_config("trained-llama"), seq_len=128, weights="trained-llama",
@@ -96,8 +101,15 @@ _SPECS: dict[str, _Preset] = {
     ),
 }
 
+def _described(spec: _Preset) -> str:
+    """The CLI line of a preset; a trained one whose weights are not committed says so."""
+    if spec.weights is not None and not spec.config:  # _trained_config found no committed config.json
+        return f"{spec.description} [weights not committed: unusable]"
+    return spec.description
+
+
 PRESETS: types.MappingProxyType[str, str] = types.MappingProxyType(
-    {name: spec.description for name, spec in _SPECS.items()}
+    {name: _described(spec) for name, spec in _SPECS.items()}
 )
 
 
@@ -131,6 +143,15 @@ def _load_trained(spec: _Preset) -> Any:
     from genzip.frontend.trained import WEIGHTS
 
     folder = WEIGHTS / spec.weights
+    if not (folder / "config.json").is_file():  # a registered preset whose weights are not committed (yet)
+        raise GenzipError(
+            f"trained preset '{spec.weights}' has no committed weights in {folder}",
+            "train them with its script in genzip.frontend.trained (README: Presets) or use another preset",
+        )
+    if spec.family == "dit" and spec.text_len:  # caption-conditioned
+        from genzip.frontend.trained import _captioned
+
+        return _captioned.load(spec.weights, folder)
     if spec.family == "dit":
         from genzip.frontend.trained import _dit
 
@@ -157,11 +178,14 @@ def load_preset(name: str, *, seed: int, batch: int | None, user=None, sizes=Non
         torch.manual_seed(seed)
         module = _build_module(spec).eval()
     text_len, seq_len = spec.text_len, spec.seq_len
+    captions = _caption_embedder(spec)
     if spec.family == "dit":
         sizes = export_sizes.check_diffusers(sizes, module, has_text=bool(spec.text_len))
         text_len = sizes.text_len or text_len
         call = hf_inputs.diffusers_call(module, batch=batch, seed=seed, text_len=text_len,
                                         height=sizes.height, width=sizes.width)
+        if captions is not None:  # a caption-conditioned trained preset: real caption encodings
+            call[1].update(captions.forward_inputs(call[1], batch, seed))
         outputs = hf_inputs.DIFFUSERS_OUTPUTS
     else:
         sizes = export_sizes.check_causal_lm(sizes, module)
@@ -183,6 +207,17 @@ def load_preset(name: str, *, seed: int, batch: int | None, user=None, sizes=Non
     shapes = example_sizes(source.example_inputs, batch=batch, text_len=text_len, seq_len=seq_len)
     source.info.setdefault("calibration", preset_calibration(
         module, spec.family, like=source.example_inputs, seed=seed, **shapes,
-        weights=WEIGHTS / spec.weights if spec.weights else None,
+        weights=WEIGHTS / spec.weights if spec.weights else None, captions=captions,
     ))
     return source
+
+
+def _caption_embedder(spec: _Preset):
+    """``(batch, seed) -> (token states, pooled)`` of a trained preset with a committed text
+    encoder (seeded captions through it, CFG layout), else None."""
+    if spec.weights is None or spec.family != "dit" or not spec.text_len:
+        return None
+    from genzip.frontend.trained import WEIGHTS, _captions
+
+    return _captions.CaptionEmbedder(WEIGHTS / spec.weights)
+

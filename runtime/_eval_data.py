@@ -6,6 +6,8 @@ functions, so the evaluation code does not depend on how the trainers store thin
 * ``trained_preset(manifest)``: which trained preset an artifact was compiled from
   (``source_info.preset``, or a compile of the committed weights folder itself), else None;
 * ``heldout_images(n)``: the first ``n`` held-out digits (images in [-1, 1], labels);
+* ``caption_pair(preset, labels)``: a caption-conditioned preset's caption encodings of
+  ``labels`` (its committed frozen text encoder) and of the empty caption (the negative);
 * ``judge()``: the committed digit classifier; ``judge_logits_features(judge, images)``;
 * ``tokenizer(preset)`` and ``heldout_token_windows(tokenizer, seq_len, n)``: the KJV
   held-out split tokenized with the preset's own tokenizer, cut into windows.
@@ -24,7 +26,8 @@ import numpy as np
 
 from genzip.errors import GenzipError
 
-DIT_PRESETS = ("trained-dit",)
+TEXT_DIT_PRESETS = ("trained-sd3",)  # conditioned on captions through a committed text encoder
+DIT_PRESETS = ("trained-dit", *TEXT_DIT_PRESETS)
 LLM_PRESETS = ("trained-llama", "trained-moe")
 
 
@@ -88,6 +91,22 @@ def heldout_images(n: int) -> tuple[np.ndarray, np.ndarray]:
 
     images, labels = _digits.load("heldout")
     return images[:n].numpy(), labels[:n].numpy().astype(np.int64)
+
+
+def caption_pair(preset: str, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(cond, uncond, extra) of a caption-conditioned trained preset: sample i's caption shows
+    digit ``labels[i]`` (templates cycle with i, as its trainer measured), the unconditional
+    half is the empty caption, both through the committed frozen text encoder; cond/uncond are
+    the token states, ``extra`` the pooled states (SD3's ``pooled_projections``)."""
+    from genzip.frontend.trained import _captions
+    from genzip.runtime.conditioning import POOLED
+
+    encoder = _captions.load_text_encoder(_need_weights(preset, _captions.TEXT_ENCODER).parent)
+    states, pooled = _captions.encode(encoder, [_captions.caption(int(y), i) for i, y in enumerate(labels)])
+    empty_states, empty_pooled = _captions.encode(encoder, [""])
+    n = len(labels)
+    return (states.numpy(), np.repeat(empty_states.numpy(), n, axis=0),
+            {POOLED: (pooled.numpy(), np.repeat(empty_pooled.numpy(), n, axis=0))})
 
 
 def judge():

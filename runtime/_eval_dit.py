@@ -8,8 +8,10 @@ Invariants:
 * the reference always runs all-full (no plan): it is the uncompressed trajectory;
 * PSNR / SSIM compare the final latents; for ``trained-dit`` (pixel space) the images
   clamped to [-1, 1], what the judge sees;
-* real-data figures (accuracy, Fréchet distance) exist only for ``trained-dit``: its
-  conditions are the held-out split's labels in order, its samples are clamped to the
+* real-data figures (accuracy, Fréchet distance) exist only for ``trained-dit`` and
+  ``trained-sd3``: their conditions are the held-out split's labels in order (for
+  ``trained-sd3`` as captions through its committed text encoder, the empty caption as
+  the negative), its samples are clamped to the
   training range [-1, 1] and judged by the committed classifier; the Fréchet distance
   compares the samples' classifier features with those of the held-out real images.
 """
@@ -38,26 +40,39 @@ def _images_per_call(model) -> int:
     return batch // 2
 
 
-def conditions(model, n: int, seed: int, preset: str | None) -> tuple[np.ndarray, np.ndarray, str]:
-    """(cond, uncond, description) of ``n`` images: held-out labels for trained-dit, else seeded random."""
+def conditions(model, n: int, seed: int, preset: str | None) -> tuple[np.ndarray, np.ndarray, str, dict]:
+    """(cond, uncond, description, extra) of ``n`` images: held-out labels for the trained DiTs
+    (as captions for the caption-conditioned ones, whose pooled states are ``extra``), else
+    seeded random (no ``extra``)."""
+    if preset in _eval_data.TEXT_DIT_PRESETS:
+        cond, uncond, extra = _eval_data.caption_pair(preset, heldout_labels(n))
+        described = "captions of the held-out digits' labels (digits split), in split order; negative: ''"
+        return cond, uncond, described, extra
     if preset in _eval_data.DIT_PRESETS:
-        _, labels = _eval_data.heldout_images(n)
-        labels = np.resize(labels, n)  # more samples than held-out images: cycle through the labels
-        cond, uncond = conditioning.class_pair(model, labels, "held-out labels")
-        return cond, uncond, "held-out digit labels (trained-dit split), in split order"
+        cond, uncond = conditioning.class_pair(model, heldout_labels(n), "held-out labels")
+        return cond, uncond, "held-out digit labels (trained-dit split), in split order", {}
     cond, uncond = conditioning.default_conditioning(model, n, seed)
     kind = "class labels" if conditioning.conditioning_input(model) == conditioning.CLASS else "prompt embeddings"
-    return cond, uncond, f"seeded random {kind} (seed {seed}); this model has no held-out conditions"
+    return cond, uncond, f"seeded random {kind} (seed {seed}); this model has no held-out conditions", {}
+
+
+def heldout_labels(n: int) -> np.ndarray:
+    """The held-out digits' labels in split order, cycled to ``n`` (more samples than images)."""
+    _, labels = _eval_data.heldout_images(n)
+    return np.resize(labels, n)
 
 
 def sample_all(model, cond, uncond, *, steps: int, cfg: float, seed: int, scheduler: str | None,
-               scheduler_config: dict | None, bar=None) -> np.ndarray:
-    """Final latents of every condition, in batches of what one call takes."""
+               scheduler_config: dict | None, bar=None, extra: dict | None = None) -> np.ndarray:
+    """Final latents of every condition, in batches of what one call takes (``extra``: the
+    (cond, uncond) rows of other per-prompt inputs, batched alike)."""
     per_call = _images_per_call(model)
     out = []
     for b, start in enumerate(range(0, len(cond), per_call)):
         part = slice(start, start + per_call)
+        batch_extra = {k: (c[part], u[part]) for k, (c, u) in (extra or {}).items()}
         res = sample(model, cond[part], uncond[part], steps=steps, cfg=cfg, seed=seed + b, scheduler=scheduler,
+                     extra=batch_extra,
                      scheduler_config=scheduler_config, progress=(lambda i, n: bar.update(1)) if bar else None)
         out.append(res.latents)
     return np.concatenate(out)
@@ -116,9 +131,9 @@ def evaluate_dit(model, reference, *, samples: int, seed: int, steps: int, cfg: 
     ``why`` names the reason of every figure left ``None``."""
     from tqdm import tqdm
 
-    cond, uncond, described = conditions(model, samples, seed, preset)
+    cond, uncond, described, extra = conditions(model, samples, seed, preset)
     trained = preset in _eval_data.DIT_PRESETS
-    # trained-dit learned epsilon on its own DDPM betas: DPM-Solver must use them; a flow
+    # the trained DiTs learned epsilon on their own DDPM betas: DPM-Solver must use them; a flow
     # scheduler has no betas to take (and is a mismatch the user chose).
     schedule = _eval_data.dit_schedule() if trained and scheduler in (None, "dpm") else None
     runs = [("artifact", model)] + ([("reference", reference)] if reference is not None else [])
@@ -128,7 +143,7 @@ def evaluate_dit(model, reference, *, samples: int, seed: int, steps: int, cfg: 
     with tqdm(total=total, desc="genzip eval: sampling", unit="step", disable=not progress, leave=False) as bar:
         for name, m in runs:
             latents[name] = sample_all(m, cond, uncond, steps=steps, cfg=cfg, seed=seed, scheduler=scheduler,
-                                       scheduler_config=schedule, bar=bar)
+                                       scheduler_config=schedule, bar=bar, extra=extra)
     figures: dict[str, Any] = {"conditions": described, "steps": steps, "cfg": cfg,
                                "scheduler": scheduler_for(model, scheduler, schedule)[1],
                                "accuracy": None, "frechet_distance": None, "reference_accuracy": None,
@@ -141,13 +156,13 @@ def evaluate_dit(model, reference, *, samples: int, seed: int, steps: int, cfg: 
         figures["real_images"] = len(real)
         for name in latents:
             key = "" if name == "artifact" else "reference_"
-            got = judged(latents[name], cond, real_features, judge)
+            got = judged(latents[name], heldout_labels(samples), real_features, judge)
             figures[f"{key}accuracy"], figures[f"{key}frechet_distance"] = got["accuracy"], got["frechet_distance"]
         if figures["frechet_distance"] is None:
             why["frechet_distance"] = why["reference_frechet_distance"] = "needs at least 2 samples (--samples 2+)"
     else:
-        no_data = (f"needs real data and a judge; only trained-dit has them (this artifact's preset is "
-                   f"{preset or 'none'})")
+        no_data = (f"needs real data and a judge; only trained-dit and trained-sd3 have them (this "
+                   f"artifact's preset is {preset or 'none'})")
         for key in ("accuracy", "frechet_distance", "reference_accuracy", "reference_frechet_distance", "real_images"):
             why[key] = no_data
     for key in ("reference_accuracy", "reference_frechet_distance"):

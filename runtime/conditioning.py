@@ -12,7 +12,9 @@ A DiT artifact is conditioned through exactly one graph input:
 
 A text DiT exported from a forward that takes ``encoder_attention_mask`` (PixArt) also
 has that input (int64 ``[B, T]``, 1 = keep the prompt token); callers that give none get
-all ones (:func:`with_prompt_mask`).
+all ones (:func:`with_prompt_mask`). An SD3-style DiT also reads the prompt through
+``pooled_projections`` (float ``[B, P]``, the text encoder's pooled state): a second
+per-prompt input, passed beside the pair as ``extra`` (name -> (cond, uncond)).
 
 Everything downstream (sampler, plan search, caches) handles the pair
 ``(cond, uncond)`` of arrays of the artifact's conditioning input and stacks it as
@@ -31,6 +33,21 @@ from genzip.errors import GenzipError
 
 TEXT, CLASS = "encoder_hidden_states", "class_labels"
 MASK = "encoder_attention_mask"  # text DiTs whose forward takes one (PixArt): [B, T] keep-mask
+POOLED = "pooled_projections"  # SD3-style DiTs: the prompt's pooled text state, [B, P]
+
+
+def check_extra(model, extra: dict[str, tuple[np.ndarray, np.ndarray]], batch: int) -> None:
+    """Every per-prompt input besides the main one is given (SD3's pooled state), for ``batch`` rows."""
+    if POOLED in {s["name"] for s in model.inputs} and POOLED not in extra:
+        raise GenzipError(
+            f"artifact {model.folder} also reads the prompt through '{POOLED}' (SD3-style), which this "
+            f"command does not make",
+            "evaluate it with genzip eval on a trained preset, or run it in its diffusers pipeline (load_pipeline)",
+        )
+    for name, (cond, uncond) in extra.items():
+        if cond.shape != uncond.shape or len(cond) != batch:
+            raise GenzipError(f"'{name}' has {len(cond)} rows (negative {uncond.shape}) for a batch of {batch}",
+                              "give one cond and one uncond row per image")
 
 
 def prompt_mask(mask, dtype: np.dtype | None, inputs: list[dict], model: str) -> np.ndarray | None:

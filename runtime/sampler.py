@@ -126,12 +126,14 @@ def sample(
     progress=None,
     call=None,
     scheduler_config: dict | None = None,
+    extra: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> SampleResult:
     """Latents ``[batch, C, H, W]`` after ``steps`` guided steps (rules in the module docstring).
 
     ``prompt_embeds`` / ``negative_prompt_embeds`` are the conditional / unconditional
     values of the artifact's conditioning input: embeddings ``[B, T, C]``, or class
-    labels ``[B]`` and the null class (``conditioning.class_pair``).
+    labels ``[B]`` and the null class (``conditioning.class_pair``). ``extra`` holds the
+    (cond, uncond) rows of any other per-prompt input (SD3's ``pooled_projections``).
 
     ``call(feeds, step) -> output`` replaces the plan-driven transformer call (the plan
     search decides each step's modes itself). ``scheduler`` and ``scheduler_config`` pick the
@@ -151,6 +153,8 @@ def sample(
         if not np.all(negative_prompt_embeds == null):
             raise GenzipError(f"the unconditional labels must all be the null class {null}",
                               "use conditioning.class_pair(model, labels)")
+    extra = extra or {}
+    conditioning.check_extra(model, extra, len(prompt_embeds))
     if call is None:
         model.check_steps(steps)
     spec = _input_spec(model, "hidden_states")
@@ -163,6 +167,7 @@ def sample(
     latents = torch.randn(batch, channels, height, width, generator=gen) * getattr(sched, "init_noise_sigma", 1.0)
     dtypes = {s["name"]: np_dtype(s["dtype"]) for s in model.inputs}  # fp16 artifacts take fp16
     pair_cond = np.concatenate([negative_prompt_embeds, prompt_embeds]).astype(dtypes[cond_name])
+    pair_extra = {name: np.concatenate([u, c]).astype(dtypes[name]) for name, (c, u) in extra.items()}
     model.caches.clear()
     step_ms = []
     start = time.perf_counter()
@@ -175,6 +180,7 @@ def sample(
             "hidden_states": pair.numpy().astype(dtypes["hidden_states"]),
             "timestep": np.full((2 * batch,), float(t), dtype=dtypes["timestep"]),
             cond_name: pair_cond,
+            **pair_extra,
         }
         if call is None:
             out = model.call(feeds, i, cfg_pair=True, identity="sampler")

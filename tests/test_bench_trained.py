@@ -1,7 +1,8 @@
 """benchmarks/bench_trained_dit.py and bench_trained_llm.py run as the README runs them, on the
 smallest settings (2 samples, 2 steps, one round); all start at once and overlap. bench_refresh_rule.py
-is checked for its input errors only (a full run compiles two more artifacts: over the suite's budget;
-its rule is tested in test_plan_schema.py and test_share_attn.py)."""
+and bench_bos.py are checked for their input errors only (a full run compiles two or more artifacts:
+over the suite's budget; the refresh rule is tested in test_plan_schema.py and test_share_attn.py, BOS
+in test_quant_passes.py and test_sensitivity.py)"""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def runs(tmp_path_factory):
                  "--plot", str(tmp / "llm.png"), "--json"),
         "bad": c("bench_trained_dit.py", "--methods", "fp32,int3"),
         "refresh-bad": c("bench_refresh_rule.py", "--periods", "1"),
+        "bos-bad": c("bench_bos.py", "--schemes", "w8a8,int3"),
     }
     procs = {k: bench_scripts.start(v, env) for k, v in argv.items()}
     yield procs, tmp
@@ -71,6 +73,12 @@ def test_bench_refresh_rule_rejects_a_period_below_2(runs):
     procs, _ = runs
     rc, _, err = bench_scripts.finish(procs["refresh-bad"])
     assert rc == 2 and "--periods" in err
+
+
+def test_bench_bos_rejects_an_unknown_scheme(runs):
+    procs, _ = runs
+    rc, _, err = bench_scripts.finish(procs["bos-bad"])
+    assert rc == 2 and "int3" in err and "choose from" in err
 
 
 def test_bench_trained_llm_json(runs):

@@ -110,8 +110,14 @@ def test_onnx_file_ref(tiny_llama, tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_dit():
-    sm = load_model("bench-dit")
-    assert sm.example_inputs["hidden_states"].shape == (2, 4, 64, 64)  # 1024 tokens at patch 2
-    assert len(_attention_nodes(sm.model)) == 24
-    assert sm.fidelity["cosine"] > 0.999 and sm.info["dynamic"] is True
+def test_bench_dit_sizes():
+    """bench-dit is tiny-pixart's architecture at benchmark sizes (its export path is tiny-pixart's,
+    tested above; exporting 12 layers at 1024 tokens here cost ~30 s of the suite)."""
+    from genzip.frontend.presets import get_preset
+
+    for name, latent in (("bench-dit", 64), ("bench-dit-4k", 128)):
+        spec = get_preset(name)
+        config = spec.config
+        assert spec.module == get_preset("tiny-pixart").module and spec.batch == 2 and spec.text_len == 32
+        assert config["num_layers"] == 12 and config["num_attention_heads"] * config["attention_head_dim"] == 384
+        assert config["sample_size"] == latent and (latent // config["patch_size"]) ** 2 == latent**2 // 4

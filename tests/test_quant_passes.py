@@ -54,6 +54,18 @@ def test_default_keeps_first_and_last_and_regex_keep():
     assert [spec_of(n).keep is None for n in _nodes(model, "MatMul")] == [True, False, True]
 
 
+def test_quantize_regex_overrides_the_default_keeps_only():
+    """quantize=RE quantizes what a default rule (here: first layer) keeps; an explicit keep still wins."""
+    model = mlp()
+    apply(model, "annotate-precision{quantize=mm0}")
+    assert [spec_of(n).keep for n in _nodes(model, "MatMul")] == [None, None, "last layer"]
+    model = mlp()
+    apply(model, "annotate-precision{quantize=mm[02] keep=mm2}")
+    assert [spec_of(n).keep for n in _nodes(model, "MatMul")] == [None, None, "keep mm2"]
+    with pytest.raises(GenzipError, match="bad regex"):
+        apply(mlp(), "annotate-precision{quantize=(}")
+
+
 def test_annotate_nothing_to_do_is_unmodified():
     model = conv()
     before = ir.to_proto(model).graph.SerializeToString()

@@ -42,15 +42,7 @@ def train(images: torch.Tensor, labels: torch.Tensor, *, steps: int, batch: int,
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
         loss = (_dit.epsilon(model, scheduler.add_noise(x0, noise, t), t, y) - noise).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        decay = min(0.995, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in zip(ema.parameters(), model.parameters()):
-                e.lerp_(p, 1 - decay)
-        value = loss.item()
+        value = _schedule.ema_step(model, ema, opt, loss, step)
         running = value if running is None else 0.98 * running + 0.02 * value
         if step % 50 == 0 or step == steps - 1:
             print(f"dit step {step} loss {value:.4f} smoothed {running:.4f}", flush=True)

@@ -13,9 +13,11 @@ Selection, in order: ``ops``; ``include`` (regex over the torch module path from
 matching layers; with ``keep-defaults`` the first and last quantizable layers and
 layers matching ``DEFAULT_KEEP`` (timestep/caption embedders, norms and their
 modulation linears, patch/position embedders, token embeddings, LM head) stay
-high precision; ``keep`` adds regexes. ``bos=true`` (MixDQ) marks layers matching
-``bos-layers`` (default: cross-attention K/V projections, whose input is the text
-embedding) so token 0 of their activation stays fp32. Attention BMMs (no constant
+high precision; ``keep`` adds regexes; ``quantize`` (regex) names layers to quantize
+even where a default keep rule would keep them (e.g. SD3's ``context_embedder``, the
+GEMM that reads the text encoder's states; ``keep`` and ``include`` still win). ``bos=true`` (MixDQ) marks layers matching
+``bos-layers`` (default: the GEMMs whose input is the text embedding: cross-attention
+K/V projections, and SD3's ``context_embedder``) so token 0 of their activation stays fp32. Attention BMMs (no constant
 weight) are annotated only with ``attention=int8``: each self-attention ``Attention``
 node then gets an ``op="Attention"`` spec (int8 QK^T, ``quant_attention``), or a kept
 spec naming why its form cannot (mask, causal, GQA, ...).
@@ -52,7 +54,7 @@ DEFAULT_KEEP = (
     r"(^|\.)(pos_embed|patch_embed|x_embedder|embed_tokens|lm_head)(\.|$)",
     r"(^|\.)norm\w*(\.|$)",
 )
-DEFAULT_BOS = r"attn2\.(to_k|to_v)$"
+DEFAULT_BOS = r"attn2\.(to_k|to_v)$|(^|\.)context_embedder$"
 FP32 = TensorSpec(input=1, dtype="fp32", granularity="per-tensor")
 
 
@@ -63,6 +65,7 @@ class Options:
     include: str | None = None
     keep: tuple[str, ...] = ()
     keep_defaults: bool = True
+    quantize: str | None = None
     block: int = 32
     bos: bool = False
     bos_layers: str = DEFAULT_BOS
@@ -76,7 +79,7 @@ class Options:
     def __post_init__(self):
         if self.block not in (16, 32, 64, 128, 256):
             raise ValueError(f"block={self.block} must be one of 16, 32, 64, 128, 256")
-        for pattern in (self.include, self.bos_layers, *self.keep):
+        for pattern in (self.include, self.quantize, self.bos_layers, *self.keep):
             if pattern is None:
                 continue
             try:
@@ -194,7 +197,10 @@ class AnnotatePrecisionPass(GenzipPass):
                 "annotate-precision runs after share-attn, whose attention projections sit in If branches",
                 "quantize first: '...,annotate-precision,calibrate,quant{scheme=...},share-attn{...}'",
             )
-        keep_res = [re.compile(p) for p in (*(DEFAULT_KEEP if opts.keep_defaults else ()), *opts.keep)]
+        default_keeps = [re.compile(p) for p in (DEFAULT_KEEP if opts.keep_defaults else ())]
+        user_keeps = [re.compile(p) for p in opts.keep]
+        keep_res = default_keeps + user_keeps
+        force = re.compile(opts.quantize) if opts.quantize else None
         include = re.compile(opts.include) if opts.include else None
         bos_re = re.compile(opts.bos_layers)
         candidates = [n for n in model.graph if n.op_type in opts.ops and weight_value(n) is not None]
@@ -206,9 +212,10 @@ class AnnotatePrecisionPass(GenzipPass):
             if node_opts is None:  # unplanned: scheme and the keep rules (a plan entry overrides both)
                 node_opts, keep = opts, _unsupported(node, opts)
                 keep = keep or _include_miss(path, include)
-                if keep is None and opts.keep_defaults and index in (0, len(candidates) - 1):
+                forced = force is not None and bool(force.search(path))
+                if keep is None and opts.keep_defaults and not forced and index in (0, len(candidates) - 1):
                     keep = "first layer" if index == 0 else "last layer"
-                keep = keep or _keep_hit(path, keep_res)
+                keep = keep or _keep_hit(path, user_keeps if forced else keep_res)
             bos = node_opts.bos and bool(bos_re.search(path)) and node.op_type == "MatMul"
             spec = spec_for(node, path, node_opts, keep, bos)
             quantized += spec.keep is None
