@@ -101,6 +101,7 @@ _SPECS: dict[str, _Preset] = {
     ),
 }
 
+
 def _described(spec: _Preset) -> str:
     """The CLI line of a preset; a trained one whose weights are not committed says so."""
     if spec.weights is not None and not spec.config:  # _trained_config found no committed config.json
@@ -220,4 +221,3 @@ def _caption_embedder(spec: _Preset):
     from genzip.frontend.trained import WEIGHTS, _captions
 
     return _captions.CaptionEmbedder(WEIGHTS / spec.weights)
-
