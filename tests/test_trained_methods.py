@@ -66,7 +66,7 @@ def _samples(folder: str, plan=None) -> np.ndarray:
     from genzip.runtime.model import PlannedModel
 
     model = PlannedModel(folder, plan)
-    cond, uncond, _ = _eval_dit.conditions(model, SAMPLES, 0, "trained-dit")
+    cond, uncond, _, _ = _eval_dit.conditions(model, SAMPLES, 0, "trained-dit")
     return _eval_dit.sample_all(model, cond, uncond, steps=20, cfg=4.0, seed=0, scheduler="dpm",
                                 scheduler_config=_eval_data.dit_schedule())
 
