@@ -111,13 +111,9 @@ def caption_pair(preset: str, labels: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def judge():
     """The committed digit classifier (eval mode), trained on the digits train split only."""
-    from safetensors.torch import load_file
-
     from genzip.frontend.trained import _classifier
 
-    model = _classifier.DigitClassifier()
-    model.load_state_dict(load_file(str(_need_weights("trained-dit", _classifier.WEIGHTS))))
-    return model.eval()
+    return _classifier.load(_need_weights("trained-dit", _classifier.WEIGHTS))
 
 
 def judge_logits_features(model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

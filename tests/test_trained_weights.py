@@ -62,11 +62,8 @@ def test_dit_denoises_heldout_digits():
     # Chance is 0.1; the goal of 0.9 is not reached yet (0.895 recorded), so this guards the figure, not the goal.
     assert manifest["quality"]["sample_class_accuracy"] >= 0.7
 
-    from safetensors.torch import load_file
-
-    judge = _classifier.DigitClassifier()
-    judge.load_state_dict(load_file(str(folder / _classifier.WEIGHTS)))
-    assert _classifier.accuracy(judge.eval(), images, labels) >= 0.9
+    judge = _classifier.load(folder / _classifier.WEIGHTS)
+    assert _classifier.accuracy(judge, images, labels) >= 0.9
 
 
 def test_sd3_denoises_heldout_digits_from_captions():

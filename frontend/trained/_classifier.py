@@ -27,6 +27,15 @@ class DigitClassifier(nn.Module):
         return self.net(images)
 
 
+def load(path) -> DigitClassifier:
+    """The classifier saved at ``path`` (safetensors), in eval mode."""
+    from safetensors.torch import load_file
+
+    model = DigitClassifier()
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
 def _shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     dy, dx = (int(v) for v in torch.randint(-2, 3, (2,), generator=generator))
     # Pad with the background value (-1) so shifting does not invent ink.

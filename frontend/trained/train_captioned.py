@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from genzip.frontend.trained import (
     WEIGHTS,
@@ -113,9 +112,7 @@ def main(argv: list[str] | None = None) -> None:
                               probe=lambda m: caption_gap(m, probe_x, probe_y, text_encoder))
     train_seconds = time.time() - start
 
-    judge = _classifier.DigitClassifier()
-    judge.load_state_dict(load_file(str(WEIGHTS / "trained-dit" / _classifier.WEIGHTS)))
-    judge.eval()
+    judge = _classifier.load(WEIGHTS / "trained-dit" / _classifier.WEIGHTS)
     want = torch.arange(10).repeat_interleave(SAMPLES_PER_CLASS)
     negative = _captions.encode(text_encoder, [""])
     samples = _captioned.sample(model, captions_of(text_encoder, want), negative, steps=20, cfg=4.0, seed=args.seed)
