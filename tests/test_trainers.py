@@ -54,3 +54,12 @@ def test_class_conditional_denoiser_steps_are_seeded(digits):
     (a, loss_a), (b, loss_b) = (train_dit.train(*digits, steps=2, batch=4, seed=0) for _ in range(2))
     assert _same(a, b) and loss_a == loss_b
     assert not _same(a, _dit.build(0))
+
+
+def test_trainers_share_their_command_line():
+    from pathlib import Path
+
+    from genzip.frontend.trained import _schedule
+
+    args = _schedule.trainer_parser("Train it.\n\nMore.", steps=600).parse_args(["--out", "w"])
+    assert (args.out, args.steps, args.batch, args.seed) == (Path("w"), 600, 32, 0)

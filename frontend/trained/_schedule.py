@@ -1,11 +1,32 @@
-"""What the diffusion trainers share: the learning-rate schedule (linear warmup, then cosine down to
-a tenth of the peak) and one optimizer step with its EMA update."""
+"""What the diffusion trainers share: their command line, reproducible torch settings, the
+learning-rate schedule (linear warmup, then cosine down to a tenth of the peak) and one
+optimizer step with its EMA update."""
 
 from __future__ import annotations
 
+import argparse
 import math
+from pathlib import Path
 
 WARMUP = 50
+
+
+def trainer_parser(doc: str, steps: int) -> argparse.ArgumentParser:
+    """``--out DIR --steps N --batch 32 --seed 0``, described by ``doc``'s first line."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def reproducible() -> None:
+    """One thread and deterministic kernels: the same seed on the same versions writes the same weights."""
+    import torch
+
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
 
 
 def warmup_cosine(step: int, steps: int, peak: float) -> float:

@@ -13,10 +13,8 @@ The judge is trained-dit's committed digit classifier (same data, same split).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
-from pathlib import Path
 
 import torch
 
@@ -90,15 +88,10 @@ def train(preset: str, images, labels, table, *, steps: int, batch: int, seed: i
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _schedule.trainer_parser(__doc__, steps=2000)  # the committed trained-sd3's steps
     parser.add_argument("--preset", choices=sorted(_captioned.MODELS), default="trained-sd3")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=2000)  # the committed trained-sd3
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
+    _schedule.reproducible()
     start = time.time()
 
     train_x, train_y = _digits.load("train")

@@ -11,10 +11,8 @@ judge classifier (``classifier.safetensors``), the sampler config
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
-from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
@@ -50,14 +48,8 @@ def train(images: torch.Tensor, labels: torch.Tensor, *, steps: int, batch: int,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
+    args = _schedule.trainer_parser(__doc__, steps=600).parse_args(argv)
+    _schedule.reproducible()
     start = time.time()
 
     train_x, train_y = _digits.load("train")
