@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from genzip.backends.runner import check_inputs, dim_ranges, np_dtype
+from genzip.backends.runner import check_inputs, dim_ranges, np_dtype, traced_shape
 from genzip.errors import GenzipError
 from genzip.runtime import conditioning
 from genzip.runtime import plan as plans
@@ -77,8 +77,8 @@ def _config(model: PlannedModel, base: dict[str, Any] | None = None) -> dict[str
     spec = {s["name"]: s["shape"] for s in model.inputs}
     out = model.manifest["outputs"][0]["shape"]
     config.setdefault("in_channels", spec["hidden_states"][1])
-    height = spec["hidden_states"][2]  # the export's latent size (--height), not the preset's; dynamic: the traced one
-    config["sample_size"] = height if isinstance(height, int) else dim_ranges(model.manifest)[height]["opt"]
+    # the export's latent size (--height), not the preset's; a dynamic one: its traced size
+    config["sample_size"] = traced_shape(spec["hidden_states"], model.manifest)[2]
     config.setdefault("out_channels", out[1])
     return config
 
