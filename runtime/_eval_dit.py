@@ -72,8 +72,8 @@ def sample_all(model, cond, uncond, *, steps: int, cfg: float, seed: int, schedu
         part = slice(start, start + per_call)
         batch_extra = {k: (c[part], u[part]) for k, (c, u) in (extra or {}).items()}
         res = sample(model, cond[part], uncond[part], steps=steps, cfg=cfg, seed=seed + b, scheduler=scheduler,
-                     extra=batch_extra,
-                     scheduler_config=scheduler_config, progress=(lambda i, n: bar.update(1)) if bar else None)
+                     scheduler_config=scheduler_config, extra=batch_extra,
+                     progress=(lambda i, n: bar.update(1)) if bar else None)
         out.append(res.latents)
     return np.concatenate(out)
 
@@ -154,9 +154,10 @@ def evaluate_dit(model, reference, *, samples: int, seed: int, steps: int, cfg: 
         real, _ = _eval_data.heldout_images(10**9)
         _, real_features = _eval_data.judge_logits_features(judge, real)
         figures["real_images"] = len(real)
+        labels = heldout_labels(samples)
         for name in latents:
             key = "" if name == "artifact" else "reference_"
-            got = judged(latents[name], heldout_labels(samples), real_features, judge)
+            got = judged(latents[name], labels, real_features, judge)
             figures[f"{key}accuracy"], figures[f"{key}frechet_distance"] = got["accuracy"], got["frechet_distance"]
         if figures["frechet_distance"] is None:
             why["frechet_distance"] = why["reference_frechet_distance"] = "needs at least 2 samples (--samples 2+)"
