@@ -23,6 +23,13 @@ def model_from_text(text: str, infer: bool = True) -> ir.Model:
     return ir.from_proto(proto)
 
 
+def save_static_relu(path) -> str:
+    """Write ``y = Relu(x)``, x and y float [1, 4] (every shape fixed), to ``path``; return it as a str."""
+    graph = onnx.parser.parse_graph("g (float[1, 4] x) => (float[1, 4] y) { y = Relu(x) }")
+    onnx.save(onnx.helper.make_model(graph), str(path))
+    return str(path)
+
+
 def op_counts(model: ir.Model) -> dict[str, int]:
     return dict(collections.Counter(n.op_type for n in ir.traversal.RecursiveGraphIterator(model.graph)))
 

@@ -175,13 +175,9 @@ def test_default_ranges_follow_the_model():
 
 
 def test_fixed_shape_sources_refuse_an_explicit_request(tmp_path):
-    import onnx
-    from onnx import TensorProto, helper
+    from tests.helpers_onnx import save_static_relu
 
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    path = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])), path)
+    path = save_static_relu(tmp_path / "m.onnx")
     with pytest.raises(GenzipError, match="--dynamic-axes text cannot apply to an ONNX file"):
         load_model(str(path), axes=DynamicAxes.parse("text"))
     assert load_model(str(path), axes=DynamicAxes.parse("auto")).model is not None  # auto asks nothing of it

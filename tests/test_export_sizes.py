@@ -84,13 +84,9 @@ def test_sizes_a_model_cannot_take_are_one_line_errors(ref, flags, message, tmp_
 
 
 def test_sizes_for_fixed_shape_sources_are_refused(tmp_path):
-    import onnx
-    from onnx import TensorProto, helper
+    from tests.helpers_onnx import save_static_relu
 
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    path = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])), path)
+    path = save_static_relu(tmp_path / "m.onnx")
     with pytest.raises(GenzipError, match="--text-len cannot apply to an ONNX file"):
         load_model(str(path), sizes=ExportSizes(text_len=4))
     np.savez(tmp_path / "in.npz", x=np.ones((1, 4), np.float32))
