@@ -45,6 +45,13 @@ def test_manifest_matches_weights(name):
         assert (folder / file).stat().st_size <= 8 * 1024 * 1024, file
 
 
+@pytest.mark.parametrize("name", ["trained-dit", "trained-sd3"])
+def test_digit_presets_record_the_data_as_their_trainers_write_it(name):
+    from genzip.frontend.trained import _digits
+
+    assert _manifest.read_manifest(WEIGHTS / name)["data"] == _digits.data_record()
+
+
 def test_dit_denoises_heldout_digits():
     pytest.importorskip("sklearn", reason="the held-out digits ship with scikit-learn")
     from genzip.frontend.trained import _classifier, _digits, _dit

@@ -15,6 +15,14 @@ SPLIT_RULE = f"held-out = load_digits() samples with index % {HOLDOUT_EVERY} == 
 SOURCE = "scikit-learn"
 
 
+def data_record() -> dict[str, str]:
+    """The manifest's ``data`` entry of a model trained on these digits (source, its version, loading)."""
+    from genzip.frontend.trained._manifest import package_version
+
+    return {"package": SOURCE, "version": package_version(SOURCE), "loader": "sklearn.datasets.load_digits",
+            "preprocess": f"0..16 -> [-1, 1], bilinear 8x8 -> {SIZE}x{SIZE}"}
+
+
 def load(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(images (N, 1, SIZE, SIZE) float32 in [-1, 1], labels (N,) int64)`` of ``split``."""
     from sklearn.datasets import load_digits
